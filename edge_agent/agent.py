@@ -1,0 +1,130 @@
+"""The running agent: loads models, wires the core to MQTT, HTTP and metrics, handles signals."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from types import FrameType
+
+from prometheus_client import CollectorRegistry
+
+from edge_agent.config import AgentConfig
+from edge_agent.engine import Decision, ScoringEngine
+from edge_agent.http_api import HttpApi
+from edge_agent.ingest import PayloadParser
+from edge_agent.metrics import AgentMetrics
+from edge_agent.model import SensorModel, load_model
+from edge_agent.mqtt_transport import MQTTTransport
+from edge_agent.pipeline import Pipeline
+
+log = logging.getLogger(__name__)
+
+
+def load_models(cfg: AgentConfig, base: Path | None = None) -> dict[str, SensorModel]:
+    """Every model the config names, integrity-checked; a relative models.dir is taken from ``base``."""
+    directory = Path(cfg.models.dir)
+    if not directory.is_absolute() and base is not None:
+        directory = base / directory
+    names = list(dict.fromkeys([*([cfg.models.default] if cfg.models.default else []), *cfg.models.assign.values()]))
+    models = {}
+    for name in names:
+        models[name] = load_model(directory / name, cfg.models.pinned_sha256.get(name))
+        if models[name].name != name:
+            log.info("model directory %s holds model %r", directory / name, models[name].name)
+    return models
+
+
+def build_engine(cfg: AgentConfig, models: Mapping[str, SensorModel]) -> ScoringEngine:
+    return ScoringEngine(
+        models,
+        assign=list(cfg.models.assign.items()),
+        default=cfg.models.default,
+        decision=Decision(cfg.decision.threshold, cfg.decision.k, cfg.decision.n),
+        max_sensors=cfg.pipeline.max_sensors,
+    )
+
+
+class Agent:
+    """One agent process: ``start`` it, then ``stop`` it (or ``run`` until a signal)."""
+
+    def __init__(self, cfg: AgentConfig, models: Mapping[str, SensorModel], env: Mapping[str, str] | None = None) -> None:
+        self.cfg = cfg
+        self.registry = CollectorRegistry()
+        self.metrics = AgentMetrics(self.registry)
+        self.metrics.record_models(models.values())
+        self.engine = build_engine(cfg, models)
+        self.parser = PayloadParser(cfg.sources, cfg.max_payload_bytes)
+        self.transport = MQTTTransport(cfg, self.parser, self.metrics, dict(env if env is not None else os.environ))
+        self.pipeline = Pipeline(
+            self.engine,
+            self.transport,
+            self.metrics,
+            queue_size=cfg.pipeline.queue_size,
+            max_batch=cfg.pipeline.max_batch,
+            error_log_interval=cfg.pipeline.error_log_interval,
+            error_report_rate=cfg.pipeline.error_report_rate,
+        )
+        self.http = HttpApi(cfg.http, self.engine.predict, self.readiness, self.registry) if cfg.http.enabled else None
+        self.http_address: tuple[str, int] | None = None
+        self._stopped = threading.Event()
+
+    def readiness(self) -> tuple[bool, str]:
+        if not self.engine.models:
+            return False, "no model loaded"
+        if not self.transport.connected:
+            return False, f"broker {self.cfg.mqtt.host}:{self.cfg.mqtt.port} not connected ({self.transport.last_error})"
+        return True, ""
+
+    def start(self) -> None:
+        if self.http is not None:
+            self.http_address = self.http.start()
+            log.info("HTTP API on http://%s:%d (/predict /metrics /healthz /readyz)", *self.http_address)
+        self.pipeline.start()
+        self.transport.start(self.pipeline.submit)
+
+    def stop(self, timeout: float | None = None) -> bool:
+        """Finish the readings in hand, publish their verdicts and ``offline``; True if all in time."""
+        if self._stopped.is_set():
+            return True
+        self._stopped.set()
+        timeout = self.cfg.pipeline.shutdown_timeout if timeout is None else timeout
+        deadline = time.monotonic() + timeout
+        self.transport.stop_intake()
+        drained = self.pipeline.drain_and_stop(timeout)
+        acked = self.transport.wait_for_acks(max(0.0, deadline - time.monotonic()))
+        self.transport.close()
+        if self.http is not None:
+            self.http.stop()
+        if not (drained and acked):
+            log.warning("stopped before every reading in hand was answered; the broker redelivers the rest")
+        return drained and acked
+
+    def run(self) -> int:
+        """Run until SIGTERM/SIGINT; a second signal exits at once."""
+        signals_seen = 0
+        wake = threading.Event()
+
+        def on_signal(signum: int, frame: FrameType | None) -> None:
+            nonlocal signals_seen
+            signals_seen += 1
+            if signals_seen > 1:
+                log.warning("second signal: exiting now")
+                os._exit(1)
+            log.info("received %s: finishing the readings in hand", signal.Signals(signum).name)
+            wake.set()
+
+        previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            self.start()
+            while not wake.wait(1.0):
+                pass
+            self.stop()
+        finally:
+            for s, handler in previous.items():
+                signal.signal(s, handler)
+        return 0

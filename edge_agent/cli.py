@@ -1,0 +1,225 @@
+"""The ``edge-agent`` command: run, check-config, train, replay, demo."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import shlex
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from edge_agent.config import AgentConfig, ConfigError, load_config
+
+EXIT_USAGE = 2
+EXIT_FAILURE = 1
+
+
+def _config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", "-c", default=None, help="YAML config file (default: built-in defaults)")
+    p.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+        help="override a config key by dotted path, e.g. --set mqtt.host=broker (repeatable)",
+    )
+
+
+def _load(args: argparse.Namespace) -> AgentConfig:
+    return load_config(args.config, args.overrides, os.environ)
+
+
+def _config_base(args: argparse.Namespace) -> Path:
+    """Relative paths in a config file are taken from the file's folder."""
+    return Path(args.config).resolve().parent if args.config else Path.cwd()
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from edge_agent.agent import Agent, load_models
+    from edge_agent.model import ModelError
+
+    cfg = _load(args)
+    _setup_logging(cfg.log_level)
+    try:
+        models = load_models(cfg, _config_base(args))
+    except ModelError as e:
+        print(f"edge-agent: cannot load model: {e}", file=sys.stderr)
+        return EXIT_FAILURE
+    agent = Agent(cfg, models)
+    try:
+        return agent.run()
+    except OSError as e:
+        print(f"edge-agent: {e}", file=sys.stderr)
+        agent.stop(timeout=1.0)
+        return EXIT_FAILURE
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    from edge_agent.agent import load_models
+    from edge_agent.model import ModelError
+
+    cfg = _load(args)
+    try:
+        models = load_models(cfg, _config_base(args))
+    except ModelError as e:
+        print(f"edge-agent: config is valid, but a model is not: {e}", file=sys.stderr)
+        return EXIT_FAILURE
+    print(f"config OK: agent {cfg.agent_id}, broker {cfg.mqtt.host}:{cfg.mqtt.port}, "
+          f"{len(models)} model(s): {', '.join(f'{m.name}@{m.version}' for m in models.values())}")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from edge_agent.model import save_model
+    from edge_agent.table import TableError, read_table
+    from edge_agent.training import TrainingError, train_model
+
+    columns = [c.strip() for c in args.columns.split(",")] if args.columns else None
+    transforms = [t.strip() for t in args.features.split(",")] if args.features else None
+    out = Path(args.out)
+    try:
+        table = read_table(args.input, columns)
+        kwargs = {"transforms": transforms} if transforms else {}
+        model, estimator = train_model(
+            table, name=args.name or out.name, version=args.model_version, sensor_pattern=args.sensors,
+            trees=args.trees, seed=args.seed, command=shlex.join(["edge-agent", *sys.argv[1:]]) if args.record_command else "",
+            **kwargs,
+        )
+    except (TableError, TrainingError, ValueError) as e:
+        print(f"edge-agent train: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    saved = save_model(model, out, estimator)
+    print(f"trained {saved.name}@{saved.version} on {model.manifest['training']['rows']} rows, "
+          f"fields {', '.join(saved.fields)}, {len(saved.spec.names)} features -> {out} (forest sha256 {saved.sha256})")
+    return 0
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    from edge_agent.engine import Decision
+    from edge_agent.model import ModelError, load_model
+    from edge_agent.replay import replay, write_replay
+    from edge_agent.table import TableError, read_table
+    from edge_agent.training import TrainingError, train_model
+
+    cfg = _load(args)
+    decision = Decision(cfg.decision.threshold, cfg.decision.k, cfg.decision.n)
+    columns = [c.strip() for c in args.columns.split(",")] if args.columns else None
+    try:
+        if args.learn_rows is not None:
+            table = read_table(args.input, columns)
+            if args.learn_rows >= len(table):
+                print(f"edge-agent replay: --learn-rows {args.learn_rows} leaves nothing to score in {len(table)} rows", file=sys.stderr)
+                return EXIT_USAGE
+            head = _head(table, args.learn_rows)
+            model, _ = train_model(head, name="learned", version="replay")
+        else:
+            model_dir = Path(args.model) if args.model else _config_base(args) / cfg.models.dir / str(cfg.models.default)
+            model = load_model(model_dir, cfg.models.pinned_sha256.get(model_dir.name))
+            table = read_table(args.input, columns or _model_columns(args.input, model.fields))
+        rows = replay(table, model, decision, learn_rows=args.learn_rows or 0)
+    except (TableError, TrainingError, ModelError, ValueError) as e:
+        print(f"edge-agent replay: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    write_replay(args.out, table, rows)
+    scored = [r for r in rows if not r.learning]
+    flagged = sum(r.verdict.anomaly for r in scored)
+    print(f"replayed {len(rows)} rows with {model.name}@{model.version}: {len(scored)} scored, {flagged} anomalous -> {args.out}")
+    return 0
+
+
+def _model_columns(path: str, fields: Sequence[str]) -> list[str] | None:
+    """The model's fields when the file has them all (else let the file say what it holds)."""
+    import csv
+
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            first = f.readline()
+    except (OSError, UnicodeDecodeError):
+        return None
+    header = next(csv.reader([first], delimiter=";" if first.count(";") > first.count(",") else ","), [])
+    return list(fields) if all(f in [h.strip() for h in header] for f in fields) else None
+
+
+def _head(table, n: int):  # type: ignore[no-untyped-def]
+    from dataclasses import replace
+
+    return replace(
+        table, rows=table.rows[:n], values=table.values[:n], timestamps=table.timestamps[:n],
+        timestamp_raw=table.timestamp_raw[:n],
+        sensor_ids=table.sensor_ids[:n] if table.sensor_ids is not None else None,
+        labels=None,  # the protocol trains on the first rows as they are
+    )
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from edge_agent.demo import run_demo
+
+    return run_demo(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="edge-agent", description="MQTT edge agent: scores sensor readings with an Isolation Forest.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("run", help="run the agent")
+    _config_args(p)
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("check-config", help="validate the config (and load its models), then exit")
+    _config_args(p)
+    p.set_defaults(func=cmd_check_config)
+
+    p = sub.add_parser("train", help="fit a model on normal readings from a CSV")
+    p.add_argument("--input", "-i", required=True, help="CSV with a header; labelled anomalies (anomaly=1) are left out")
+    p.add_argument("--columns", help="comma-separated value columns (default: every non-meta column)")
+    p.add_argument("--out", "-o", required=True, help="model directory to write, e.g. models/pump")
+    p.add_argument("--name", help="model name (default: the --out folder's name)")
+    p.add_argument("--model-version", help="version string (default: UTC time of training)")
+    p.add_argument("--sensors", help="only rows whose sensor_id matches this glob, e.g. 'vibration-*'")
+    p.add_argument("--features", help="feature transforms, e.g. value,delta,mean_dev:10,std:10")
+    p.add_argument("--trees", type=int, default=100, help="trees in the forest (default 100)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--no-record-command", dest="record_command", action="store_false", help="do not store the command line in the manifest")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("replay", help="score a CSV as a stream (backtest)")
+    p.add_argument("input", help="CSV: optional timestamp column and numeric columns, one reading per row")
+    p.add_argument("--out", "-o", required=True, help="CSV to write: the input plus score, raw_score, anomaly, phase")
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--model", help="model directory (default: the config's default model)")
+    group.add_argument("--learn-rows", type=int, help="train on the first N rows, score the rest")
+    p.add_argument("--columns", help="comma-separated value columns")
+    _config_args(p)
+    p.set_defaults(func=cmd_replay)
+
+    p = sub.add_parser("demo", help="start a broker, the simulator and the agent, and show verdicts")
+    p.add_argument("--config", "-c", default="config.yaml", help="agent config (default: ./config.yaml; built-in defaults if missing)")
+    p.add_argument("--sensors", type=int, default=4, help="simulated sensors (default 4)")
+    p.add_argument("--rate", type=float, default=1.0, help="readings per second per sensor (default 1, the rate the shipped models were trained at)")
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--anomaly-rate", type=float, default=0.005, help="anomalies injected per reading of a sensor (default 0.005: one every few minutes per sensor)")
+    p.add_argument("--duration", type=float, default=None, help="stop after this many seconds (default: until Ctrl-C)")
+    p.add_argument("--http-port", type=int, default=8000)
+    p.add_argument("--broker", choices=["auto", "configured", "mosquitto", "embedded"], default="auto",
+                   help="which broker to use (auto: the configured one if reachable, else a local mosquitto, else an embedded one)")
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args))
+    except ConfigError as e:
+        print(f"edge-agent: invalid config:\n{e}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

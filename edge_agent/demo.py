@@ -1,0 +1,184 @@
+"""``edge-agent demo``: a broker, the simulator and the agent on this machine, verdicts on screen."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import socket
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion
+
+from edge_agent.agent import Agent, load_models
+from edge_agent.config import AgentConfig, load_config
+from edge_agent.local_broker import MOSQUITTO, EmbeddedBroker, MosquittoBroker
+from edge_agent.model import ModelError
+
+log = logging.getLogger(__name__)
+
+
+def reachable(host: str, port: int, timeout: float = 1.0) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def pick_broker(cfg: AgentConfig, choice: str) -> tuple[str, int, Any, str]:
+    """(host, port, broker to stop or None, description) for the --broker choice."""
+    host, port = cfg.mqtt.host, cfg.mqtt.port
+    if choice in ("auto", "configured") and reachable(host, port):
+        return host, port, None, f"the configured broker at {host}:{port}"
+    if choice == "configured":
+        raise RuntimeError(f"the configured broker {host}:{port} is not reachable")
+    if choice in ("auto", "mosquitto") and MOSQUITTO is not None:
+        broker: Any = MosquittoBroker()
+        broker.start()
+        return broker.host, broker.port, broker, f"a local mosquitto on {broker.host}:{broker.port}"
+    if choice == "mosquitto":
+        raise RuntimeError("no mosquitto binary on this machine")
+    try:
+        broker = EmbeddedBroker()
+    except ImportError:
+        raise RuntimeError("no broker reachable, no mosquitto installed, and amqtt is missing: pip install '.[demo]'") from None
+    broker.start()
+    return broker.host, broker.port, broker, f"an embedded broker (amqtt) on {broker.host}:{broker.port}"
+
+
+class VerdictPrinter:
+    """Subscribes to the agent's verdicts and prints one line per reading."""
+
+    def __init__(self, host: str, port: int, verdicts: str, out: Any = sys.stdout) -> None:
+        self.out = out
+        self.count = 0
+        self.anomalies = 0
+        self.client = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"edge-demo-{uuid.uuid4().hex[:6]}")
+        self.client.on_connect = lambda c, u, f, rc, p: c.subscribe(verdicts, qos=1)
+        self.client.on_message = self._on_message
+        self.client.connect(host, port)
+        self.client.loop_start()
+
+    def _on_message(self, client: Any, userdata: Any, message: paho.MQTTMessage) -> None:
+        try:
+            v = json.loads(message.payload)
+        except ValueError:
+            return
+        self.count += 1
+        value = v.get("value", v.get("values"))
+        score = float(v.get("score", 0.0))
+        bar = "#" * int(round(score * 20))
+        flag = "  << ANOMALY" if v.get("anomaly") else ""
+        self.anomalies += bool(v.get("anomaly"))
+        stamp = time.strftime("%H:%M:%S", time.localtime(float(v["ts"]))) if isinstance(v.get("ts"), (int, float)) else str(v.get("ts"))
+        print(f"{stamp}  {v.get('sensor_id', '?'):<16} {value!s:>10}  score {score:0.3f} {bar:<20}{flag}", file=self.out, flush=True)
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    for noisy in ("amqtt", "transitions"):
+        logging.getLogger(noisy).setLevel(logging.CRITICAL)
+    config_path = Path(args.config)
+    cfg = load_config(config_path if config_path.exists() else None, [], os.environ)
+    try:
+        host, port, broker, where = pick_broker(cfg, args.broker)
+    except RuntimeError as e:
+        print(f"edge-agent demo: {e}", file=sys.stderr)
+        return 1
+    demo_id = f"demo-{uuid.uuid4().hex[:4]}"
+    cfg = load_config(
+        config_path if config_path.exists() else None,
+        [f"agent_id={demo_id}", f"mqtt.host={host}", f"mqtt.port={port}", f"http.port={args.http_port}", "log_level=WARNING"],
+        os.environ,
+    )
+    base = config_path.resolve().parent if config_path.exists() else Path.cwd()
+    try:
+        models = load_models(cfg, base)
+    except ModelError as e:
+        print(f"edge-agent demo: cannot load model: {e}", file=sys.stderr)
+        if broker is not None:
+            broker.close()
+        return 1
+
+    stop = threading.Event()
+    previous = {s: signal.signal(s, _stopper(stop)) for s in (signal.SIGINT, signal.SIGTERM)}
+    agent = Agent(cfg, models)
+    printer: VerdictPrinter | None = None
+    sim_thread: threading.Thread | None = None
+    try:
+        agent.start()
+        http_host, http_port = agent.http_address or ("-", 0)
+        verdicts = _filter(cfg.topics.verdicts, demo_id, "+")
+        alerts = _filter(cfg.topics.alerts, demo_id, "#")
+        print(_banner(where, host, port, http_port, verdicts, alerts, args), flush=True)
+        deadline = time.monotonic() + 10
+        while not agent.readiness()[0] and time.monotonic() < deadline and not stop.is_set():
+            time.sleep(0.05)
+        printer = VerdictPrinter(host, port, verdicts)
+        sim_thread = threading.Thread(target=_simulate, args=(host, port, args, stop), name="simulator", daemon=True)
+        sim_thread.start()
+        end = time.monotonic() + args.duration if args.duration else None
+        while not stop.wait(0.2):
+            if end is not None and time.monotonic() >= end:
+                stop.set()
+    finally:
+        stop.set()
+        if sim_thread is not None:
+            sim_thread.join(10)
+        agent.stop(timeout=5)
+        if printer is not None:
+            printer.close()
+            print(f"\nstopped: {printer.count} verdicts shown, {printer.anomalies} anomalies", flush=True)
+        if broker is not None:
+            broker.close()
+        for s, h in previous.items():
+            signal.signal(s, h)
+    return 0
+
+
+def _filter(template: str, agent_id: str, wildcard: str) -> str:
+    """A subscription filter for every sensor's topic made from an output template."""
+    return template.replace("{agent_id}", agent_id).replace("{sensor_id}", wildcard)
+
+
+def _stopper(stop: threading.Event) -> Any:
+    def handler(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    return handler
+
+
+def _simulate(host: str, port: int, args: argparse.Namespace, stop: threading.Event) -> None:
+    from simulator.cli import build_parser, run
+
+    sim_args = build_parser().parse_args([
+        "--host", host, "--port", str(port), "--sensors", str(args.sensors),
+        "--rate", str(args.rate), "--seed", str(args.seed), "--anomaly-rate", str(args.anomaly_rate),
+    ])
+    run(sim_args, stop)
+
+
+def _banner(where: str, host: str, port: int, http_port: int, verdicts: str, alerts: str, args: argparse.Namespace) -> str:
+    return f"""
+edge-agent demo: {args.sensors} simulated sensors at {args.rate}/s each, scored live
+  broker     {where}
+  watch      mosquitto_sub -h {host} -p {port} -t '{alerts}' -v
+  metrics    curl -s http://127.0.0.1:{http_port}/metrics | grep edge_agent_
+  predict    curl -s -X POST http://127.0.0.1:{http_port}/predict -H 'Content-Type: application/json' -d '{{"value": 0.95}}'
+  stop       Ctrl-C
+time      sensor                value  score
+"""

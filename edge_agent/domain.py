@@ -1,0 +1,82 @@
+"""The values that travel through the agent: a sensor Reading in, a Verdict out.
+
+These are plain, immutable records with no I/O; adapters (MQTT, HTTP, CSV) convert
+to and from them at the boundary.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True, slots=True)
+class Reading:
+    """One reading of one sensor, already validated.
+
+    ``values`` maps field name to a finite float, in the order the sensor's model
+    expects them (a univariate sensor has the single field ``"value"``).
+    ``ts`` is the reading's own timestamp as epoch seconds, when it carried one;
+    ``ts_raw`` is that timestamp exactly as received (echoed unchanged in the
+    verdict). ``received_at`` is the agent's clock at arrival (epoch seconds).
+    ``ack`` is an opaque token the transport uses to acknowledge the reading once
+    its verdict is out (``None`` when nothing needs acknowledging).
+    ``redelivered`` is the transport's word that this may be a repeat of a reading
+    it delivered before (MQTT's DUP flag).
+    """
+
+    sensor_id: str
+    values: dict[str, float]
+    received_at: float
+    ts: float | None = None
+    ts_raw: Any = None
+    topic: str | None = None
+    ack: Any = field(default=None, compare=False)
+    redelivered: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class InvalidReading:
+    """A message that could not become a Reading: counted by ``reason``, reported."""
+
+    reason: str
+    detail: str
+    topic: str | None = None
+    sensor_id: str | None = None
+    ack: Any = field(default=None, compare=False)
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """The scoring core's answer for one reading."""
+
+    sensor_id: str
+    values: dict[str, float]
+    ts: Any
+    score: float
+    anomaly: int
+    model: str
+    model_version: str
+    learning: bool = False
+    raw_score: float | None = None
+    duplicate: bool = False
+
+    def to_payload(self) -> dict[str, Any]:
+        """The JSON object published on the verdicts and alerts topics."""
+        payload: dict[str, Any] = {
+            "sensor_id": self.sensor_id,
+            "ts": self.ts,
+            "score": round(self.score, 6),
+            "anomaly": self.anomaly,
+            "model": self.model,
+            "model_version": self.model_version,
+        }
+        if list(self.values) == ["value"]:
+            payload["value"] = self.values["value"]
+        else:
+            payload["values"] = dict(self.values)
+        if self.learning:
+            payload["learning"] = True
+        if self.duplicate:
+            payload["duplicate"] = True
+        return payload

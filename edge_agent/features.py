@@ -1,0 +1,178 @@
+"""Streaming features of one sensor: the same code feeds training, replay and the live agent.
+
+A ``FeatureSpec`` names, per input field, which transforms to compute; a
+``FeatureState`` holds one sensor's recent history and turns each new reading
+into a feature row. Features that are not yet defined (the change since the last
+reading, before there is a last reading) come out as NaN; the model fills them
+with the median it saw in training, so a sensor's first readings are scored on
+what is known, not on invented zeros.
+
+>>> spec = FeatureSpec(fields=("value",), transforms=("value", "delta", "std:3"))
+>>> state = spec.new_state()
+>>> [round(x, 3) for x in state.update([1.0])]
+[1.0, nan, nan]
+>>> [round(x, 3) for x in state.update([3.0])]
+[3.0, 2.0, 1.414]
+>>> [round(x, 3) for x in state.peek([5.0])]
+[5.0, 2.0, 2.0]
+>>> [round(x, 3) for x in state.update([2.0])]
+[2.0, -1.0, 1.0]
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+NAN = float("nan")
+
+# name -> whether it takes a window size
+TRANSFORMS = {"value": False, "delta": False, "mean_dev": True, "std": True}
+
+
+def parse_transform(name: str) -> tuple[str, int]:
+    """Split ``"std:10"`` into ``("std", 10)``; windowless ones give a window of 0."""
+    kind, _, arg = name.partition(":")
+    if kind not in TRANSFORMS:
+        raise ValueError(f"unknown feature transform {name!r}; known: {', '.join(TRANSFORMS)}")
+    if TRANSFORMS[kind]:
+        if not arg.isdigit() or int(arg) < 2:
+            raise ValueError(f"feature transform {name!r} needs a window of at least 2, as in {kind}:10")
+        return kind, int(arg)
+    if arg:
+        raise ValueError(f"feature transform {kind!r} takes no window, got {name!r}")
+    return kind, 0
+
+
+@dataclass(frozen=True)
+class FeatureSpec:
+    """Which features a model is trained on: every transform of every field."""
+
+    fields: tuple[str, ...]
+    transforms: tuple[str, ...] = ("value",)
+
+    def __post_init__(self) -> None:
+        if not self.fields:
+            raise ValueError("a feature spec needs at least one field")
+        for t in self.transforms:
+            parse_transform(t)
+
+    @property
+    def names(self) -> list[str]:
+        return [f"{f}:{t}" if t != "value" else f for f in self.fields for t in self.transforms]
+
+    @property
+    def history(self) -> int:
+        """Readings of history the widest transform needs (0 for value only)."""
+        windows = [parse_transform(t)[1] for t in self.transforms]
+        needs_prev = any(parse_transform(t)[0] == "delta" for t in self.transforms)
+        return max([w for w in windows] + [1 if needs_prev else 0])
+
+    def new_state(self) -> FeatureState:
+        return FeatureState(self)
+
+    def to_dict(self) -> dict[str, list[str]]:
+        return {"fields": list(self.fields), "transforms": list(self.transforms)}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Sequence[str]]) -> FeatureSpec:
+        return cls(fields=tuple(d["fields"]), transforms=tuple(d["transforms"]))
+
+
+class _FieldWindow:
+    """Recent values of one field, with running sums for O(1) mean and variance.
+
+    Values are shifted by the first value seen so that the sums stay small and
+    the variance keeps its precision on large readings (1013.25 hPa +- 0.01).
+    """
+
+    __slots__ = ("size", "values", "origin", "s1", "s2", "last")
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.values: deque[float] = deque()
+        self.origin: float | None = None
+        self.s1 = 0.0
+        self.s2 = 0.0
+        self.last: float | None = None
+
+    def push(self, x: float) -> None:
+        if self.origin is None:
+            self.origin = x
+        y = x - self.origin
+        if self.size:
+            self.values.append(y)
+            self.s1 += y
+            self.s2 += y * y
+            if len(self.values) > self.size:
+                old = self.values.popleft()
+                self.s1 -= old
+                self.s2 -= old * old
+        self.last = x
+
+
+class FeatureState:
+    """One sensor's history; ``update`` advances it, ``peek`` scores without advancing."""
+
+    __slots__ = ("spec", "_plan", "_windows", "_width")
+
+    def __init__(self, spec: FeatureSpec) -> None:
+        self.spec = spec
+        self._plan = [parse_transform(t) for t in spec.transforms]
+        self._width = max([w for _, w in self._plan] + [0])
+        self._windows = [_FieldWindow(self._width) for _ in spec.fields]
+
+    def update(self, values: Sequence[float]) -> list[float]:
+        row = self._row(values)
+        for win, x in zip(self._windows, values):
+            win.push(x)
+        return row
+
+    def peek(self, values: Sequence[float]) -> list[float]:
+        return self._row(values)
+
+    def _row(self, values: Sequence[float]) -> list[float]:
+        row: list[float] = []
+        for win, x in zip(self._windows, values):
+            origin = win.origin if win.origin is not None else x
+            y = x - origin
+            for kind, w in self._plan:
+                if kind == "value":
+                    row.append(x)
+                elif kind == "delta":
+                    row.append(NAN if win.last is None else x - win.last)
+                else:
+                    row.append(_window_stat(kind, win, y, w))
+        return row
+
+
+def _window_stat(kind: str, win: _FieldWindow, y: float, w: int) -> float:
+    """mean_dev / std over the last ``w`` readings including the current one (shifted ``y``)."""
+    n_prev = min(len(win.values), w - 1)
+    if n_prev == 0:
+        return NAN
+    if n_prev == len(win.values):
+        s1, s2 = win.s1, win.s2
+    else:  # the window is longer than this transform's: sum only the newest n_prev
+        recent = list(win.values)[-n_prev:]
+        s1 = math.fsum(recent)
+        s2 = math.fsum(v * v for v in recent)
+    if kind == "mean_dev":
+        return y - s1 / n_prev
+    n = n_prev + 1
+    s1 += y
+    s2 += y * y
+    var = max(s2 - s1 * s1 / n, 0.0) / (n - 1)
+    return math.sqrt(var)
+
+
+def feature_matrix(spec: FeatureSpec, rows: np.ndarray) -> np.ndarray:
+    """Features of one sensor's readings in order (rows: n x len(fields)), as streamed."""
+    state = spec.new_state()
+    return np.array([state.update(r) for r in rows.tolist()], dtype=np.float64).reshape(
+        len(rows), len(spec.names)
+    )

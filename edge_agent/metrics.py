@@ -1,0 +1,70 @@
+"""Prometheus metrics of the agent, registered on the registry passed in (never the global one)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from edge_agent.domain import InvalidReading, Verdict
+from edge_agent.model import SensorModel
+
+# Scoring a batch takes tens of microseconds; the default buckets start at 5 ms.
+LATENCY_BUCKETS = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+
+
+@dataclass(frozen=True, slots=True)
+class _SensorChildren:
+    readings: Counter
+    anomalies: Counter
+    state: Gauge
+    score: Gauge
+
+
+class AgentMetrics:
+    """Every metric the agent exposes. Sensor labels are bounded by ``pipeline.max_sensors``."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+        self.readings = Counter("edge_agent_readings", "Readings scored, per sensor.", ["sensor"], registry=registry)
+        self.anomalies = Counter("edge_agent_anomalies", "Readings flagged as anomalous, per sensor.", ["sensor"], registry=registry)
+        self.anomaly_state = Gauge("anomaly_score", "Latest verdict per sensor: 1 anomalous, 0 normal.", ["sensor"], registry=registry)
+        self.score = Gauge("edge_agent_score", "Latest calibrated anomaly score per sensor (0..1, higher is stranger).", ["sensor"], registry=registry)
+        self.invalid = Counter("edge_agent_invalid_messages", "Messages rejected, by reason.", ["reason"], registry=registry)
+        self.duplicates = Counter("edge_agent_duplicate_readings", "Readings recognised as redelivered; their verdict is marked duplicate.", registry=registry)
+        self.latency = Histogram("edge_agent_scoring_latency_seconds", "Time to score one batch of readings.", buckets=LATENCY_BUCKETS, registry=registry)
+        self.batch_size = Histogram("edge_agent_batch_size", "Readings scored together.", buckets=BATCH_BUCKETS, registry=registry)
+        self.broker_connected = Gauge("edge_agent_broker_connected", "1 while connected to the MQTT broker.", registry=registry)
+        self.model_info = Gauge("edge_agent_model_info", "Loaded models (value 1).", ["model", "version", "sha256"], registry=registry)
+        self.queue_depth = Gauge("edge_agent_queue_depth", "Readings handed over and waiting to be scored.", registry=registry)
+        self.verdicts_held = Gauge("edge_agent_verdicts_held", "Verdicts held while the broker is unreachable.", registry=registry)
+        self._per_sensor: dict[str, _SensorChildren] = {}  # labels() costs a lock and a lookup per call
+        self.verdicts_dropped = Counter("edge_agent_verdicts_dropped", "Held verdicts dropped because pipeline.held_verdicts was exceeded.", registry=registry)
+
+    def record_models(self, models: Iterable[SensorModel]) -> None:
+        for m in models:
+            self.model_info.labels(model=m.name, version=m.version, sha256=m.sha256).set(1)
+
+    def record_verdicts(self, verdicts: Iterable[Verdict]) -> None:
+        for v in verdicts:
+            if v.duplicate:
+                self.duplicates.inc()
+                continue
+            children = self._per_sensor.get(v.sensor_id)
+            if children is None:
+                children = self._per_sensor[v.sensor_id] = _SensorChildren(
+                    self.readings.labels(v.sensor_id),
+                    self.anomalies.labels(v.sensor_id),
+                    self.anomaly_state.labels(v.sensor_id),
+                    self.score.labels(v.sensor_id),
+                )
+            children.readings.inc()
+            if v.anomaly:
+                children.anomalies.inc()
+            children.state.set(v.anomaly)
+            children.score.set(v.score)
+
+    def record_invalid(self, invalid: InvalidReading) -> None:
+        self.invalid.labels(invalid.reason).inc()

@@ -1,0 +1,252 @@
+"""A sensor model on disk and in memory: features, forest, calibration, integrity.
+
+A model directory holds ``manifest.json`` (what the model expects and how to
+read its scores) and ``forest.npz`` (the Isolation Forest as plain arrays, read
+without pickle); ``train`` also leaves the scikit-learn estimator as
+``model.joblib``. Every file is checked against the sha256 the manifest (or the
+operator's pin) names before it is read.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edge_agent.features import FeatureSpec
+from edge_agent.forest import Forest
+
+MANIFEST = "manifest.json"
+FOREST_FILE = "forest.npz"
+ESTIMATOR_FILE = "model.joblib"
+FORMAT = "edge-agent-model/1"
+
+# Calibration knots: training-score quantiles mapped to calibrated scores. The
+# training maximum lands on 0.5, the default threshold: a reading is flagged when
+# it is stranger than anything the model saw in normal operation.
+CALIBRATION_LEVELS = (0.0, 0.5, 0.9, 0.99, 1.0)
+CALIBRATION_SCORES = (0.0, 0.2, 0.3, 0.4, 0.5)
+
+
+class ModelError(Exception):
+    """A model that cannot be used: missing, malformed, or failing its integrity check."""
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """Piecewise-linear map from the forest's raw anomaly score (0, 1] to [0, 1]."""
+
+    raw: tuple[float, ...]
+    score: tuple[float, ...]
+
+    @classmethod
+    def fit(cls, training_raw: np.ndarray) -> Calibration:
+        q = np.quantile(training_raw, CALIBRATION_LEVELS)
+        knots = list(np.maximum.accumulate(q))
+        # Strictly increasing knots keep np.interp well defined on constant data.
+        for i in range(1, len(knots)):
+            if knots[i] <= knots[i - 1]:
+                knots[i] = np.nextafter(knots[i - 1], np.inf)
+        top = max(1.0, float(knots[-1]) + 1e-9)
+        return cls(raw=tuple(float(k) for k in knots) + (top,), score=CALIBRATION_SCORES + (1.0,))
+
+    def __call__(self, raw: np.ndarray) -> np.ndarray:
+        return np.interp(raw, self.raw, self.score)
+
+    def to_dict(self) -> dict[str, list[float]]:
+        return {"raw": list(self.raw), "score": list(self.score)}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Calibration:
+        raw, score = tuple(map(float, d["raw"])), tuple(map(float, d["score"]))
+        if len(raw) != len(score) or len(raw) < 2 or any(b <= a for a, b in zip(raw, raw[1:])):
+            raise ValueError("calibration needs two equally long lists with increasing 'raw' knots")
+        return cls(raw=raw, score=score)
+
+
+# A feature further outside its training range than this share of that range makes
+# the reading anomalous on its own. An isolation forest scores a point beyond the
+# training data by its emptiest split, so one extreme feature among several normal
+# ones barely moves its score: this bound keeps "never seen anything like it" loud.
+RANGE_MARGIN = 0.1
+
+
+@dataclass(frozen=True)
+class RangeGuard:
+    """Per-feature training range; readings well outside it score over the threshold."""
+
+    low: np.ndarray
+    high: np.ndarray
+    margin: float = RANGE_MARGIN
+
+    @classmethod
+    def fit(cls, x: np.ndarray) -> RangeGuard:
+        return cls(low=x.min(axis=0), high=x.max(axis=0))
+
+    def excess(self, x: np.ndarray) -> np.ndarray:
+        """How far each row lies outside the range, in multiples of the range (0 inside)."""
+        spread = np.maximum(self.high - self.low, 1e-6 * np.maximum(1.0, np.maximum(np.abs(self.high), np.abs(self.low))))
+        beyond = np.maximum(x - self.high, self.low - x) / spread
+        return np.maximum(beyond.max(axis=1), 0.0)
+
+    def score(self, x: np.ndarray, threshold: float) -> np.ndarray:
+        """0 within range and margin; else from ``threshold`` towards 1 as the excess grows."""
+        e = self.excess(x) - self.margin
+        return np.where(e > 0, threshold + (1.0 - threshold) * np.tanh(e), 0.0)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"low": self.low.tolist(), "high": self.high.tolist(), "margin": self.margin}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> RangeGuard:
+        return cls(np.asarray(d["low"], dtype=np.float64), np.asarray(d["high"], dtype=np.float64), float(d["margin"]))
+
+
+@dataclass(frozen=True)
+class SensorModel:
+    """Everything needed to score a sensor: features, forest, imputation, calibration."""
+
+    name: str
+    version: str
+    sha256: str
+    spec: FeatureSpec
+    forest: Forest
+    impute: np.ndarray
+    calibration: Calibration
+    range_guard: RangeGuard
+    manifest: Mapping[str, Any]
+
+    @property
+    def fields(self) -> tuple[str, ...]:
+        return self.spec.fields
+
+    def score_features(self, features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Raw and calibrated scores of a feature matrix (NaN features take the training median)."""
+        x = np.where(np.isnan(features), self.impute, features)
+        raw = self.forest.anomaly_score(x)
+        threshold = CALIBRATION_SCORES[-1]
+        return raw, np.maximum(self.calibration(raw), self.range_guard.score(x, threshold))
+
+
+def build_model(
+    name: str,
+    version: str,
+    spec: FeatureSpec,
+    forest: Forest,
+    features: np.ndarray,
+    training: Mapping[str, Any],
+) -> SensorModel:
+    """Assemble a model from a fitted forest and the training feature matrix it saw."""
+    impute = np.nanmedian(features, axis=0) if len(features) else np.zeros(features.shape[1])
+    impute = np.where(np.isnan(impute), 0.0, impute)
+    x = np.where(np.isnan(features), impute, features)
+    calibration = Calibration.fit(forest.anomaly_score(x))
+    guard = RangeGuard.fit(x)
+    manifest = {
+        "format": FORMAT,
+        "name": name,
+        "version": version,
+        "features": spec.to_dict(),
+        "feature_names": spec.names,
+        "impute": impute.tolist(),
+        "calibration": calibration.to_dict(),
+        # The raw forest score that calibrates to the default decision threshold.
+        "threshold": {"calibrated": CALIBRATION_SCORES[-1], "raw": calibration.raw[len(CALIBRATION_SCORES) - 1]},
+        "range": guard.to_dict(),
+        "training": dict(training),
+    }
+    return SensorModel(name, version, "", spec, forest, impute, calibration, guard, manifest)
+
+
+def save_model(model: SensorModel, directory: Path, estimator: Any = None) -> SensorModel:
+    """Write the model directory; returns the model with its file's sha256 filled in."""
+    directory.mkdir(parents=True, exist_ok=True)
+    forest_path = directory / FOREST_FILE
+    model.forest.save(forest_path)
+    manifest = dict(model.manifest)
+    manifest["forest"] = {"file": FOREST_FILE, "sha256": sha256_file(forest_path)}
+    if estimator is not None:
+        import joblib  # training-side only
+
+        joblib.dump(estimator, directory / ESTIMATOR_FILE)
+        manifest["estimator"] = {"file": ESTIMATOR_FILE, "sha256": sha256_file(directory / ESTIMATOR_FILE)}
+    (directory / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+    return SensorModel(
+        model.name, model.version, manifest["forest"]["sha256"], model.spec, model.forest,
+        model.impute, model.calibration, model.range_guard, manifest,
+    )
+
+
+def _read_manifest(directory: Path) -> dict[str, Any]:
+    path = directory / MANIFEST
+    if not path.is_file():
+        raise ModelError(f"model {directory}: no {MANIFEST} (is this a model directory made by 'edge-agent train'?)")
+    try:
+        manifest = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ModelError(f"model {directory}: cannot read {MANIFEST}: {e}") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise ModelError(f"model {directory}: {MANIFEST} is not of format {FORMAT!r}")
+    return manifest
+
+
+def _verified(directory: Path, entry: Any, pinned: str | None, what: str) -> Path:
+    if not isinstance(entry, dict) or not isinstance(entry.get("file"), str) or not isinstance(entry.get("sha256"), str):
+        raise ModelError(f"model {directory}: manifest has no valid '{what}' entry with file and sha256")
+    path = directory / Path(entry["file"]).name
+    if not path.is_file():
+        raise ModelError(f"model {directory}: {what} file {path.name} is missing")
+    expected = (pinned or entry["sha256"]).lower()
+    actual = sha256_file(path)
+    if actual != expected:
+        source = "the pinned value in the config" if pinned else MANIFEST
+        raise ModelError(
+            f"model {directory}: {path.name} has sha256 {actual}, but {source} says {expected}; "
+            "refusing to load a file that may have been tampered with"
+        )
+    return path
+
+
+def load_model(directory: Path | str, pinned_sha256: str | None = None) -> SensorModel:
+    """Load a model directory, checking the forest file's sha256 before reading it."""
+    directory = Path(directory)
+    manifest = _read_manifest(directory)
+    forest_path = _verified(directory, manifest.get("forest"), pinned_sha256, "forest")
+    try:
+        forest = Forest.load(forest_path)
+        spec = FeatureSpec.from_dict(manifest["features"])
+        impute = np.asarray(manifest["impute"], dtype=np.float64)
+        calibration = Calibration.from_dict(manifest["calibration"])
+        guard = RangeGuard.from_dict(manifest["range"])
+        name, version = str(manifest["name"]), str(manifest["version"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise ModelError(f"model {directory}: malformed manifest or forest: {e}") from None
+    if impute.shape != (len(spec.names),) or forest.n_features != len(spec.names) or guard.low.shape != impute.shape:
+        raise ModelError(
+            f"model {directory}: the forest takes {forest.n_features} features, "
+            f"the manifest names {len(spec.names)} and imputes {impute.shape[0] if impute.ndim else 0}"
+        )
+    return SensorModel(name, version, manifest["forest"]["sha256"], spec, forest, impute, calibration, guard, manifest)
+
+
+def load_estimator(directory: Path | str, pinned_sha256: str | None = None) -> Any:
+    """The scikit-learn estimator behind a model, unpickled only after its sha256 matches."""
+    directory = Path(directory)
+    manifest = _read_manifest(directory)
+    path = _verified(directory, manifest.get("estimator"), pinned_sha256, "estimator")
+    import joblib
+
+    return joblib.load(path)

@@ -1,0 +1,188 @@
+"""The hand-over between the transport and the scoring core, and the worker that drains it.
+
+The transport's callback only parses and calls ``submit``; one worker thread takes
+whatever is waiting as one batch (a single reading when idle, so nothing waits for
+a batch to fill), scores it, and hands the verdicts to the sink, which publishes
+them and acknowledges each reading once its verdict is out. The hand-over is
+bounded: when it is full ``submit`` blocks the transport, which stops
+acknowledging, so the broker holds the readings instead of the agent dropping them.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Sequence
+from typing import Protocol
+
+from edge_agent.domain import InvalidReading, Reading, Verdict
+from edge_agent.engine import ScoringEngine
+from edge_agent.metrics import AgentMetrics
+
+log = logging.getLogger(__name__)
+
+_STOP = object()
+
+
+class VerdictSink(Protocol):
+    """Where verdicts and rejections go (the MQTT adapter, or a list in replay)."""
+
+    def publish_verdict(self, verdict: Verdict, reading: Reading) -> None: ...
+
+    def publish_error(self, invalid: InvalidReading, report: bool) -> None:
+        """Acknowledge a rejected message; publish the report only when ``report`` is true."""
+
+
+class RateLimitedLog:
+    """Logs at most one line per reason per interval, with the count it swallowed."""
+
+    def __init__(self, interval: float) -> None:
+        self.interval = interval
+        self._last: dict[str, float] = {}
+        self._suppressed: dict[str, int] = {}
+
+    def allow(self, reason: str, now: float) -> int | None:
+        """None to stay quiet; else how many were suppressed since the last line."""
+        last = self._last.get(reason)
+        if last is not None and now - last < self.interval:
+            self._suppressed[reason] = self._suppressed.get(reason, 0) + 1
+            return None
+        self._last[reason] = now
+        return self._suppressed.pop(reason, 0)
+
+
+class TokenBucket:
+    """At most ``rate`` events a second on average, bursts up to ``burst``."""
+
+    def __init__(self, rate: float, burst: float) -> None:
+        self.rate = rate
+        self.burst = burst
+        self._tokens = burst
+        self._at = time.monotonic()
+
+    def take(self, now: float) -> bool:
+        self._tokens = min(self.burst, self._tokens + (now - self._at) * self.rate)
+        self._at = now
+        if self._tokens >= 1.0:
+            self._tokens -= 1.0
+            return True
+        return False
+
+
+class Pipeline:
+    """Bounded hand-over plus one scoring worker."""
+
+    def __init__(
+        self,
+        engine: ScoringEngine,
+        sink: VerdictSink,
+        metrics: AgentMetrics,
+        queue_size: int = 10_000,
+        max_batch: int = 512,
+        error_log_interval: float = 1.0,
+        error_report_rate: float = 100.0,
+    ) -> None:
+        self.engine = engine
+        self.sink = sink
+        self.metrics = metrics
+        self.max_batch = max_batch
+        self._queue: queue.Queue[object] = queue.Queue(maxsize=queue_size)
+        self._errors_log = RateLimitedLog(error_log_interval)
+        self._error_reports = TokenBucket(error_report_rate, burst=max(1.0, error_report_rate))
+        self._worker: threading.Thread | None = None
+        self._closing = threading.Event()
+
+    def start(self) -> None:
+        self._worker = threading.Thread(target=self._run, name="scoring-worker", daemon=True)
+        self._worker.start()
+
+    def submit(self, item: Reading | InvalidReading) -> None:
+        """Hand over one parsed message; blocks (backpressure) while the hand-over is full."""
+        while True:
+            try:
+                self._queue.put(item, timeout=0.5)
+                return
+            except queue.Full:
+                if self._closing.is_set():
+                    # Not acknowledged: the broker redelivers it to the next session.
+                    log.warning("shutting down with a full hand-over; leaving a reading to the broker")
+                    return
+
+    @property
+    def depth(self) -> int:
+        return self._queue.qsize()
+
+    def drain_and_stop(self, timeout: float) -> bool:
+        """Finish what was handed over, then stop the worker. True if it finished in time."""
+        self._closing.set()
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                self._queue.put(_STOP, timeout=max(0.0, deadline - time.monotonic()))
+                break
+            except queue.Full:
+                if time.monotonic() >= deadline:
+                    return False
+        if self._worker is not None:
+            self._worker.join(max(0.0, deadline - time.monotonic()))
+            return not self._worker.is_alive()
+        return True
+
+    def _take_batch(self) -> tuple[list[Reading | InvalidReading], bool]:
+        first = self._queue.get()
+        if first is _STOP:
+            return [], True
+        batch: list[Reading | InvalidReading] = [first]  # type: ignore[list-item]
+        while len(batch) < self.max_batch:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if item is _STOP:
+                return batch, True
+            batch.append(item)  # type: ignore[arg-type]
+        return batch, False
+
+    def _run(self) -> None:
+        stop = False
+        while not stop:
+            batch, stop = self._take_batch()
+            if batch:
+                try:
+                    self.process(batch)
+                except Exception:  # a bug must not silently stop every reading behind it
+                    log.exception("scoring a batch of %d readings failed", len(batch))
+            self.metrics.queue_depth.set(self._queue.qsize())
+
+    def process(self, batch: Sequence[Reading | InvalidReading]) -> None:
+        """Score one batch in order and hand every result to the sink."""
+        readings = [item for item in batch if isinstance(item, Reading)]
+        started = time.perf_counter()
+        results = self.engine.score(readings) if readings else []
+        if readings:
+            self.metrics.latency.observe(time.perf_counter() - started)
+            self.metrics.batch_size.observe(len(readings))
+        by_reading = iter(zip(readings, results))
+        verdicts: list[Verdict] = []
+        for item in batch:
+            if isinstance(item, InvalidReading):
+                self._reject(item)
+                continue
+            reading, result = next(by_reading)
+            if isinstance(result, InvalidReading):
+                self._reject(result)
+            else:
+                verdicts.append(result)
+                self.sink.publish_verdict(result, reading)
+        self.metrics.record_verdicts(verdicts)
+
+    def _reject(self, invalid: InvalidReading) -> None:
+        self.metrics.record_invalid(invalid)
+        now = time.monotonic()
+        suppressed = self._errors_log.allow(invalid.reason, now)
+        if suppressed is not None:
+            more = f" (and {suppressed} more of this kind since the last line)" if suppressed else ""
+            log.warning("invalid message on %s: %s: %s%s", invalid.topic, invalid.reason, invalid.detail, more)
+        self.sink.publish_error(invalid, report=self._error_reports.take(now))

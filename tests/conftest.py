@@ -1,0 +1,199 @@
+"""Shared fixtures: a real broker per test, MQTT clients that collect what arrives, trained models."""
+
+from __future__ import annotations
+
+import json
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import paho.mqtt.client as paho
+import pytest
+from paho.mqtt.enums import CallbackAPIVersion
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from brokers import start_test_broker  # noqa: E402
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def broker() -> Iterator[Any]:
+    """A broker of this test's own on a free port; the test may stop and restart it."""
+    b = start_test_broker()
+    try:
+        yield b
+    finally:
+        b.close()
+
+
+class Collector:
+    """An MQTT client that records every message on its subscriptions."""
+
+    def __init__(self, host: str, port: int, topics: list[str]) -> None:
+        self.messages: list[paho.MQTTMessage] = []
+        self._cond = threading.Condition()
+        self._subscribed = threading.Event()
+        self.client = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"collector-{uuid.uuid4().hex[:8]}")
+        self.client.on_message = self._on_message
+        self.client.on_subscribe = lambda *a: self._subscribed.set()
+        self.client.on_connect = lambda c, u, f, rc, p: c.subscribe([(t, 1) for t in topics])
+        self.client.connect(host, port)
+        self.client.loop_start()
+        if not self._subscribed.wait(10):
+            raise TimeoutError("collector did not subscribe")
+
+    def _on_message(self, client: Any, userdata: Any, message: paho.MQTTMessage) -> None:
+        with self._cond:
+            self.messages.append(message)
+            self._cond.notify_all()
+
+    def wait_for(self, predicate: Callable[[list[paho.MQTTMessage]], bool], timeout: float = 10.0) -> list[paho.MQTTMessage]:
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while not predicate(self.messages):
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError(f"condition not met in {timeout} s; got {len(self.messages)} messages: "
+                                       f"{[(m.topic, m.payload[:80]) for m in self.messages[-5:]]}")
+                self._cond.wait(left)
+            return list(self.messages)
+
+    def wait_count(self, topic_prefix: str, n: int, timeout: float = 10.0) -> list[paho.MQTTMessage]:
+        msgs = self.wait_for(lambda ms: sum(m.topic.startswith(topic_prefix) for m in ms) >= n, timeout)
+        return [m for m in msgs if m.topic.startswith(topic_prefix)]
+
+    def json(self, topic_prefix: str) -> list[dict[str, Any]]:
+        with self._cond:
+            return [json.loads(m.payload) for m in self.messages if m.topic.startswith(topic_prefix)]
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+@pytest.fixture
+def collect(broker: Any) -> Iterator[Callable[[list[str]], Collector]]:
+    made: list[Collector] = []
+
+    def make(topics: list[str]) -> Collector:
+        c = Collector(broker.host, broker.port, topics)
+        made.append(c)
+        return c
+
+    yield make
+    for c in made:
+        c.close()
+
+
+class Publisher:
+    """A sensor: publishes readings at QoS 1 and waits until the broker has them."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.client = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"sensor-{uuid.uuid4().hex[:8]}")
+        self.client.max_inflight_messages_set(1000)
+        self.client.connect(host, port)
+        self.client.loop_start()
+
+    def send(self, topic: str, payload: bytes | str | float, qos: int = 1, retain: bool = False) -> None:
+        info = self.client.publish(topic, payload if not isinstance(payload, float) else str(payload), qos=qos, retain=retain)
+        if qos:
+            info.wait_for_publish(10)
+
+    def send_json(self, topic: str, obj: Any, qos: int = 1) -> None:
+        self.send(topic, json.dumps(obj), qos=qos)
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+@pytest.fixture
+def sensor(broker: Any) -> Iterator[Publisher]:
+    p = Publisher(broker.host, broker.port)
+    yield p
+    p.close()
+
+
+def normal_csv(path: Path, n: int = 2000, seed: int = 1) -> Path:
+    """Normal readings around 1.0 (like a vibration RMS): 0.95 is ordinary, 5.0 is not."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(n)
+    values = 0.9 + 0.1 * np.sin(2 * np.pi * t / 500) + rng.normal(0, 0.03, n)
+    lines = ["timestamp,value"] + [f"{1_700_000_000 + i},{v:.5f}" for i, v in enumerate(values)]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+@pytest.fixture(scope="session")
+def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A models directory with one univariate model 'default' and a two-field model 'climate'."""
+    from edge_agent.model import save_model
+    from edge_agent.table import read_table
+    from edge_agent.training import train_model
+
+    root = tmp_path_factory.mktemp("models")
+    csv_path = normal_csv(root / "normal.csv")
+    model, est = train_model(read_table(csv_path), name="default", version="t1")
+    save_model(model, root / "default", est)
+
+    rng = np.random.default_rng(2)
+    n = 2000
+    temp = 21 + rng.normal(0, 0.3, n)
+    hum = 45 - 0.5 * (temp - 21) + rng.normal(0, 0.5, n)
+    climate = root / "climate.csv"
+    climate.write_text("temperature,humidity\n" + "\n".join(f"{a:.3f},{b:.3f}" for a, b in zip(temp, hum)) + "\n")
+    model, est = train_model(read_table(climate), name="climate", version="t1")
+    save_model(model, root / "climate", est)
+    return root
+
+
+def agent_config(broker: Any, models_dir: Path, *overrides: str) -> Any:
+    from edge_agent.config import load_config
+
+    return load_config(
+        None,
+        [
+            f"agent_id=test-{uuid.uuid4().hex[:6]}",
+            f"mqtt.host={broker.host}",
+            f"mqtt.port={broker.port}",
+            "mqtt.reconnect_min_delay=0.2",
+            "mqtt.reconnect_max_delay=1",
+            "http.host=127.0.0.1",
+            "http.port=0",
+            f"models.dir={models_dir}",
+            *overrides,
+        ],
+        {},
+    )
+
+
+@pytest.fixture
+def start_agent(broker: Any, models_dir: Path) -> Iterator[Callable[..., Any]]:
+    """Start in-process agents against the test's broker; stopped at teardown."""
+    from edge_agent.agent import Agent, load_models
+
+    agents: list[Any] = []
+
+    def start(*overrides: str, wait_ready: bool = True) -> Any:
+        cfg = agent_config(broker, models_dir, *overrides)
+        agent = Agent(cfg, load_models(cfg), env={})
+        agent.start()
+        agents.append(agent)
+        if wait_ready:
+            deadline = time.monotonic() + 10
+            while not agent.readiness()[0]:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"agent not ready: {agent.readiness()[1]}")
+                time.sleep(0.02)
+        return agent
+
+    yield start
+    for a in agents:
+        a.stop(timeout=5)

@@ -1,0 +1,175 @@
+"""The scoring core without any I/O: features, model files, calibration, engine decisions."""
+
+from __future__ import annotations
+
+import doctest
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import edge_agent.features
+from edge_agent.domain import InvalidReading, Reading, Verdict
+from edge_agent.engine import Decision, ScoringEngine, UnknownSensor
+from edge_agent.features import FeatureSpec, feature_matrix, parse_transform
+from edge_agent.model import ModelError, load_estimator, load_model
+
+
+def test_feature_doctests() -> None:
+    result = doctest.testmod(edge_agent.features)
+    assert result.attempted > 0 and result.failed == 0
+
+
+@pytest.mark.parametrize("bad", ["median", "std", "std:1", "std:x", "value:3", "delta:2"])
+def test_unknown_or_malformed_transforms_are_refused(bad: str) -> None:
+    with pytest.raises(ValueError, match=bad.split(":")[0]):
+        parse_transform(bad)
+
+
+def test_streaming_features_match_a_direct_computation() -> None:
+    rng = np.random.default_rng(0)
+    x = 1013.25 + rng.normal(0, 0.01, 200)  # large values, tiny noise: precision matters
+    spec = FeatureSpec(fields=("value",), transforms=("value", "delta", "mean_dev:10", "std:10", "std:4"))
+    f = feature_matrix(spec, x.reshape(-1, 1))
+    for i in range(12, 200):
+        window10 = x[i - 9 : i + 1]
+        assert f[i, 0] == x[i]
+        assert f[i, 1] == pytest.approx(x[i] - x[i - 1], abs=1e-9)
+        assert f[i, 2] == pytest.approx(x[i] - x[i - 9 : i].mean(), abs=1e-9)
+        assert f[i, 3] == pytest.approx(window10.std(ddof=1), rel=1e-6)
+        assert f[i, 4] == pytest.approx(x[i - 3 : i + 1].std(ddof=1), rel=1e-6)
+    assert math.isnan(f[0, 1]) and math.isnan(f[0, 3])
+
+
+def test_peek_does_not_advance_the_state() -> None:
+    spec = FeatureSpec(fields=("a", "b"), transforms=("value", "delta"))
+    state = spec.new_state()
+    state.update([1.0, 10.0])
+    assert state.peek([2.0, 12.0]) == [2.0, 1.0, 12.0, 2.0]
+    assert state.peek([3.0, 13.0]) == [3.0, 2.0, 13.0, 3.0]
+
+
+def test_model_round_trip_scores_identically(models_dir: Path, tmp_path: Path) -> None:
+    model = load_model(models_dir / "default")
+    x = np.array([[0.9, 0.0, 0.0, 0.03], [5.0, 4.0, 4.0, 2.0]])
+    raw, calibrated = model.score_features(x)
+    assert 0 < raw[0] < raw[1] <= 1
+    assert 0 <= calibrated[0] < 0.5 <= calibrated[1] <= 1
+    manifest = json.loads((models_dir / "default" / "manifest.json").read_text())
+    for key in ("features", "calibration", "threshold", "training", "forest", "estimator"):
+        assert key in manifest
+    assert manifest["training"]["library_versions"]["scikit-learn"]
+    estimator = load_estimator(models_dir / "default")
+    np.testing.assert_allclose(-estimator.score_samples(x), raw, atol=1e-9)
+
+
+def test_a_tampered_model_file_is_refused(models_dir: Path, tmp_path: Path) -> None:
+    import shutil
+
+    copy = tmp_path / "m"
+    shutil.copytree(models_dir / "default", copy)
+    data = bytearray((copy / "forest.npz").read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    (copy / "forest.npz").write_bytes(bytes(data))
+    with pytest.raises(ModelError, match="sha256.*tampered"):
+        load_model(copy)
+    (copy / "model.joblib").write_bytes(b"not what was trained")
+    with pytest.raises(ModelError, match="model.joblib has sha256"):
+        load_estimator(copy)
+
+
+def test_a_pinned_hash_overrides_the_manifest(models_dir: Path) -> None:
+    with pytest.raises(ModelError, match="pinned value in the config"):
+        load_model(models_dir / "default", pinned_sha256="0" * 64)
+
+
+def test_missing_model_directory_names_the_problem(tmp_path: Path) -> None:
+    with pytest.raises(ModelError, match="no manifest.json"):
+        load_model(tmp_path)
+
+
+def _reading(sensor: str, value: float, i: int, **values: float) -> Reading:
+    return Reading(sensor_id=sensor, values=values or {"value": value}, received_at=float(i), ts=1e9 + i, ts_raw=1e9 + i)
+
+
+@pytest.fixture
+def engine(models_dir: Path) -> ScoringEngine:
+    models = {"default": load_model(models_dir / "default"), "climate": load_model(models_dir / "climate")}
+    return ScoringEngine(models, assign=[("room-*", "climate")], default="default", decision=Decision(0.5, 1, 1))
+
+
+def test_engine_flags_a_spike_and_not_normal_readings(engine: ScoringEngine) -> None:
+    rng = np.random.default_rng(5)
+    readings = [_reading("vib", 0.9 + rng.normal(0, 0.03), i) for i in range(300)]
+    readings.append(_reading("vib", 3.0, 300))
+    verdicts = engine.score(readings)
+    assert all(isinstance(v, Verdict) for v in verdicts)
+    normal_flags = sum(v.anomaly for v in verdicts[20:300])  # type: ignore[union-attr]
+    assert normal_flags <= 3
+    assert verdicts[-1].anomaly == 1  # type: ignore[union-attr]
+    assert verdicts[-1].score > verdicts[-2].score  # type: ignore[union-attr]
+
+
+def test_batching_does_not_change_scores(models_dir: Path) -> None:
+    rng = np.random.default_rng(6)
+    readings = [_reading(f"s{i % 3}", 0.9 + rng.normal(0, 0.05), i) for i in range(200)]
+    one_by_one = [ScoringEngine({"default": load_model(models_dir / "default")}, default="default")]
+    batched = ScoringEngine({"default": load_model(models_dir / "default")}, default="default")
+    a = [one_by_one[0].score([r])[0] for r in readings]
+    b = batched.score(readings[:77]) + batched.score(readings[77:])
+    assert [v.score for v in a] == [v.score for v in b]  # type: ignore[union-attr]
+
+
+def test_assignment_patterns_pick_the_model(engine: ScoringEngine) -> None:
+    [v] = engine.score([_reading("room-1", 0, 1, temperature=21.0, humidity=45.0)])
+    assert isinstance(v, Verdict) and v.model == "climate" and v.values == {"temperature": 21.0, "humidity": 45.0}
+    [bad] = engine.score([_reading("room-2", 0, 2, temperature=21.0)])
+    assert isinstance(bad, InvalidReading) and bad.reason == "missing_field" and "humidity" in bad.detail
+
+
+def test_unknown_sensor_without_default_is_rejected(models_dir: Path) -> None:
+    engine = ScoringEngine({"climate": load_model(models_dir / "climate")}, assign=[("room-*", "climate")])
+    [r] = engine.score([_reading("boiler", 1.0, 1)])
+    assert isinstance(r, InvalidReading) and r.reason == "no_model"
+    with pytest.raises(UnknownSensor):
+        engine.predict({"value": 1.0}, "boiler")
+
+
+def test_sensor_cap_rejects_new_sensors_only(models_dir: Path) -> None:
+    engine = ScoringEngine({"default": load_model(models_dir / "default")}, default="default", max_sensors=2)
+    out = engine.score([_reading(f"s{i}", 0.9, i) for i in range(4)] + [_reading("s0", 0.9, 9)])
+    assert [type(r).__name__ for r in out] == ["Verdict", "Verdict", "InvalidReading", "InvalidReading", "Verdict"]
+    assert out[2].reason == "too_many_sensors"  # type: ignore[union-attr]
+
+
+def test_redelivered_reading_gets_the_same_verdict_marked_duplicate(engine: ScoringEngine) -> None:
+    first = engine.score([_reading("s", 0.9, 1), _reading("s", 0.95, 2)])
+    again = engine.score([_reading("s", 0.95, 2)])[0]
+    assert isinstance(again, Verdict) and again.duplicate
+    assert again.score == first[1].score  # type: ignore[union-attr]
+    # Without a timestamp, equal values are a duplicate only when the transport says so.
+    plain = Reading("p", {"value": 0.9}, 1.0)
+    engine.score([plain])
+    assert not engine.score([Reading("p", {"value": 0.9}, 2.0)])[0].duplicate  # type: ignore[union-attr]
+    assert engine.score([Reading("p", {"value": 0.9}, 3.0, redelivered=True)])[0].duplicate  # type: ignore[union-attr]
+
+
+def test_k_of_n_flags_only_when_k_of_the_last_n_scores_cross_the_threshold(models_dir: Path) -> None:
+    engine = ScoringEngine({"default": load_model(models_dir / "default")}, default="default", decision=Decision(0.5, 2, 3))
+    values = [0.9] * 30 + [4.0, 0.9, 0.9, 0.9, 0.9, 5.0, 0.9, 6.0, 0.9, 0.9, 0.9, 0.9]
+    verdicts = engine.score([_reading("s", v, i) for i, v in enumerate(values)])
+    over = [v.score >= 0.5 for v in verdicts]  # type: ignore[union-attr]
+    expected = [int(sum(over[max(0, i - 2) : i + 1]) >= 2) for i in range(len(over))]
+    assert [v.anomaly for v in verdicts] == expected  # type: ignore[union-attr]
+    assert 0 < sum(expected) < len(expected)
+
+
+def test_predict_is_the_seed_contract_and_leaves_state_alone(engine: ScoringEngine) -> None:
+    assert engine.predict({"value": 0.95}).anomaly == 0
+    assert engine.predict({"value": 50.0}).anomaly == 1
+    engine.score([_reading("s", 0.9, 1)])
+    before = engine.predict({"value": 0.91}, "s").score
+    engine.predict({"value": 10.0}, "s")
+    assert engine.predict({"value": 0.91}, "s").score == before
