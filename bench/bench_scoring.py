@@ -67,6 +67,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
 
+    load = os.getloadavg()[0]  # other work on the machine skews every number below
     rng = np.random.default_rng(args.seed)
     train = rng.normal(size=(max(5_000, args.max_samples), args.features))
     estimator = IsolationForest(n_estimators=args.trees, max_samples=args.max_samples, random_state=args.seed).fit(train)
@@ -98,7 +99,8 @@ def main() -> None:
 
     path = "step-table lookup (univariate)" if args.features == 1 else "branch-free descent"
     print(f"IsolationForest: {args.trees} trees, max_samples={args.max_samples}, {args.features} feature(s), "
-          f"{forest.n_nodes:,} nodes, depth {forest.max_depth}; evaluator path: {path}; cpus: {os.cpu_count()}\n")
+          f"{forest.n_nodes:,} nodes, depth {forest.max_depth}; evaluator path: {path}; "
+          f"cpus: {os.cpu_count()}, load average at start: {load:.2f}\n")
     print("| scorer | mode | rows | rows/s |")
     print("|---|---|---:|---:|")
     for r in results:

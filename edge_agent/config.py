@@ -44,6 +44,7 @@ class MQTTConfig:
     username: str | None = _f(None, "Broker user name.")
     password_env: str = _f("EDGE_AGENT_MQTT_PASSWORD", "Environment variable holding the broker password.")
     password_file: str | None = _f(None, "File holding the broker password (used when the environment variable is unset).")
+    protocol: str = _f("5", "MQTT version: 5 (session expiry and receive maximum) or 3.1.1 (for brokers without MQTT 5; the session persists with clean_session false).", choices=["5", "3.1.1"])
     keepalive: int = _f(30, "Keepalive interval in seconds.", min=5, max=3600)
     session_expiry: int = _f(86400, "Seconds the broker keeps the agent's session (and its queued readings) while disconnected.", min=0, max=4294967295)
     receive_maximum: int = _f(512, "Readings the broker may send before the agent acknowledges any (backpressure window).", min=1, max=65535)

@@ -100,11 +100,10 @@ def run_demo(args: argparse.Namespace) -> int:
         print(f"edge-agent demo: {e}", file=sys.stderr)
         return 1
     demo_id = f"demo-{uuid.uuid4().hex[:4]}"
-    cfg = load_config(
-        config_path if config_path.exists() else None,
-        [f"agent_id={demo_id}", f"mqtt.host={host}", f"mqtt.port={port}", f"http.port={args.http_port}", "log_level=WARNING"],
-        os.environ,
-    )
+    overrides = [f"agent_id={demo_id}", f"mqtt.host={host}", f"mqtt.port={port}", f"http.port={args.http_port}", "log_level=WARNING"]
+    if isinstance(broker, EmbeddedBroker):
+        overrides.append("mqtt.protocol=3.1.1")  # amqtt speaks MQTT 3.1.1 only
+    cfg = load_config(config_path if config_path.exists() else None, overrides, os.environ)
     base = config_path.resolve().parent if config_path.exists() else Path.cwd()
     try:
         models = load_models(cfg, base)

@@ -156,7 +156,9 @@ class Forest:
     depth 1). Leaves have ``left`` = themselves and threshold +inf, so one step
     ``node = left[node] + (x[feature[node]] > threshold[node])`` advances every tree
     at once without branches, and ``max_depth`` steps reach every leaf.
-    ``roots`` holds each tree's first node; trees are stored one after another.
+    ``roots`` holds each tree's root. Any order with children after their parent is
+    valid; ``from_sklearn`` stores nodes level-major (all roots, then all depth-1
+    nodes, ...), which lets ``score_one`` branch the first levels in one go.
     """
 
     feature: np.ndarray
@@ -352,7 +354,6 @@ class Forest:
             return float(self._steps.scores[np.searchsorted(self._steps.cuts, row[0])])
         if any(map(math.isnan, row.tolist())):  # 4x cheaper than np.isnan(row).any() for a few values
             return float(self._score_block(row[np.newaxis, :])[0])
-        # Every tree starts at its root: that step needs no gather from the node table.
         left, feature, threshold = self._left, self._feature, self._threshold32
         node = self._roots
         if self._prefix_steps:
@@ -498,6 +499,8 @@ def _flatten_tree(tree: Any, features: np.ndarray | None, offset: int) -> dict[s
     order_levels: list[np.ndarray] = []
     level = np.array([0], dtype=np.int64)
     while level.size:
+        if len(order_levels) > MAX_DEPTH_LIMIT:
+            raise ValueError(f"tree deeper than {MAX_DEPTH_LIMIT} levels")
         order_levels.append(level)
         inner = level[~is_leaf[level]]
         level = np.stack([children_left[inner], children_right[inner]], axis=1).reshape(-1)

@@ -79,10 +79,12 @@ class MQTTTransport:
 
     def _make_client(self, env: dict[str, str]) -> paho.Client:
         m = self.cfg.mqtt
+        v5 = m.protocol == "5"
         client = paho.Client(
             callback_api_version=CallbackAPIVersion.VERSION2,
             client_id=client_id(self.cfg),
-            protocol=paho.MQTTv5,
+            protocol=paho.MQTTv5 if v5 else paho.MQTTv311,
+            clean_session=None if v5 else False,
             manual_ack=True,
         )
         # Outgoing verdicts in flight at once; paho queues the rest (bounded by us, see _held).
@@ -110,10 +112,13 @@ class MQTTTransport:
         """Connect in the background (retrying with backoff) and start delivering readings."""
         self._submit = submit
         m = self.cfg.mqtt
-        props = Properties(PacketTypes.CONNECT)
-        props.SessionExpiryInterval = m.session_expiry
-        props.ReceiveMaximum = m.receive_maximum
-        self.client.connect_async(m.host, m.port, keepalive=m.keepalive, clean_start=False, properties=props)
+        if m.protocol == "5":
+            props = Properties(PacketTypes.CONNECT)
+            props.SessionExpiryInterval = m.session_expiry
+            props.ReceiveMaximum = m.receive_maximum
+            self.client.connect_async(m.host, m.port, keepalive=m.keepalive, clean_start=False, properties=props)
+        else:
+            self.client.connect_async(m.host, m.port, keepalive=m.keepalive)
         self.client.loop_start()
 
     @property
@@ -145,7 +150,7 @@ class MQTTTransport:
         )
         client.publish(self.status_topic, "online", qos=1, retain=True)
         # Subscribe on every connect: a broker that lost the session has lost these too.
-        client.subscribe([(f, paho.SubscribeOptions(qos=1)) for f in self._subscriptions])
+        client.subscribe([(f, 1) for f in self._subscriptions])
         for verdict, _ in held:
             # Their readings came in on a connection that is gone; the broker redelivers
             # them and the engine marks those verdicts as duplicates.

@@ -168,6 +168,8 @@ def agent_config(broker: Any, models_dir: Path, *overrides: str) -> Any:
             "http.host=127.0.0.1",
             "http.port=0",
             f"models.dir={models_dir}",
+            # amqtt, the last-resort broker, speaks MQTT 3.1.1 only.
+            *(["mqtt.protocol=3.1.1"] if getattr(broker, "kind", "") == "embedded" else []),
             *overrides,
         ],
         {},

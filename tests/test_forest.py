@@ -224,6 +224,29 @@ def test_single_row_path_agrees_with_batch_path() -> None:
         np.testing.assert_array_equal(forest.score_samples(X_test[:1]), batch[:1])
 
 
+def test_hand_built_forest_in_tree_by_tree_order() -> None:
+    # Two trees stored one after another (not level-major): x0 <= 0.5 ? (x1 <= -1 ? A : B) : C,
+    # and x1 <= 2 ? D : E; the leaves' path lengths are made up, distinct values.
+    leaf = np.inf
+    forest = Forest(
+        feature=np.array([0, 1, 0, 0, 0, 1, 0, 0]),
+        threshold=np.array([0.5, -1.0, leaf, leaf, leaf, 2.0, leaf, leaf]),
+        left=np.array([1, 3, 2, 3, 4, 6, 6, 7]),
+        nan_right=np.zeros(8, dtype=bool),
+        path_length=np.array([0, 0, 1.5, 2.0, 2.25, 0, 1.0, 3.0]),
+        roots=np.array([0, 5]),
+        n_features=2,
+        max_samples=4,
+        max_depth=2,
+    )
+    c4 = 2.0 * (np.log(3.0) + np.euler_gamma) - 2.0 * 3.0 / 4.0
+    cases = {(0.0, -5.0): 2.0 + 1.0, (0.0, 0.0): 2.25 + 1.0, (1.0, 3.0): 1.5 + 3.0, (0.5, 2.0): 2.25 + 1.0}
+    for x, depth in cases.items():
+        expected = -(2.0 ** (-depth / (2 * c4)))
+        assert forest.score_one(np.array(x)) == pytest.approx(expected, abs=1e-12)
+        assert forest.score_samples(np.array([x, x]))[0] == pytest.approx(expected, abs=1e-12)
+
+
 def test_average_path_length_matches_sklearn_rules() -> None:
     from sklearn.ensemble._iforest import _average_path_length
 

@@ -1,0 +1,466 @@
+"""End-to-end benchmark: the agent as a subprocess behind its own mosquitto, against a no-model echo.
+
+    .venv/bin/python bench/bench_e2e.py                       # defaults: well under 3 minutes
+    .venv/bin/python bench/bench_e2e.py --readings 50000 --latency-seconds 20
+
+Measures, on loopback with a mosquitto of its own (never the shared one on :1883):
+throughput with QoS 1 in and out (every reading must be answered), the same through
+bench/echo.py (no model, same broker config), latency p50/p99 at a paced rate, the
+agent's peak RSS after serving 100 sensors, and whether scikit-learn/scipy got mapped
+into the agent. Publisher and subscriber are processes of their own, so neither the
+agent's nor this script's GIL skews the other. Prints one markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.metadata
+import json
+import multiprocessing as mp
+import os
+import platform
+import shlex
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from multiprocessing.synchronize import Event as MpEvent
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion
+
+from edge_agent.local_broker import MosquittoBroker, free_port
+
+ROOT = Path(__file__).resolve().parent.parent
+VENV_BIN = Path(sys.executable).parent
+AGENT_ID = "bench"
+ECHO_PREFIX = "edge/echo"
+# The bench's own bar for a Raspberry-Pi-class agent; not a spec, a regression tripwire.
+TARGET_RATE = 1000.0
+TARGET_P99_MS = 100.0
+TARGET_RSS_MB = 150.0
+
+
+class BenchError(RuntimeError):
+    """Something did not answer or did not start: the bench cannot produce a number."""
+
+
+# --------------------------------------------------------------------------- load processes
+
+
+@dataclass(frozen=True)
+class Collected:
+    """What the verdict subscriber saw."""
+
+    unique: int
+    duplicates: int
+    anomalies: int
+    first_at: float | None
+    last_at: float | None
+    latencies_ms: list[float] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Published:
+    """What the reading publisher did."""
+
+    sent: int
+    acked: int
+    first_at: float
+    last_at: float
+
+
+def _client(client_id: str, inflight: int) -> paho.Client:
+    client = paho.Client(callback_api_version=CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=True)
+    client.max_inflight_messages_set(inflight)
+    return client
+
+
+def collect(port: int, topic_filter: str, expected: int, timeout: float, latencies: bool, ready: MpEvent, out: Any) -> None:
+    """Subscriber process: count unique verdicts (by sensor id and echoed ts) until all are in or time is up."""
+    seen: set[tuple[str, float]] = set()
+    state = {"dups": 0, "anomalies": 0, "first": None, "last": None}
+    lat: list[float] = []
+    done = threading.Event()
+
+    def on_subscribe(client: paho.Client, userdata: Any, mid: int, reasons: Any, properties: Any) -> None:
+        ready.set()
+
+    def on_message(client: paho.Client, userdata: Any, message: paho.MQTTMessage) -> None:
+        now = time.time()
+        body = json.loads(message.payload)
+        key = (body.get("sensor_id"), body.get("ts"))
+        if key in seen:
+            state["dups"] += 1
+            return
+        seen.add(key)
+        if state["first"] is None:
+            state["first"] = now
+        state["last"] = now
+        if body.get("anomaly"):
+            state["anomalies"] += 1
+        if latencies and isinstance(body.get("ts"), (int, float)):
+            lat.append((now - body["ts"]) * 1000.0)
+        if len(seen) >= expected:
+            done.set()
+
+    client = _client(f"bench-sub-{os.getpid()}", 1000)
+    client.on_subscribe = on_subscribe
+    client.on_message = on_message
+    client.on_connect = lambda c, u, f, r, p: c.subscribe(topic_filter, qos=1)
+    client.connect("127.0.0.1", port, keepalive=30)
+    client.loop_start()
+    try:
+        done.wait(timeout)
+    finally:
+        client.disconnect()
+        client.loop_stop()
+    out.put(Collected(len(seen), state["dups"], state["anomalies"], state["first"], state["last"], lat))
+
+
+def publish(port: int, sensors: list[str], n: int, rate: float | None, seed: int, out: Any) -> None:
+    """Publisher process: n QoS 1 readings round-robin over ``sensors``, as fast as possible or paced at ``rate``/s."""
+    import random
+
+    rng = random.Random(seed)
+    acked = [0]
+    client = _client(f"bench-pub-{os.getpid()}", 1000)
+    client.on_publish = lambda c, u, mid, r, p: acked.__setitem__(0, acked[0] + 1)
+    client.connect("127.0.0.1", port, keepalive=30)
+    client.loop_start()
+    last_ts = {s: 0.0 for s in sensors}
+    try:
+        start = time.time()
+        for i in range(n):
+            if rate is not None:
+                # Paced: reading i is due at start + i/rate; late ones go out at once (no catch-up skipping).
+                delay = start + i / rate - time.time()
+                if delay > 0:
+                    time.sleep(delay)
+            sensor = sensors[i % len(sensors)]
+            # ts doubles as the reading's identity: strictly increasing per sensor.
+            ts = max(time.time(), last_ts[sensor] + 1e-6)
+            last_ts[sensor] = ts
+            payload = json.dumps({"value": round(rng.uniform(0.85, 0.95), 4), "ts": ts})
+            client.publish(f"sensors/{sensor}", payload, qos=1)
+        last = time.time()
+        deadline = time.monotonic() + 60
+        while acked[0] < n and time.monotonic() < deadline:
+            time.sleep(0.01)
+    finally:
+        client.disconnect()
+        client.loop_stop()
+    out.put(Published(n, acked[0], start, last))
+
+
+@dataclass(frozen=True)
+class LoadResult:
+    """One load run: readings sent, verdicts back, and the timing between."""
+
+    sent: int
+    answered: int
+    duplicates: int
+    anomalies: int
+    seconds: float
+    latencies_ms: list[float]
+
+    @property
+    def rate(self) -> float:
+        return self.sent / self.seconds if self.seconds > 0 else 0.0
+
+
+def run_load(
+    port: int, prefix: str, sensors: list[str], n: int, *, rate: float | None = None,
+    timeout: float = 120.0, latencies: bool = False, seed: int = 0, strict: bool = True,
+) -> LoadResult:
+    """Publish ``n`` readings and wait for their verdicts on ``prefix``/verdicts/+; BenchError if any is missing."""
+    ctx = mp.get_context("spawn")
+    q_sub, q_pub = ctx.Queue(), ctx.Queue()
+    ready = ctx.Event()
+    sub = ctx.Process(target=collect, args=(port, f"{prefix}/verdicts/+", n, timeout, latencies, ready, q_sub), daemon=True)
+    sub.start()
+    pub = None
+    try:
+        if not ready.wait(15):
+            raise BenchError("the verdict subscriber did not get its subscription within 15 s")
+        pub = ctx.Process(target=publish, args=(port, sensors, n, rate, seed, q_pub), daemon=True)
+        pub.start()
+        published: Published = q_pub.get(timeout=timeout + 70)
+        collected: Collected = q_sub.get(timeout=timeout + 30)
+    finally:
+        for proc in (pub, sub):
+            if proc is not None:
+                proc.join(5)
+                if proc.is_alive():
+                    proc.kill()
+    if published.acked < n:
+        raise BenchError(f"the broker acknowledged only {published.acked} of {n} readings")
+    if strict and collected.unique < n:
+        raise BenchError(f"{n - collected.unique} of {n} readings got no verdict on {prefix}/verdicts/+ within {timeout:.0f} s")
+    seconds = (collected.last_at or published.last_at) - published.first_at
+    return LoadResult(n, collected.unique, collected.duplicates, collected.anomalies, seconds, collected.latencies_ms)
+
+
+# --------------------------------------------------------------------------- the process under test
+
+
+def wait_status(port: int, topic: str, timeout: float) -> None:
+    """Block until the retained status on ``topic`` reads "online"."""
+    online = threading.Event()
+    client = _client(f"bench-status-{os.getpid()}", 20)
+    client.on_connect = lambda c, u, f, r, p: c.subscribe(topic, qos=1)
+    client.on_message = lambda c, u, m: online.set() if m.payload == b"online" else None
+    client.connect("127.0.0.1", port, keepalive=30)
+    client.loop_start()
+    try:
+        if not online.wait(timeout):
+            raise BenchError(f"no retained 'online' on {topic} within {timeout:.0f} s")
+    finally:
+        client.disconnect()
+        client.loop_stop()
+
+
+def wait_ready(http_port: int, timeout: float) -> None:
+    """Block until /readyz answers 200: connected *and* subscribed, so no reading is published into the void."""
+    deadline = time.monotonic() + timeout
+    last = ""
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/readyz", timeout=1) as r:
+                if r.status == 200:
+                    return
+        except OSError as e:
+            last = str(e)
+        time.sleep(0.05)
+    raise BenchError(f"agent /readyz on port {http_port} not ready within {timeout:.0f} s ({last})")
+
+
+class Target:
+    """A subprocess under test (the agent or the echo); stopped with SIGTERM, then killed."""
+
+    def __init__(self, name: str, argv: list[str], log_path: Path) -> None:
+        self.name = name
+        self.argv = argv
+        self.log_path = log_path
+        self._log = open(log_path, "wb")
+        self.proc = subprocess.Popen(argv, stdout=self._log, stderr=subprocess.STDOUT, cwd=ROOT)
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def check_alive(self) -> None:
+        if self.proc.poll() is not None:
+            tail = self.log_path.read_text(errors="replace")[-2000:]
+            raise BenchError(f"{self.name} exited with code {self.proc.returncode}:\n{tail}")
+
+    def status_kb(self) -> dict[str, int]:
+        """VmHWM, VmRSS, ... from /proc/<pid>/status, in kB."""
+        self.check_alive()
+        values: dict[str, int] = {}
+        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
+            key, _, rest = line.partition(":")
+            if rest.strip().endswith("kB"):
+                values[key] = int(rest.split()[0])
+        return values
+
+    def mapped(self, *needles: str) -> list[str]:
+        """Files mapped into the process whose path contains any of ``needles``."""
+        self.check_alive()
+        paths = {line.split()[-1] for line in Path(f"/proc/{self.pid}/maps").read_text().splitlines() if len(line.split()) >= 6}
+        return sorted(p for p in paths if any(n in p for n in needles))
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        self._log.close()
+
+
+# --------------------------------------------------------------------------- report
+
+
+def machine() -> list[str]:
+    model = "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.partition(":")[2].strip()
+                break
+    except OSError:
+        pass
+    return [
+        f"- machine: {os.cpu_count()} CPUs (nproc {len(os.sched_getaffinity(0))}), {model}",
+        f"- python {platform.python_version()} ({sys.executable}), {platform.platform()}",
+        f"- paho-mqtt {importlib.metadata.version('paho-mqtt')}, broker: {_mosquitto_version()}",
+    ]
+
+
+def _mosquitto_version() -> str:
+    from edge_agent.local_broker import MOSQUITTO
+
+    if MOSQUITTO is None:
+        return "no mosquitto"
+    out = subprocess.run([MOSQUITTO, "-h"], capture_output=True, text=True, timeout=5).stdout
+    return out.splitlines()[0] if out else MOSQUITTO
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    if not ordered:
+        return float("nan")
+    k = min(len(ordered) - 1, max(0, round(q / 100.0 * (len(ordered) - 1))))
+    return ordered[k]
+
+
+def table(rows: list[tuple[str, str, str]]) -> str:
+    lines = ["| figure | value | target |", "| --- | --- | --- |"]
+    lines += [f"| {a} | {b} | {c} |" for a, b, c in rows]
+    return "\n".join(lines)
+
+
+def ok(good: bool) -> str:
+    return "" if good else " **(missed)**"
+
+
+# --------------------------------------------------------------------------- phases
+
+
+def agent_argv(broker_port: int, http_port: int) -> list[str]:
+    return [
+        str(VENV_BIN / "edge-agent"), "run", "--config", str(ROOT / "config.yaml"),
+        "--set", "mqtt.host=127.0.0.1", "--set", f"mqtt.port={broker_port}", "--set", f"http.port={http_port}",
+        "--set", "http.host=127.0.0.1", "--set", f"agent_id={AGENT_ID}", "--set", "log_level=WARNING",
+    ]
+
+
+def sensors(n: int, offset: int = 0) -> list[str]:
+    return [f"vibration-{offset + i}" for i in range(n)]
+
+
+def bench_agent(args: argparse.Namespace, workdir: Path, rows: list[tuple[str, str, str]]) -> LoadResult:
+    broker = MosquittoBroker()
+    agent: Target | None = None
+    try:
+        broker.start()
+        http_port = free_port()
+        agent = Target("agent", agent_argv(broker.port, http_port), workdir / "agent.log")
+        t0 = time.monotonic()
+        wait_status(broker.port, f"edge/{AGENT_ID}/status", args.start_timeout)
+        wait_ready(http_port, args.start_timeout)
+        agent.check_alive()
+        idle = agent.status_kb()
+        print(f"agent pid {agent.pid} ready in {time.monotonic() - t0:.1f} s on broker port {broker.port}, http {http_port}", file=sys.stderr)
+
+        # 100 sensors, a few readings each: the state the RSS figure is about.
+        many = sensors(args.rss_sensors, offset=1000)
+        run_load(broker.port, f"edge/{AGENT_ID}", many, args.rss_sensors * args.rss_readings, timeout=args.timeout, seed=1)
+        rss = agent.status_kb()
+        heavy = agent.mapped("sklearn", "scipy", "scikit_learn")
+
+        # Warm-up, then throughput as fast as the publisher goes.
+        ten = sensors(args.sensors)
+        run_load(broker.port, f"edge/{AGENT_ID}", ten, min(2000, args.readings), timeout=args.timeout, seed=2)
+        print(f"agent: throughput run, {args.readings} readings ...", file=sys.stderr)
+        thr = run_load(broker.port, f"edge/{AGENT_ID}", ten, args.readings, timeout=args.timeout, seed=3)
+        agent.check_alive()
+
+        # Latency at a paced rate.
+        n_lat = int(args.latency_rate * args.latency_seconds)
+        print(f"agent: latency run, {n_lat} readings at {args.latency_rate:.0f}/s ...", file=sys.stderr)
+        lat = run_load(broker.port, f"edge/{AGENT_ID}", ten, n_lat, rate=args.latency_rate,
+                       timeout=args.latency_seconds + args.timeout, latencies=True, seed=4, strict=False)
+        end = agent.status_kb()
+        heavy_end = agent.mapped("sklearn", "scipy", "scikit_learn")
+        numpy_mapped = bool(agent.mapped("numpy"))
+    finally:
+        if agent is not None:
+            agent.stop()
+        broker.close()
+
+    mb = lambda kb: kb / 1024.0  # noqa: E731
+    p50, p99 = percentile(lat.latencies_ms, 50), percentile(lat.latencies_ms, 99)
+    rows += [
+        (f"agent throughput, QoS 1 in/out, {args.sensors} sensors", f"{thr.rate:,.0f} readings/s ({thr.sent:,} in {thr.seconds:.2f} s)", f"≥ {TARGET_RATE:,.0f}{ok(thr.rate >= TARGET_RATE)}"),
+        ("agent answered / sent (throughput run)", f"{thr.answered:,} / {thr.sent:,} (dups {thr.duplicates}, anomalies {thr.anomalies})", "all"),
+        (f"agent latency at {args.latency_rate:,.0f}/s for {args.latency_seconds:.0f} s: p50", f"{p50:.1f} ms", ""),
+        (f"agent latency at {args.latency_rate:,.0f}/s for {args.latency_seconds:.0f} s: p99", f"{p99:.1f} ms", f"≤ {TARGET_P99_MS:.0f} ms{ok(p99 <= TARGET_P99_MS)}"),
+        ("agent answered / sent (latency run)", f"{lat.answered:,} / {lat.sent:,} (max {max(lat.latencies_ms, default=float('nan')):.0f} ms)", f"all{ok(lat.answered == lat.sent)}"),
+        ("agent RSS idle (VmRSS after startup)", f"{mb(idle['VmRSS']):.1f} MB", ""),
+        (f"agent peak RSS after {args.rss_sensors} sensors × {args.rss_readings} readings (VmHWM)", f"{mb(rss['VmHWM']):.1f} MB (VmRSS {mb(rss['VmRSS']):.1f})", f"≤ {TARGET_RSS_MB:.0f} MB{ok(mb(rss['VmHWM']) <= TARGET_RSS_MB)}"),
+        ("agent peak RSS at the end of all runs (VmHWM)", f"{mb(end['VmHWM']):.1f} MB", f"≤ {TARGET_RSS_MB:.0f} MB{ok(mb(end['VmHWM']) <= TARGET_RSS_MB)}"),
+        ("sklearn/scipy mapped into the agent (/proc/pid/maps)", "no" if not (heavy or heavy_end) else f"YES: {len(set(heavy + heavy_end))} files, e.g. {(heavy + heavy_end)[0]}", f"no{ok(not (heavy or heavy_end))}"),
+        ("numpy mapped into the agent", "yes" if numpy_mapped else "no", "(expected: yes)"),
+    ]
+    return thr
+
+
+def bench_echo(args: argparse.Namespace, workdir: Path) -> LoadResult:
+    # A broker of its own, same config: the agent's persistent session would otherwise keep
+    # queueing sensors/+ for it on the first broker and charge that work to the echo.
+    broker = MosquittoBroker()
+    echo: Target | None = None
+    try:
+        broker.start()
+        echo = Target("echo", [sys.executable, str(ROOT / "bench" / "echo.py"), "--port", str(broker.port), "--prefix", ECHO_PREFIX], workdir / "echo.log")
+        wait_status(broker.port, f"{ECHO_PREFIX}/status", args.start_timeout)
+        echo.check_alive()
+        ten = sensors(args.sensors)
+        run_load(broker.port, ECHO_PREFIX, ten, min(2000, args.readings), timeout=args.timeout, seed=2)
+        print(f"echo: throughput run, {args.readings} readings ...", file=sys.stderr)
+        thr = run_load(broker.port, ECHO_PREFIX, ten, args.readings, timeout=args.timeout, seed=3)
+        echo.check_alive()
+        return thr
+    finally:
+        if echo is not None:
+            echo.stop()
+        broker.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--readings", type=int, default=20_000, help="readings in the throughput runs (default 20000)")
+    p.add_argument("--sensors", type=int, default=10, help="sensors the throughput and latency readings are spread over (default 10)")
+    p.add_argument("--latency-rate", type=float, default=1000.0, help="paced readings/s in the latency run (default 1000)")
+    p.add_argument("--latency-seconds", type=float, default=10.0, help="length of the latency run (default 10)")
+    p.add_argument("--rss-sensors", type=int, default=100, help="sensors served before the RSS reading (default 100)")
+    p.add_argument("--rss-readings", type=int, default=5, help="readings per sensor before the RSS reading (default 5)")
+    p.add_argument("--timeout", type=float, default=90.0, help="seconds to wait for the last verdict of a run (default 90)")
+    p.add_argument("--start-timeout", type=float, default=30.0, help="seconds for the agent/echo to come up (default 30)")
+    p.add_argument("--no-echo", action="store_true", help="skip the echo baseline")
+    args = p.parse_args(argv)
+
+    workdir = Path(tempfile.mkdtemp(prefix="bench-e2e-"))
+    started = time.monotonic()
+    rows: list[tuple[str, str, str]] = []
+    try:
+        agent_thr = bench_agent(args, workdir, rows)
+        if not args.no_echo:
+            echo_thr = bench_echo(args, workdir)
+            rows.insert(2, ("echo throughput (bench/echo.py, no model), same broker config", f"{echo_thr.rate:,.0f} readings/s ({echo_thr.answered:,} / {echo_thr.sent:,} answered)", "(baseline)"))
+            rows.insert(3, ("ratio agent / echo", f"{agent_thr.rate / echo_thr.rate:.2f}", ""))
+    except BenchError as e:
+        print(f"\nbench_e2e FAILED: {e}\n(logs in {workdir})", file=sys.stderr)
+        return 1
+
+    print("\n## End-to-end benchmark\n")
+    print("\n".join(machine()))
+    print(f"- command: `{shlex.join([sys.executable, *sys.argv])}` (total {time.monotonic() - started:.0f} s)")
+    print(f"- agent: `{shlex.join(agent_argv(0, 0)).replace('mqtt.port=0', 'mqtt.port=<free>').replace('http.port=0', 'http.port=<free>')}`\n")
+    print(table(rows))
+    print("\nHTTP /predict and raw scoring: see bench/bench_http.py and bench/bench_scoring.py (not repeated here).")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,100 @@
+"""train, replay and demo as a user runs them, through the real command line."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import REPO, normal_csv
+from edge_agent.cli import main
+from edge_agent.engine import Decision
+from edge_agent.model import load_model
+from edge_agent.replay import replay
+from edge_agent.table import read_table
+
+
+def test_train_writes_a_verified_model_with_manifest(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    data = normal_csv(tmp_path / "n.csv", n=600)
+    assert main(["train", "--input", str(data), "--out", str(tmp_path / "m"), "--model-version", "v7"]) == 0
+    model = load_model(tmp_path / "m")
+    manifest = json.loads((tmp_path / "m" / "manifest.json").read_text())
+    assert model.name == "m" and model.version == "v7" and model.fields == ("value",)
+    assert manifest["training"]["rows"] == 600
+    assert manifest["training"]["command"].startswith("edge-agent")
+    assert "forest sha256" in capsys.readouterr().out
+
+
+def test_train_leaves_labelled_anomalies_out(tmp_path: Path) -> None:
+    rows = ["value,anomaly"] + [f"{1 + 0.01 * (i % 7)},0" for i in range(300)] + ["50,1"] * 20
+    (tmp_path / "l.csv").write_text("\n".join(rows) + "\n")
+    assert main(["train", "--input", str(tmp_path / "l.csv"), "--out", str(tmp_path / "m")]) == 0
+    model = load_model(tmp_path / "m")
+    assert model.manifest["training"]["rows"] == 300
+    assert model.range_guard.high[0] < 2  # the anomalies did not widen what counts as normal
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [("", "empty"), ("a,b\n1,x\n", "row 2, column 'b'"), ("a\n1\n2\n", "usable normal rows")],
+)
+def test_train_rejects_unusable_files_with_exit_2(tmp_path: Path, content: str, message: str, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "bad.csv").write_text(content)
+    assert main(["train", "--input", str(tmp_path / "bad.csv"), "--out", str(tmp_path / "m")]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_replay_learn_rows_trains_on_the_head_and_flags_the_fault(tmp_path: Path) -> None:
+    rng = np.random.default_rng(3)
+    values = list(1 + rng.normal(0, 0.02, 600))
+    values[500:520] = [1.5] * 20  # a level shift well after the training rows
+    src = tmp_path / "s.csv"
+    src.write_text("datetime;value\n" + "\n".join(f"2024-01-01T00:{i // 60:02d}:{i % 60:02d};{v:.5f}" for i, v in enumerate(values)) + "\n")
+    out = tmp_path / "o.csv"
+    assert main(["replay", str(src), "--out", str(out), "--learn-rows", "400"]) == 0
+    rows = list(csv.DictReader(out.open()))
+    assert len(rows) == 600 and rows[0]["datetime"] == "2024-01-01T00:00:00"
+    assert all(r["anomaly"] == "0" and r["phase"] == "learn" for r in rows[:400])
+    assert all(r["phase"] == "score" for r in rows[400:])
+    assert rows[500]["anomaly"] == "1"
+    assert sum(int(r["anomaly"]) for r in rows[400:500]) <= 2
+
+
+def test_replay_scores_exactly_like_the_live_engine(models_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "o.csv"
+    src = normal_csv(tmp_path / "n.csv", n=300, seed=9)
+    assert main(["replay", str(src), "--out", str(out), "--model", str(models_dir / "default")]) == 0
+    scores = [float(r["score"]) for r in csv.DictReader(out.open())]
+    direct = replay(read_table(src), load_model(models_dir / "default"), Decision())
+    assert scores == pytest.approx([r.verdict.score for r in direct], abs=1e-6)
+
+
+def test_replay_with_a_missing_model_says_so(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    src = normal_csv(tmp_path / "n.csv", n=50)
+    assert main(["replay", str(src), "--out", str(tmp_path / "o.csv"), "--model", str(tmp_path / "nope")]) == 2
+    assert "no manifest.json" in capsys.readouterr().err
+
+
+@pytest.mark.broker
+@pytest.mark.parametrize("broker_kind", ["mosquitto", "embedded"])
+def test_demo_shows_verdicts_and_stops_cleanly(broker_kind: str, tmp_path: Path) -> None:
+    from brokers import MOSQUITTO, free_port
+
+    if broker_kind == "mosquitto" and MOSQUITTO is None:
+        pytest.skip("no mosquitto binary: the embedded case covers this machine")
+    r = subprocess.run(
+        [sys.executable, "-m", "edge_agent.cli", "demo", "--config", str(REPO / "config.yaml"), "--broker", broker_kind,
+         "--duration", "4", "--rate", "5", "--http-port", str(free_port())],
+        capture_output=True, text=True, timeout=60, cwd=tmp_path,
+    )
+    assert r.returncode == 0, r.stderr
+    assert "mosquitto_sub" in r.stdout and "/predict" in r.stdout
+    lines = [line for line in r.stdout.splitlines() if " score " in line]
+    assert len(lines) >= 8, r.stdout
+    assert any(k in r.stdout for k in ("vibration-3", "temperature-1"))
+    assert "stopped:" in r.stdout
