@@ -113,8 +113,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
             if args.learn_rows >= len(table):
                 print(f"edge-agent replay: --learn-rows {args.learn_rows} leaves nothing to score in {len(table)} rows", file=sys.stderr)
                 return EXIT_USAGE
-            head = _head(table, args.learn_rows)
-            model, _ = train_model(head, name="learned", version="replay")
+            model, _ = train_model(table.head(args.learn_rows), name="learned", version="replay")
         else:
             model_dir = Path(args.model) if args.model else _config_base(args) / cfg.models.dir / str(cfg.models.default)
             model = load_model(model_dir, cfg.models.pinned_sha256.get(model_dir.name))
@@ -141,17 +140,6 @@ def _model_columns(path: str, fields: Sequence[str]) -> list[str] | None:
         return None
     header = next(csv.reader([first], delimiter=";" if first.count(";") > first.count(",") else ","), [])
     return list(fields) if all(f in [h.strip() for h in header] for f in fields) else None
-
-
-def _head(table, n: int):  # type: ignore[no-untyped-def]
-    from dataclasses import replace
-
-    return replace(
-        table, rows=table.rows[:n], values=table.values[:n], timestamps=table.timestamps[:n],
-        timestamp_raw=table.timestamp_raw[:n],
-        sensor_ids=table.sensor_ids[:n] if table.sensor_ids is not None else None,
-        labels=None,  # the protocol trains on the first rows as they are
-    )
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

@@ -31,7 +31,9 @@ import numpy as np
 NAN = float("nan")
 
 # name -> whether it takes a window size
-TRANSFORMS = {"value": False, "delta": False, "mean_dev": True, "std": True}
+TRANSFORMS = {"value": False, "delta": False, "repeats": False, "mean": True, "mean_dev": True, "std": True}
+# A frozen sensor repeats its last value; counting stops here so the feature stays bounded.
+MAX_REPEATS = 100
 
 
 def parse_transform(name: str) -> tuple[str, int]:
@@ -62,8 +64,13 @@ class FeatureSpec:
             parse_transform(t)
 
     @property
+    def columns(self) -> list[tuple[str, str]]:
+        """(field, transform) of every feature, in feature order."""
+        return [(f, t) for f in self.fields for t in self.transforms]
+
+    @property
     def names(self) -> list[str]:
-        return [f"{f}:{t}" if t != "value" else f for f in self.fields for t in self.transforms]
+        return [f"{f}:{t}" if t != "value" else f for f, t in self.columns]
 
     @property
     def history(self) -> int:
@@ -90,7 +97,7 @@ class _FieldWindow:
     the variance keeps its precision on large readings (1013.25 hPa +- 0.01).
     """
 
-    __slots__ = ("size", "values", "origin", "s1", "s2", "last")
+    __slots__ = ("size", "values", "origin", "s1", "s2", "last", "repeats")
 
     def __init__(self, size: int) -> None:
         self.size = size
@@ -99,6 +106,7 @@ class _FieldWindow:
         self.s1 = 0.0
         self.s2 = 0.0
         self.last: float | None = None
+        self.repeats = 0
 
     def push(self, x: float) -> None:
         if self.origin is None:
@@ -112,6 +120,7 @@ class _FieldWindow:
                 old = self.values.popleft()
                 self.s1 -= old
                 self.s2 -= old * old
+        self.repeats = min(self.repeats + 1, MAX_REPEATS) if x == self.last else 0
         self.last = x
 
 
@@ -145,13 +154,16 @@ class FeatureState:
                     row.append(x)
                 elif kind == "delta":
                     row.append(NAN if win.last is None else x - win.last)
+                elif kind == "repeats":
+                    # Readings in a row equal to this one, this one excluded.
+                    row.append(NAN if win.last is None else float(min(win.repeats + 1, MAX_REPEATS)) if x == win.last else 0.0)
                 else:
-                    row.append(_window_stat(kind, win, y, w))
+                    row.append(_window_stat(kind, win, y, w, origin))
         return row
 
 
-def _window_stat(kind: str, win: _FieldWindow, y: float, w: int) -> float:
-    """mean_dev / std over the last ``w`` readings including the current one (shifted ``y``)."""
+def _window_stat(kind: str, win: _FieldWindow, y: float, w: int, origin: float) -> float:
+    """mean / mean_dev / std over the last ``w`` readings (mean_dev: the current one against the others)."""
     n_prev = min(len(win.values), w - 1)
     if n_prev == 0:
         return NAN
@@ -164,6 +176,8 @@ def _window_stat(kind: str, win: _FieldWindow, y: float, w: int) -> float:
     if kind == "mean_dev":
         return y - s1 / n_prev
     n = n_prev + 1
+    if kind == "mean":
+        return (s1 + y) / n + origin
     s1 += y
     s2 += y * y
     var = max(s2 - s1 * s1 / n, 0.0) / (n - 1)

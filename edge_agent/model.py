@@ -81,38 +81,59 @@ class Calibration:
 # the reading anomalous on its own. An isolation forest scores a point beyond the
 # training data by its emptiest split, so one extreme feature among several normal
 # ones barely moves its score: this bound keeps "never seen anything like it" loud.
-RANGE_MARGIN = 0.1
+# The margin shrinks as training grows, since a range seen in few readings
+# understates the real one: 20 / sqrt(rows), from a whole range for 400 rows (the
+# SKAB protocol's learning period) down to a tenth of it from 40,000 rows on.
+RANGE_MARGIN = 1.0
+
+
+# The level of a wandering field may leave its training range by up to this many
+# ranges before it counts: a warm-up drifts, a broken sensor reading 50 instead of 1 jumps.
+WANDERING_MARGIN = 10.0
+
+
+def range_margin(training_rows: int) -> float:
+    return float(min(RANGE_MARGIN, max(0.1, 20.0 / np.sqrt(max(training_rows, 1)))))
 
 
 @dataclass(frozen=True)
 class RangeGuard:
-    """Per-feature training range; readings well outside it score over the threshold."""
+    """Per-feature training range; readings well outside it score over the threshold.
+
+    ``margin`` is per feature, in multiples of that feature's training range: the
+    level of a field that wanders in normal operation (a temperature warming up)
+    gets a wider one than a field that holds steady.
+    """
 
     low: np.ndarray
     high: np.ndarray
-    margin: float = RANGE_MARGIN
+    margin: np.ndarray
 
     @classmethod
-    def fit(cls, x: np.ndarray) -> RangeGuard:
-        return cls(low=x.min(axis=0), high=x.max(axis=0))
+    def fit(cls, x: np.ndarray, margin: np.ndarray) -> RangeGuard:
+        return cls(low=x.min(axis=0), high=x.max(axis=0), margin=np.asarray(margin, dtype=np.float64))
 
     def excess(self, x: np.ndarray) -> np.ndarray:
-        """How far each row lies outside the range, in multiples of the range (0 inside)."""
+        """How far each row lies beyond range and margin, in multiples of the range (<= 0 inside)."""
         spread = np.maximum(self.high - self.low, 1e-6 * np.maximum(1.0, np.maximum(np.abs(self.high), np.abs(self.low))))
-        beyond = np.maximum(x - self.high, self.low - x) / spread
-        return np.maximum(beyond.max(axis=1), 0.0)
+        beyond = np.maximum(x - self.high, self.low - x) / spread - self.margin
+        return beyond.max(axis=1)
 
     def score(self, x: np.ndarray, threshold: float) -> np.ndarray:
         """0 within range and margin; else from ``threshold`` towards 1 as the excess grows."""
-        e = self.excess(x) - self.margin
-        return np.where(e > 0, threshold + (1.0 - threshold) * np.tanh(e), 0.0)
+        e = self.excess(x)
+        return np.where(e > 0, threshold + (1.0 - threshold) * np.tanh(np.maximum(e, 0.0)), 0.0)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"low": self.low.tolist(), "high": self.high.tolist(), "margin": self.margin}
+        return {"low": self.low.tolist(), "high": self.high.tolist(), "margin": self.margin.tolist()}
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> RangeGuard:
-        return cls(np.asarray(d["low"], dtype=np.float64), np.asarray(d["high"], dtype=np.float64), float(d["margin"]))
+        low, high = np.asarray(d["low"], dtype=np.float64), np.asarray(d["high"], dtype=np.float64)
+        margin = np.asarray(d["margin"], dtype=np.float64)
+        if not (low.shape == high.shape == margin.shape) or low.ndim != 1:
+            raise ValueError("range low, high and margin must be lists of one length")
+        return cls(low, high, margin)
 
 
 @dataclass(frozen=True)
@@ -148,13 +169,17 @@ def build_model(
     forest: Forest,
     features: np.ndarray,
     training: Mapping[str, Any],
+    wandering_levels: np.ndarray | None = None,
 ) -> SensorModel:
     """Assemble a model from a fitted forest and the training feature matrix it saw."""
     impute = np.nanmedian(features, axis=0) if len(features) else np.zeros(features.shape[1])
     impute = np.where(np.isnan(impute), 0.0, impute)
     x = np.where(np.isnan(features), impute, features)
     calibration = Calibration.fit(forest.anomaly_score(x))
-    guard = RangeGuard.fit(x)
+    margin = np.full(x.shape[1], range_margin(len(x)))
+    if wandering_levels is not None:
+        margin[np.asarray(wandering_levels, dtype=bool)] = WANDERING_MARGIN
+    guard = RangeGuard.fit(x, margin)
     manifest = {
         "format": FORMAT,
         "name": name,

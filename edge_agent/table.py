@@ -10,7 +10,7 @@ from __future__ import annotations
 import csv
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -43,6 +43,15 @@ class SensorTable:
 
     def __len__(self) -> int:
         return len(self.rows)
+
+    def head(self, n: int, keep_labels: bool = False) -> SensorTable:
+        """The first ``n`` rows (without labels unless asked: a learning period is taken as it is)."""
+        return replace(
+            self, rows=self.rows[:n], values=self.values[:n], timestamps=self.timestamps[:n],
+            timestamp_raw=self.timestamp_raw[:n],
+            sensor_ids=self.sensor_ids[:n] if self.sensor_ids is not None else None,
+            labels=self.labels[:n] if keep_labels and self.labels is not None else None,
+        )
 
 
 def _parse_timestamp(text: str) -> float | None:

@@ -10,14 +10,20 @@ from typing import Any
 
 import numpy as np
 
-from edge_agent.features import FeatureSpec, feature_matrix
+from edge_agent.features import FeatureSpec, feature_matrix, parse_transform
 from edge_agent.forest import Forest
 from edge_agent.model import SensorModel, build_model
 from edge_agent.table import SensorTable, groups
 
 # The streaming features every model gets unless told otherwise: the reading, its
-# change, and how it sits in (and how much it moves over) its last ten readings.
-DEFAULT_TRANSFORMS = ("value", "delta", "mean_dev:10", "std:10")
+# change, how many readings in a row it repeated (a frozen sensor), its level
+# smoothed over the last 30 readings (a shift of a few noise widths stands out
+# there) and how much it moved over the last ten.
+DEFAULT_TRANSFORMS = ("value", "delta", "repeats", "mean:30", "std:10")
+# A field whose consecutive training readings correlate more than this wanders
+# (temperatures warming up, slow process values): its level is not expected to stay
+# inside the training range: it gets a much wider margin (model.WANDERING_MARGIN).
+WANDERING_AUTOCORRELATION = 0.8
 DEFAULT_TREES = 100
 DEFAULT_MAX_SAMPLES = 256
 
@@ -74,15 +80,43 @@ def train_model(
     if complete < 8:
         raise TrainingError(f"{table.path}: only {complete} usable normal rows; at least 8 are needed")
     forest, estimator = fit_forest(features, trees, max_samples, seed)
+    wandering = wandering_fields(table.values, group_rows, keep, spec.fields)
+    # The level of a wandering field (its value, its smoothed value) is allowed to roam.
+    wandering_levels = np.array(
+        [f in wandering and parse_transform(t)[0] in ("value", "mean") for f, t in spec.columns], dtype=bool
+    )
     model = build_model(
         name=name,
         version=version or datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ"),
         spec=spec,
         forest=forest,
         features=features,
-        training=training_record(table, group_rows, len(features), trees, max_samples, seed, command),
+        training={
+            **training_record(table, group_rows, len(features), trees, max_samples, seed, command),
+            "wandering_fields": sorted(wandering),
+        },
+        wandering_levels=wandering_levels,
     )
     return model, estimator
+
+
+def lag1_autocorrelation(x: np.ndarray) -> float:
+    """Correlation of consecutive readings (1.0 for a constant series: it does not move)."""
+    d = x - x.mean()
+    denom = float((d * d).sum())
+    return float((d[:-1] * d[1:]).sum() / denom) if denom > 0 and len(x) > 2 else 1.0
+
+
+def wandering_fields(
+    values: np.ndarray, group_rows: Mapping[str, np.ndarray], keep: np.ndarray, fields: Sequence[str]
+) -> set[str]:
+    """Fields whose readings, sensor by sensor, move slowly and persistently (see WANDERING_AUTOCORRELATION)."""
+    out = set()
+    for j, name in enumerate(fields):
+        acs = [lag1_autocorrelation(values[rows[keep[rows]], j]) for rows in group_rows.values() if keep[rows].sum() > 2]
+        if acs and float(np.mean(acs)) > WANDERING_AUTOCORRELATION:
+            out.add(name)
+    return out
 
 
 def training_record(

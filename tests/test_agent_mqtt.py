@@ -165,13 +165,13 @@ def test_cli_run_sigterm_exits_0_and_sigkill_leaves_offline_by_will(broker, coll
     status = collect(["edge/cli-1/status", "edge/cli-1/verdicts/#"])
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=tmp_path)
     try:
-        status.wait_for(lambda ms: any(m.payload == b"online" for m in ms), timeout=20)
+        status.wait_for(lambda ms: any(m.payload == b"online" for m in ms), timeout=40)
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=15) == 0
         status.wait_for(lambda ms: ms[-1].payload == b"offline", timeout=5)
 
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=tmp_path)
-        status.wait_for(lambda ms: ms[-1].payload == b"online", timeout=20)
+        status.wait_for(lambda ms: ms[-1].payload == b"online", timeout=40)
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=5)
         # The broker publishes the last will once it notices the dead connection.

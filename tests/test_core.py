@@ -53,7 +53,10 @@ def test_peek_does_not_advance_the_state() -> None:
 
 def test_model_round_trip_scores_identically(models_dir: Path, tmp_path: Path) -> None:
     model = load_model(models_dir / "default")
-    x = np.array([[0.9, 0.0, 0.0, 0.03], [5.0, 4.0, 4.0, 2.0]])
+    state = model.spec.new_state()
+    for v in 0.9 + 0.03 * np.sin(np.arange(40)):
+        state.update([float(v)])
+    x = np.array([state.peek([0.9]), state.peek([5.0])])
     raw, calibrated = model.score_features(x)
     assert 0 < raw[0] < raw[1] <= 1
     assert 0 <= calibrated[0] < 0.5 <= calibrated[1] <= 1
