@@ -258,7 +258,11 @@ def _open_csv(target: str | None) -> Iterator[TextIO | None]:
 
 @contextlib.contextmanager
 def _stop_on_sigterm(stop: threading.Event) -> Iterator[None]:
-    """Turn SIGTERM into a stop request (signal handlers only work on the main thread)."""
+    """Turn SIGTERM and SIGINT into a stop request (signal handlers only work on the main thread).
+
+    A KeyboardInterrupt raised between a publish and its bookkeeping would make the
+    summary undercount what was sent; a stop request lets the loop finish the reading.
+    """
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -266,11 +270,12 @@ def _stop_on_sigterm(stop: threading.Event) -> Iterator[None]:
     def handler(signum: int, frame: FrameType | None) -> None:
         stop.set()
 
-    previous = signal.signal(signal.SIGTERM, handler)
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for s, h in previous.items():
+            signal.signal(s, h)
 
 
 def run(args: argparse.Namespace, stop: threading.Event) -> int:
