@@ -34,7 +34,7 @@ def main() -> int:
     ap.add_argument("--config", default=str(REPO / "config.yaml"))
     args = ap.parse_args()
 
-    cfg = load_config(args.config, [], {})
+    cfg = load_config(args.config, ["learning.enabled=false"], {})  # every simulated sensor has its model
     engine = build_engine(cfg, load_models(cfg, Path(args.config).resolve().parent))
     sim = Simulation(n_sensors=args.sensors, rate=1.0, seed=args.seed, start=1_767_225_600.0)
     readings = list(sim.iter_readings(duration=args.hours * 3600))

@@ -20,6 +20,7 @@ sys.path.insert(0, str(REPO))
 
 from edge_agent.config import load_config  # noqa: E402
 from edge_agent.engine import Decision  # noqa: E402
+from edge_agent.progress import Progress  # noqa: E402
 from edge_agent.replay import replay  # noqa: E402
 from edge_agent.table import read_table  # noqa: E402
 from edge_agent.training import train_model  # noqa: E402
@@ -44,6 +45,7 @@ def main() -> int:
     ap.add_argument("--data", default=str(REPO.parent / "shared" / "datasets" / "skab"))
     ap.add_argument("--set", dest="overrides", action="append", default=[], help="decision.* overrides, as for edge-agent")
     ap.add_argument("--per-file", action="store_true", help="also print each file's counts")
+    ap.add_argument("--quiet", "-q", action="store_true", help="no progress line")
     args = ap.parse_args()
 
     cfg = load_config(None, args.overrides, {})
@@ -54,7 +56,9 @@ def main() -> int:
         return 2
     tp = fp = fn = tn = 0
     started = time.perf_counter()
-    for path in files:
+    progress = Progress(len(files), "SKAB files", quiet=args.quiet)
+    for done, path in enumerate(files):
+        progress.update(done)
         table = read_table(path)
         assert table.labels is not None, f"{path} has no anomaly column"
         model, _ = train_model(table.head(LEARN_ROWS), name="skab", version=path.stem)
@@ -67,6 +71,7 @@ def main() -> int:
         tp, fp, fn, tn = tp + f["tp"], fp + f["fp"], fn + f["fn"], tn + f["tn"]
         if args.per_file:
             print(f"{path.parent.name}/{path.name}: {f}")
+    progress.close()
     elapsed = time.perf_counter() - started
     f1 = 2 * tp / (2 * tp + fp + fn)
     far = 100 * fp / (fp + tn)

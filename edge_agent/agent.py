@@ -7,20 +7,24 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from types import FrameType
 
 from prometheus_client import CollectorRegistry
 
-from edge_agent.config import AgentConfig
-from edge_agent.engine import Decision, ScoringEngine
+from edge_agent.config import AgentConfig, http_token
+from edge_agent.engine import Decision, LearningPlan, ScoringEngine
+from edge_agent.domain import InvalidReading, Reading
+from edge_agent.homeassistant import HomeAssistantDiscovery, retained_publisher
 from edge_agent.http_api import HttpApi
 from edge_agent.ingest import PayloadParser
+from edge_agent.learning import Learner, load_learned
 from edge_agent.metrics import AgentMetrics
 from edge_agent.model import SensorModel, load_model
 from edge_agent.mqtt_transport import MQTTTransport
-from edge_agent.pipeline import Pipeline
+from edge_agent.partition import PartitionFilter
+from edge_agent.pipeline import Pipeline, VerdictSink
 
 log = logging.getLogger(__name__)
 
@@ -39,43 +43,88 @@ def load_models(cfg: AgentConfig, base: Path | None = None) -> dict[str, SensorM
     return models
 
 
-def build_engine(cfg: AgentConfig, models: Mapping[str, SensorModel]) -> ScoringEngine:
+def build_engine(
+    cfg: AgentConfig,
+    models: Mapping[str, SensorModel],
+    learner: Learner | None = None,
+    learned: Mapping[str, SensorModel] | None = None,
+) -> ScoringEngine:
+    plan = None
+    if cfg.learning.enabled:
+        plan = LearningPlan(cfg.learning.rows, cfg.learning.refit_every, cfg.learning.refit_rows)
     return ScoringEngine(
         models,
         assign=list(cfg.models.assign.items()),
         default=cfg.models.default,
         decision=Decision(cfg.decision.threshold, cfg.decision.k, cfg.decision.n),
         max_sensors=cfg.pipeline.max_sensors,
+        learning=plan,
+        learner=learner,
+        learned=learned,
     )
+
+
+def state_dir(cfg: AgentConfig, base: Path | None) -> Path:
+    path = Path(cfg.learning.state_dir)
+    return path if path.is_absolute() or base is None else base / path
 
 
 class Agent:
     """One agent process: ``start`` it, then ``stop`` it (or ``run`` until a signal)."""
 
-    def __init__(self, cfg: AgentConfig, models: Mapping[str, SensorModel], env: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self, cfg: AgentConfig, models: Mapping[str, SensorModel], env: Mapping[str, str] | None = None,
+        base: Path | None = None,
+    ) -> None:
+        """``base``: the config file's folder, against which relative paths (the state dir) resolve."""
         self.cfg = cfg
         self.registry = CollectorRegistry()
         self.metrics = AgentMetrics(self.registry)
         self.metrics.record_models(models.values())
-        self.engine = build_engine(cfg, models)
+        self.learner: Learner | None = None
+        learned: dict[str, SensorModel] = {}
+        if cfg.learning.enabled:
+            directory = state_dir(cfg, base)
+            learned = load_learned(directory)
+            self.metrics.record_models(learned.values())
+            self.learner = Learner(directory, on_learned=lambda sensor, model: self.metrics.record_models([model]))
+        self.engine = build_engine(cfg, models, self.learner, learned)
+        if self.learner is not None:
+            self.learner.attach(self.engine)
         self.parser = PayloadParser(cfg.sources, cfg.max_payload_bytes)
         self.transport = MQTTTransport(cfg, self.parser, self.metrics, dict(env if env is not None else os.environ))
+        sink: VerdictSink = self.transport
+        if cfg.homeassistant.enabled:
+            # Between the pipeline and the transport: a sensor is announced before its first verdict.
+            discovery = HomeAssistantDiscovery(cfg, self.transport, retained_publisher(self.transport))
+            self.transport.add_listener(cfg.homeassistant.status_topic, discovery.on_status)
+            sink = discovery
         self.pipeline = Pipeline(
             self.engine,
-            self.transport,
+            sink,
             self.metrics,
             queue_size=cfg.pipeline.queue_size,
             max_batch=cfg.pipeline.max_batch,
             error_log_interval=cfg.pipeline.error_log_interval,
             error_report_rate=cfg.pipeline.error_report_rate,
         )
-        self.http = HttpApi(cfg.http, self.engine.predict, self.readiness, self.registry) if cfg.http.enabled else None
+        self.intake: Callable[[Reading | InvalidReading], None] = self.pipeline.submit
+        if cfg.partition.count > 1:
+            # Other agents' sensors are acknowledged unscored, on the network thread, before the hand-over.
+            self.intake = PartitionFilter(
+                cfg.partition, self.pipeline.submit, lambda item: self.transport.publish_error(item, report=False), self.registry
+            )
+        self.http = (
+            HttpApi(cfg.http, self.engine.predict, self.readiness, self.registry,
+                    token=http_token(cfg, env if env is not None else os.environ))
+            if cfg.http.enabled else None
+        )
         self.http_address: tuple[str, int] | None = None
         self._stopped = threading.Event()
 
     def readiness(self) -> tuple[bool, str]:
-        if not self.engine.models:
-            return False, "no model loaded"
+        if not self.engine.models and self.engine.learning is None:
+            return False, "no model loaded and learning is off"
         if not self.transport.connected:
             return False, f"broker {self.cfg.mqtt.host}:{self.cfg.mqtt.port} not connected ({self.transport.last_error})"
         return True, ""
@@ -85,7 +134,7 @@ class Agent:
             self.http_address = self.http.start()
             log.info("HTTP API on http://%s:%d (/predict /metrics /healthz /readyz)", *self.http_address)
         self.pipeline.start()
-        self.transport.start(self.pipeline.submit)
+        self.transport.start(self.intake)
 
     def stop(self, timeout: float | None = None) -> bool:
         """Finish the readings in hand, publish their verdicts and ``offline``; True if all in time."""
@@ -100,6 +149,8 @@ class Agent:
         self.transport.close()
         if self.http is not None:
             self.http.stop()
+        if self.learner is not None:
+            self.learner.stop()
         if not (drained and acked):
             log.warning("stopped before every reading in hand was answered; the broker redelivers the rest")
         return drained and acked

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from edge_agent.config import AgentConfig, ConfigError, load_config
+from edge_agent.progress import Progress
 
 EXIT_USAGE = 2
 EXIT_FAILURE = 1
@@ -48,7 +49,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     except ModelError as e:
         print(f"edge-agent: cannot load model: {e}", file=sys.stderr)
         return EXIT_FAILURE
-    agent = Agent(cfg, models)
+    agent = Agent(cfg, models, base=_config_base(args))
     try:
         return agent.run()
     except OSError as e:
@@ -83,11 +84,13 @@ def cmd_train(args: argparse.Namespace) -> int:
     try:
         table = read_table(args.input, columns)
         kwargs = {"transforms": transforms} if transforms else {}
+        progress = Progress(len(table), f"features of {Path(args.input).name}", quiet=args.quiet)
         model, estimator = train_model(
             table, name=args.name or out.name, version=args.model_version, sensor_pattern=args.sensors,
             trees=args.trees, seed=args.seed, command=shlex.join(["edge-agent", *sys.argv[1:]]) if args.record_command else "",
-            **kwargs,
+            progress=progress.update, **kwargs,
         )
+        progress.close()
     except (TableError, TrainingError, ValueError) as e:
         print(f"edge-agent train: {e}", file=sys.stderr)
         return EXIT_USAGE
@@ -118,11 +121,21 @@ def cmd_replay(args: argparse.Namespace) -> int:
             model_dir = Path(args.model) if args.model else _config_base(args) / cfg.models.dir / str(cfg.models.default)
             model = load_model(model_dir, cfg.models.pinned_sha256.get(model_dir.name))
             table = read_table(args.input, columns or _model_columns(args.input, model.fields))
-        rows = replay(table, model, decision, learn_rows=args.learn_rows or 0)
+        progress = Progress(len(table), f"replaying {Path(args.input).name}", quiet=args.quiet)
+        rows = replay(table, model, decision, learn_rows=args.learn_rows or 0, progress=progress.update)
+        progress.close()
     except (TableError, TrainingError, ModelError, ValueError) as e:
         print(f"edge-agent replay: {e}", file=sys.stderr)
         return EXIT_USAGE
     write_replay(args.out, table, rows)
+    if args.plot:
+        from edge_agent.plot import plot_replay
+
+        try:
+            plot_replay(args.plot, table, rows, decision.threshold)
+        except RuntimeError as e:
+            print(f"edge-agent replay: {e}", file=sys.stderr)
+            return EXIT_FAILURE
     scored = [r for r in rows if not r.learning]
     flagged = sum(r.verdict.anomaly for r in scored)
     print(f"replayed {len(rows)} rows with {model.name}@{model.version}: {len(scored)} scored, {flagged} anomalous -> {args.out}")
@@ -171,6 +184,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--trees", type=int, default=100, help="trees in the forest (default 100)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--no-record-command", dest="record_command", action="store_false", help="do not store the command line in the manifest")
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress line")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("replay", help="score a CSV as a stream (backtest)")
@@ -180,6 +194,8 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--model", help="model directory (default: the config's default model)")
     group.add_argument("--learn-rows", type=int, help="train on the first N rows, score the rest")
     p.add_argument("--columns", help="comma-separated value columns")
+    p.add_argument("--plot", metavar="PNG", help="also draw the series, the score and the flagged stretches (needs matplotlib)")
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress line")
     _config_args(p)
     p.set_defaults(func=cmd_replay)
 

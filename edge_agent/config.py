@@ -16,7 +16,7 @@ from typing import Any, Union, get_args, get_origin, get_type_hints
 
 import yaml
 
-from edge_agent.topics import TopicTemplate, validate_source_pattern
+from edge_agent.topics import TopicTemplate, validate_source_pattern, validate_topic_name
 
 
 def _f(default: Any, doc: str, **bounds: Any) -> Any:
@@ -84,6 +84,15 @@ class DecisionConfig:
 
 
 @dataclass
+class LearningConfig:
+    enabled: bool = _f(False, "Sensors that no models.assign pattern matches learn a model of their own from their first readings (else models.default scores them).")
+    rows: int = _f(600, "Readings a sensor learns from before it is scored (its verdicts say learning until then).", min=50, max=1_000_000)
+    refit_every: int = _f(0, "Refit a learned model every this many readings, on the most recent ones that were not flagged, to follow slow drift (0: never).", min=0, max=100_000_000)
+    refit_rows: int = _f(3600, "Readings a refit learns from (the most recent unflagged ones).", min=50, max=1_000_000)
+    state_dir: str = _f("state", "Folder for learned models, kept across restarts (relative to the config file).")
+
+
+@dataclass
 class PipelineConfig:
     queue_size: int = _f(10000, "Readings handed over and waiting to be scored, at most.", min=1, max=10_000_000)
     max_batch: int = _f(512, "Readings scored together at most, when a queue has built up.", min=1, max=100_000)
@@ -101,6 +110,21 @@ class HTTPConfig:
     port: int = _f(8000, "Port to bind (0: any free port).", min=0, max=65535)
     max_body_bytes: int = _f(65536, "Largest request body accepted (413 beyond).", min=16, max=64 * 1024 * 1024)
     read_timeout: float = _f(10.0, "Seconds a client may take to send its request.", min=0.1, max=600)
+    token_env: str = _f("EDGE_AGENT_HTTP_TOKEN", "Environment variable holding the bearer token POST /predict requires (unset or empty: no token required).")
+    token_file: str | None = _f(None, "File holding that token (used when the environment variable is unset). /metrics, /healthz and /readyz stay open.")
+
+
+@dataclass
+class HomeAssistantConfig:
+    enabled: bool = _f(False, "Announce each sensor to Home Assistant by MQTT discovery: a binary_sensor for its anomaly state and a sensor for its score (retained).")
+    discovery_prefix: str = _f("homeassistant", "Home Assistant's MQTT discovery prefix.")
+    status_topic: str = _f("homeassistant/status", "Where Home Assistant announces itself; discovery is published again when it says online.")
+
+
+@dataclass
+class PartitionConfig:
+    count: int = _f(1, "Agents sharing this site's sensors; each scores only the sensors whose id hashes to its index, so a sensor's stream stays on one agent.", min=1, max=1024)
+    index: int = _f(0, "This agent's share, from 0 to count - 1.", min=0, max=1023)
 
 
 @dataclass
@@ -113,8 +137,11 @@ class AgentConfig:
     topics: TopicsConfig = field(default_factory=TopicsConfig, metadata={"doc": "Output topics."})
     models: ModelsConfig = field(default_factory=ModelsConfig, metadata={"doc": "Which model scores which sensor."})
     decision: DecisionConfig = field(default_factory=DecisionConfig, metadata={"doc": "Turning scores into anomalies."})
+    learning: LearningConfig = field(default_factory=LearningConfig, metadata={"doc": "Learning on the device."})
     pipeline: PipelineConfig = field(default_factory=PipelineConfig, metadata={"doc": "Hand-over, batching and limits."})
     http: HTTPConfig = field(default_factory=HTTPConfig, metadata={"doc": "HTTP API."})
+    homeassistant: HomeAssistantConfig = field(default_factory=HomeAssistantConfig, metadata={"doc": "Home Assistant MQTT discovery."})
+    partition: PartitionConfig = field(default_factory=PartitionConfig, metadata={"doc": "Sharing one site's sensors among several agents."})
 
 
 # --------------------------------------------------------------------------- problems
@@ -501,6 +528,15 @@ def _check_rules(cfg: AgentConfig, problems: list[Problem]) -> None:
     if clean("decision.k", "decision.n") and cfg.decision.k > cfg.decision.n:
         add("decision.k", cfg.decision.k, f"at most decision.n ({cfg.decision.n})")
 
+    ha = cfg.homeassistant
+    if clean("homeassistant.discovery_prefix") and (validate_topic_name(ha.discovery_prefix) or "{" in ha.discovery_prefix):
+        add("homeassistant.discovery_prefix", ha.discovery_prefix, "a topic prefix without wildcards or placeholders, e.g. homeassistant")
+    if clean("homeassistant.status_topic") and validate_topic_name(ha.status_topic):
+        add("homeassistant.status_topic", ha.status_topic, "a topic name without wildcards, e.g. homeassistant/status")
+
+    if clean("partition.count", "partition.index") and cfg.partition.index >= cfg.partition.count:
+        add("partition.index", cfg.partition.index, f"less than partition.count ({cfg.partition.count})")
+
 
 def parse_config(data: Mapping[str, Any]) -> AgentConfig:
     """Validate an already-parsed configuration mapping; raise ConfigError listing every problem."""
@@ -692,6 +728,35 @@ def mqtt_password(cfg: AgentConfig, env: Mapping[str, str]) -> str | None:
         reason = getattr(exc, "strerror", None) or type(exc).__name__
         raise ConfigError([Problem("mqtt.password_file", _show(cfg.mqtt.password_file), f"a readable file ({reason})")]) from None
     return content or None
+
+
+_TOKEN_CHARS = re.compile(r"[\x21-\x7e]+")
+
+
+def http_token(cfg: AgentConfig, env: Mapping[str, str]) -> str | None:
+    """The bearer token /predict requires: the variable named by http.token_env, else http.token_file's content.
+
+    None means no token is required. Like the broker password, it is never logged.
+    """
+    from_env = env.get(cfg.http.token_env)
+    if from_env:
+        token, where, source = from_env, "http.token_env", f"the variable {cfg.http.token_env}"
+    elif cfg.http.token_file is None:
+        return None
+    else:
+        where, source = "http.token_file", _show(cfg.http.token_file)
+        try:
+            token = Path(cfg.http.token_file).read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = getattr(exc, "strerror", None) or type(exc).__name__
+            raise ConfigError([Problem(where, source, f"a readable file ({reason})")]) from None
+        if not token:
+            # An empty secret file is a deployment mistake, not a wish to leave /predict open.
+            raise ConfigError([Problem(where, source, "a file holding the token (it is empty)")])
+    if not _TOKEN_CHARS.fullmatch(token):
+        # The token itself is never shown, only where it came from.
+        raise ConfigError([Problem(where, source, "a token of printable ASCII characters without spaces (it goes in an HTTP header)")])
+    return token
 
 
 def client_id(cfg: AgentConfig) -> str:

@@ -115,7 +115,7 @@ def run_demo(args: argparse.Namespace) -> int:
 
     stop = threading.Event()
     previous = {s: signal.signal(s, _stopper(stop)) for s in (signal.SIGINT, signal.SIGTERM)}
-    agent = Agent(cfg, models)
+    agent = Agent(cfg, models, base=base)
     printer: VerdictPrinter | None = None
     sim_thread: threading.Thread | None = None
     try:

@@ -9,14 +9,14 @@ from __future__ import annotations
 import fnmatch
 import threading
 from collections import OrderedDict, deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from edge_agent.domain import InvalidReading, Reading, Verdict
-from edge_agent.features import FeatureState
+from edge_agent.features import DEFAULT_TRANSFORMS, FeatureSpec, FeatureState
 from edge_agent.model import SensorModel
 
 # Recent readings remembered per sensor to recognise a redelivered one.
@@ -32,14 +32,44 @@ class Decision:
     n: int = 1
 
 
+@dataclass(frozen=True)
+class LearningPlan:
+    """How sensors without an assigned model learn one of their own (see ``LearningConfig``)."""
+
+    rows: int = 600
+    refit_every: int = 0
+    refit_rows: int = 3600
+
+
+@dataclass(frozen=True)
+class LearnRequest:
+    """A sensor's readings, in order, for the learner to fit a model on (away from scoring)."""
+
+    sensor_id: str
+    spec: FeatureSpec
+    values: np.ndarray
+    refit: bool
+
+
 @dataclass
 class SensorStream:
-    """What the engine keeps for one sensor between readings."""
+    """What the engine keeps for one sensor between readings.
 
-    model: SensorModel
+    ``model`` is None while the sensor learns; ``history`` holds the raw readings a
+    first fit or a refit learns from (only for sensors that learn).
+    """
+
+    model: SensorModel | None
     features: FeatureState
     recent_flags: deque[bool]
     recent: OrderedDict[Any, Verdict] = field(default_factory=OrderedDict)
+    history: deque[list[float]] | None = None
+    since_fit: int = 0
+    fitting: bool = False
+
+    @property
+    def spec(self) -> FeatureSpec:
+        return self.features.spec
 
 
 class UnknownSensor(LookupError):
@@ -56,6 +86,9 @@ class ScoringEngine:
         default: str | None = None,
         decision: Decision = Decision(),
         max_sensors: int = 10_000,
+        learning: LearningPlan | None = None,
+        learner: Callable[[LearnRequest], None] | None = None,
+        learned: Mapping[str, SensorModel] | None = None,
     ) -> None:
         for pattern, name in assign:
             if name not in models:
@@ -67,6 +100,11 @@ class ScoringEngine:
         self.default = default
         self.decision = decision
         self.max_sensors = max_sensors
+        if learning is not None and learner is None:
+            raise ValueError("learning needs a learner to fit the models")
+        self.learning = learning
+        self.learner = learner
+        self.learned = dict(learned or {})  # sensor id -> its own model (learned, or loaded from the state dir)
         self._streams: dict[str, SensorStream] = {}
         # The worker scores while HTTP threads call predict(): both read sensor state.
         self._lock = threading.Lock()
@@ -75,14 +113,22 @@ class ScoringEngine:
     def sensor_count(self) -> int:
         return len(self._streams)
 
+    def _assigned(self, sensor_id: str) -> SensorModel | None:
+        for pattern, name in self.assign:
+            if fnmatch.fnmatchcase(sensor_id, pattern):
+                return self.models[name]
+        return self.learned.get(sensor_id)
+
     def model_for(self, sensor_id: str | None) -> SensorModel:
         if sensor_id is not None:
             stream = self._streams.get(sensor_id)
-            if stream is not None:
+            if stream is not None and stream.model is not None:
                 return stream.model
-            for pattern, name in self.assign:
-                if fnmatch.fnmatchcase(sensor_id, pattern):
-                    return self.models[name]
+            model = self._assigned(sensor_id)
+            if model is not None:
+                return model
+            if stream is not None or self.learning is not None:
+                raise UnknownSensor(f"sensor {sensor_id!r} is still learning its model")
         if self.default is None:
             raise UnknownSensor(f"no model for sensor {sensor_id!r}: no models.assign pattern matches and models.default is unset")
         return self.models[self.default]
@@ -93,13 +139,43 @@ class ScoringEngine:
             return stream
         if len(self._streams) >= self.max_sensors:
             return _invalid(reading, "too_many_sensors", f"already tracking {self.max_sensors} sensors (pipeline.max_sensors)")
-        try:
-            model = self.model_for(reading.sensor_id)
-        except UnknownSensor as e:
-            return _invalid(reading, "no_model", str(e))
-        stream = SensorStream(model, model.spec.new_state(), deque(maxlen=self.decision.n))
+        model = self._assigned(reading.sensor_id)
+        if model is None and self.learning is not None:
+            spec = FeatureSpec(fields=tuple(reading.values), transforms=DEFAULT_TRANSFORMS)
+            stream = SensorStream(None, spec.new_state(), deque(maxlen=self.decision.n), history=self._history())
+        else:
+            if model is None:
+                try:
+                    model = self.model_for(reading.sensor_id)
+                except UnknownSensor as e:
+                    return _invalid(reading, "no_model", str(e))
+            history = self._history() if self.learning is not None and self.learning.refit_every and reading.sensor_id in self.learned else None
+            stream = SensorStream(model, model.spec.new_state(), deque(maxlen=self.decision.n), history=history)
         self._streams[reading.sensor_id] = stream
         return stream
+
+    def _history(self) -> deque[list[float]]:
+        assert self.learning is not None
+        return deque(maxlen=max(self.learning.rows, self.learning.refit_rows))
+
+    def install(self, sensor_id: str, model: SensorModel) -> None:
+        """Swap in a sensor's newly learned model (called by the learner, from any thread)."""
+        with self._lock:
+            self.learned[sensor_id] = model
+            stream = self._streams.get(sensor_id)
+            if stream is not None:
+                if stream.model is None or stream.model.spec == model.spec:
+                    stream.model = model
+                stream.fitting = False
+                stream.since_fit = 0
+
+    def learning_failed(self, sensor_id: str) -> None:
+        """The learner could not fit: keep learning and try again with more readings."""
+        with self._lock:
+            stream = self._streams.get(sensor_id)
+            if stream is not None:
+                stream.fitting = False
+                stream.since_fit = 0
 
     def score(self, readings: Sequence[Reading]) -> list[Verdict | InvalidReading]:
         """Score readings in arrival order; one forest call per model for the whole batch."""
@@ -115,7 +191,7 @@ class ScoringEngine:
             if isinstance(stream, InvalidReading):
                 results[i] = stream
                 continue
-            values = _ordered_values(reading, stream.model)
+            values = _ordered_values(reading, stream.spec.fields, stream.model.name if stream.model else "learning")
             if isinstance(values, InvalidReading):
                 results[i] = values
                 continue
@@ -124,12 +200,17 @@ class ScoringEngine:
                 original = stream.recent[key]
                 results[i] = _as_duplicate(original, reading)
                 continue
+            features = stream.features.update(values)
+            if stream.model is None:
+                results[i] = self._learn(reading, stream, values)
+                continue
             streams[i] = stream
-            rows.setdefault(id(stream.model), []).append((i, stream.features.update(values)))
+            rows.setdefault(id(stream.model), []).append((i, features))
 
         scores: dict[int, tuple[float, float]] = {}
         for entries in rows.values():
             model = streams[entries[0][0]].model  # type: ignore[union-attr]
+            assert model is not None
             matrix = np.array([f for _, f in entries], dtype=np.float64)
             raw, calibrated = model.score_features(matrix)
             for (i, _), r, c in zip(entries, raw.tolist(), calibrated.tolist()):
@@ -143,8 +224,38 @@ class ScoringEngine:
             results[i] = self._decide(reading, stream, raw, calibrated)
         return results  # type: ignore[return-value]
 
+    def _learn(self, reading: Reading, stream: SensorStream, values: list[float]) -> Verdict:
+        """A reading of a sensor that is still learning: kept for the fit, never flagged."""
+        assert stream.history is not None and self.learning is not None and self.learner is not None
+        stream.history.append(values)
+        if not stream.fitting and len(stream.history) >= self.learning.rows:
+            stream.fitting = True
+            self.learner(LearnRequest(reading.sensor_id, stream.spec, np.array(stream.history), refit=False))
+        verdict = Verdict(
+            sensor_id=reading.sensor_id, values=reading.values,
+            ts=reading.ts_raw if reading.ts is not None else reading.received_at,
+            score=0.0, anomaly=0, model="learning", model_version=f"{len(stream.history)}/{self.learning.rows}",
+            learning=True,
+        )
+        self._remember(reading, stream, verdict)
+        return verdict
+
+    def _refit_if_due(self, reading: Reading, stream: SensorStream, values: list[float], flagged: bool) -> None:
+        plan = self.learning
+        if stream.history is None or plan is None or not plan.refit_every or self.learner is None:
+            return
+        if not flagged:  # a refit follows normal drift, never the anomalies
+            stream.history.append(values)
+        stream.since_fit += 1
+        if stream.since_fit >= plan.refit_every and not stream.fitting and len(stream.history) >= plan.rows:
+            stream.fitting = True
+            recent = np.array(stream.history)[-plan.refit_rows:]
+            self.learner(LearnRequest(reading.sensor_id, stream.spec, recent, refit=True))
+
     def _decide(self, reading: Reading, stream: SensorStream, raw: float, calibrated: float) -> Verdict:
-        stream.recent_flags.append(calibrated >= self.decision.threshold)
+        assert stream.model is not None
+        flagged = calibrated >= self.decision.threshold
+        stream.recent_flags.append(flagged)
         anomaly = int(sum(stream.recent_flags) >= self.decision.k)
         verdict = Verdict(
             sensor_id=reading.sensor_id,
@@ -156,11 +267,16 @@ class ScoringEngine:
             model_version=stream.model.version,
             raw_score=raw,
         )
+        ordered = [reading.values[f] for f in stream.spec.fields] if len(stream.spec.fields) > 1 else list(reading.values.values())
+        self._refit_if_due(reading, stream, ordered, flagged)
+        self._remember(reading, stream, verdict)
+        return verdict
+
+    def _remember(self, reading: Reading, stream: SensorStream, verdict: Verdict) -> None:
         key = _dedup_key(reading, list(reading.values.values()), always=True)
         stream.recent[key] = verdict
         if len(stream.recent) > RECENT_KEYS:
             stream.recent.popitem(last=False)
-        return verdict
 
     def predict(self, values: Mapping[str, float], sensor_id: str | None = None) -> Verdict:
         """Score one reading without changing any sensor's history (for ``/predict``).
@@ -198,15 +314,15 @@ def _invalid(reading: Reading, reason: str, detail: str) -> InvalidReading:
     return InvalidReading(reason=reason, detail=detail, topic=reading.topic, sensor_id=reading.sensor_id, ack=reading.ack)
 
 
-def _ordered_values(reading: Reading, model: SensorModel) -> list[float] | InvalidReading:
+def _ordered_values(reading: Reading, fields: Sequence[str], model_name: str) -> list[float] | InvalidReading:
     values = reading.values
-    if len(model.fields) == 1 and len(values) == 1:
+    if len(fields) == 1 and len(values) == 1:
         return list(values.values())  # a univariate reading fits any univariate model
     try:
-        return [values[f] for f in model.fields]
+        return [values[f] for f in fields]
     except KeyError:
-        missing = [f for f in model.fields if f not in values]
-        return _invalid(reading, "missing_field", f"model {model.name!r} needs field(s) {', '.join(missing)}")
+        missing = [f for f in fields if f not in values]
+        return _invalid(reading, "missing_field", f"model {model_name!r} needs field(s) {', '.join(missing)}")
 
 
 def _dedup_key(reading: Reading, values: list[float], always: bool = False) -> Any:

@@ -30,6 +30,12 @@ import numpy as np
 
 NAN = float("nan")
 
+# The streaming features every model gets unless told otherwise: the reading, its
+# change, how many readings in a row it repeated (a frozen sensor), its level
+# smoothed over the last 30 readings (a shift of a few noise widths stands out
+# there) and how much it moved over the last ten.
+DEFAULT_TRANSFORMS = ("value", "delta", "repeats", "mean:30", "std:10")
+
 # name -> whether it takes a window size
 TRANSFORMS = {"value": False, "delta": False, "repeats": False, "mean": True, "mean_dev": True, "std": True}
 # A frozen sensor repeats its last value; counting stops here so the feature stays bounded.

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import hmac
 import json
 import logging
 import math
@@ -27,6 +28,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, g
 from edge_agent.config import HTTPConfig
 from edge_agent.domain import Verdict
 from edge_agent.engine import UnknownSensor
+from edge_agent.openapi import OPENAPI_PATH, openapi_json
 
 log = logging.getLogger(__name__)
 
@@ -50,11 +52,12 @@ ALLOWED: dict[str, tuple[str, ...]] = {
     "/metrics": ("GET", "HEAD"),
     "/healthz": ("GET", "HEAD"),
     "/readyz": ("GET", "HEAD"),
+    OPENAPI_PATH: ("GET", "HEAD"),
 }
 JSON_TYPE = b"application/json"
 CURL_DEFAULT_TYPE = b"application/x-www-form-urlencoded"
 REASONS = {
-    100: "Continue", 200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed",
+    100: "Continue", 200: "OK", 400: "Bad Request", 401: "Unauthorized", 404: "Not Found", 405: "Method Not Allowed",
     408: "Request Timeout", 411: "Length Required", 413: "Content Too Large", 415: "Unsupported Media Type",
     431: "Request Header Fields Too Large", 500: "Internal Server Error", 503: "Service Unavailable",
 }
@@ -70,11 +73,12 @@ _DIGITS = re.compile(rb"[0-9]{1,18}")
 class HttpError(Exception):
     """A request the server answers with a 4xx: ``status`` and the message naming the problem."""
 
-    def __init__(self, status: int, message: str, allow: str | None = None) -> None:
+    def __init__(self, status: int, message: str, allow: str | None = None, authenticate: str | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
         self.allow = allow
+        self.authenticate = authenticate  # WWW-Authenticate of a 401
 
 
 @dataclass(slots=True)
@@ -88,6 +92,7 @@ class Request:
     content_length: int | None
     content_type: bytes | None
     expect_continue: bool
+    authorization: bytes | None = None
 
 
 @dataclass(slots=True)
@@ -96,19 +101,24 @@ class Response:
     body: bytes
     content_type: bytes = JSON_TYPE
     allow: str | None = None
+    authenticate: str | None = None
 
 
 def json_response(status: int, obj: Any, allow: str | None = None) -> Response:
     return Response(status, json.dumps(obj).encode(), JSON_TYPE, allow)
 
 
-def error_response(status: int, message: str, allow: str | None = None) -> Response:
-    return json_response(status, {"error": message}, allow)
+def error_response(status: int, message: str, allow: str | None = None, authenticate: str | None = None) -> Response:
+    resp = json_response(status, {"error": message}, allow)
+    resp.authenticate = authenticate
+    return resp
 
 
 def encode_response(resp: Response, keep_alive: bool, http10: bool = False, head_only: bool = False) -> bytes:
     """The bytes of a complete response; HEAD gets the headers GET would, without the body."""
     extra = b"" if resp.allow is None else b"Allow: %s\r\n" % resp.allow.encode()
+    if resp.authenticate is not None:
+        extra += b"WWW-Authenticate: %s\r\n" % resp.authenticate.encode()
     if not keep_alive:
         extra += b"Connection: close\r\n"
     elif http10:
@@ -145,6 +155,7 @@ def parse_head(head: bytes) -> Request:
     content_type: bytes | None = None
     connection = b""
     expect_continue = False
+    authorization: bytes | None = None
     for name, value in _FIELD.findall(block):
         key = name.lower()
         if key == b"content-length":
@@ -164,6 +175,8 @@ def parse_head(head: bytes) -> Request:
             connection += b"," + value.lower()
         elif key == b"expect":
             expect_continue = value.lower() == b"100-continue"
+        elif key == b"authorization":
+            authorization = value
 
     if http10:
         keep_alive = b"keep-alive" in {t.strip() for t in connection.split(b",")}
@@ -176,6 +189,7 @@ def parse_head(head: bytes) -> Request:
     return Request(
         method=method_b.decode("ascii"), path=path, keep_alive=keep_alive, http10=http10,
         content_length=content_length, content_type=content_type, expect_continue=expect_continue,
+        authorization=authorization,
     )
 
 
@@ -217,6 +231,20 @@ def check_content_type(content_type: bytes | None) -> None:
         name, _, value = p.partition(b"=")
         if name.strip().lower() == b"charset" and value.strip(b" \t\"").lower() not in (b"utf-8", b"utf8"):
             raise HttpError(415, "Content-Type charset must be utf-8")
+
+
+def check_bearer(token: bytes | None, authorization: bytes | None) -> None:
+    """Pass when no token is configured or ``Authorization: Bearer <token>`` carries it; else HttpError(401).
+
+    The comparison takes the same time wherever the first wrong byte is (hmac.compare_digest).
+    """
+    if token is None:
+        return
+    if authorization is None:
+        raise HttpError(401, "missing bearer token: send 'Authorization: Bearer <token>'", authenticate='Bearer realm="edge-agent"')
+    scheme, _, credentials = authorization.partition(b" ")
+    if scheme.lower() != b"bearer" or not hmac.compare_digest(credentials.strip(b" \t"), token):
+        raise HttpError(401, "invalid bearer token", authenticate='Bearer realm="edge-agent", error="invalid_token"')
 
 
 def _reject_constant(name: str) -> float:
@@ -452,7 +480,7 @@ class _Connection(asyncio.Protocol):
         try:
             resp = self._route(req, path, body)
         except HttpError as e:
-            resp = error_response(e.status, e.message, e.allow)
+            resp = error_response(e.status, e.message, e.allow, e.authenticate)
         except Exception:
             log.exception("HTTP %s %s failed", req.method, path)
             resp = error_response(500, "internal server error")
@@ -466,11 +494,14 @@ class _Connection(asyncio.Protocol):
         if req.method not in allowed:
             raise HttpError(405, f"method {req.method[:20]} not allowed on {path}; use {' or '.join(allowed)}", allow=", ".join(allowed))
         if path == "/predict":
+            check_bearer(self.api.token, req.authorization)
             return self._predict(req, body)
         if path == "/healthz":
             return json_response(200, {"status": "ok"})
         if path == "/readyz":
             return self._ready()
+        if path == OPENAPI_PATH:
+            return Response(200, openapi_json(), JSON_TYPE)
         self._metrics(req)
         return None
 
@@ -600,8 +631,11 @@ class HttpApi:
         readiness: Readiness,
         registry: CollectorRegistry,
         max_connections: int = MAX_CONNECTIONS,
+        token: str | None = None,
     ) -> None:
         self.cfg = cfg
+        # The bearer token POST /predict requires (None: open); never logged.
+        self.token: bytes | None = token.encode() if token else None
         self.predict = predict
         self.readiness = readiness
         self.registry = registry

@@ -21,6 +21,7 @@ class _SensorChildren:
     anomalies: Counter
     state: Gauge
     score: Gauge
+    learning: Gauge
 
 
 class AgentMetrics:
@@ -32,6 +33,7 @@ class AgentMetrics:
         self.anomalies = Counter("edge_agent_anomalies", "Readings flagged as anomalous, per sensor.", ["sensor"], registry=registry)
         self.anomaly_state = Gauge("anomaly_score", "Latest verdict per sensor: 1 anomalous, 0 normal.", ["sensor"], registry=registry)
         self.score = Gauge("edge_agent_score", "Latest calibrated anomaly score per sensor (0..1, higher is stranger).", ["sensor"], registry=registry)
+        self.learning = Gauge("edge_agent_learning", "1 while a sensor learns its own model (its verdicts are never anomalous).", ["sensor"], registry=registry)
         self.invalid = Counter("edge_agent_invalid_messages", "Messages rejected, by reason.", ["reason"], registry=registry)
         self.duplicates = Counter("edge_agent_duplicate_readings", "Readings recognised as redelivered; their verdict is marked duplicate.", registry=registry)
         self.latency = Histogram("edge_agent_scoring_latency_seconds", "Time to score one batch of readings.", buckets=LATENCY_BUCKETS, registry=registry)
@@ -59,12 +61,14 @@ class AgentMetrics:
                     self.anomalies.labels(v.sensor_id),
                     self.anomaly_state.labels(v.sensor_id),
                     self.score.labels(v.sensor_id),
+                    self.learning.labels(v.sensor_id),
                 )
             children.readings.inc()
             if v.anomaly:
                 children.anomalies.inc()
             children.state.set(v.anomaly)
             children.score.set(v.score)
+            children.learning.set(1 if v.learning else 0)
 
     def record_invalid(self, invalid: InvalidReading) -> None:
         self.invalid.labels(invalid.reason).inc()

@@ -4,6 +4,13 @@ Delivery contract: the agent keeps a persistent session (MQTT 5, clean start off
 session expiry from the config) and acknowledges a reading only after the broker
 has acknowledged its verdict. A reading the broker accepted is therefore either
 answered or redelivered, whatever happens to the agent in between.
+
+Every publish goes through :meth:`MQTTTransport._publish`, which records its message id
+until the broker's PUBACK: paho re-sends unacknowledged messages after a reconnect, so a
+record outlives the connection, and a PUBACK for a message published on an earlier
+connection never acknowledges a reading (its generation is gone; the broker redelivers it).
+A verdict whose reading the broker flagged as a redelivery (DUP) and that the engine did
+not recognise (the agent restarted in between) carries ``"redelivered": true``.
 """
 
 from __future__ import annotations
@@ -11,6 +18,7 @@ from __future__ import annotations
 import json
 import logging
 import ssl
+import sys
 import threading
 import time
 from collections import deque
@@ -23,13 +31,27 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from edge_agent.config import AgentConfig, client_id, mqtt_password
+from edge_agent.config import AgentConfig, ConfigError, Problem, client_id, mqtt_password
 from edge_agent.domain import InvalidReading, Reading, Verdict
 from edge_agent.ingest import PayloadParser
 from edge_agent.metrics import AgentMetrics
 from edge_agent.topics import TopicTemplate, render
 
 log = logging.getLogger(__name__)
+
+
+# MQTT's own ceiling on a packet's size (its remaining-length field).
+MQTT_MAX_PACKET = 268_435_455
+
+
+def max_packet_size(max_payload_bytes: int) -> int:
+    """The Maximum Packet Size the agent announces (MQTT 5): what one message may cost it in memory.
+
+    Payloads up to a few times max_payload_bytes (at least 1 MiB) still arrive, to be counted
+    and reported as too_large; the broker drops larger ones for the agent instead of making it
+    read, say, 256 MB into memory.
+    """
+    return min(MQTT_MAX_PACKET, max(4 * max_payload_bytes, 2**20) + 65_536)
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,9 +90,15 @@ class MQTTTransport:
         self._connected = False
         self._subscribed = False
         self._closing = False
-        self._pending: dict[int, AckToken] = {}  # verdict mid -> reading to acknowledge
-        self._early: set[int] = set()  # verdict mids acknowledged before we registered them
-        self._held: deque[tuple[Verdict, AckToken | None]] = deque()
+        # mid of every QoS 1 message published and not yet acknowledged by the broker ->
+        # the reading to acknowledge then (None: nothing to acknowledge).
+        self._pending: dict[int, AckToken | None] = {}
+        # PUBACKs that overtook the registration of their publish (mid -> refused by the
+        # broker). Only kept while a publish is being registered, so no stale id lingers.
+        self._early: dict[int, bool] = {}
+        self._publishing = 0  # publishes between paho's publish() and their registration
+        self._held: deque[tuple[Verdict, bool]] = deque()  # (verdict, redelivered) while disconnected
+        self._last_refusal_log = 0.0
         self.last_error: str = "not connected yet"
 
         self.client = self._make_client(env)
@@ -89,24 +117,39 @@ class MQTTTransport:
         )
         # Outgoing verdicts in flight at once; paho queues the rest (bounded by us, see _held).
         client.max_inflight_messages_set(max(20, m.receive_maximum))
-        client.reconnect_delay_set(min_delay=max(1, int(m.reconnect_min_delay)), max_delay=max(1, int(m.reconnect_max_delay)))
+        client.reconnect_delay_set(min_delay=m.reconnect_min_delay, max_delay=m.reconnect_max_delay)
         client.will_set(self.status_topic, "offline", qos=1, retain=True)
         if m.username is not None:
             client.username_pw_set(m.username, mqtt_password(self.cfg, env))
         if m.tls.enabled:
-            client.tls_set(
-                ca_certs=m.tls.ca_file,
-                certfile=m.tls.cert_file,
-                keyfile=m.tls.key_file,
-                cert_reqs=ssl.CERT_REQUIRED,
-            )
-            client.tls_insecure_set(not m.tls.check_hostname)
+            self._set_tls(client)
         client.on_connect = self._on_connect
+        client.on_connect_fail = self._on_connect_fail
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
         client.on_publish = self._on_publish
         client.on_subscribe = self._on_subscribe
         return client
+
+    def _set_tls(self, client: paho.Client) -> None:
+        """Verify the broker's certificate (and its host name unless turned off); mutual TLS with cert and key."""
+        tls = self.cfg.mqtt.tls
+        problems = []
+        for key in ("ca_file", "cert_file", "key_file"):
+            path = getattr(tls, key)
+            if path is not None:
+                try:
+                    with open(path, "rb"):
+                        pass
+                except OSError as e:
+                    problems.append(Problem(f"mqtt.tls.{key}", repr(path), f"a readable PEM file ({e.strerror or e})"))
+        if problems:
+            raise ConfigError(problems)
+        try:
+            client.tls_set(ca_certs=tls.ca_file, certfile=tls.cert_file, keyfile=tls.key_file, cert_reqs=ssl.CERT_REQUIRED)
+        except (OSError, ValueError) as e:  # ssl.SSLError is an OSError: not PEM, key not matching the certificate
+            raise ConfigError([Problem("mqtt.tls", "certificate files that do not load", f"PEM certificates and a matching key ({e})")]) from None
+        client.tls_insecure_set(not tls.check_hostname)
 
     def start(self, submit: Callable[[Reading | InvalidReading], None]) -> None:
         """Connect in the background (retrying with backoff) and start delivering readings."""
@@ -116,6 +159,7 @@ class MQTTTransport:
             props = Properties(PacketTypes.CONNECT)
             props.SessionExpiryInterval = m.session_expiry
             props.ReceiveMaximum = m.receive_maximum
+            props.MaximumPacketSize = max_packet_size(self.cfg.max_payload_bytes)
             self.client.connect_async(m.host, m.port, keepalive=m.keepalive, clean_start=False, properties=props)
         else:
             self.client.connect_async(m.host, m.port, keepalive=m.keepalive)
@@ -126,6 +170,22 @@ class MQTTTransport:
         """Connected and subscribed: readings can flow."""
         return self._connected and self._subscribed
 
+    def add_listener(self, topic_filter: str, callback: Callable[[bytes], None]) -> None:
+        """Also subscribe to ``topic_filter`` (call before ``start``); its payloads go to ``callback``, not to scoring.
+
+        Used for Home Assistant's status topic. ``callback`` runs on the network thread.
+        """
+
+        def on_message(client: paho.Client, userdata: Any, message: paho.MQTTMessage) -> None:
+            try:
+                callback(message.payload)
+            finally:
+                if message.qos > 0:  # manual acks: nobody else acknowledges this one
+                    client.ack(message.mid, message.qos)
+
+        self._subscriptions.append(topic_filter)
+        self.client.message_callback_add(topic_filter, on_message)
+
     # -- paho callbacks (network thread) -------------------------------------------------
 
     def _on_connect(self, client: paho.Client, userdata: Any, flags: Any, reason: Any, properties: Any) -> None:
@@ -134,11 +194,10 @@ class MQTTTransport:
             log.error("%s (%s:%d)", self.last_error, self.cfg.mqtt.host, self.cfg.mqtt.port)
             return
         with self._lock:
+            # Readings of earlier connections can no longer be acknowledged; the broker redelivers them.
             self._generation += 1
             self._connected = True
             self._subscribed = False
-            self._pending.clear()
-            self._early.clear()
             held = list(self._held)
             self._held.clear()
         self.last_error = ""
@@ -148,13 +207,13 @@ class MQTTTransport:
             "connected to %s:%d (session %s)", self.cfg.mqtt.host, self.cfg.mqtt.port,
             "resumed" if flags.session_present else "new",
         )
-        client.publish(self.status_topic, "online", qos=1, retain=True)
+        self._publish(self.status_topic, "online", retain=True)
         # Subscribe on every connect: a broker that lost the session has lost these too.
         client.subscribe([(f, 1) for f in self._subscriptions])
-        for verdict, _ in held:
+        for verdict, redelivered in held:
             # Their readings came in on a connection that is gone; the broker redelivers
             # them and the engine marks those verdicts as duplicates.
-            self._publish_verdict(verdict, None)
+            self._publish_verdict(verdict, None, redelivered)
         if held:
             log.info("published %d verdicts held while disconnected", len(held))
 
@@ -166,14 +225,25 @@ class MQTTTransport:
             return
         self._subscribed = True
 
+    def _on_connect_fail(self, client: paho.Client, userdata: Any) -> None:
+        # paho calls this from inside its ``except OSError`` block: the exception says why
+        # (refused, unreachable, a certificate that does not verify, a host name mismatch).
+        error = sys.exc_info()[1]
+        reason = str(error) if error is not None else "connection failed"
+        self.last_error = f"cannot connect to {self.cfg.mqtt.host}:{self.cfg.mqtt.port}: {reason}"
+        now = time.monotonic()
+        if now - self._last_refusal_log >= 10.0:  # a broker that is away for an hour: not a line per retry
+            self._last_refusal_log = now
+            log.warning("%s; retrying", self.last_error)
+
     def _on_disconnect(self, client: paho.Client, userdata: Any, flags: Any, reason: Any, properties: Any) -> None:
         with self._lock:
+            was_connected = self._connected
             self._connected = False
             self._subscribed = False
-            self._pending.clear()
-            self._early.clear()
         self.metrics.broker_connected.set(0)
-        if not self._closing:
+        # A refused CONNACK is followed by a disconnect too: keep the refusal as the reason.
+        if was_connected and not self._closing:
             self.last_error = f"disconnected from broker: {reason}"
             log.warning("%s; reconnecting", self.last_error)
 
@@ -181,58 +251,100 @@ class MQTTTransport:
         if self._closing:
             return  # not acknowledged: redelivered to the next session
         token = AckToken(message.mid, message.qos, self._generation) if message.qos > 0 else None
-        if message.retain:
+        try:
+            topic = message.topic
+        except UnicodeDecodeError:
+            # Mosquitto refuses such topics, other brokers may not; paho hands them over undecoded.
+            topic = None
+        item: Reading | InvalidReading
+        if topic is None:
+            item = InvalidReading("unknown_topic", "topic is not valid UTF-8", None, None, token)
+        elif message.retain:
             # A retained reading is an old one replayed on subscribe, not a new measurement.
-            item: Reading | InvalidReading = InvalidReading(
-                "retained", "retained messages are old readings and are not scored", message.topic, None, token
-            )
+            item = InvalidReading("retained", "retained messages are old readings and are not scored", topic, None, token)
         else:
-            item = self.parser.parse(message.topic, message.payload, time.time(), ack=token, redelivered=bool(message.dup))
+            item = self.parser.parse(topic, message.payload, time.time(), ack=token, redelivered=bool(message.dup))
         assert self._submit is not None
         self._submit(item)
 
     def _on_publish(self, client: paho.Client, userdata: Any, mid: int, reason: Any, properties: Any) -> None:
+        refused = bool(getattr(reason, "is_failure", False))
         with self._lock:
-            token = self._pending.pop(mid, None)
-            if token is None:
-                self._early.add(mid)
+            if mid not in self._pending:
+                # Either its publish is still being registered (a thread is between paho's
+                # publish() and _publish's bookkeeping), or it is not ours to track.
+                if self._publishing:
+                    self._early[mid] = refused
                 return
-            generation = self._generation
-        if token.generation == generation:
+            token = self._pending.pop(mid)
+            current = token is not None and token.generation == self._generation
+        if refused:
+            self._refused(mid, reason)
+        elif current and token is not None:
             client.ack(token.mid, token.qos)
 
-    # -- publishing (worker thread) ------------------------------------------------------
+    def _refused(self, mid: int, reason: Any) -> None:
+        """The broker did not take a message (MQTT 5 PUBACK with an error, e.g. the ACL): its reading stays unacknowledged."""
+        self.last_error = f"broker refused a publish: {reason} (check the ACL for edge/{self._agent_id}/#)"
+        now = time.monotonic()
+        if now - self._last_refusal_log >= 10.0:
+            self._last_refusal_log = now
+            log.error("%s; the readings concerned are left to the broker, which redelivers them", self.last_error)
+
+    # -- publishing (worker thread, and the network thread on connect) ----------------------
+
+    def _publish(self, topic: str, payload: str, token: AckToken | None = None, retain: bool = False) -> paho.MQTTMessageInfo:
+        """Publish at QoS 1 and acknowledge ``token``'s reading once the broker has the message."""
+        with self._lock:
+            self._publishing += 1
+        info: paho.MQTTMessageInfo | None = None
+        try:
+            info = self.client.publish(topic, payload, qos=1, retain=retain)
+        finally:
+            ack_now = refused = False
+            with self._lock:
+                self._publishing -= 1
+                # rc NO_CONN: paho queued it and sends it on reconnect; other codes: not queued at all.
+                if info is not None and info.rc in (paho.MQTT_ERR_SUCCESS, paho.MQTT_ERR_NO_CONN):
+                    early = self._early.pop(info.mid, None)
+                    if early is None:
+                        self._pending[info.mid] = token
+                    else:
+                        refused = early
+                        ack_now = not early and token is not None and token.generation == self._generation
+                if not self._publishing:
+                    self._early.clear()  # PUBACKs of messages published around paho (not ours)
+        assert info is not None
+        if refused:
+            self._refused(info.mid, "not accepted")
+        elif ack_now and token is not None:
+            self.client.ack(token.mid, token.qos)
+        return info
 
     def publish_verdict(self, verdict: Verdict, reading: Reading) -> None:
-        self._publish_verdict(verdict, reading.ack)
+        self._publish_verdict(verdict, reading.ack, reading.redelivered and not verdict.duplicate)
 
-    def _publish_verdict(self, verdict: Verdict, token: AckToken | None) -> None:
+    def _publish_verdict(self, verdict: Verdict, token: AckToken | None, redelivered: bool = False) -> None:
         if not self._connected:
-            self._hold(verdict, token)
+            self._hold(verdict, redelivered)
             return
-        payload = json.dumps(verdict.to_payload(), separators=(",", ":"))
+        body = verdict.to_payload()
+        if redelivered:
+            # The broker re-sent this reading and this process does not remember answering
+            # it (it restarted): it may repeat a verdict published before.
+            body["redelivered"] = True
+        payload = json.dumps(body, separators=(",", ":"))
         sensor = verdict.sensor_id
-        info = self.client.publish(self._verdict_topic.render(agent_id=self._agent_id, sensor_id=sensor), payload, qos=1)
         if verdict.anomaly and not verdict.duplicate:
-            self.client.publish(self._alert_topic.render(agent_id=self._agent_id, sensor_id=sensor), payload, qos=1)
-        if token is not None:
-            self._ack_after(info.mid, token)
+            self._publish(self._alert_topic.render(agent_id=self._agent_id, sensor_id=sensor), payload)
+        # Alert first: the broker handles one connection's packets in order, so the verdict's
+        # PUBACK, which acknowledges the reading, means it has the alert too.
+        self._publish(self._verdict_topic.render(agent_id=self._agent_id, sensor_id=sensor), payload, token)
 
-    def _ack_after(self, verdict_mid: int, token: AckToken) -> None:
-        with self._lock:
-            if verdict_mid in self._early:
-                self._early.discard(verdict_mid)
-                ack_now = token.generation == self._generation
-            else:
-                self._pending[verdict_mid] = token
-                ack_now = False
-        if ack_now:
-            self.client.ack(token.mid, token.qos)
-
-    def _hold(self, verdict: Verdict, token: AckToken | None) -> None:
+    def _hold(self, verdict: Verdict, redelivered: bool) -> None:
         limit = self.cfg.pipeline.held_verdicts
         with self._lock:
-            self._held.append((verdict, token))
+            self._held.append((verdict, redelivered))
             dropped = 0
             while len(self._held) > limit:
                 self._held.popleft()
@@ -251,7 +363,7 @@ class MQTTTransport:
                 "detail": invalid.detail,
                 "ts": time.time(),
             }
-            self.client.publish(self._errors_topic, json.dumps(body, separators=(",", ":")), qos=1)
+            self._publish(self._errors_topic, json.dumps(body, separators=(",", ":")))
         token = invalid.ack
         if isinstance(token, AckToken) and token.generation == self._generation:
             # Nothing will ever make a rejected message valid: acknowledge it now.
@@ -264,19 +376,23 @@ class MQTTTransport:
         self._closing = True
 
     def wait_for_acks(self, timeout: float) -> bool:
+        """Until every reading whose verdict is out has been acknowledged; False on timeout or disconnect."""
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+        while True:
             with self._lock:
-                if not self._pending or not self._connected:
-                    return not self._pending
+                generation = self._generation
+                waiting = any(t is not None and t.generation == generation for t in self._pending.values())
+                if not waiting or not self._connected:
+                    return not waiting
+            if time.monotonic() >= deadline:
+                return False
             time.sleep(0.01)
-        return False
 
     def close(self, timeout: float = 2.0) -> None:
         """Publish ``offline``, disconnect and stop the network thread."""
         self._closing = True
         if self._connected:
-            info = self.client.publish(self.status_topic, "offline", qos=1, retain=True)
+            info = self._publish(self.status_topic, "offline", retain=True)
             try:
                 info.wait_for_publish(timeout)
             except (RuntimeError, ValueError):

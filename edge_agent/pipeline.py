@@ -6,6 +6,10 @@ a batch to fill), scores it, and hands the verdicts to the sink, which publishes
 them and acknowledges each reading once its verdict is out. The hand-over is
 bounded: when it is full ``submit`` blocks the transport, which stops
 acknowledging, so the broker holds the readings instead of the agent dropping them.
+
+A message the parser already rejected never enters the hand-over: ``submit`` counts,
+reports and acknowledges it on the caller's thread, so a flood of junk costs no
+queue slot and no thread switch, and good readings behind it are not kept waiting.
 """
 
 from __future__ import annotations
@@ -91,6 +95,7 @@ class Pipeline:
         self._queue: queue.Queue[object] = queue.Queue(maxsize=queue_size)
         self._errors_log = RateLimitedLog(error_log_interval)
         self._error_reports = TokenBucket(error_report_rate, burst=max(1.0, error_report_rate))
+        self._reject_lock = threading.Lock()  # rejections come from the worker and the transport's thread
         self._worker: threading.Thread | None = None
         self._closing = threading.Event()
 
@@ -100,6 +105,9 @@ class Pipeline:
 
     def submit(self, item: Reading | InvalidReading) -> None:
         """Hand over one parsed message; blocks (backpressure) while the hand-over is full."""
+        if isinstance(item, InvalidReading):
+            self._reject(item)
+            return
         while True:
             try:
                 self._queue.put(item, timeout=0.5)
@@ -181,8 +189,10 @@ class Pipeline:
     def _reject(self, invalid: InvalidReading) -> None:
         self.metrics.record_invalid(invalid)
         now = time.monotonic()
-        suppressed = self._errors_log.allow(invalid.reason, now)
+        with self._reject_lock:
+            suppressed = self._errors_log.allow(invalid.reason, now)
+            report = self._error_reports.take(now)
         if suppressed is not None:
             more = f" (and {suppressed} more of this kind since the last line)" if suppressed else ""
             log.warning("invalid message on %s: %s: %s%s", invalid.topic, invalid.reason, invalid.detail, more)
-        self.sink.publish_error(invalid, report=self._error_reports.take(now))
+        self.sink.publish_error(invalid, report=report)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import csv
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,7 +39,10 @@ def readings_of(table: SensorTable, start: int = 0, stop: int | None = None) -> 
         )
 
 
-def replay(table: SensorTable, model: SensorModel, decision: Decision, learn_rows: int = 0) -> list[ReplayRow]:
+def replay(
+    table: SensorTable, model: SensorModel, decision: Decision, learn_rows: int = 0,
+    progress: Callable[[int], None] | None = None,
+) -> list[ReplayRow]:
     """Score every row in order; the first ``learn_rows`` only warm up the streams."""
     engine = ScoringEngine({model.name: model}, default=model.name, decision=decision, max_sensors=1_000_000)
     out: list[ReplayRow] = []
@@ -51,6 +54,8 @@ def replay(table: SensorTable, model: SensorModel, decision: Decision, learn_row
                 raise ValueError(f"{table.path}: row for sensor {reading.sensor_id!r}: {result.reason}: {result.detail}")
             out.append(ReplayRow(result, learning=len(out) < learn_rows))
         batch.clear()
+        if progress is not None:
+            progress(len(out))
 
     for reading in readings_of(table):
         batch.append(reading)

@@ -4,22 +4,17 @@ from __future__ import annotations
 
 import fnmatch
 import platform
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timezone
 from typing import Any
 
 import numpy as np
 
-from edge_agent.features import FeatureSpec, feature_matrix, parse_transform
+from edge_agent.features import DEFAULT_TRANSFORMS, FeatureSpec, feature_matrix, parse_transform
 from edge_agent.forest import Forest
 from edge_agent.model import SensorModel, build_model
 from edge_agent.table import SensorTable, groups
 
-# The streaming features every model gets unless told otherwise: the reading, its
-# change, how many readings in a row it repeated (a frozen sensor), its level
-# smoothed over the last 30 readings (a shift of a few noise widths stands out
-# there) and how much it moved over the last ten.
-DEFAULT_TRANSFORMS = ("value", "delta", "repeats", "mean:30", "std:10")
 # A field whose consecutive training readings correlate more than this wanders
 # (temperatures warming up, slow process values): its level is not expected to stay
 # inside the training range: it gets a much wider margin (model.WANDERING_MARGIN).
@@ -32,27 +27,38 @@ class TrainingError(ValueError):
     """Training data that cannot give a model (too few rows, nothing selected)."""
 
 
-def fit_forest(features: np.ndarray, trees: int, max_samples: int, seed: int) -> tuple[Forest, Any]:
-    """Fit scikit-learn's IsolationForest; return it as arrays and as the estimator."""
+# Fits a forest on a feature matrix (rows without NaN): (forest, estimator or None).
+Fitter = Callable[[np.ndarray, int, int, int], tuple[Forest, Any]]
+
+
+def sklearn_fitter(x: np.ndarray, trees: int, max_samples: int, seed: int) -> tuple[Forest, Any]:
+    """scikit-learn's IsolationForest, kept as the estimator too (``edge-agent train``)."""
     from sklearn.ensemble import IsolationForest  # training only: the runtime never imports it
 
-    x = features[~np.isnan(features).any(axis=1)]
-    estimator = IsolationForest(
-        n_estimators=trees,
-        max_samples=min(max_samples, len(x)),
-        random_state=seed,
-    ).fit(x)
+    estimator = IsolationForest(n_estimators=trees, max_samples=min(max_samples, len(x)), random_state=seed).fit(x)
     return Forest.from_sklearn(estimator), estimator
 
 
+def numpy_fitter(x: np.ndarray, trees: int, max_samples: int, seed: int) -> tuple[Forest, Any]:
+    """The numpy fitter of models learned on the device (no scikit-learn at run time)."""
+    from edge_agent.forest_fit import fit_forest
+
+    return fit_forest(x, trees, max_samples, seed), None
+
+
 def training_features(
-    spec: FeatureSpec, values: np.ndarray, group_rows: Mapping[str, np.ndarray], keep: np.ndarray
+    spec: FeatureSpec, values: np.ndarray, group_rows: Mapping[str, np.ndarray], keep: np.ndarray,
+    progress: Callable[[int], None] | None = None,
 ) -> np.ndarray:
     """Features of every group as streamed, keeping the rows ``keep`` marks (normal ones)."""
     parts = []
+    done = 0
     for rows in group_rows.values():
         feats = feature_matrix(spec, values[rows])
         parts.append(feats[keep[rows]])
+        done += len(rows)
+        if progress is not None:
+            progress(done)
     return np.vstack(parts) if parts else np.empty((0, len(spec.names)))
 
 
@@ -66,8 +72,9 @@ def train_model(
     max_samples: int = DEFAULT_MAX_SAMPLES,
     seed: int = 0,
     command: str = "",
+    progress: Callable[[int], None] | None = None,
 ) -> tuple[SensorModel, Any]:
-    """Train on the normal rows of a table (labelled anomalies are left out)."""
+    """Train with scikit-learn on the normal rows of a table (labelled anomalies are left out)."""
     group_rows = groups(table)
     if sensor_pattern is not None:
         group_rows = {s: r for s, r in group_rows.items() if fnmatch.fnmatchcase(s, sensor_pattern)}
@@ -75,12 +82,36 @@ def train_model(
             raise TrainingError(f"{table.path}: no sensor_id matches {sensor_pattern!r}")
     keep = np.ones(len(table), dtype=bool) if table.labels is None else table.labels == 0
     spec = FeatureSpec(fields=tuple(table.fields), transforms=tuple(transforms))
-    features = training_features(spec, table.values, group_rows, keep)
-    complete = int((~np.isnan(features).any(axis=1)).sum())
-    if complete < 8:
-        raise TrainingError(f"{table.path}: only {complete} usable normal rows; at least 8 are needed")
-    forest, estimator = fit_forest(features, trees, max_samples, seed)
-    wandering = wandering_fields(table.values, group_rows, keep, spec.fields)
+    record = training_record(table.path, sorted(s for s in group_rows if s), sklearn_fitter, trees, max_samples, seed, command)
+    try:
+        return fit_model(
+            spec, table.values, group_rows, keep, name, version, sklearn_fitter, record, trees, max_samples, seed, progress
+        )
+    except TrainingError as e:
+        raise TrainingError(f"{table.path}: {e}") from None
+
+
+def fit_model(
+    spec: FeatureSpec,
+    values: np.ndarray,
+    group_rows: Mapping[str, np.ndarray],
+    keep: np.ndarray,
+    name: str,
+    version: str | None,
+    fitter: Fitter,
+    record: Mapping[str, Any],
+    trees: int = DEFAULT_TREES,
+    max_samples: int = DEFAULT_MAX_SAMPLES,
+    seed: int = 0,
+    progress: Callable[[int], None] | None = None,
+) -> tuple[SensorModel, Any]:
+    """Features as streamed, forest, calibration and ranges: a model from readings in order."""
+    features = training_features(spec, values, group_rows, keep, progress)
+    complete = features[~np.isnan(features).any(axis=1)]
+    if len(complete) < 8:
+        raise TrainingError(f"only {len(complete)} usable normal rows; at least 8 are needed")
+    forest, estimator = fitter(complete, trees, max_samples, seed)
+    wandering = wandering_fields(values, group_rows, keep, spec.fields)
     # The level of a wandering field (its value, its smoothed value) is allowed to roam.
     wandering_levels = np.array(
         [f in wandering and parse_transform(t)[0] in ("value", "mean") for f, t in spec.columns], dtype=bool
@@ -91,13 +122,20 @@ def train_model(
         spec=spec,
         forest=forest,
         features=features,
-        training={
-            **training_record(table, group_rows, len(features), trees, max_samples, seed, command),
-            "wandering_fields": sorted(wandering),
-        },
+        training={**record, "rows": len(features), "wandering_fields": sorted(wandering)},
         wandering_levels=wandering_levels,
     )
     return model, estimator
+
+
+def learn_model(
+    spec: FeatureSpec, values: np.ndarray, name: str, version: str, seed: int = 0
+) -> SensorModel:
+    """A model for one sensor from its own first readings, fitted with numpy (on the device)."""
+    record = training_record("learned on the device", [name], numpy_fitter, DEFAULT_TREES, DEFAULT_MAX_SAMPLES, seed, "")
+    keep = np.ones(len(values), dtype=bool)
+    model, _ = fit_model(spec, values, {name: np.arange(len(values))}, keep, name, version, numpy_fitter, record, seed=seed)
+    return model
 
 
 def lag1_autocorrelation(x: np.ndarray) -> float:
@@ -120,21 +158,21 @@ def wandering_fields(
 
 
 def training_record(
-    table: SensorTable, group_rows: Mapping[str, np.ndarray], rows: int, trees: int,
-    max_samples: int, seed: int, command: str,
+    source: str, sensors: Sequence[str], fitter: Fitter, trees: int, max_samples: int, seed: int, command: str
 ) -> dict[str, Any]:
-    import sklearn
+    versions = {"python": platform.python_version(), "numpy": np.__version__}
+    if fitter is sklearn_fitter:
+        import sklearn
 
+        versions["scikit-learn"] = sklearn.__version__
     return {
-        "source": table.path,
-        "rows": rows,
-        "sensors": sorted(s for s in group_rows if s),
-        "isolation_forest": {"n_estimators": trees, "max_samples": max_samples, "random_state": seed},
+        "source": source,
+        "sensors": list(sensors),
+        "isolation_forest": {
+            "n_estimators": trees, "max_samples": max_samples, "random_state": seed,
+            "fitted_with": "scikit-learn" if fitter is sklearn_fitter else "numpy (edge_agent.forest_fit)",
+        },
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "command": command,
-        "library_versions": {
-            "python": platform.python_version(),
-            "numpy": np.__version__,
-            "scikit-learn": sklearn.__version__,
-        },
+        "library_versions": versions,
     }

@@ -199,3 +199,15 @@ def start_agent(broker: Any, models_dir: Path) -> Iterator[Callable[..., Any]]:
     yield start
     for a in agents:
         a.stop(timeout=5)
+
+
+# The fault suite (tests/test_faults.py) puts its table rows here; printed after the run.
+FAULT_TABLE = pytest.StashKey[list[str]]()
+
+
+def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
+    rows = config.stash.get(FAULT_TABLE, None)
+    if rows:
+        terminalreporter.write_sep("=", "fault scenarios (bench/faults.py prints the same table standalone)")
+        for line in rows:
+            terminalreporter.write_line(line)

@@ -191,3 +191,24 @@ def test_cli_check_config_reports_bad_keys_with_exit_2(tmp_path: Path) -> None:
                         capture_output=True, text=True, env={**os.environ})
     assert ok.returncode == 0, ok.stderr
     assert "config OK" in ok.stdout
+
+
+def test_replaying_a_csv_and_streaming_it_over_mqtt_give_the_same_scores(start_agent, collect, sensor, models_dir, tmp_path) -> None:
+    from conftest import normal_csv
+    from edge_agent.engine import Decision
+    from edge_agent.model import load_model
+    from edge_agent.replay import replay
+    from edge_agent.table import read_table
+
+    table = read_table(normal_csv(tmp_path / "r.csv", n=120, seed=11))
+    table.values[100, 0] = 3.0  # one spike, so the comparison covers a flagged reading too
+    expected = replay(table, load_model(models_dir / "default"), Decision())
+    agent = start_agent()
+    aid = agent.cfg.agent_id
+    out = collect([f"edge/{aid}/verdicts/#"])
+    for ts, (value,) in zip(table.timestamps, table.values.tolist()):
+        sensor.send_json("sensors/replayed", {"value": value, "ts": ts})
+    got = [json.loads(m.payload) for m in out.wait_count(f"edge/{aid}/verdicts/replayed", len(table))]
+    assert [g["score"] for g in got] == [round(r.verdict.score, 6) for r in expected]
+    assert [g["anomaly"] for g in got] == [r.verdict.anomaly for r in expected]
+    assert got[100]["anomaly"] == 1

@@ -98,3 +98,36 @@ def test_demo_shows_verdicts_and_stops_cleanly(broker_kind: str, tmp_path: Path)
     assert len(lines) >= 8, r.stdout
     assert any(k in r.stdout for k in ("vibration-3", "temperature-1"))
     assert "stopped:" in r.stdout
+
+
+def test_replay_plot_draws_a_png(tmp_path: Path) -> None:
+    rng = np.random.default_rng(4)
+    values = list(1 + rng.normal(0, 0.02, 500))
+    values[450:470] = [2.0] * 20
+    src = tmp_path / "s.csv"
+    src.write_text("value,anomaly\n" + "\n".join(f"{v:.5f},{int(450 <= i < 470)}" for i, v in enumerate(values)) + "\n")
+    png = tmp_path / "o.png"
+    assert main(["replay", str(src), "--out", str(tmp_path / "o.csv"), "--learn-rows", "300", "--plot", str(png), "-q"]) == 0
+    data = png.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
+
+
+def test_progress_shows_only_on_a_terminal() -> None:
+    import io
+
+    from edge_agent.progress import Progress
+
+    class Tty(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    tty, pipe = Tty(), io.StringIO()
+    for stream in (tty, pipe):
+        p = Progress(100, "replaying", stream=stream)
+        p.update(50)
+        p.close()
+    assert "replaying: 50/100 (50%)" in tty.getvalue() and pipe.getvalue() == ""
+    quiet = Tty()
+    Progress(10, "x", quiet=True, stream=quiet).update(5)
+    assert quiet.getvalue() == ""
+    assert "s left" in Progress(100, "x", stream=Tty()).line(25, 10.0)

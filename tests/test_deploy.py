@@ -340,17 +340,30 @@ def edge_agent_job() -> dict[str, Any]:
 # --------------------------------------------------------------------------- processes
 
 
+# Passwords the broker's entrypoint is given in these tests (compose takes them from .env).
+BROKER_PASSWORDS = {"agent": "agent-test-password", "sensor": "sensor-test-password"}
+
+
 @contextmanager
 def running_mosquitto(conf_text: str, workdir: Path) -> Iterator[int]:
-    """Run the real broker on ``conf_text`` with listener and persistence moved to a free port and ``workdir``."""
+    """Run the real broker as compose does (broker/entrypoint.sh, then mosquitto on ``conf_text``).
+
+    The listener, persistence, password file and ACL are moved to a free port and ``workdir``.
+    """
     port = free_port()
     conf = re.sub(r"(?m)^listener\s+1883\b.*$", f"listener {port} 127.0.0.1", conf_text)
     conf = re.sub(r"(?m)^persistence_location\s+.*$", f"persistence_location {workdir}/", conf)
+    conf = re.sub(r"(?m)^password_file\s+.*$", f"password_file {workdir}/auth/passwd", conf)
+    conf = re.sub(r"(?m)^acl_file\s+.*$", f"acl_file {workdir}/acl", conf)
     assert f"listener {port}" in conf and str(workdir) in conf, "listener 1883 / persistence_location not found"
+    shutil.copy(REPO / "broker" / "acl", workdir / "acl")
     conf_file = workdir / "mosquitto.conf"
     conf_file.write_text(conf)
     log = (workdir / "mosquitto.log").open("ab")
-    proc = subprocess.Popen([shutil.which("mosquitto") or "mosquitto", "-c", str(conf_file)], stdout=log, stderr=log)
+    env = {**os.environ, "MOSQUITTO_PASSWD_FILE": str(workdir / "auth" / "passwd"),
+           "MQTT_AGENT_PASSWORD": BROKER_PASSWORDS["agent"], "MQTT_SENSOR_PASSWORD": BROKER_PASSWORDS["sensor"]}
+    argv = ["sh", str(REPO / "broker" / "entrypoint.sh"), shutil.which("mosquitto") or "mosquitto", "-c", str(conf_file)]
+    proc = subprocess.Popen(argv, stdout=log, stderr=log, env=env)
     try:
         deadline = time.monotonic() + PROCESS_DEADLINE_S
         while True:
@@ -414,6 +427,7 @@ def health_server(status: int) -> Iterator[int]:
 def connect_like_the_agent(client_id: str, port: int, on_message: Any = None) -> mqtt.Client:
     """An MQTT v5 client with a persistent session, connected as the agent connects (clean_start=False)."""
     client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
+    client.username_pw_set("agent", BROKER_PASSWORDS["agent"])
     props = Properties(PacketTypes.CONNECT)
     props.SessionExpiryInterval = 3600
     connected = threading.Event()
@@ -639,7 +653,7 @@ def test_compose_healthchecks_and_ports() -> None:
         duration_seconds(check["interval"])
     assert [container_port(p) for p in service("prometheus")["ports"]] == [9090]
     assert [container_port(p) for p in service("grafana")["ports"]] == [3000]
-    # Anonymous broker: reachable from the host's loopback only.
+    # The broker is reachable from the host's loopback only (and asks for a password).
     assert all(str(p).startswith("127.0.0.1:") for p in service("mosquitto")["ports"])
 
 
@@ -682,14 +696,28 @@ def test_prometheus_service_mounts_its_config() -> None:
 # --------------------------------------------------------------------------- broker/mosquitto.conf
 
 
-def test_mosquitto_accepts_the_config_and_serves_anonymous_clients(broker_dir: Path) -> None:
+def raw_connack(port: int, user: str | None = None, password: str | None = None) -> bytes:
+    """The CONNACK to a hand-made MQTT 3.1.1 CONNECT, with or without credentials."""
+    def field(text: str) -> bytes:
+        return len(text.encode()).to_bytes(2, "big") + text.encode()
+
+    flags = 0x02 | (0xC0 if user is not None else 0)  # clean session, user name and password
+    variable = b"\x00\x04MQTT\x04" + bytes([flags]) + b"\x00\x3c"  # keepalive 60
+    payload = field("deploy-test") + (field(user) + field(password or "") if user is not None else b"")
+    with socket.create_connection(("127.0.0.1", port), timeout=PROCESS_DEADLINE_S) as sock:
+        sock.sendall(bytes([0x10, len(variable) + len(payload)]) + variable + payload)
+        return sock.recv(4, socket.MSG_WAITALL)
+
+
+def test_mosquitto_accepts_the_config_refuses_anonymous_clients_and_serves_users(broker_dir: Path) -> None:
     with running_mosquitto((REPO / "broker/mosquitto.conf").read_text(), broker_dir) as port:
-        with socket.create_connection(("127.0.0.1", port), timeout=PROCESS_DEADLINE_S) as sock:
-            client_id = b"deploy-test"
-            variable = b"\x00\x04MQTT\x04\x02\x00\x3c"  # MQTT 3.1.1, clean session, keepalive 60
-            payload = len(client_id).to_bytes(2, "big") + client_id
-            sock.sendall(bytes([0x10, len(variable) + len(payload)]) + variable + payload)
-            assert sock.recv(4, socket.MSG_WAITALL) == b"\x20\x02\x00\x00", "CONNACK refused (anonymous access)"
+        assert raw_connack(port) == b"\x20\x02\x00\x05", "anonymous client not refused (not authorised)"
+        assert raw_connack(port, "agent", "wrong") == b"\x20\x02\x00\x05"
+        for user, password in BROKER_PASSWORDS.items():
+            assert raw_connack(port, user, password) == b"\x20\x02\x00\x00", f"CONNACK refused for {user}"
+    # Only salted hashes reach the password file.
+    stored = (broker_dir / "auth" / "passwd").read_text()
+    assert not any(password in stored for password in BROKER_PASSWORDS.values())
     log = broker_log(broker_dir)
     assert (broker_dir / "mosquitto.db").is_file(), f"persistence did not write its database:\n{log}"
     assert not re.search(r"(?i)\b(error|warning)\b", log), log
@@ -697,10 +725,13 @@ def test_mosquitto_accepts_the_config_and_serves_anonymous_clients(broker_dir: P
 
 @pytest.mark.skipif(shutil.which("mosquitto_sub") is None, reason="mosquitto_sub not installed")
 def test_compose_broker_healthcheck_passes_against_the_real_broker(broker_dir: Path) -> None:
-    argv = [w.replace("$$", "$") for w in service("mosquitto")["healthcheck"]["test"][1:]]
+    kind, command = service("mosquitto")["healthcheck"]["test"]
+    assert kind == "CMD-SHELL"  # the password comes from the container's environment
+    command = command.replace("$$", "$")
+    env = {**os.environ, "MQTT_AGENT_PASSWORD": BROKER_PASSWORDS["agent"]}
     with running_mosquitto((REPO / "broker/mosquitto.conf").read_text(), broker_dir) as port:
-        argv = [str(port) if w == "1883" else w for w in argv]
-        result = subprocess.run(argv, capture_output=True, text=True, timeout=10)
+        command = command.replace("-p 1883", f"-p {port}")
+        result = subprocess.run(["sh", "-c", command], capture_output=True, text=True, timeout=10, env=env)
     assert result.returncode == 0, result.stdout + result.stderr
 
 
@@ -717,6 +748,7 @@ def test_broker_keeps_queued_readings_for_an_absent_agent_across_a_restart(broke
         agent.loop_stop()
 
         sensor = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="deploy-test-sensor")
+        sensor.username_pw_set("sensor", BROKER_PASSWORDS["sensor"])
         sensor.connect("127.0.0.1", port)
         sensor.loop_start()
         infos = [sensor.publish(f"sensors/s{i % 8}", str(i), qos=1) for i in range(readings)]

@@ -1,0 +1,447 @@
+"""The fault scenarios (agent killed or stopped, broker restarted or away, floods, hostile input, HTTP fuzz) and their table.
+
+    .venv/bin/python bench/faults.py                  # every scenario (about 2 minutes), then the table
+    .venv/bin/python bench/faults.py --only hostile   # one scenario (a name from SCENARIOS)
+    .venv/bin/python bench/faults.py --models DIR     # models whose "default" scores every sensor
+
+Each scenario starts a Mosquitto of its own on a loopback port (persistence on, the delivery
+limits of broker/mosquitto.conf) and the agent as a subprocess (``edge-agent run --config
+config.yaml``), streams readings with unique (sensor_id, ts) at QoS 1, injects its fault and
+counts, from an observer with a persistent session, which readings the broker accepted and
+which got a verdict. ``tests/test_faults.py`` runs the same functions and asserts on them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import re
+import socket
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack
+from pathlib import Path
+
+from faultlab import (
+    Lab,
+    Observer,
+    ScenarioResult,
+    Sent,
+    Sensor,
+    Stream,
+    markdown_table,
+    metric_value,
+    running_broker,
+    sensor_label_count,
+    tally,
+    wait_until,
+)
+from httpfuzz import fuzz_cases, send_raw
+
+SENSORS = ["vibration-1", "vibration-2", "vibration-3", "vibration-4"]
+CATCH_UP_TIMEOUT = 60.0
+
+
+def _recovery(observer: Observer, sent: list[Sent], fault_end: float) -> float | None:
+    """Seconds from ``fault_end`` (epoch) to the first verdict of a reading published after it."""
+    fresh = {s.key for s in sent if s.good and s.at >= fault_end}
+    times = [m.at for m in observer.verdicts() if _verdict_key(m.payload) in fresh]
+    return min(times) - fault_end if times else None
+
+
+def _wait_recovery(observer: Observer, sensor: Sensor, fault_end: float, timeout: float = 30.0) -> float | None:
+    wait_until(lambda: _recovery(observer, sensor.sent, fault_end) is not None, timeout)
+    return _recovery(observer, sensor.sent, fault_end)
+
+
+def _verdict_key(payload: bytes) -> tuple[str, object]:
+    body = json.loads(payload)
+    return (body["sensor_id"], body["ts"])
+
+
+def _finish(sensor: Sensor, observer: Observer) -> float:
+    """Seconds until the broker accepted every reading and each accepted one was answered."""
+    started = time.monotonic()
+    sensor.wait_accepted(CATCH_UP_TIMEOUT)
+    observer.wait_answered({s.key for s in sensor.sent if s.good and s.accepted}, CATCH_UP_TIMEOUT)
+    elapsed = time.monotonic() - started
+    time.sleep(0.5)  # late duplicates, if any, are part of the count
+    return elapsed
+
+
+def _sleep_until(t0: float, offset: float) -> None:
+    delay = t0 + offset - time.monotonic()
+    if delay > 0:
+        time.sleep(delay)
+
+
+def _latencies(sensor: Sensor, observer: Observer, since: float) -> list[float]:
+    """Publish-to-verdict seconds of the good readings published after ``since``."""
+    first: dict[tuple[str, object], float] = {}
+    for m in observer.verdicts():
+        first.setdefault(_verdict_key(m.payload), m.at)
+    return [first[s.key] - s.at for s in sensor.sent if s.good and s.at >= since and s.key in first]
+
+
+def _quantile(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def _ms(seconds: float | None) -> str:
+    return "n/a" if seconds is None else f"{seconds * 1000:.0f} ms"
+
+
+def _invalid_total(text: str) -> float:
+    return sum(float(v) for v in re.findall(r"^edge_agent_invalid_messages_total\{[^}]*\} (\S+)$", text, re.M))
+
+
+# --------------------------------------------------------------------------- delivery faults
+
+
+def agent_sigkill(lab: Lab, kills: int = 2) -> ScenarioResult:
+    """The agent is SIGKILLed mid-stream and started again at once (as systemd or Docker would), ``kills`` times."""
+    with ExitStack() as stack:
+        broker = stack.enter_context(running_broker())
+        observer = stack.enter_context(Observer(broker, "faults-kill"))
+        agent = stack.enter_context(lab.agent(broker, "faults-kill"))
+        agent.start()
+        agent.wait_ready()
+        sensor = stack.enter_context(Sensor(broker, "kill"))
+        t0 = time.monotonic()
+        stream = Stream(sensor, SENSORS, rate=400, count=400 * (2 + 3 * kills)).start()
+        recoveries = []
+        for k in range(kills):
+            _sleep_until(t0, 2.0 + 3.0 * k)
+            agent.kill()
+            restarted = time.time()
+            agent.start()
+            agent.wait_ready()
+            recoveries.append(_wait_recovery(observer, sensor, restarted))
+        stream.join()
+        catch_up = _finish(sensor, observer)
+        known = [r for r in recoveries if r is not None]
+        return ScenarioResult(
+            f"agent SIGKILL mid-stream ×{kills}, restarted", tally(sensor.sent, observer.verdicts()),
+            recovery_s=max(known) if len(known) == kills else None,
+            notes=f"400 readings/s; recovery includes the process start; all answered {catch_up:.1f} s after the stream",
+            details={"recoveries": recoveries, "exit": agent.terminate()},
+        )
+
+
+def agent_sigterm(lab: Lab) -> ScenarioResult:
+    """The agent is stopped with SIGTERM mid-stream (an upgrade) and started again."""
+    with ExitStack() as stack:
+        broker = stack.enter_context(running_broker())
+        observer = stack.enter_context(Observer(broker, "faults-term"))
+        agent = stack.enter_context(lab.agent(broker, "faults-term"))
+        agent.start()
+        agent.wait_ready()
+        sensor = stack.enter_context(Sensor(broker, "term"))
+        t0 = time.monotonic()
+        stream = Stream(sensor, SENSORS, rate=400, count=400 * 6).start()
+        _sleep_until(t0, 2.0)
+        stopping = time.monotonic()
+        code = agent.terminate()
+        stop_seconds = time.monotonic() - stopping
+        restarted = time.time()
+        agent.start()
+        agent.wait_ready()
+        recovery = _wait_recovery(observer, sensor, restarted)
+        stream.join()
+        catch_up = _finish(sensor, observer)
+        offline = any(m.payload == b"offline" for m in observer.messages if m.topic.endswith("/status"))
+        return ScenarioResult(
+            "agent SIGTERM mid-stream, restarted", tally(sensor.sent, observer.verdicts()), recovery_s=recovery,
+            notes=f"400 readings/s; exit status {code} after {stop_seconds:.1f} s; all answered {catch_up:.1f} s after the stream",
+            details={"exit_code": code, "stop_seconds": stop_seconds, "offline_published": offline, "exit": agent.terminate()},
+        )
+
+
+def broker_restart(lab: Lab) -> ScenarioResult:
+    """Mosquitto is stopped (SIGTERM: it saves its database) and started again on the same data."""
+    with ExitStack() as stack:
+        broker = stack.enter_context(running_broker())
+        observer = stack.enter_context(Observer(broker, "faults-restart"))
+        agent = stack.enter_context(lab.agent(broker, "faults-restart"))
+        agent.start()
+        agent.wait_ready()
+        sensor = stack.enter_context(Sensor(broker, "restart"))
+        t0 = time.monotonic()
+        stream = Stream(sensor, SENSORS, rate=400, count=400 * 7).start()
+        _sleep_until(t0, 2.5)
+        broker.stop()
+        time.sleep(1.0)
+        broker.start()
+        back = time.time()
+        recovery = _wait_recovery(observer, sensor, back)
+        stream.join()
+        catch_up = _finish(sensor, observer)
+        return ScenarioResult(
+            "broker restart (persistence on)", tally(sensor.sent, observer.verdicts()), recovery_s=recovery,
+            notes=f"400 readings/s, broker down 1 s; all answered {catch_up:.1f} s after the stream",
+            details={"exit": agent.terminate()},
+        )
+
+
+def broker_outage(lab: Lab, outage: float = 30.0) -> ScenarioResult:
+    """The broker is away for ``outage`` seconds while the sensor keeps publishing (paho queues QoS 1 meanwhile)."""
+    with ExitStack() as stack:
+        broker = stack.enter_context(running_broker())
+        observer = stack.enter_context(Observer(broker, "faults-outage"))
+        agent = stack.enter_context(lab.agent(broker, "faults-outage"))
+        agent.start()
+        agent.wait_ready()
+        sensor = stack.enter_context(Sensor(broker, "outage"))
+        rate = 50
+        t0 = time.monotonic()
+        stream = Stream(sensor, SENSORS, rate=rate, count=int(rate * (outage + 6))).start()
+        _sleep_until(t0, 3.0)
+        broker.stop()
+        down = time.monotonic()
+        not_ready = wait_until(lambda: agent.http("/readyz")[0] == 503, 10)
+        healthy = agent.http("/healthz")[0] == 200
+        _sleep_until(down, outage)
+        broker.start()
+        back = time.time()
+        ready_again = wait_until(lambda: agent.http("/readyz")[0] == 200, 15)
+        recovery = _wait_recovery(observer, sensor, back)
+        stream.join()
+        catch_up = _finish(sensor, observer)
+        return ScenarioResult(
+            f"broker down {outage:.0f} s, sensor keeps publishing", tally(sensor.sent, observer.verdicts()),
+            recovery_s=recovery,
+            notes=f"{rate} readings/s, queued by the sensor's client while down; /readyz 503 while down: "
+                  f"{'yes' if not_ready else 'NO'}; all answered {catch_up:.1f} s after the stream",
+            details={"not_ready_while_down": not_ready, "healthy_while_down": healthy, "ready_again": ready_again,
+                     "exit": agent.terminate()},
+        )
+
+
+# --------------------------------------------------------------------------- hostile load
+
+
+def sensor_flood(lab: Lab, flood: int = 10_000, cap: int = 1000) -> ScenarioResult:
+    """A misconfigured device publishes, as fast as it can, readings under ``flood`` new sensor ids; the agent tracks ``cap``."""
+    with ExitStack() as stack:
+        broker = stack.enter_context(running_broker())
+        observer = stack.enter_context(Observer(broker, "faults-flood"))
+        agent = stack.enter_context(lab.agent(broker, "faults-flood", [f"pipeline.max_sensors={cap}"]))
+        agent.start()
+        agent.wait_ready()
+        sensor = stack.enter_context(Sensor(broker, "good"))
+        stream = Stream(sensor, SENSORS, rate=200, count=200 * 8).start()
+        wait_until(lambda: len({k[0] for k in observer.answered_keys()}) == len(SENSORS), 10)
+        rss_before = agent.rss_bytes()
+        flooder = stack.enter_context(Sensor(broker, "flood"))
+        started = time.time()
+        for i in range(flood):
+            flooder.publish(f"sensors/flood-{i:05d}", json.dumps({"value": 0.9, "ts": 1_700_000_000 + i}),
+                            sensor_id=f"flood-{i:05d}", ts=1_700_000_000 + i)
+        flooder.wait_accepted(CATCH_UP_TIMEOUT)
+        flood_rate = flood / max(1e-9, time.time() - started)
+        stream.join()
+        _finish(sensor, observer)
+        admitted = cap - len(SENSORS)
+        reason = '{reason="too_many_sensors"}'
+        wait_until(lambda: metric_value(agent.metrics(), "edge_agent_invalid_messages_total", reason) >= flood - admitted, 20)
+        text = agent.metrics()
+        rejected = int(metric_value(text, "edge_agent_invalid_messages_total", reason))
+        flood_ids = {f"flood-{i:05d}" for i in range(flood)}
+        flood_answered = len({k for k in observer.answered_keys() if k[0] in flood_ids})
+        p99 = _quantile(_latencies(sensor, observer, since=started), 0.99)
+        growth = agent.rss_bytes() - rss_before
+        labels = sensor_label_count(text)
+        errors = len(observer.errors())
+        return ScenarioResult(
+            f"{flood} new sensor ids flooding in (max_sensors={cap})", tally(sensor.sent, observer.verdicts()),
+            hostile=flood - admitted, rejected=rejected,
+            notes=f"flood at {flood_rate:.0f}/s; first {flood_answered} ids admitted up to the cap; "
+                  f"{labels} sensor labels; RSS +{growth / 2**20:.0f} MiB; good readings p99 {_ms(p99)}; "
+                  f"{errors} error reports (rate-limited)",
+            details={"flood_answered": flood_answered, "admitted": admitted, "labels": labels, "rss_growth": growth,
+                     "error_reports": errors, "elapsed": time.time() - started, "p99_s": p99, "exit": agent.terminate()},
+        )
+
+
+def hostile_payloads(max_payload: int) -> Iterator[tuple[str, bytes, bool]]:
+    """(topic, payload, retain) junk of every kind the parser rejects, cycling; half on good sensors' topics."""
+    deep_object = b'{"a":' * 40 + b"1" + b"}" * 40
+    kinds: list[tuple[str, bytes, bool]] = [
+        ("sensors/vibration-1", b"", False),
+        ("sensors/junk-1", b"   \n\t", False),
+        ("sensors/vibration-2", b"{not json", False),
+        ("sensors/junk-2", b'{"value": NaN, "ts": 1}', False),
+        ("sensors/vibration-3", b'{"value": Infinity}', False),
+        ("sensors/junk-3", b'{"value": -Infinity}', False),
+        ("sensors/junk-4", b"NaN", False),
+        ("sensors/vibration-4", b"1e999", False),
+        ("sensors/junk-5", b'{"value": "high"}', False),
+        ("sensors/junk-6", b'{"value": true}', False),
+        ("sensors/vibration-1", b'{"value": null}', False),
+        ("sensors/junk-7", b"[1, 2, 3]", False),
+        ("sensors/junk-8", b'"0.9"', False),
+        ("sensors/vibration-2", b"\xff\xfe\xfd\x80", False),
+        ("sensors/junk-9", b"[" * 5000, False),
+        ("sensors/junk-10", deep_object, False),
+        ("sensors/vibration-3", b"9" * (max_payload + 1), False),
+        ("sensors/junk-11", b'{"temp": 1}', False),
+        ("sensors/junk-12", b'{"value": 1, "ts": "yesterday"}', False),
+        ("sensors/vibration-4", b'{"value": 1, "ts": -5}', False),
+        ("sensors/junk-13", b'{"value": 1' + b"0" * 5000 + b"}", False),
+        ("sensors/junk-14", b"\x00\x01binary\x02", False),
+        ("sensors/junk-15", b"\xef\xbb\xbf", False),
+        ("sensors/" + "x" * 300, b"0.9", False),
+        # Unprintable yet valid UTF-8 (Mosquitto itself drops a client that publishes control characters).
+        ("sensors/\u200b", b"0.9", False),
+        ("sensors/junk-16", b"{not json either", True),  # retained, but delivered live: judged by its content
+    ]
+    i = 0
+    while True:
+        yield kinds[i % len(kinds)]
+        i += 1
+
+
+def hostile_input(lab: Lab, hostile: int = 10_000, good: int = 1000, duration: float = 4.0) -> ScenarioResult:
+    """``hostile`` junk messages from one client spread over ``duration`` while good sensors keep publishing.
+
+    The junk covers every rejection the parser knows plus retained junk replayed on subscribe;
+    the good readings come from another client at a steady pace, so their latency is the agent's.
+    """
+    max_payload = 4096
+    retained = 5
+    with ExitStack() as stack:
+        broker = stack.enter_context(running_broker())
+        with Sensor(broker, "retained") as pre:  # retained before the agent subscribes: replayed to it, flagged
+            for i in range(retained):
+                pre.publish(f"sensors/stale-{i}", b"0.9", retain=True)
+            pre.wait_accepted(10)
+        observer = stack.enter_context(Observer(broker, "faults-hostile"))
+        agent = stack.enter_context(lab.agent(broker, "faults-hostile", [f"max_payload_bytes={max_payload}"]))
+        agent.start()
+        agent.wait_ready()
+        sensor = stack.enter_context(Sensor(broker, "good"))
+        attacker = stack.enter_context(Sensor(broker, "hostile"))
+        baseline = Stream(sensor, SENSORS, rate=good / duration, count=good // 4, ts_base=1_600_000_000).start()
+        baseline.join()
+        observer.wait_answered({s.key for s in sensor.sent}, 10)
+        calm = _quantile(_latencies(sensor, observer, since=0.0), 0.99)
+        stream = Stream(sensor, SENSORS, rate=good / duration, count=good).start()
+        started = time.time()
+        junk = hostile_payloads(max_payload)
+        # Two of the oversized payloads are huge: 900 KiB reaches the agent (too_large); 20 MiB is
+        # over the Maximum Packet Size the agent announces, so the broker drops it for the agent.
+        huge = [b"9" * (20 * 2**20), b"9" * (900 * 2**10)]
+        for i in range(hostile - retained):
+            topic, payload, retain = next(junk)
+            if huge and len(payload) > max_payload:
+                payload = huge.pop()
+            attacker.publish(topic, payload, retain=retain)
+            delay = started + duration * (i + 1) / hostile - time.time()
+            if delay > 0:  # spread over the good stream, so junk and good readings interleave at the agent
+                time.sleep(delay)
+        attack_rate = hostile / max(1e-9, time.time() - started)
+        attacker.wait_accepted(CATCH_UP_TIMEOUT)
+        stream.join()
+        _finish(sensor, observer)
+        dropped = broker.log_path.read_text(errors="replace").count("Dropping too large outgoing PUBLISH")
+        wait_until(lambda: _invalid_total(agent.metrics()) + dropped >= hostile, 20)
+        text = agent.metrics()
+        rejected = int(_invalid_total(text)) + dropped
+        p99 = _quantile(_latencies(sensor, observer, since=started), 0.99)
+        reasons = sorted({json.loads(m.payload)["reason"] for m in observer.errors()})
+        errors = len(observer.errors())
+        return ScenarioResult(
+            f"{hostile} hostile payloads among good readings", tally(sensor.sent, observer.verdicts()),
+            hostile=hostile, rejected=rejected,
+            notes=f"junk at {attack_rate:.0f}/s, good at {good / duration:.0f}/s; {len(reasons)} rejection reasons; "
+                  f"good readings p99 {_ms(p99)} (without junk {_ms(calm)}); {errors} error reports (rate-limited); "
+                  f"{dropped} over the agent's Maximum Packet Size dropped by the broker",
+            details={"reasons": reasons, "p99_s": p99, "calm_p99_s": calm, "labels": sensor_label_count(text),
+                     "broker_dropped": dropped,
+                     "error_reports": errors, "exit": agent.terminate()},
+        )
+
+
+def http_fuzz(lab: Lab, requests: int = 3000, stalled: int = 20, seed: int = 20251127) -> ScenarioResult:
+    """Thousands of malformed, hostile and unauthorised requests (8 at a time) while readings stream over MQTT."""
+    token = "t-" + "".join(random.Random(seed).choice("abcdefghijklmnopqrstuvwxyz0123456789") for _ in range(32))
+    with ExitStack() as stack:
+        broker = stack.enter_context(running_broker())
+        observer = stack.enter_context(Observer(broker, "faults-http"))
+        agent = stack.enter_context(
+            lab.agent(broker, "faults-http", ["http.read_timeout=1"], env={"EDGE_AGENT_HTTP_TOKEN": token})
+        )
+        agent.start()
+        agent.wait_ready()
+        sensor = stack.enter_context(Sensor(broker, "http"))
+        stream = Stream(sensor, SENSORS, rate=200, count=200 * 6).start()
+        # Slow clients: a request head that never ends; each must get its 408 after http.read_timeout.
+        slow = [stack.enter_context(socket.create_connection(("127.0.0.1", agent.http_port), timeout=10)) for _ in range(stalled)]
+        for s in slow:
+            s.sendall(b"POST /predict HTTP/1.1\r\nContent-Length: 10\r\n")
+        started = time.monotonic()
+        with ThreadPoolExecutor(8) as pool:
+            outcomes = list(pool.map(lambda data: send_raw(agent.http_port, data), fuzz_cases(random.Random(seed), token, requests)))
+        rate = requests / (time.monotonic() - started)
+        timed_out = 0
+        for s in slow:
+            try:
+                timed_out += s.recv(4096).startswith(b"HTTP/1.1 408 ")
+            except OSError:
+                pass
+        stream.join()
+        _finish(sensor, observer)
+        after = {path: agent.http(path)[0] for path in ("/healthz", "/readyz", "/metrics")}
+        server_errors = sum(1 for o in outcomes if o.status is not None and o.status >= 500)
+        unanswered = sum(1 for o in outcomes if o.expected and o.status is None)
+        tracebacks = sum(o.traceback for o in outcomes) + agent.log_path.read_text(errors="replace").count("Traceback")
+        ok = sum(1 for o in outcomes if o.status == 200)
+        unauthorized = sum(1 for o in outcomes if o.status == 401)
+        return ScenarioResult(
+            f"HTTP fuzz: {requests} requests, {stalled} stalled clients", tally(sensor.sent, observer.verdicts()),
+            hostile=requests, rejected=requests - server_errors - unanswered,
+            notes=f"{server_errors} 5xx, {unanswered} unanswered, {tracebacks} tracebacks; {ok} authorised 200s, "
+                  f"{unauthorized} 401s; {timed_out}/{stalled} stalled clients got 408; {rate:.0f} requests/s "
+                  f"while readings streamed over MQTT",
+            details={"server_errors": server_errors, "unanswered": unanswered, "tracebacks": tracebacks,
+                     "timed_out": timed_out, "after": after, "ok": ok, "unauthorized": unauthorized,
+                     "exit": agent.terminate()},
+        )
+
+
+SCENARIOS: dict[str, Callable[[Lab], ScenarioResult]] = {
+    "sigkill": agent_sigkill,
+    "sigterm": agent_sigterm,
+    "restart": broker_restart,
+    "outage": broker_outage,
+    "flood": sensor_flood,
+    "hostile": hostile_input,
+    "http": http_fuzz,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description="Run the fault scenarios and print their markdown table.")
+    p.add_argument("--only", action="append", choices=sorted(SCENARIOS), help="run only this scenario (repeatable)")
+    p.add_argument("--models", type=Path, default=None,
+                   help="a models directory whose 'default' model scores every sensor (default: the repo's models)")
+    args = p.parse_args(argv)
+    results = []
+    with tempfile.TemporaryDirectory(prefix="edge-faults-") as tmp:
+        lab = Lab(Path(tmp), args.models.resolve() if args.models else None)
+        for name in args.only or list(SCENARIOS):
+            print(f"running {name} ...", file=sys.stderr, flush=True)
+            results.append(SCENARIOS[name](lab))
+    print(markdown_table(results))
+    return 0 if all(r.tally.lost == 0 and r.rejected == r.hostile for r in results) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,60 @@
+"""``replay --plot``: the series, the score and the flagged stretches against any labels, as a PNG."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from edge_agent.replay import ReplayRow
+from edge_agent.table import SensorTable
+
+MAX_FIELD_PANELS = 8
+
+
+def _stretches(mask: np.ndarray) -> list[tuple[int, int]]:
+    """(start, end) index pairs of the runs where ``mask`` is true, end exclusive."""
+    edges = np.diff(np.r_[0, mask.astype(np.int8), 0])
+    return list(zip(np.flatnonzero(edges == 1), np.flatnonzero(edges == -1)))
+
+
+def plot_replay(path: str | Path, table: SensorTable, rows: Sequence[ReplayRow], threshold: float) -> None:
+    """One panel per field (up to eight), then the score; flagged readings in red, labels in grey."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise RuntimeError("--plot needs matplotlib: pip install 'edge-anomaly-agent[plot]'") from None
+
+    x = np.arange(len(rows))
+    flagged = np.array([r.verdict.anomaly == 1 and not r.learning for r in rows])
+    learning = np.array([r.learning for r in rows])
+    scores = np.array([r.verdict.score for r in rows])
+    fields = table.fields[:MAX_FIELD_PANELS]
+    fig, axes = plt.subplots(len(fields) + 1, 1, sharex=True, figsize=(12, 1.8 * (len(fields) + 1) + 0.8), squeeze=False)
+    panels = [a for a in axes[:, 0]]
+    for ax in panels:
+        for a, b in _stretches(learning):
+            ax.axvspan(a, b, color="#dfe9f5", lw=0)
+        if table.labels is not None:
+            for a, b in _stretches(table.labels > 0):
+                ax.axvspan(a, b, color="#d9d9d9", lw=0)
+        for a, b in _stretches(flagged):
+            ax.axvspan(a - 0.5, b - 0.5, color="#f4a3a3", lw=0, alpha=0.8)
+    for ax, j in zip(panels, range(len(fields))):
+        ax.plot(x, table.values[:, j], lw=0.8, color="#1f4e79")
+        ax.set_ylabel(fields[j], rotation=0, ha="right", fontsize=8)
+    ax = panels[-1]
+    ax.plot(x, scores, lw=0.8, color="#7a3e00")
+    ax.axhline(threshold, color="#b00000", ls="--", lw=0.8)
+    ax.set_ylim(0, 1.02)
+    ax.set_ylabel("score", rotation=0, ha="right", fontsize=8)
+    ax.set_xlabel("reading")
+    legend = "blue: learning   grey: labelled anomaly   red: flagged   dashed: threshold"
+    fig.suptitle(f"{Path(table.path).name}: {int(flagged.sum())} of {int((~learning).sum())} scored readings flagged\n{legend}", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

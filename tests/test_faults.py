@@ -1,0 +1,334 @@
+"""Fault injection against a real Mosquitto: no reading the broker accepted is lost, hostile input is refused.
+
+Each scenario lives in bench/faults.py (``python bench/faults.py`` prints the same table for the
+README); here each one runs once and its numbers are asserted. The agent is a subprocess
+(``edge-agent run --config config.yaml``) so it can be SIGKILLed; its models are the session's
+freshly trained ones, whose ``default`` model scores every sensor.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import paho.mqtt.client as paho
+import pytest
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.reasoncodes import ReasonCode
+from prometheus_client import CollectorRegistry
+
+from conftest import FAULT_TABLE, REPO
+from edge_agent.config import load_config
+from edge_agent.domain import Reading, Verdict
+from edge_agent.ingest import PayloadParser
+from edge_agent.local_broker import MOSQUITTO
+from edge_agent.metrics import AgentMetrics
+from edge_agent.mqtt_transport import AckToken, MQTTTransport
+
+sys.path.insert(0, str(REPO / "bench"))
+
+import faults  # noqa: E402
+from faultlab import TABLE_HEADER, Lab, ScenarioResult, Sensor, running_broker, table_row  # noqa: E402
+
+pytestmark = pytest.mark.faults
+
+
+def against_mosquitto(test: Any) -> Any:
+    """A scenario: real broker, slow, needs the mosquitto binary."""
+    skip = pytest.mark.skipif(MOSQUITTO is None, reason="the fault scenarios need the mosquitto binary")
+    return pytest.mark.broker(pytest.mark.slow(skip(test)))
+
+
+# Reasons the hostile scenario's junk must produce (every parser reason a broker can deliver, plus retained).
+HOSTILE_REASONS = {"empty", "bad_json", "not_finite", "wrong_type", "not_utf8", "too_deep", "too_large",
+                   "missing_field", "bad_timestamp", "bad_sensor_id", "retained"}
+
+
+@pytest.fixture
+def lab(tmp_path: Path, models_dir: Path) -> Lab:
+    return Lab(tmp_path, models_dir)
+
+
+@pytest.fixture
+def record(pytestconfig: pytest.Config) -> Iterator[list[ScenarioResult]]:
+    """Results of this test, added as rows to the table printed at the end of the run."""
+    results: list[ScenarioResult] = []
+    yield results
+    rows = pytestconfig.stash.setdefault(FAULT_TABLE, list(TABLE_HEADER))
+    rows.extend(table_row(r) for r in results)
+
+
+def assert_nothing_lost(r: ScenarioResult) -> None:
+    t = r.tally
+    assert t.sent > 0
+    assert t.accepted == t.sent, f"the broker did not accept {t.sent - t.accepted} readings"
+    assert t.lost == 0 and t.answered == t.accepted, r
+    assert t.unmarked_duplicates == 0, f"{t.unmarked_duplicates} repeated verdicts carry no duplicate/redelivered mark"
+
+
+@against_mosquitto
+def test_agent_sigkill_mid_stream_loses_nothing(lab: Lab, record: list[ScenarioResult]) -> None:
+    r = faults.agent_sigkill(lab, kills=2)
+    record.append(r)
+    assert_nothing_lost(r)
+    assert all(x is not None and x < 10 for x in r.details["recoveries"]), r.details
+    assert r.details["exit"] == 0
+
+
+@against_mosquitto
+def test_agent_sigterm_mid_stream_loses_and_repeats_nothing(lab: Lab, record: list[ScenarioResult]) -> None:
+    r = faults.agent_sigterm(lab)
+    record.append(r)
+    assert_nothing_lost(r)
+    # A clean stop acknowledges every reading it answered: nothing comes back twice.
+    assert r.tally.duplicated == 0
+    assert r.details["exit_code"] == 0 and r.details["offline_published"]
+
+
+@against_mosquitto
+def test_broker_restart_with_persistence_loses_nothing(lab: Lab, record: list[ScenarioResult]) -> None:
+    r = faults.broker_restart(lab)
+    record.append(r)
+    assert_nothing_lost(r)
+    assert r.recovery_s is not None and r.recovery_s < 10
+
+
+@against_mosquitto
+def test_broker_down_30_s_while_the_sensor_publishes_loses_nothing(lab: Lab, record: list[ScenarioResult]) -> None:
+    r = faults.broker_outage(lab, outage=30.0)
+    record.append(r)
+    assert_nothing_lost(r)
+    assert r.details["not_ready_while_down"] and r.details["healthy_while_down"] and r.details["ready_again"]
+    assert r.recovery_s is not None and r.recovery_s < 10
+
+
+@against_mosquitto
+def test_flood_of_new_sensor_ids_is_capped_and_good_readings_are_answered(lab: Lab, record: list[ScenarioResult]) -> None:
+    cap = 1000
+    r = faults.sensor_flood(lab, flood=10_000, cap=cap)
+    record.append(r)
+    assert_nothing_lost(r)
+    d = r.details
+    assert d["flood_answered"] == d["admitted"] == cap - len(faults.SENSORS)
+    assert r.rejected == r.hostile == 10_000 - d["admitted"]  # every other one refused and counted
+    assert d["labels"] <= cap
+    assert d["rss_growth"] < 64 * 2**20, d
+    # Reports on the errors topic are rate-limited (100/s by default), the counts are not.
+    assert d["error_reports"] <= 100 * d["elapsed"] + 100 < r.rejected
+
+
+@against_mosquitto
+def test_hostile_payloads_are_refused_and_good_readings_still_answered(lab: Lab, record: list[ScenarioResult]) -> None:
+    r = faults.hostile_input(lab, hostile=10_000, good=1000)
+    record.append(r)
+    assert_nothing_lost(r)
+    assert r.rejected == r.hostile == 10_000
+    assert set(r.details["reasons"]) == HOSTILE_REASONS
+    assert r.details["labels"] == len(faults.SENSORS)  # junk never makes a metric label
+    assert r.details["p99_s"] is not None and r.details["p99_s"] < 2.0, r.details
+    assert r.details["broker_dropped"] == 1  # the 20 MiB one, over the agent's Maximum Packet Size
+
+
+@against_mosquitto
+def test_http_fuzz_gets_no_5xx_and_no_traceback(lab: Lab, record: list[ScenarioResult]) -> None:
+    r = faults.http_fuzz(lab, requests=3000, stalled=20)
+    record.append(r)
+    assert_nothing_lost(r)
+    d = r.details
+    assert d["server_errors"] == 0 and d["unanswered"] == 0 and d["tracebacks"] == 0, d
+    assert d["ok"] > 0 and d["unauthorized"] > 0  # authorised requests served, the others refused
+    assert d["timed_out"] == 20
+    assert d["after"]["/healthz"] == d["after"]["/readyz"] == d["after"]["/metrics"] == 200
+
+
+# --------------------------------------------------------------------------- shutdown
+
+
+@against_mosquitto
+def test_sigterm_with_a_frozen_broker_still_exits_0_in_bounded_time(lab: Lab) -> None:
+    with running_broker() as broker, lab.agent(broker, "faults-frozen", ["pipeline.shutdown_timeout=3"]) as agent:
+        agent.start()
+        agent.wait_ready()
+        assert broker.proc is not None
+        with Sensor(broker, "frozen") as sensor:
+            for i in range(200):
+                sensor.reading("vibration-1", 1_700_000_000 + i, 0.9)
+            # Connection open, nothing answered: verdicts in hand never get their PUBACK.
+            os.kill(broker.proc.pid, signal.SIGSTOP)
+            try:
+                started = time.monotonic()
+                code = agent.terminate(timeout=30)
+                elapsed = time.monotonic() - started
+            finally:
+                os.kill(broker.proc.pid, signal.SIGCONT)
+        assert code == 0
+        assert elapsed < 3 + 2 + 3  # shutdown_timeout, the offline status' own wait, process exit
+
+
+@against_mosquitto
+def test_a_second_signal_exits_at_once(lab: Lab) -> None:
+    with running_broker() as broker, lab.agent(broker, "faults-twice", ["pipeline.shutdown_timeout=30"]) as agent:
+        agent.start()
+        agent.wait_ready()
+        assert broker.proc is not None and agent.proc is not None
+        os.kill(broker.proc.pid, signal.SIGSTOP)  # the first SIGTERM now waits on a broker that never answers
+        try:
+            agent.proc.send_signal(signal.SIGTERM)
+            time.sleep(0.5)
+            started = time.monotonic()
+            agent.proc.send_signal(signal.SIGINT)
+            code = agent.proc.wait(5)
+            elapsed = time.monotonic() - started
+        finally:
+            os.kill(broker.proc.pid, signal.SIGCONT)
+        assert code == 1 and elapsed < 2
+        assert "second signal" in agent.log()
+
+
+# --------------------------------------------------------------------------- acknowledgement bookkeeping
+
+
+@dataclass
+class Info:
+    mid: int
+    rc: int = paho.MQTT_ERR_SUCCESS
+
+
+@dataclass
+class FakeClient:
+    """Stands in for paho's client: hands out message ids, records acks; PUBACKs are delivered by the test."""
+
+    transport: MQTTTransport | None = None
+    published: list[tuple[str, dict[str, Any], int]] = field(default_factory=list)
+    acks: list[int] = field(default_factory=list)
+    next_mid: int = 1
+    puback_during_publish: bool = False  # the broker's PUBACK overtakes the publishing thread
+
+    def publish(self, topic: str, payload: str, qos: int = 0, retain: bool = False) -> Info:
+        mid = self.next_mid
+        self.next_mid += 1
+        self.published.append((topic, json.loads(payload) if payload.startswith("{") else {"raw": payload}, mid))
+        if self.puback_during_publish and self.transport is not None:
+            self.transport._on_publish(self, None, mid, ReasonCode(PacketTypes.PUBACK, "Success"), None)
+        return Info(mid)
+
+    def ack(self, mid: int, qos: int) -> None:
+        self.acks.append(mid)
+
+    def subscribe(self, *args: Any, **kwargs: Any) -> tuple[int, int]:
+        return (0, 1)
+
+
+OK = ReasonCode(PacketTypes.PUBACK, "Success")
+REFUSED = ReasonCode(PacketTypes.PUBACK, "Not authorized")
+
+
+@pytest.fixture
+def transport(models_dir: Path) -> Iterator[tuple[MQTTTransport, FakeClient]]:
+    cfg = load_config(None, [f"models.dir={models_dir}", "pipeline.held_verdicts=3"], env={})
+    t = MQTTTransport(cfg, PayloadParser(cfg.sources, cfg.max_payload_bytes), AgentMetrics(CollectorRegistry()), {})
+    fake = FakeClient(t)
+    t.client = fake  # type: ignore[assignment]
+    connect(t)
+    yield t, fake
+
+
+def connect(t: MQTTTransport) -> None:
+    t._on_connect(t.client, None, SimpleNamespace(session_present=True), OK, None)
+
+
+def reading(mid: int, generation: int, redelivered: bool = False, ts: int = 1) -> Reading:
+    return Reading("s1", {"value": 0.9}, 1.0, ts=float(ts), ts_raw=ts, ack=AckToken(mid, 1, generation), redelivered=redelivered)
+
+
+def verdict(duplicate: bool = False, anomaly: int = 0, ts: int = 1) -> Verdict:
+    return Verdict("s1", {"value": 0.9}, ts, 0.2, anomaly, "default", "t1", duplicate=duplicate)
+
+
+def verdict_mid(fake: FakeClient) -> int:
+    return [mid for topic, _, mid in fake.published if "/verdicts/" in topic][-1]
+
+
+def test_a_reading_is_acknowledged_only_on_its_verdicts_puback(transport: tuple[MQTTTransport, FakeClient]) -> None:
+    t, fake = transport
+    t.publish_verdict(verdict(anomaly=1), reading(101, t._generation))
+    assert fake.acks == []
+    topics = [topic for topic, _, _ in fake.published]
+    assert "/alerts/" in topics[-2] and "/verdicts/" in topics[-1]  # alert first, then the verdict that acks
+    t._on_publish(fake, None, verdict_mid(fake) - 1, OK, None)  # the alert's PUBACK acknowledges nothing
+    assert fake.acks == []
+    t._on_publish(fake, None, verdict_mid(fake), OK, None)
+    assert fake.acks == [101]
+    assert t.wait_for_acks(0.1)
+
+
+def test_a_puback_overtaking_the_publishing_thread_still_acknowledges_once(transport: tuple[MQTTTransport, FakeClient]) -> None:
+    t, fake = transport
+    fake.puback_during_publish = True
+    t.publish_verdict(verdict(), reading(102, t._generation))
+    assert fake.acks == [102]
+    assert t._early == {} and verdict_mid(fake) not in t._pending
+
+
+def test_a_stale_puback_of_a_foreign_publish_never_acknowledges_a_later_verdict(transport: tuple[MQTTTransport, FakeClient]) -> None:
+    t, fake = transport
+    # Something published around the transport (mid 50) and its PUBACK came while nothing was being registered.
+    t._on_publish(fake, None, 50, OK, None)
+    fake.next_mid = 50  # paho's ids wrap around: the next verdict gets the same id
+    t.publish_verdict(verdict(), reading(103, t._generation))
+    assert verdict_mid(fake) == 50 and fake.acks == []  # not acknowledged before its own PUBACK
+    t._on_publish(fake, None, 50, OK, None)
+    assert fake.acks == [103]
+
+
+def test_a_refused_verdict_leaves_its_reading_unacknowledged(transport: tuple[MQTTTransport, FakeClient]) -> None:
+    t, fake = transport
+    t.publish_verdict(verdict(), reading(104, t._generation))
+    t._on_publish(fake, None, verdict_mid(fake), REFUSED, None)
+    assert fake.acks == []
+    assert "refused a publish" in t.last_error
+
+
+def test_a_puback_after_a_reconnect_does_not_acknowledge_on_the_new_connection(transport: tuple[MQTTTransport, FakeClient]) -> None:
+    t, fake = transport
+    t.publish_verdict(verdict(), reading(105, t._generation))
+    mid = verdict_mid(fake)
+    t._on_disconnect(fake, None, None, OK, None)
+    connect(t)  # paho re-sends the verdict; the reading's id belongs to the old connection
+    t._on_publish(fake, None, mid, OK, None)
+    assert fake.acks == [] and mid not in t._pending
+
+
+def test_redelivered_and_duplicate_verdicts_are_marked(transport: tuple[MQTTTransport, FakeClient]) -> None:
+    t, fake = transport
+    t.publish_verdict(verdict(), reading(106, t._generation, redelivered=True))
+    assert fake.published[-1][1].get("redelivered") is True
+    t.publish_verdict(verdict(duplicate=True), reading(107, t._generation, redelivered=True))
+    body = fake.published[-1][1]
+    assert body.get("duplicate") is True and "redelivered" not in body
+    t.publish_verdict(verdict(), reading(108, t._generation))
+    assert "redelivered" not in fake.published[-1][1] and "duplicate" not in fake.published[-1][1]
+
+
+def test_verdicts_held_while_disconnected_are_bounded_and_published_on_reconnect(transport: tuple[MQTTTransport, FakeClient]) -> None:
+    t, fake = transport
+    t._on_disconnect(fake, None, None, OK, None)
+    before = len(fake.published)
+    for i in range(5):
+        t.publish_verdict(verdict(ts=i), reading(200 + i, t._generation, ts=i))
+    assert len(fake.published) == before and len(t._held) == 3  # pipeline.held_verdicts
+    assert t.metrics.verdicts_dropped._value.get() == 2
+    connect(t)
+    flushed = [body["ts"] for topic, body, _ in fake.published[before:] if "/verdicts/" in topic]
+    assert flushed == [2, 3, 4]  # the newest kept; their readings are redelivered, never acknowledged here
+    for _, _, mid in fake.published[before:]:
+        t._on_publish(fake, None, mid, OK, None)
+    assert fake.acks == []
