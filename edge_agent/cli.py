@@ -73,6 +73,13 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_config_reference(args: argparse.Namespace) -> int:
+    from edge_agent.config import config_reference_markdown
+
+    print(config_reference_markdown())
+    return 0
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from edge_agent.model import save_model
     from edge_agent.table import TableError, read_table
@@ -173,6 +180,9 @@ def build_parser() -> argparse.ArgumentParser:
     _config_args(p)
     p.set_defaults(func=cmd_check_config)
 
+    p = sub.add_parser("config-reference", help="print every config key, its type, default and meaning (markdown)")
+    p.set_defaults(func=cmd_config_reference)
+
     p = sub.add_parser("train", help="fit a model on normal readings from a CSV")
     p.add_argument("--input", "-i", required=True, help="CSV with a header; labelled anomalies (anomaly=1) are left out")
     p.add_argument("--columns", help="comma-separated value columns (default: every non-meta column)")
@@ -223,6 +233,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # `edge-agent config-reference | head`
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":

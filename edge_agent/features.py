@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
+from itertools import islice
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -138,7 +139,8 @@ class FeatureState:
     def __init__(self, spec: FeatureSpec) -> None:
         self.spec = spec
         self._plan = [parse_transform(t) for t in spec.transforms]
-        self._width = max([w for _, w in self._plan] + [0])
+        # Every windowed transform looks at the current reading and at most w - 1 before it.
+        self._width = max([w - 1 for _, w in self._plan if w] + [0])
         self._windows = [_FieldWindow(self._width) for _ in spec.fields]
 
     def update(self, values: Sequence[float]) -> list[float]:
@@ -176,7 +178,7 @@ def _window_stat(kind: str, win: _FieldWindow, y: float, w: int, origin: float) 
     if n_prev == len(win.values):
         s1, s2 = win.s1, win.s2
     else:  # the window is longer than this transform's: sum only the newest n_prev
-        recent = list(win.values)[-n_prev:]
+        recent = list(islice(reversed(win.values), n_prev))
         s1 = math.fsum(recent)
         s2 = math.fsum(v * v for v in recent)
     if kind == "mean_dev":
