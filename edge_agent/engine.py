@@ -211,6 +211,9 @@ class ScoringEngine:
         for entries in rows.values():
             model = streams[entries[0][0]].model  # type: ignore[union-attr]
             assert model is not None
+            if len(entries) == 1:  # the idle case: one reading, no numpy call overhead
+                scores[entries[0][0]] = model.score_row(entries[0][1])
+                continue
             matrix = np.array([f for _, f in entries], dtype=np.float64)
             raw, calibrated = model.score_features(matrix)
             for (i, _), r, c in zip(entries, raw.tolist(), calibrated.tolist()):
@@ -296,8 +299,7 @@ class ScoringEngine:
             stream = self._streams.get(sensor_id) if sensor_id is not None else None
             state = stream.features if stream is not None else model.spec.new_state()
             row = state.peek(ordered)
-        raw, calibrated = model.score_features(np.array([row], dtype=np.float64))
-        score = float(calibrated[0])
+        raw, score = model.score_row(row)
         return Verdict(
             sensor_id=sensor_id or "",
             values={f: v for f, v in zip(model.fields, ordered)},
@@ -306,7 +308,7 @@ class ScoringEngine:
             anomaly=int(score >= self.decision.threshold),
             model=model.name,
             model_version=model.version,
-            raw_score=float(raw[0]),
+            raw_score=raw,
         )
 
 
