@@ -55,12 +55,20 @@ class Result:
 
 
 def train(trees: int) -> SensorModel:
+    """A one-feature model (value only): the cheapest forest, for --model toy."""
     from sklearn.ensemble import IsolationForest
 
     x = np.random.default_rng(0).normal(1.0, 0.1, size=(2000, 1))
     spec = FeatureSpec(fields=("value",), transforms=("value",))
     estimator = IsolationForest(n_estimators=trees, random_state=0).fit(x)
     return build_model("bench", "1", spec, Forest.from_sklearn(estimator), x, training={})
+
+
+def shipped_model() -> SensorModel:
+    """The model /predict really uses out of the box: models/default (five streaming features)."""
+    from edge_agent.model import load_model
+
+    return load_model(Path(__file__).resolve().parent.parent / "models" / "default")
 
 
 def request_bytes(host: str, port: int) -> bytes:
@@ -199,10 +207,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--duration", type=float, default=10.0, help="seconds of measured load")
     parser.add_argument("--wrk-threads", type=int, default=1, help="wrk threads (leave the other core to the server)")
     parser.add_argument("--procs", type=int, default=2, help="client processes for --client python")
-    parser.add_argument("--trees", type=int, default=100)
+    parser.add_argument("--trees", type=int, default=100, help="trees of the --model toy forest")
+    parser.add_argument("--model", choices=["shipped", "toy"], default="shipped",
+                        help="shipped: models/default, as the agent serves it (default); toy: a one-feature forest")
     args = parser.parse_args(argv)
 
-    model = train(args.trees)
+    model = shipped_model() if args.model == "shipped" else train(args.trees)
     engine = ScoringEngine({"bench": model}, default="bench")
     cfg = HTTPConfig(host="127.0.0.1", port=0)
     api = HttpApi(cfg, engine.predict, lambda: (True, ""), CollectorRegistry())
