@@ -186,6 +186,7 @@ class ScoringEngine:
         results: list[Verdict | InvalidReading | None] = [None] * len(readings)
         rows: dict[int, list[tuple[int, list[float]]]] = {}  # id(model) -> [(index, features)]
         streams: list[SensorStream | None] = [None] * len(readings)
+        ordered: list[list[float]] = [[]] * len(readings)  # each reading's values in its model's field order
         for i, reading in enumerate(readings):
             stream = self._stream(reading)
             if isinstance(stream, InvalidReading):
@@ -205,6 +206,7 @@ class ScoringEngine:
                 results[i] = self._learn(reading, stream, values)
                 continue
             streams[i] = stream
+            ordered[i] = values
             rows.setdefault(id(stream.model), []).append((i, features))
 
         scores: dict[int, tuple[float, float]] = {}
@@ -224,7 +226,7 @@ class ScoringEngine:
             if stream is None:
                 continue
             raw, calibrated = scores[i]
-            results[i] = self._decide(reading, stream, raw, calibrated)
+            results[i] = self._decide(reading, stream, ordered[i], raw, calibrated)
         return results  # type: ignore[return-value]
 
     def _learn(self, reading: Reading, stream: SensorStream, values: list[float]) -> Verdict:
@@ -240,7 +242,7 @@ class ScoringEngine:
             score=0.0, anomaly=0, model="learning", model_version=f"{len(stream.history)}/{self.learning.rows}",
             learning=True,
         )
-        self._remember(reading, stream, verdict)
+        self._remember(reading, stream, values, verdict)
         return verdict
 
     def _refit_if_due(self, reading: Reading, stream: SensorStream, values: list[float], flagged: bool) -> None:
@@ -255,7 +257,7 @@ class ScoringEngine:
             recent = np.array(stream.history)[-plan.refit_rows:]
             self.learner(LearnRequest(reading.sensor_id, stream.spec, recent, refit=True))
 
-    def _decide(self, reading: Reading, stream: SensorStream, raw: float, calibrated: float) -> Verdict:
+    def _decide(self, reading: Reading, stream: SensorStream, values: list[float], raw: float, calibrated: float) -> Verdict:
         assert stream.model is not None
         flagged = calibrated >= self.decision.threshold
         stream.recent_flags.append(flagged)
@@ -270,13 +272,12 @@ class ScoringEngine:
             model_version=stream.model.version,
             raw_score=raw,
         )
-        ordered = [reading.values[f] for f in stream.spec.fields] if len(stream.spec.fields) > 1 else list(reading.values.values())
-        self._refit_if_due(reading, stream, ordered, flagged)
-        self._remember(reading, stream, verdict)
+        self._refit_if_due(reading, stream, values, flagged)
+        self._remember(reading, stream, values, verdict)
         return verdict
 
-    def _remember(self, reading: Reading, stream: SensorStream, verdict: Verdict) -> None:
-        key = _dedup_key(reading, list(reading.values.values()), always=True)
+    def _remember(self, reading: Reading, stream: SensorStream, values: list[float], verdict: Verdict) -> None:
+        key = _dedup_key(reading, values, always=True)
         stream.recent[key] = verdict
         if len(stream.recent) > RECENT_KEYS:
             stream.recent.popitem(last=False)
