@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-from contextlib import contextmanager
 import re
 import signal
 import subprocess
@@ -19,6 +18,7 @@ import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -87,7 +87,6 @@ class AgentProcess:
         base = {k: v for k, v in os.environ.items() if not k.startswith("EDGE_AGENT")}
         self.env = {**base, **(env or {})}
         self.proc: subprocess.Popen[bytes] | None = None
-        self.starts = 0
 
     def __enter__(self) -> AgentProcess:
         return self
@@ -104,7 +103,6 @@ class AgentProcess:
             self.proc = subprocess.Popen(cmd, stdout=log, stderr=log, env=self.env, cwd=str(self.log_path.parent))
         finally:
             log.close()
-        self.starts += 1
 
     def wait_ready(self, timeout: float = 30.0) -> None:
         """Until /readyz answers 200 (models loaded, broker connected and subscribed)."""
@@ -288,6 +286,12 @@ class Stream:
         self._stop.set()
         self._thread.join(10)
 
+    def __enter__(self) -> Stream:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()  # a scenario that failed half-way leaves no thread publishing behind it
+
 
 # --------------------------------------------------------------------------- the observer
 
@@ -356,11 +360,6 @@ class Observer:
                 if left <= 0:
                     return False
                 self._cond.wait(min(left, 0.5))
-
-    def first_verdict_after(self, t: float) -> float | None:
-        """Arrival time of the first verdict after ``t`` (epoch seconds)."""
-        times = [m.at for m in self.verdicts() if m.at >= t]
-        return min(times) if times else None
 
     def close(self) -> None:
         self.client.disconnect()

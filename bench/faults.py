@@ -73,6 +73,11 @@ def _finish(sensor: Sensor, observer: Observer) -> float:
     return elapsed
 
 
+def _status(observer: Observer) -> str:
+    """The agent's retained status as the observer last saw it."""
+    return next((m.payload.decode() for m in reversed(observer.messages) if m.topic.endswith("/status")), "")
+
+
 def _sleep_until(t0: float, offset: float) -> None:
     delay = t0 + offset - time.monotonic()
     if delay > 0:
@@ -115,7 +120,7 @@ def agent_sigkill(lab: Lab, kills: int = 2) -> ScenarioResult:
         agent.wait_ready()
         sensor = stack.enter_context(Sensor(broker, "kill"))
         t0 = time.monotonic()
-        stream = Stream(sensor, SENSORS, rate=400, count=400 * (2 + 3 * kills)).start()
+        stream = stack.enter_context(Stream(sensor, SENSORS, rate=400, count=400 * (2 + 3 * kills))).start()
         recoveries = []
         for k in range(kills):
             _sleep_until(t0, 2.0 + 3.0 * k)
@@ -131,7 +136,7 @@ def agent_sigkill(lab: Lab, kills: int = 2) -> ScenarioResult:
             f"agent SIGKILL mid-stream ×{kills}, restarted", tally(sensor.sent, observer.verdicts()),
             recovery_s=max(known) if len(known) == kills else None,
             notes=f"400 readings/s; recovery includes the process start; all answered {catch_up:.1f} s after the stream",
-            details={"recoveries": recoveries, "exit": agent.terminate()},
+            details={"recoveries": recoveries, "status": _status(observer), "exit": agent.terminate()},
         )
 
 
@@ -145,7 +150,7 @@ def agent_sigterm(lab: Lab) -> ScenarioResult:
         agent.wait_ready()
         sensor = stack.enter_context(Sensor(broker, "term"))
         t0 = time.monotonic()
-        stream = Stream(sensor, SENSORS, rate=400, count=400 * 6).start()
+        stream = stack.enter_context(Stream(sensor, SENSORS, rate=400, count=400 * 6)).start()
         _sleep_until(t0, 2.0)
         stopping = time.monotonic()
         code = agent.terminate()
@@ -174,7 +179,7 @@ def broker_restart(lab: Lab) -> ScenarioResult:
         agent.wait_ready()
         sensor = stack.enter_context(Sensor(broker, "restart"))
         t0 = time.monotonic()
-        stream = Stream(sensor, SENSORS, rate=400, count=400 * 7).start()
+        stream = stack.enter_context(Stream(sensor, SENSORS, rate=400, count=400 * 7)).start()
         _sleep_until(t0, 2.5)
         broker.stop()
         time.sleep(1.0)
@@ -186,7 +191,7 @@ def broker_restart(lab: Lab) -> ScenarioResult:
         return ScenarioResult(
             "broker restart (persistence on)", tally(sensor.sent, observer.verdicts()), recovery_s=recovery,
             notes=f"400 readings/s, broker down 1 s; all answered {catch_up:.1f} s after the stream",
-            details={"exit": agent.terminate()},
+            details={"status": _status(observer), "exit": agent.terminate()},
         )
 
 
@@ -201,7 +206,7 @@ def broker_outage(lab: Lab, outage: float = 30.0) -> ScenarioResult:
         sensor = stack.enter_context(Sensor(broker, "outage"))
         rate = 50
         t0 = time.monotonic()
-        stream = Stream(sensor, SENSORS, rate=rate, count=int(rate * (outage + 6))).start()
+        stream = stack.enter_context(Stream(sensor, SENSORS, rate=rate, count=int(rate * (outage + 6)))).start()
         _sleep_until(t0, 3.0)
         broker.stop()
         down = time.monotonic()
@@ -220,7 +225,7 @@ def broker_outage(lab: Lab, outage: float = 30.0) -> ScenarioResult:
             notes=f"{rate} readings/s, queued by the sensor's client while down; /readyz 503 while down: "
                   f"{'yes' if not_ready else 'NO'}; all answered {catch_up:.1f} s after the stream",
             details={"not_ready_while_down": not_ready, "healthy_while_down": healthy, "ready_again": ready_again,
-                     "exit": agent.terminate()},
+                     "status": _status(observer), "exit": agent.terminate()},
         )
 
 
@@ -236,7 +241,7 @@ def sensor_flood(lab: Lab, flood: int = 10_000, cap: int = 1000) -> ScenarioResu
         agent.start()
         agent.wait_ready()
         sensor = stack.enter_context(Sensor(broker, "good"))
-        stream = Stream(sensor, SENSORS, rate=200, count=200 * 8).start()
+        stream = stack.enter_context(Stream(sensor, SENSORS, rate=200, count=200 * 8)).start()
         wait_until(lambda: len({k[0] for k in observer.answered_keys()}) == len(SENSORS), 10)
         rss_before = agent.rss_bytes()
         flooder = stack.enter_context(Sensor(broker, "flood"))
@@ -328,11 +333,12 @@ def hostile_input(lab: Lab, hostile: int = 10_000, good: int = 1000, duration: f
         agent.wait_ready()
         sensor = stack.enter_context(Sensor(broker, "good"))
         attacker = stack.enter_context(Sensor(broker, "hostile"))
-        baseline = Stream(sensor, SENSORS, rate=good / duration, count=good // 4, ts_base=1_600_000_000).start()
+        calm_stream = Stream(sensor, SENSORS, rate=good / duration, count=good // 4, ts_base=1_600_000_000)
+        baseline = stack.enter_context(calm_stream).start()
         baseline.join()
         observer.wait_answered({s.key for s in sensor.sent}, 10)
         calm = _quantile(_latencies(sensor, observer, since=0.0), 0.99)
-        stream = Stream(sensor, SENSORS, rate=good / duration, count=good).start()
+        stream = stack.enter_context(Stream(sensor, SENSORS, rate=good / duration, count=good)).start()
         started = time.time()
         junk = hostile_payloads(max_payload)
         # Two of the oversized payloads are huge: 900 KiB reaches the agent (too_large); 20 MiB is
@@ -381,7 +387,7 @@ def http_fuzz(lab: Lab, requests: int = 3000, stalled: int = 20, seed: int = 202
         agent.start()
         agent.wait_ready()
         sensor = stack.enter_context(Sensor(broker, "http"))
-        stream = Stream(sensor, SENSORS, rate=200, count=200 * 6).start()
+        stream = stack.enter_context(Stream(sensor, SENSORS, rate=200, count=200 * 6)).start()
         # Slow clients: a request head that never ends; each must get its 408 after http.read_timeout.
         slow = [stack.enter_context(socket.create_connection(("127.0.0.1", agent.http_port), timeout=10)) for _ in range(stalled)]
         for s in slow:

@@ -6,6 +6,10 @@ It runs an asyncio event loop in its own thread. Requests are parsed by hand
 tens of microseconds, so the parser is most of the work. Every answer is JSON
 (except /metrics); no input can produce a stack trace or a 5xx other than the
 documented 503s and a logged, counted 500 for a bug.
+
+With a token configured (http.token_env / http.token_file), POST /predict needs
+``Authorization: Bearer <token>`` (compared in constant time) and answers 401 without
+it; /metrics, /healthz and /readyz stay open for probes and Prometheus.
 """
 
 from __future__ import annotations

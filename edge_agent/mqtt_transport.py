@@ -99,6 +99,7 @@ class MQTTTransport:
         self._publishing = 0  # publishes between paho's publish() and their registration
         self._held: deque[tuple[Verdict, bool]] = deque()  # (verdict, redelivered) while disconnected
         self._last_refusal_log = 0.0
+        self._refusing = False  # the broker refused a verdict and none has gone through since
         self.last_error: str = "not connected yet"
 
         self.client = self._make_client(env)
@@ -167,8 +168,8 @@ class MQTTTransport:
 
     @property
     def connected(self) -> bool:
-        """Connected and subscribed: readings can flow."""
-        return self._connected and self._subscribed
+        """Connected and subscribed, and verdicts accepted: readings can flow."""
+        return self._connected and self._subscribed and not self._refusing
 
     def add_listener(self, topic_filter: str, callback: Callable[[bytes], None]) -> None:
         """Also subscribe to ``topic_filter`` (call before ``start``); its payloads go to ``callback``, not to scoring.
@@ -280,11 +281,14 @@ class MQTTTransport:
             current = token is not None and token.generation == self._generation
         if refused:
             self._refused(mid, reason)
-        elif current and token is not None:
-            client.ack(token.mid, token.qos)
+        elif token is not None:
+            self._refusing = False
+            if current:
+                client.ack(token.mid, token.qos)
 
     def _refused(self, mid: int, reason: Any) -> None:
         """The broker did not take a message (MQTT 5 PUBACK with an error, e.g. the ACL): its reading stays unacknowledged."""
+        self._refusing = True
         self.last_error = f"broker refused a publish: {reason} (check the ACL for edge/{self._agent_id}/#)"
         now = time.monotonic()
         if now - self._last_refusal_log >= 10.0:
@@ -311,6 +315,8 @@ class MQTTTransport:
                         self._pending[info.mid] = token
                     else:
                         refused = early
+                        if not early and token is not None:
+                            self._refusing = False
                         ack_now = not early and token is not None and token.generation == self._generation
                 if not self._publishing:
                     self._early.clear()  # PUBACKs of messages published around paho (not ours)

@@ -485,6 +485,8 @@ def test_a_verdict_the_acl_refuses_leaves_its_reading_with_the_broker(auth_broke
                 assert time.monotonic() < deadline, agent.transport.last_error
                 time.sleep(0.05)
             assert "broker refused a publish" in caplog.text
+            ready, reason = agent.readiness()
+            assert not ready and "refused a publish" in reason
         finally:
             agent.stop(timeout=2)
         # Fixed: the same agent (same session) gets the unacknowledged reading again and answers it.
