@@ -11,7 +11,6 @@ import threading
 from collections import OrderedDict, deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 
@@ -19,8 +18,9 @@ from edge_agent.domain import InvalidReading, Reading, Verdict
 from edge_agent.features import DEFAULT_TRANSFORMS, FeatureSpec, FeatureState
 from edge_agent.model import SensorModel
 
-# Recent readings remembered per sensor to recognise a redelivered one.
-RECENT_KEYS = 64
+# Recent readings remembered per sensor to recognise a redelivered one (a hash of the
+# reading and the few fields of its verdict: ~200 bytes each, so 32 cost ~6 KiB a sensor).
+RECENT_KEYS = 32
 
 
 @dataclass(frozen=True)
@@ -51,6 +51,10 @@ class LearnRequest:
     refit: bool
 
 
+# What a duplicate's verdict repeats of the original: score, anomaly, raw score, model, version, learning.
+_Remembered = tuple[float, int, "float | None", str, str, bool]
+
+
 @dataclass
 class SensorStream:
     """What the engine keeps for one sensor between readings.
@@ -62,7 +66,7 @@ class SensorStream:
     model: SensorModel | None
     features: FeatureState
     recent_flags: deque[bool]
-    recent: OrderedDict[Any, Verdict] = field(default_factory=OrderedDict)
+    recent: OrderedDict[int, _Remembered] = field(default_factory=OrderedDict)
     history: deque[list[float]] | None = None
     since_fit: int = 0
     fitting: bool = False
@@ -198,8 +202,7 @@ class ScoringEngine:
                 continue
             key = _dedup_key(reading, values)
             if key is not None and key in stream.recent:
-                original = stream.recent[key]
-                results[i] = _as_duplicate(original, reading)
+                results[i] = _as_duplicate(stream.recent[key], reading)
                 continue
             features = stream.features.update(values)
             if stream.model is None:
@@ -278,7 +281,7 @@ class ScoringEngine:
 
     def _remember(self, reading: Reading, stream: SensorStream, values: list[float], verdict: Verdict) -> None:
         key = _dedup_key(reading, values, always=True)
-        stream.recent[key] = verdict
+        stream.recent[key] = (verdict.score, verdict.anomaly, verdict.raw_score, verdict.model, verdict.model_version, verdict.learning)
         if len(stream.recent) > RECENT_KEYS:
             stream.recent.popitem(last=False)
 
@@ -328,7 +331,7 @@ def _ordered_values(reading: Reading, fields: Sequence[str], model_name: str) ->
         return _invalid(reading, "missing_field", f"model {model_name!r} needs field(s) {', '.join(missing)}")
 
 
-def _dedup_key(reading: Reading, values: list[float], always: bool = False) -> Any:
+def _dedup_key(reading: Reading, values: list[float], always: bool = False) -> int | None:
     """A key that repeats exactly when the same reading is delivered again.
 
     With its own timestamp a reading is recognised whenever it comes back; without
@@ -336,21 +339,23 @@ def _dedup_key(reading: Reading, values: list[float], always: bool = False) -> A
     row are normal for a sensor).
     """
     if reading.ts is not None:
-        return (reading.ts, tuple(values))
+        return hash((reading.ts, *values))
     if always or reading.redelivered:
-        return (None, tuple(values))
+        return hash((None, *values))
     return None
 
 
-def _as_duplicate(original: Verdict, reading: Reading) -> Verdict:
+def _as_duplicate(original: _Remembered, reading: Reading) -> Verdict:
+    score, anomaly, raw, model, version, learning = original
     return Verdict(
-        sensor_id=original.sensor_id,
-        values=original.values,
-        ts=original.ts,
-        score=original.score,
-        anomaly=original.anomaly,
-        model=original.model,
-        model_version=original.model_version,
-        raw_score=original.raw_score,
+        sensor_id=reading.sensor_id,
+        values=reading.values,
+        ts=reading.ts_raw if reading.ts is not None else reading.received_at,
+        score=score,
+        anomaly=anomaly,
+        model=model,
+        model_version=version,
+        learning=learning,
+        raw_score=raw,
         duplicate=True,
     )
