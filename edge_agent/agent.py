@@ -14,8 +14,9 @@ from types import FrameType
 from prometheus_client import CollectorRegistry
 
 from edge_agent.config import AgentConfig, http_token
-from edge_agent.engine import Decision, LearningPlan, ScoringEngine
 from edge_agent.domain import InvalidReading, Reading
+from edge_agent.engine import Decision, LearningPlan, ScoringEngine
+from edge_agent.forest import Forest
 from edge_agent.homeassistant import HomeAssistantDiscovery, retained_publisher
 from edge_agent.http_api import HttpApi
 from edge_agent.ingest import PayloadParser
@@ -36,8 +37,9 @@ def load_models(cfg: AgentConfig, base: Path | None = None) -> dict[str, SensorM
         directory = base / directory
     names = list(dict.fromkeys([*([cfg.models.default] if cfg.models.default else []), *cfg.models.assign.values()]))
     models = {}
+    forests: dict[str, Forest] = {}
     for name in names:
-        models[name] = load_model(directory / name, cfg.models.pinned_sha256.get(name))
+        models[name] = load_model(directory / name, cfg.models.pinned_sha256.get(name), forests)
         if models[name].name != name:
             log.info("model directory %s holds model %r", directory / name, models[name].name)
     return models

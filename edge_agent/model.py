@@ -291,13 +291,22 @@ def _verified(directory: Path, entry: Any, pinned: str | None, what: str) -> Pat
     return path
 
 
-def load_model(directory: Path | str, pinned_sha256: str | None = None) -> SensorModel:
-    """Load a model directory, checking the forest file's sha256 before reading it."""
+def load_model(
+    directory: Path | str, pinned_sha256: str | None = None, forests: dict[str, Forest] | None = None
+) -> SensorModel:
+    """Load a model directory, checking the forest file's sha256 before reading it.
+
+    ``forests`` (sha256 -> Forest) lets models whose forest files are identical share
+    one copy in memory (the shipped ``default`` is the ``vibration`` forest).
+    """
     directory = Path(directory)
     manifest = _read_manifest(directory)
     forest_path = _verified(directory, manifest.get("forest"), pinned_sha256, "forest")
+    sha = manifest["forest"]["sha256"]
     try:
-        forest = Forest.load(forest_path)
+        forest = forests[sha] if forests is not None and sha in forests else Forest.load(forest_path)
+        if forests is not None:
+            forests[sha] = forest
         spec = FeatureSpec.from_dict(manifest["features"])
         impute = np.asarray(manifest["impute"], dtype=np.float64)
         calibration = Calibration.from_dict(manifest["calibration"])

@@ -39,6 +39,13 @@ from edge_agent.topics import TopicTemplate, render
 
 log = logging.getLogger(__name__)
 
+# Verdicts sent and not yet acknowledged by the broker, at most; paho queues the rest.
+# Small on purpose: paho rescans its whole outgoing table on every PUBACK while the
+# window has room (a cost that grows with it), and 64 in flight already keeps a
+# loopback or LAN link busy. Brokers allow at least this (Mosquitto: 20 by default,
+# and it tolerates more; the shipped broker config allows 512).
+OUTGOING_WINDOW = 64
+
 
 # MQTT's own ceiling on a packet's size (its remaining-length field).
 MQTT_MAX_PACKET = 268_435_455
@@ -61,6 +68,20 @@ class AckToken:
     mid: int
     qos: int
     generation: int
+
+
+def _no_delay(client: paho.Client, userdata: Any, sock: Any) -> None:
+    """Send each small packet (a verdict, a PUBACK) at once instead of waiting to coalesce.
+
+    paho leaves Nagle's algorithm on; with acknowledgements that wait for verdicts,
+    a verdict held back for a delayed TCP ACK stalls the readings behind it.
+    """
+    import socket
+
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    except (OSError, AttributeError):  # not a TCP socket (a test double, a unix socket)
+        pass
 
 
 class MQTTTransport:
@@ -117,7 +138,7 @@ class MQTTTransport:
             manual_ack=True,
         )
         # Outgoing verdicts in flight at once; paho queues the rest (bounded by us, see _held).
-        client.max_inflight_messages_set(max(20, m.receive_maximum))
+        client.max_inflight_messages_set(OUTGOING_WINDOW)
         client.reconnect_delay_set(min_delay=m.reconnect_min_delay, max_delay=m.reconnect_max_delay)
         client.will_set(self.status_topic, "offline", qos=1, retain=True)
         if m.username is not None:
@@ -125,6 +146,7 @@ class MQTTTransport:
         if m.tls.enabled:
             self._set_tls(client)
         client.on_connect = self._on_connect
+        client.on_socket_open = _no_delay
         client.on_connect_fail = self._on_connect_fail
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message

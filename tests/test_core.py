@@ -192,3 +192,16 @@ def test_the_single_row_path_scores_like_the_batch_path(models_dir: Path) -> Non
     np.testing.assert_allclose([r for r, _ in rows], raw, atol=1e-12)
     np.testing.assert_allclose([c for _, c in rows], calibrated, atol=1e-12)
     assert (calibrated[::11] >= 0.5).all()
+
+
+def test_models_with_the_same_forest_file_share_it(models_dir: Path, tmp_path: Path) -> None:
+    import shutil
+
+    from edge_agent.forest import Forest
+
+    shutil.copytree(models_dir / "default", tmp_path / "twin")
+    forests: dict[str, Forest] = {}
+    a = load_model(models_dir / "default", forests=forests)
+    b = load_model(tmp_path / "twin", forests=forests)
+    c = load_model(models_dir / "climate", forests=forests)
+    assert a.forest is b.forest and a.forest is not c.forest and len(forests) == 2
