@@ -443,7 +443,7 @@ def bench_agent(args: argparse.Namespace, workdir: Path, rows: list[tuple[str, s
     return thr
 
 
-def bench_echo(args: argparse.Namespace, workdir: Path) -> LoadResult:
+def bench_echo(args: argparse.Namespace, workdir: Path) -> tuple[LoadResult, LoadResult]:
     # A broker of its own, same config: the agent's persistent session would otherwise keep
     # queueing sensors/+ for it on the first broker and charge that work to the echo.
     broker = MosquittoBroker()
@@ -458,7 +458,13 @@ def bench_echo(args: argparse.Namespace, workdir: Path) -> LoadResult:
         print(f"echo: throughput run, {args.readings} readings ...", file=sys.stderr)
         cpu0 = echo.cpu_seconds()
         thr = run_load(broker.port, ECHO_PREFIX, ten, args.readings, timeout=args.timeout, seed=3)
-        return replace(thr, cpu_seconds=echo.cpu_seconds() - cpu0)
+        thr = replace(thr, cpu_seconds=echo.cpu_seconds() - cpu0)
+        # The same paced run as the agent's: the latency the transport alone costs here.
+        n_lat = int(args.latency_rate * args.latency_seconds)
+        print(f"echo: latency run, {n_lat} readings at {args.latency_rate:.0f}/s ...", file=sys.stderr)
+        lat = run_load(broker.port, ECHO_PREFIX, ten, n_lat, rate=args.latency_rate,
+                       timeout=args.latency_seconds + args.timeout, latencies=True, seed=4, strict=False)
+        return thr, lat
     finally:
         if echo is not None:
             echo.stop()
@@ -484,11 +490,14 @@ def main(argv: list[str] | None = None) -> int:
     try:
         agent_thr = bench_agent(args, workdir, rows)
         if not args.no_echo:
-            echo_thr = bench_echo(args, workdir)
+            echo_thr, echo_lat = bench_echo(args, workdir)
             rows.insert(2, ("echo throughput (bench/echo.py, no model), same broker config", f"{echo_thr.rate:,.0f} readings/s ({echo_thr.answered:,} / {echo_thr.sent:,} answered)", "(baseline)"))
             ratio = agent_thr.rate / echo_thr.rate
             rows.insert(3, ("ratio agent / echo", f"{ratio:.2f}", f"≥ {TARGET_RATIO:.1f}{ok(ratio >= TARGET_RATIO)}"))
             rows.insert(5, ("echo CPU per reading (user+sys)", f"{echo_thr.cpu_us_per_reading:.0f} µs ({echo_thr.cpu_seconds:.2f} CPU-s)", ""))
+            at = next(i for i, r in enumerate(rows) if r[0].startswith("agent answered / sent (latency run)")) + 1
+            rows.insert(at, (f"echo latency at {args.latency_rate:,.0f}/s (same run shape): p50 / p99",
+                             f"{percentile(echo_lat.latencies_ms, 50):.1f} / {percentile(echo_lat.latencies_ms, 99):.1f} ms", "(baseline)"))
     except BenchError as e:
         print(f"\nbench_e2e FAILED: {e}\n(logs in {workdir})", file=sys.stderr)
         return 1
