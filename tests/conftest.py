@@ -154,26 +154,33 @@ def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
+def agent_overrides(broker: Any, models_dir: Path, prefix: str = "test") -> list[str]:
+    """An agent of its own on the test's broker: free HTTP port, fast reconnects, the test's models."""
+    return [
+        f"agent_id={prefix}-{uuid.uuid4().hex[:6]}",
+        f"mqtt.host={broker.host}",
+        f"mqtt.port={broker.port}",
+        "mqtt.reconnect_min_delay=0.2",
+        "mqtt.reconnect_max_delay=1",
+        "http.host=127.0.0.1",
+        "http.port=0",
+        f"models.dir={models_dir}",
+        # amqtt, the last-resort broker, speaks MQTT 3.1.1 only.
+        *(["mqtt.protocol=3.1.1"] if getattr(broker, "kind", "") == "embedded" else []),
+    ]
+
+
 def agent_config(broker: Any, models_dir: Path, *overrides: str) -> Any:
     from edge_agent.config import load_config
 
-    return load_config(
-        None,
-        [
-            f"agent_id=test-{uuid.uuid4().hex[:6]}",
-            f"mqtt.host={broker.host}",
-            f"mqtt.port={broker.port}",
-            "mqtt.reconnect_min_delay=0.2",
-            "mqtt.reconnect_max_delay=1",
-            "http.host=127.0.0.1",
-            "http.port=0",
-            f"models.dir={models_dir}",
-            # amqtt, the last-resort broker, speaks MQTT 3.1.1 only.
-            *(["mqtt.protocol=3.1.1"] if getattr(broker, "kind", "") == "embedded" else []),
-            *overrides,
-        ],
-        {},
-    )
+    return load_config(None, [*agent_overrides(broker, models_dir), *overrides], {})
+
+
+def send_normal_then_spike(sensor: Publisher, topic: str, normal: int = 30) -> None:
+    """``normal`` ordinary readings around 0.9, then one at 7.5 that every model here flags."""
+    for i in range(normal):
+        sensor.send_json(topic, {"value": 0.9 + 0.01 * (i % 3), "ts": 1000 + i})
+    sensor.send_json(topic, {"value": 7.5, "ts": 2000})
 
 
 @pytest.fixture

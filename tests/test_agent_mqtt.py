@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from conftest import REPO
+from conftest import REPO, send_normal_then_spike
 
 pytestmark = pytest.mark.broker
 
@@ -58,9 +58,7 @@ def test_anomalies_raise_alerts_and_count_in_metrics(start_agent, collect, senso
     agent = start_agent()
     aid = agent.cfg.agent_id
     out = collect([f"edge/{aid}/#"])
-    for i in range(40):
-        sensor.send_json("sensors/pump", {"value": 0.9 + 0.01 * (i % 3), "ts": 1000 + i})
-    sensor.send_json("sensors/pump", {"value": 7.5, "ts": 2000})
+    send_normal_then_spike(sensor, "sensors/pump", normal=40)
     alerts = out.wait_count(f"edge/{aid}/alerts/", 1)
     assert alerts[0].topic == f"edge/{aid}/alerts/pump"
     alert = json.loads(alerts[0].payload)

@@ -13,7 +13,7 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from conftest import REPO
+from conftest import REPO, send_normal_then_spike
 from test_deploy import promql_metric_names
 
 pytestmark = pytest.mark.broker
@@ -90,9 +90,7 @@ def live(start_agent: Any, collect: Any, sensor: Any) -> Exposed:
     agent = start_agent()
     aid = agent.cfg.agent_id
     out = collect([f"edge/{aid}/#"])
-    for i in range(30):
-        sensor.send_json("sensors/pump", {"value": 0.9 + 0.01 * (i % 3), "ts": 1000 + i})
-    sensor.send_json("sensors/pump", {"value": 7.5, "ts": 2000})
+    send_normal_then_spike(sensor, "sensors/pump")
     sensor.send("sensors/pump", b"not json {")
     out.wait_count(f"edge/{aid}/alerts/", 1)
     out.wait_count(f"edge/{aid}/errors", 1)

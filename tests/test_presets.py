@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import re
 import time
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -13,7 +12,7 @@ from typing import Any
 import pytest
 import yaml
 
-from conftest import REPO
+from conftest import REPO, agent_overrides
 from edge_agent.agent import Agent, load_models
 from edge_agent.config import AgentConfig, load_config
 
@@ -130,16 +129,8 @@ def commented_alternatives(path: Path) -> list[dict[str, Any]]:
 def preset_config(broker: Any, models_dir: Path, path: Path, *overrides: str) -> AgentConfig:
     """The preset as an agent runs it, scoring with the test's model (the shipped ones are checked apart)."""
     return load_config(path, [
-        f"agent_id=preset-{uuid.uuid4().hex[:6]}",
-        f"mqtt.host={broker.host}",
-        f"mqtt.port={broker.port}",
-        "mqtt.reconnect_min_delay=0.2",
-        "mqtt.reconnect_max_delay=1",
-        "http.host=127.0.0.1",
-        "http.port=0",
-        f"models.dir={models_dir}",
+        *agent_overrides(broker, models_dir, prefix="preset"),
         f"models.assign={js({'*': 'default'})}",
-        *(["mqtt.protocol=3.1.1"] if getattr(broker, "kind", "") == "embedded" else []),
         *overrides,
     ], {})
 

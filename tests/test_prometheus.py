@@ -19,7 +19,7 @@ import pytest
 import yaml
 
 from brokers import free_port
-from conftest import REPO
+from conftest import REPO, send_normal_then_spike
 
 RULES = REPO / "deploy/prometheus/rules.yml"
 CONFIG = REPO / "deploy/prometheus/prometheus.yml"
@@ -265,9 +265,7 @@ def test_real_prometheus_scrapes_the_agent_and_sees_its_anomalies(start_agent, c
     agent = start_agent()
     aid = agent.cfg.agent_id
     out = collect([f"edge/{aid}/#"])
-    for i in range(30):
-        sensor.send_json("sensors/pump", {"value": 0.9 + 0.01 * (i % 3), "ts": 1000 + i})
-    sensor.send_json("sensors/pump", {"value": 7.5, "ts": 2000})
+    send_normal_then_spike(sensor, "sensors/pump")
     sensor.send("sensors/pump", b"{broken")
     out.wait_count(f"edge/{aid}/alerts/", 1)
     out.wait_count(f"edge/{aid}/verdicts/", 31)
