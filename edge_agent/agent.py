@@ -80,6 +80,7 @@ class Agent:
     ) -> None:
         """``base``: the config file's folder, against which relative paths (the state dir) resolve."""
         self.cfg = cfg
+        environment = dict(env if env is not None else os.environ)
         self.registry = CollectorRegistry()
         self.metrics = AgentMetrics(self.registry)
         self.metrics.record_models(models.values())
@@ -94,7 +95,7 @@ class Agent:
         if self.learner is not None:
             self.learner.attach(self.engine)
         self.parser = PayloadParser(cfg.sources, cfg.max_payload_bytes)
-        self.transport = MQTTTransport(cfg, self.parser, self.metrics, dict(env if env is not None else os.environ))
+        self.transport = MQTTTransport(cfg, self.parser, self.metrics, environment)
         sink: VerdictSink = self.transport
         if cfg.homeassistant.enabled:
             # Between the pipeline and the transport: a sensor is announced before its first verdict.
@@ -118,7 +119,7 @@ class Agent:
             )
         self.http = (
             HttpApi(cfg.http, self.engine.predict, self.readiness, self.registry,
-                    token=http_token(cfg, env if env is not None else os.environ))
+                    token=http_token(cfg, environment))
             if cfg.http.enabled else None
         )
         self.http_address: tuple[str, int] | None = None
