@@ -128,7 +128,7 @@ class RangeGuard:
     def fit(cls, x: np.ndarray, margin: np.ndarray) -> RangeGuard:
         return cls(low=x.min(axis=0), high=x.max(axis=0), margin=np.asarray(margin, dtype=np.float64))
 
-    @property
+    @cached_property
     def spread(self) -> np.ndarray:
         """The training range of each feature, never zero (a constant feature gets a sliver)."""
         return np.maximum(self.high - self.low, 1e-6 * np.maximum(1.0, np.maximum(np.abs(self.high), np.abs(self.low))))
