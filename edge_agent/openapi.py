@@ -123,8 +123,11 @@ def openapi_document() -> dict[str, Any]:
             "summary": "Score one reading with the same core as the MQTT pipeline",
             "operationId": "predict",
             "requestBody": {"required": True, "content": {_JSON: {"schema": _ref("PredictRequest")}}},
+            # Open unless http.token_env / http.token_file configure a bearer token.
+            "security": [{}, {"bearer": []}],
             "responses": {
                 "200": _json(_ref("PredictResponse"), "The verdict."),
+                "401": _error("A bearer token is configured and the request's Authorization header is missing or wrong."),
                 "400": _error("Not JSON, not an object, a missing/non-numeric/non-finite value, both or neither of value and values, or fields the model needs are missing."),
                 "404": _error("No model scores this sensor_id (no models.assign pattern matches and models.default is unset)."),
                 "411": _error("No Content-Length header."),
@@ -171,7 +174,10 @@ def openapi_document() -> dict[str, Any]:
             "/readyz": ready,
             OPENAPI_PATH: _read_only("This document", _json({"type": "object"}, "The OpenAPI document.")),
         },
-        "components": {"schemas": _schemas()},
+        "components": {
+            "schemas": _schemas(),
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+        },
     }
 
 
