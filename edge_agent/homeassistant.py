@@ -21,7 +21,6 @@ from dataclasses import dataclass
 from importlib import metadata
 from typing import Any
 
-import paho.mqtt.client as paho
 
 from edge_agent.config import AgentConfig
 from edge_agent.domain import InvalidReading, Reading, Verdict
@@ -123,7 +122,7 @@ def retained_publisher(transport: MQTTTransport) -> Publish:
     def publish(topic: str, payload: str) -> bool:
         if not transport.connected:
             return False
-        return transport.client.publish(topic, payload, qos=1, retain=True).rc == paho.MQTT_ERR_SUCCESS
+        return transport.publish_retained(topic, payload)
 
     return publish
 

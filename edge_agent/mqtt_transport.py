@@ -319,6 +319,10 @@ class MQTTTransport:
 
     # -- publishing (worker thread, and the network thread on connect) ----------------------
 
+    def publish_retained(self, topic: str, payload: str) -> bool:
+        """A retained QoS 1 message of another part of the agent (Home Assistant discovery), tracked like the rest."""
+        return self._publish(topic, payload, retain=True).rc == paho.MQTT_ERR_SUCCESS
+
     def _publish(self, topic: str, payload: str, token: AckToken | None = None, retain: bool = False) -> paho.MQTTMessageInfo:
         """Publish at QoS 1 and acknowledge ``token``'s reading once the broker has the message."""
         with self._lock:
