@@ -21,10 +21,11 @@ import socket
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from pathlib import Path
+from typing import Any
 
 from faultlab import (
     Lab,
@@ -107,18 +108,26 @@ def _invalid_total(text: str) -> float:
     return sum(float(v) for v in re.findall(r"^edge_agent_invalid_messages_total\{[^}]*\} (\S+)$", text, re.M))
 
 
+def _stage(
+    stack: ExitStack, lab: Lab, name: str, sensor_name: str, overrides: Sequence[str] = ()
+) -> tuple[Any, Observer, Any, Sensor]:
+    """A broker of the scenario's own, an observer, the agent started and ready, and a sensor."""
+    broker = stack.enter_context(running_broker())
+    observer = stack.enter_context(Observer(broker, name))
+    agent = stack.enter_context(lab.agent(broker, name, overrides))
+    agent.start()
+    agent.wait_ready()
+    sensor = stack.enter_context(Sensor(broker, sensor_name))
+    return broker, observer, agent, sensor
+
+
 # --------------------------------------------------------------------------- delivery faults
 
 
 def agent_sigkill(lab: Lab, kills: int = 2) -> ScenarioResult:
     """The agent is SIGKILLed mid-stream and started again at once (as systemd or Docker would), ``kills`` times."""
     with ExitStack() as stack:
-        broker = stack.enter_context(running_broker())
-        observer = stack.enter_context(Observer(broker, "faults-kill"))
-        agent = stack.enter_context(lab.agent(broker, "faults-kill"))
-        agent.start()
-        agent.wait_ready()
-        sensor = stack.enter_context(Sensor(broker, "kill"))
+        broker, observer, agent, sensor = _stage(stack, lab, "faults-kill", "kill")
         t0 = time.monotonic()
         stream = stack.enter_context(Stream(sensor, SENSORS, rate=400, count=400 * (2 + 3 * kills))).start()
         recoveries = []
@@ -143,12 +152,7 @@ def agent_sigkill(lab: Lab, kills: int = 2) -> ScenarioResult:
 def agent_sigterm(lab: Lab) -> ScenarioResult:
     """The agent is stopped with SIGTERM mid-stream (an upgrade) and started again."""
     with ExitStack() as stack:
-        broker = stack.enter_context(running_broker())
-        observer = stack.enter_context(Observer(broker, "faults-term"))
-        agent = stack.enter_context(lab.agent(broker, "faults-term"))
-        agent.start()
-        agent.wait_ready()
-        sensor = stack.enter_context(Sensor(broker, "term"))
+        broker, observer, agent, sensor = _stage(stack, lab, "faults-term", "term")
         t0 = time.monotonic()
         stream = stack.enter_context(Stream(sensor, SENSORS, rate=400, count=400 * 6)).start()
         _sleep_until(t0, 2.0)
@@ -172,12 +176,7 @@ def agent_sigterm(lab: Lab) -> ScenarioResult:
 def broker_restart(lab: Lab) -> ScenarioResult:
     """Mosquitto is stopped (SIGTERM: it saves its database) and started again on the same data."""
     with ExitStack() as stack:
-        broker = stack.enter_context(running_broker())
-        observer = stack.enter_context(Observer(broker, "faults-restart"))
-        agent = stack.enter_context(lab.agent(broker, "faults-restart"))
-        agent.start()
-        agent.wait_ready()
-        sensor = stack.enter_context(Sensor(broker, "restart"))
+        broker, observer, agent, sensor = _stage(stack, lab, "faults-restart", "restart")
         t0 = time.monotonic()
         stream = stack.enter_context(Stream(sensor, SENSORS, rate=400, count=400 * 7)).start()
         _sleep_until(t0, 2.5)
@@ -198,12 +197,7 @@ def broker_restart(lab: Lab) -> ScenarioResult:
 def broker_outage(lab: Lab, outage: float = 30.0) -> ScenarioResult:
     """The broker is away for ``outage`` seconds while the sensor keeps publishing (paho queues QoS 1 meanwhile)."""
     with ExitStack() as stack:
-        broker = stack.enter_context(running_broker())
-        observer = stack.enter_context(Observer(broker, "faults-outage"))
-        agent = stack.enter_context(lab.agent(broker, "faults-outage"))
-        agent.start()
-        agent.wait_ready()
-        sensor = stack.enter_context(Sensor(broker, "outage"))
+        broker, observer, agent, sensor = _stage(stack, lab, "faults-outage", "outage")
         rate = 50
         t0 = time.monotonic()
         stream = stack.enter_context(Stream(sensor, SENSORS, rate=rate, count=int(rate * (outage + 6)))).start()
@@ -235,12 +229,7 @@ def broker_outage(lab: Lab, outage: float = 30.0) -> ScenarioResult:
 def sensor_flood(lab: Lab, flood: int = 10_000, cap: int = 1000) -> ScenarioResult:
     """A misconfigured device publishes, as fast as it can, readings under ``flood`` new sensor ids; the agent tracks ``cap``."""
     with ExitStack() as stack:
-        broker = stack.enter_context(running_broker())
-        observer = stack.enter_context(Observer(broker, "faults-flood"))
-        agent = stack.enter_context(lab.agent(broker, "faults-flood", [f"pipeline.max_sensors={cap}"]))
-        agent.start()
-        agent.wait_ready()
-        sensor = stack.enter_context(Sensor(broker, "good"))
+        broker, observer, agent, sensor = _stage(stack, lab, "faults-flood", "good", [f"pipeline.max_sensors={cap}"])
         stream = stack.enter_context(Stream(sensor, SENSORS, rate=200, count=200 * 8)).start()
         wait_until(lambda: len({k[0] for k in observer.answered_keys()}) == len(SENSORS), 10)
         rss_before = agent.rss_bytes()
