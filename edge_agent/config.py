@@ -86,7 +86,7 @@ class DecisionConfig:
 @dataclass
 class LearningConfig:
     enabled: bool = _f(False, "Sensors that no models.assign pattern matches learn a model of their own from their first readings (else models.default scores them).")
-    rows: int = _f(600, "Readings a sensor learns from before it is scored (its verdicts say learning until then).", min=50, max=1_000_000)
+    rows: int = _f(3600, "Readings a sensor learns from before it is scored (its verdicts say learning until then); they should cover its normal ups and downs.", min=50, max=1_000_000)
     refit_every: int = _f(0, "Refit a learned model every this many readings, on the most recent ones that were not flagged, to follow slow drift (0: never).", min=0, max=100_000_000)
     refit_rows: int = _f(3600, "Readings a refit learns from (the most recent unflagged ones).", min=50, max=1_000_000)
     state_dir: str = _f("state", "Folder for learned models, kept across restarts (relative to the config file).")

@@ -36,7 +36,7 @@ class Decision:
 class LearningPlan:
     """How sensors without an assigned model learn one of their own (see ``LearningConfig``)."""
 
-    rows: int = 600
+    rows: int = 3600
     refit_every: int = 0
     refit_rows: int = 3600
 
@@ -55,6 +55,35 @@ class LearnRequest:
 _Remembered = tuple[float, int, "float | None", str, str, bool]
 
 
+class History:
+    """The last ``capacity`` readings of one sensor as a float array (~8 bytes a value).
+
+    A deque of Python lists costs about ten times that, which matters when every
+    sensor of a site keeps an hour of readings to learn from.
+    """
+
+    __slots__ = ("_rows", "_next", "_full")
+
+    def __init__(self, capacity: int, n_fields: int) -> None:
+        self._rows = np.empty((capacity, n_fields), dtype=np.float64)
+        self._next = 0
+        self._full = False
+
+    def append(self, values: Sequence[float]) -> None:
+        self._rows[self._next] = values
+        self._next += 1
+        if self._next == len(self._rows):
+            self._next, self._full = 0, True
+
+    def __len__(self) -> int:
+        return len(self._rows) if self._full else self._next
+
+    def latest(self, n: int | None = None) -> np.ndarray:
+        """The newest ``n`` readings (all by default), oldest first, as a copy."""
+        ordered = np.concatenate([self._rows[self._next:], self._rows[: self._next]]) if self._full else self._rows[: self._next]
+        return ordered[-n:].copy() if n is not None else ordered.copy()
+
+
 @dataclass
 class SensorStream:
     """What the engine keeps for one sensor between readings.
@@ -67,7 +96,7 @@ class SensorStream:
     features: FeatureState
     recent_flags: deque[bool]
     recent: OrderedDict[int, _Remembered] = field(default_factory=OrderedDict)
-    history: deque[list[float]] | None = None
+    history: History | None = None
     since_fit: int = 0
     fitting: bool = False
 
@@ -146,21 +175,22 @@ class ScoringEngine:
         model = self._assigned(reading.sensor_id)
         if model is None and self.learning is not None:
             spec = FeatureSpec(fields=tuple(reading.values), transforms=DEFAULT_TRANSFORMS)
-            stream = SensorStream(None, spec.new_state(), deque(maxlen=self.decision.n), history=self._history())
+            stream = SensorStream(None, spec.new_state(), deque(maxlen=self.decision.n), history=self._history(len(spec.fields)))
         else:
             if model is None:
                 try:
                     model = self.model_for(reading.sensor_id)
                 except UnknownSensor as e:
                     return _invalid(reading, "no_model", str(e))
-            history = self._history() if self.learning is not None and self.learning.refit_every and reading.sensor_id in self.learned else None
+            refits = self.learning is not None and self.learning.refit_every and reading.sensor_id in self.learned
+            history = self._history(len(model.spec.fields)) if refits else None
             stream = SensorStream(model, model.spec.new_state(), deque(maxlen=self.decision.n), history=history)
         self._streams[reading.sensor_id] = stream
         return stream
 
-    def _history(self) -> deque[list[float]]:
+    def _history(self, n_fields: int) -> History:
         assert self.learning is not None
-        return deque(maxlen=max(self.learning.rows, self.learning.refit_rows))
+        return History(max(self.learning.rows, self.learning.refit_rows), n_fields)
 
     def install(self, sensor_id: str, model: SensorModel) -> None:
         """Swap in a sensor's newly learned model (called by the learner, from any thread)."""
@@ -238,7 +268,7 @@ class ScoringEngine:
         stream.history.append(values)
         if not stream.fitting and len(stream.history) >= self.learning.rows:
             stream.fitting = True
-            self.learner(LearnRequest(reading.sensor_id, stream.spec, np.array(stream.history), refit=False))
+            self.learner(LearnRequest(reading.sensor_id, stream.spec, stream.history.latest(), refit=False))
         verdict = Verdict(
             sensor_id=reading.sensor_id, values=reading.values,
             ts=reading.ts_raw if reading.ts is not None else reading.received_at,
@@ -257,8 +287,7 @@ class ScoringEngine:
         stream.since_fit += 1
         if stream.since_fit >= plan.refit_every and not stream.fitting and len(stream.history) >= plan.rows:
             stream.fitting = True
-            recent = np.array(stream.history)[-plan.refit_rows:]
-            self.learner(LearnRequest(reading.sensor_id, stream.spec, recent, refit=True))
+            self.learner(LearnRequest(reading.sensor_id, stream.spec, stream.history.latest(plan.refit_rows), refit=True))
 
     def _decide(self, reading: Reading, stream: SensorStream, values: list[float], raw: float, calibrated: float) -> Verdict:
         assert stream.model is not None

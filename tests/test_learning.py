@@ -130,3 +130,20 @@ def test_learning_over_mqtt_is_visible_in_verdicts_and_metrics(start_agent, coll
     assert [v["anomaly"] for v in last] == [0, 1]
     assert (model_dir(tmp_path, "fridge") / "manifest.json").is_file()
     assert agent.registry.get_sample_value("edge_agent_learning", {"sensor": "fridge"}) == 0.0
+
+
+def test_history_keeps_the_newest_readings_in_order() -> None:
+    from edge_agent.engine import History
+
+    h = History(capacity=4, n_fields=2)
+    for i in range(3):
+        h.append([i, 10 * i])
+    assert len(h) == 3 and h.latest().tolist() == [[0, 0], [1, 10], [2, 20]]
+    for i in range(3, 7):
+        h.append([i, 10 * i])
+    assert len(h) == 4
+    assert h.latest().tolist() == [[3, 30], [4, 40], [5, 50], [6, 60]]
+    assert h.latest(2).tolist() == [[5, 50], [6, 60]]
+    snapshot = h.latest()
+    h.append([7, 70])
+    assert snapshot[-1].tolist() == [6, 60]  # a copy: the learner's data does not move under it
