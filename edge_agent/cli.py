@@ -127,7 +127,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
         else:
             model_dir = Path(args.model) if args.model else _config_base(args) / cfg.models.dir / str(cfg.models.default)
             model = load_model(model_dir, cfg.models.pinned_sha256.get(model_dir.name))
-            table = read_table(args.input, columns or _model_columns(args.input, model.fields))
+            table = read_table(args.input, columns, prefer=model.fields)
         progress = Progress(len(table), f"replaying {Path(args.input).name}", quiet=args.quiet)
         rows = replay(table, model, decision, learn_rows=args.learn_rows or 0, progress=progress.update)
         progress.close()
@@ -147,19 +147,6 @@ def cmd_replay(args: argparse.Namespace) -> int:
     flagged = sum(r.verdict.anomaly for r in scored)
     print(f"replayed {len(rows)} rows with {model.name}@{model.version}: {len(scored)} scored, {flagged} anomalous -> {args.out}")
     return 0
-
-
-def _model_columns(path: str, fields: Sequence[str]) -> list[str] | None:
-    """The model's fields when the file has them all (else let the file say what it holds)."""
-    import csv
-
-    try:
-        with open(path, newline="", encoding="utf-8") as f:
-            first = f.readline()
-    except (OSError, UnicodeDecodeError):
-        return None
-    header = next(csv.reader([first], delimiter=";" if first.count(";") > first.count(",") else ","), [])
-    return list(fields) if all(f in [h.strip() for h in header] for f in fields) else None
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

@@ -71,8 +71,14 @@ def _parse_timestamp(text: str) -> float | None:
     return dt.timestamp()
 
 
-def read_table(path: str | Path, fields: Sequence[str] | None = None) -> SensorTable:
-    """Read a CSV of readings; ``fields`` picks the value columns (default: every non-meta column)."""
+def read_table(
+    path: str | Path, fields: Sequence[str] | None = None, prefer: Sequence[str] | None = None
+) -> SensorTable:
+    """Read a CSV of readings; ``fields`` picks the value columns (default: every non-meta column).
+
+    ``prefer`` names columns to use instead of the default when the file has them all
+    (a model's fields, when replaying a file that holds more).
+    """
     path = str(path)
     try:
         with open(path, newline="", encoding="utf-8") as f:
@@ -89,6 +95,8 @@ def read_table(path: str | Path, fields: Sequence[str] | None = None) -> SensorT
         raise TableError(f"{path}: cannot read: {e}") from None
 
     index = {name: i for i, name in enumerate(header)}
+    if not fields and prefer and all(c in index for c in prefer):
+        fields = prefer
     if fields:
         unknown = [c for c in fields if c not in index]
         if unknown:
