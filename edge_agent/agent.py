@@ -45,22 +45,25 @@ def load_models(cfg: AgentConfig, base: Path | None = None) -> dict[str, SensorM
     return models
 
 
+def learning_plan(cfg: AgentConfig, rows: int | None = None) -> LearningPlan:
+    """How sensors without a model learn (``rows`` overrides learning.rows, as replay --learn-rows does)."""
+    c = cfg.learning
+    return LearningPlan(c.rows if rows is None else rows, c.refit_every, c.refit_rows, c.stale_share)
+
+
 def build_engine(
     cfg: AgentConfig,
     models: Mapping[str, SensorModel],
     learner: Learner | None = None,
     learned: Mapping[str, SensorModel] | None = None,
 ) -> ScoringEngine:
-    plan = None
-    if cfg.learning.enabled:
-        plan = LearningPlan(cfg.learning.rows, cfg.learning.refit_every, cfg.learning.refit_rows)
     return ScoringEngine(
         models,
         assign=list(cfg.models.assign.items()),
         default=cfg.models.default,
         decision=Decision(cfg.decision.threshold, cfg.decision.k, cfg.decision.n),
         max_sensors=cfg.pipeline.max_sensors,
-        learning=plan,
+        learning=learning_plan(cfg) if cfg.learning.enabled else None,
         learner=learner,
         learned=learned,
     )

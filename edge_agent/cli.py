@@ -107,29 +107,45 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+MIN_LEARN_ROWS = 50
+
+
 def cmd_replay(args: argparse.Namespace) -> int:
+    from edge_agent.agent import learning_plan
     from edge_agent.engine import Decision
     from edge_agent.model import ModelError, load_model
-    from edge_agent.replay import replay, write_replay
+    from edge_agent.replay import replay, replay_learning, write_replay
     from edge_agent.table import TableError, read_table
-    from edge_agent.training import TrainingError, train_model
+    from edge_agent.training import TrainingError
 
     cfg = _load(args)
     decision = Decision(cfg.decision.threshold, cfg.decision.k, cfg.decision.n)
     columns = [c.strip() for c in args.columns.split(",")] if args.columns else None
+    learns = args.model is None and (args.learn_rows is not None or cfg.learning.enabled)
+    if args.learn_rows is not None and args.learn_rows < MIN_LEARN_ROWS:
+        print(f"edge-agent replay: --learn-rows {args.learn_rows} is too few; at least {MIN_LEARN_ROWS} (as for learning.rows)", file=sys.stderr)
+        return EXIT_USAGE
     try:
-        if args.learn_rows is not None:
+        if learns:
+            # Like the live agent with a sensor no model is assigned to: learn, score, refit.
+            plan = learning_plan(cfg, rows=args.learn_rows)
             table = read_table(args.input, columns)
-            if args.learn_rows >= len(table):
-                print(f"edge-agent replay: --learn-rows {args.learn_rows} leaves nothing to score in {len(table)} rows", file=sys.stderr)
+            if plan.rows >= len(table):
+                flag = "--learn-rows" if args.learn_rows is not None else "learning.rows"
+                print(f"edge-agent replay: {flag} {plan.rows} leaves nothing to score in {len(table)} rows "
+                      "(lower it, or pass --model)", file=sys.stderr)
                 return EXIT_USAGE
-            model, _ = train_model(table.head(args.learn_rows), name="learned", version="replay")
+            progress = Progress(len(table), f"replaying {Path(args.input).name}", quiet=args.quiet)
+            rows = replay_learning(table, plan, decision, progress=progress.update)
+            described = f"a model learned from the first {plan.rows} rows" + (
+                f", refitted every {plan.refit_every} rows" if plan.refit_every else "")
         else:
             model_dir = Path(args.model) if args.model else _config_base(args) / cfg.models.dir / str(cfg.models.default)
             model = load_model(model_dir, cfg.models.pinned_sha256.get(model_dir.name))
             table = read_table(args.input, columns, prefer=model.fields)
-        progress = Progress(len(table), f"replaying {Path(args.input).name}", quiet=args.quiet)
-        rows = replay(table, model, decision, learn_rows=args.learn_rows or 0, progress=progress.update)
+            progress = Progress(len(table), f"replaying {Path(args.input).name}", quiet=args.quiet)
+            rows = replay(table, model, decision, progress=progress.update)
+            described = f"{model.name}@{model.version}"
         progress.close()
     except (TableError, TrainingError, ModelError, ValueError) as e:
         print(f"edge-agent replay: {e}", file=sys.stderr)
@@ -145,7 +161,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
             return EXIT_FAILURE
     scored = [r for r in rows if not r.learning]
     flagged = sum(r.verdict.anomaly for r in scored)
-    print(f"replayed {len(rows)} rows with {model.name}@{model.version}: {len(scored)} scored, {flagged} anomalous -> {args.out}")
+    print(f"replayed {len(rows)} rows with {described}: {len(scored)} scored, {flagged} anomalous -> {args.out}")
     return 0
 
 
@@ -188,8 +204,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("input", help="CSV: optional timestamp column and numeric columns, one reading per row")
     p.add_argument("--out", "-o", required=True, help="CSV to write: the input plus score, raw_score, anomaly, phase")
     group = p.add_mutually_exclusive_group()
-    group.add_argument("--model", help="model directory (default: the config's default model)")
-    group.add_argument("--learn-rows", type=int, help="train on the first N rows, score the rest")
+    group.add_argument("--model", help="model directory (default: learn as the live agent does, with learning.enabled; else the config's default model)")
+    group.add_argument("--learn-rows", type=int, help="learn from the first N rows (instead of learning.rows), score the rest, refit as configured")
     p.add_argument("--columns", help="comma-separated value columns")
     p.add_argument("--plot", metavar="PNG", help="also draw the series, the score and the flagged stretches (needs matplotlib)")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress line")

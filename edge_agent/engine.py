@@ -39,6 +39,7 @@ class LearningPlan:
     rows: int = 3600
     refit_every: int = 0
     refit_rows: int = 3600
+    stale_share: float = 0.5
 
 
 @dataclass(frozen=True)
@@ -49,6 +50,7 @@ class LearnRequest:
     spec: FeatureSpec
     values: np.ndarray
     refit: bool
+    keep: np.ndarray | None = None  # the rows to learn from (None: all); features still see every row
 
 
 # What a duplicate's verdict repeats of the original: score, anomaly, raw score, model, version, learning.
@@ -56,21 +58,23 @@ _Remembered = tuple[float, int, "float | None", str, str, bool]
 
 
 class History:
-    """The last ``capacity`` readings of one sensor as a float array (~8 bytes a value).
+    """The last ``capacity`` readings of one sensor, and whether each was flagged.
 
-    A deque of Python lists costs about ten times that, which matters when every
-    sensor of a site keeps an hour of readings to learn from.
+    A float array (~8 bytes a value): a deque of Python lists costs about ten times
+    that, which matters when every sensor of a site keeps an hour of readings to learn from.
     """
 
-    __slots__ = ("_rows", "_next", "_full")
+    __slots__ = ("_rows", "_flags", "_next", "_full")
 
     def __init__(self, capacity: int, n_fields: int) -> None:
         self._rows = np.empty((capacity, n_fields), dtype=np.float64)
+        self._flags = np.zeros(capacity, dtype=bool)
         self._next = 0
         self._full = False
 
-    def append(self, values: Sequence[float]) -> None:
+    def append(self, values: Sequence[float], flagged: bool = False) -> None:
         self._rows[self._next] = values
+        self._flags[self._next] = flagged
         self._next += 1
         if self._next == len(self._rows):
             self._next, self._full = 0, True
@@ -78,10 +82,17 @@ class History:
     def __len__(self) -> int:
         return len(self._rows) if self._full else self._next
 
+    def _ordered(self, a: np.ndarray, n: int | None) -> np.ndarray:
+        ordered = np.concatenate([a[self._next:], a[: self._next]]) if self._full else a[: self._next]
+        return ordered[-n:].copy() if n is not None else ordered.copy()
+
     def latest(self, n: int | None = None) -> np.ndarray:
         """The newest ``n`` readings (all by default), oldest first, as a copy."""
-        ordered = np.concatenate([self._rows[self._next:], self._rows[: self._next]]) if self._full else self._rows[: self._next]
-        return ordered[-n:].copy() if n is not None else ordered.copy()
+        return self._ordered(self._rows, n)
+
+    def latest_flags(self, n: int | None = None) -> np.ndarray:
+        """Whether each of ``latest(n)`` was flagged."""
+        return self._ordered(self._flags, n)
 
 
 @dataclass
@@ -98,7 +109,9 @@ class SensorStream:
     recent: OrderedDict[int, _Remembered] = field(default_factory=OrderedDict)
     history: History | None = None
     since_fit: int = 0
+    flagged_since_fit: int = 0
     fitting: bool = False
+    window: int = 0  # readings the latest fit was handed (0: none yet, the model came from disk)
 
     @property
     def spec(self) -> FeatureSpec:
@@ -201,7 +214,7 @@ class ScoringEngine:
                 if stream.model is None or stream.model.spec == model.spec:
                     stream.model = model
                 stream.fitting = False
-                stream.since_fit = 0
+                stream.since_fit = stream.flagged_since_fit = 0
 
     def learning_failed(self, sensor_id: str) -> None:
         """The learner could not fit: keep learning and try again with more readings."""
@@ -209,7 +222,7 @@ class ScoringEngine:
             stream = self._streams.get(sensor_id)
             if stream is not None:
                 stream.fitting = False
-                stream.since_fit = 0
+                stream.since_fit = stream.flagged_since_fit = 0
 
     def score(self, readings: Sequence[Reading]) -> list[Verdict | InvalidReading]:
         """Score readings in arrival order; one forest call per model for the whole batch."""
@@ -268,6 +281,7 @@ class ScoringEngine:
         stream.history.append(values)
         if not stream.fitting and len(stream.history) >= self.learning.rows:
             stream.fitting = True
+            stream.window = len(stream.history)
             self.learner(LearnRequest(reading.sensor_id, stream.spec, stream.history.latest(), refit=False))
         verdict = Verdict(
             sensor_id=reading.sensor_id, values=reading.values,
@@ -279,15 +293,32 @@ class ScoringEngine:
         return verdict
 
     def _refit_if_due(self, reading: Reading, stream: SensorStream, values: list[float], flagged: bool) -> None:
+        """Refit a learned model on its sensor's recent readings, when one is due.
+
+        Due every ``refit_every`` readings, and sooner while the model knows fewer
+        readings than that: once as many new ones have come, so a sensor scored after a
+        short first look learns from 2x, 4x, ... as much until ``refit_rows``. The refit
+        leaves out the flagged readings, unless more than ``stale_share`` of those since
+        the last fit were flagged: then the sensor has moved to a new normal and the
+        model is stale, so it learns from all of them.
+        """
         plan = self.learning
         if stream.history is None or plan is None or not plan.refit_every or self.learner is None:
             return
-        if not flagged:  # a refit follows normal drift, never the anomalies
-            stream.history.append(values)
+        assert stream.model is not None
+        stream.history.append(values, flagged)
         stream.since_fit += 1
-        if stream.since_fit >= plan.refit_every and not stream.fitting and len(stream.history) >= plan.rows:
-            stream.fitting = True
-            self.learner(LearnRequest(reading.sensor_id, stream.spec, stream.history.latest(plan.refit_rows), refit=True))
+        stream.flagged_since_fit += flagged
+        known = stream.window or int(stream.model.manifest.get("training", {}).get("rows", plan.refit_rows))
+        due = min(plan.refit_every, max(known, plan.rows)) if known < plan.refit_rows else plan.refit_every
+        if stream.since_fit < due or stream.fitting or len(stream.history) < plan.rows:
+            return
+        stream.fitting = True
+        recent = stream.history.latest(plan.refit_rows)
+        stream.window = len(recent)
+        stale = stream.flagged_since_fit > plan.stale_share * stream.since_fit
+        keep = None if stale else ~stream.history.latest_flags(plan.refit_rows)
+        self.learner(LearnRequest(reading.sensor_id, stream.spec, recent, refit=True, keep=keep))
 
     def _decide(self, reading: Reading, stream: SensorStream, values: list[float], raw: float, calibrated: float) -> Verdict:
         assert stream.model is not None

@@ -98,7 +98,7 @@ class Learner:
     def fit(self, request: LearnRequest) -> SensorModel:
         """Fit and save; the new files replace the old ones only once complete."""
         version = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-        model = learn_model(request.spec, request.values, name=f"learned:{request.sensor_id}", version=version)
+        model = learn_model(request.spec, request.values, name=f"learned:{request.sensor_id}", version=version, keep=request.keep)
         final = model_dir(self.state_dir, request.sensor_id)
         staging = final.with_name(final.name + ".new")
         shutil.rmtree(staging, ignore_errors=True)

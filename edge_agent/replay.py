@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import csv
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from edge_agent.domain import InvalidReading, Reading, Verdict
-from edge_agent.engine import Decision, ScoringEngine
+from edge_agent.engine import Decision, LearningPlan, LearnRequest, ScoringEngine
 from edge_agent.model import SensorModel
 from edge_agent.table import SensorTable
+from edge_agent.training import TrainingError, learn_model
 
 # Rows handed to the engine at once: the size of a busy live batch. Scores do not
 # depend on it (features are computed reading by reading).
@@ -62,6 +63,48 @@ def replay(
         if len(batch) >= REPLAY_BATCH or len(out) + len(batch) == learn_rows:
             flush()
     flush()
+    return out
+
+
+def learn_and_score(
+    readings: Iterable[Reading], plan: LearningPlan, decision: Decision,
+) -> Iterator[tuple[Reading, Verdict | InvalidReading]]:
+    """Score readings as the live agent scores sensors it has no model for.
+
+    Each sensor learns from its first ``plan.rows`` readings, is scored, and is
+    refitted as ``plan`` says, with the device's numpy fitter. Fits happen in line,
+    right after the reading that makes one due (the live agent fits on a background
+    thread, so there a few more readings may meet the previous model).
+    """
+    requests: list[LearnRequest] = []
+    engine = ScoringEngine({}, decision=decision, max_sensors=1_000_000, learning=plan, learner=requests.append)
+    for reading in readings:
+        [result] = engine.score([reading])
+        yield reading, result
+        while requests:
+            request = requests.pop(0)
+            try:
+                model = learn_model(request.spec, request.values, name=f"learned:{request.sensor_id}",
+                                    version=f"reading-{reading.received_at:.0f}", keep=request.keep)
+            except TrainingError:
+                engine.learning_failed(request.sensor_id)
+                continue
+            engine.install(request.sensor_id, model)
+
+
+def replay_learning(
+    table: SensorTable, plan: LearningPlan, decision: Decision, progress: Callable[[int], None] | None = None,
+) -> list[ReplayRow]:
+    """Every row's verdict when each sensor of the table learns as in ``learn_and_score``."""
+    out: list[ReplayRow] = []
+    for reading, result in learn_and_score(readings_of(table), plan, decision):
+        if isinstance(result, InvalidReading):
+            raise ValueError(f"{table.path}: row for sensor {reading.sensor_id!r}: {result.reason}: {result.detail}")
+        out.append(ReplayRow(result, learning=result.learning))
+        if progress is not None and len(out) % REPLAY_BATCH == 0:
+            progress(len(out))
+    if progress is not None:
+        progress(len(out))
     return out
 
 

@@ -19,6 +19,11 @@ from edge_agent.table import SensorTable, groups
 # (temperatures warming up, slow process values): its level is not expected to stay
 # inside the training range: it gets a much wider margin (model.WANDERING_MARGIN).
 WANDERING_AUTOCORRELATION = 0.8
+# Unlabelled training rows (a sensor learning on the device) that a first forest
+# scores this many median absolute deviations over the median are left out of the
+# model: a spike or a stuck stretch in the readings a sensor learns from must not
+# become part of its normal (see bench/eval_simulator.py --learn).
+OUTLIER_MADS = 8.0
 DEFAULT_TREES = 100
 DEFAULT_MAX_SAMPLES = 256
 
@@ -104,13 +109,26 @@ def fit_model(
     max_samples: int = DEFAULT_MAX_SAMPLES,
     seed: int = 0,
     progress: Callable[[int], None] | None = None,
+    unlabelled: bool = False,
 ) -> tuple[SensorModel, Any]:
-    """Features as streamed, forest, calibration and ranges: a model from readings in order."""
+    """Features as streamed, forest, calibration and ranges: a model from readings in order.
+
+    ``unlabelled`` readings (a sensor learning on the device) may hold anomalies
+    nobody marked: a first forest finds the rows it isolates far more easily than the
+    rest (see ``outlier_rows``), and the model is fitted again without them.
+    """
     features = training_features(spec, values, group_rows, keep, progress)
     complete = features[~np.isnan(features).any(axis=1)]
     if len(complete) < 8:
         raise TrainingError(f"only {len(complete)} usable normal rows; at least 8 are needed")
     forest, estimator = fitter(complete, trees, max_samples, seed)
+    if unlabelled:
+        impute = np.nanmedian(features, axis=0)
+        outliers = outlier_rows(forest.anomaly_score(np.where(np.isnan(features), impute, features)))
+        if outliers.any() and (~outliers).sum() >= 8:
+            features = features[~outliers]
+            complete = features[~np.isnan(features).any(axis=1)]
+            forest, estimator = fitter(complete, trees, max_samples, seed)
     wandering = wandering_fields(values, group_rows, keep, spec.fields)
     # The level of a wandering field (its value, its smoothed value) is allowed to roam.
     wandering_levels = np.array(
@@ -128,13 +146,26 @@ def fit_model(
     return model, estimator
 
 
+def outlier_rows(raw: np.ndarray) -> np.ndarray:
+    """Training rows the forest scores far above the others: over the median by OUTLIER_MADS MADs."""
+    median = float(np.median(raw))
+    mad = float(np.median(np.abs(raw - median)))
+    return raw > median + OUTLIER_MADS * max(mad, 1e-6)
+
+
 def learn_model(
-    spec: FeatureSpec, values: np.ndarray, name: str, version: str, seed: int = 0
+    spec: FeatureSpec, values: np.ndarray, name: str, version: str, seed: int = 0, keep: np.ndarray | None = None
 ) -> SensorModel:
-    """A model for one sensor from its own first readings, fitted with numpy (on the device)."""
+    """A model for one sensor from its own readings, fitted with numpy (on the device).
+
+    ``keep`` marks the readings to learn from (default: all); the streaming features
+    are computed over every reading, in order, as the live agent saw them.
+    """
     record = training_record("learned on the device", [name], numpy_fitter, DEFAULT_TREES, DEFAULT_MAX_SAMPLES, seed, "")
-    keep = np.ones(len(values), dtype=bool)
-    model, _ = fit_model(spec, values, {name: np.arange(len(values))}, keep, name, version, numpy_fitter, record, seed=seed)
+    keep = np.ones(len(values), dtype=bool) if keep is None else np.asarray(keep, dtype=bool)
+    model, _ = fit_model(
+        spec, values, {name: np.arange(len(values))}, keep, name, version, numpy_fitter, record, seed=seed, unlabelled=True
+    )
     return model
 
 

@@ -65,6 +65,29 @@ def test_replay_learn_rows_trains_on_the_head_and_flags_the_fault(tmp_path: Path
     assert sum(int(r["anomaly"]) for r in rows[400:500]) <= 2
 
 
+def test_replay_without_a_model_learns_and_refits_like_the_live_agent(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    cfg = tmp_path / "agent.yaml"
+    cfg.write_text("learning:\n  enabled: true\n  rows: 200\n  refit_every: 300\n  refit_rows: 400\n")
+    rng = np.random.default_rng(8)
+    values = list(10 + rng.normal(0, 0.1, 1500))
+    values[600:] = [v + 3 for v in values[600:]]  # the level moves for good at row 600
+    src = tmp_path / "s.csv"
+    src.write_text("value\n" + "\n".join(f"{v:.4f}" for v in values) + "\n")
+    out = tmp_path / "o.csv"
+    assert main(["replay", str(src), "--out", str(out), "-c", str(cfg), "-q"]) == 0
+    assert "learned from the first 200 rows, refitted every 300 rows" in capsys.readouterr().out
+    rows = list(csv.DictReader(out.open()))
+    assert [r["phase"] for r in rows] == ["learn"] * 200 + ["score"] * 1300
+    assert sum(int(r["anomaly"]) for r in rows[200:600]) <= 4
+    assert rows[600]["anomaly"] == "1"
+    assert sum(int(r["anomaly"]) for r in rows[-300:]) <= 15  # a refit took the new level as normal
+
+    assert main(["replay", str(src), "--out", str(out), "-c", str(cfg), "--learn-rows", "10"]) == 2
+    assert "--learn-rows 10 is too few" in capsys.readouterr().err
+    assert main(["replay", str(src), "--out", str(out), "-c", str(cfg), "--learn-rows", "1500"]) == 2
+    assert "leaves nothing to score in 1500 rows" in capsys.readouterr().err
+
+
 def test_replay_scores_exactly_like_the_live_engine(models_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "o.csv"
     src = normal_csv(tmp_path / "n.csv", n=300, seed=9)

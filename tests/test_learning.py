@@ -147,3 +147,95 @@ def test_history_keeps_the_newest_readings_in_order() -> None:
     snapshot = h.latest()
     h.append([7, 70])
     assert snapshot[-1].tolist() == [6, 60]  # a copy: the learner's data does not move under it
+    assert h.latest_flags().tolist() == [False] * 4
+
+
+def test_history_remembers_which_readings_were_flagged() -> None:
+    from edge_agent.engine import History
+
+    h = History(capacity=3, n_fields=1)
+    for i, flagged in enumerate([True, False, True, False]):
+        h.append([i], flagged)
+    assert h.latest().ravel().tolist() == [1, 2, 3]
+    assert h.latest_flags().tolist() == [False, True, False]
+    assert h.latest_flags(2).tolist() == [True, False]
+
+
+class _InlineLearner:
+    """Fits each request at once (after the scoring call returns) and keeps it for the test to inspect."""
+
+    def __init__(self) -> None:
+        self.requests: list = []
+        self.pending: list = []
+        self.engine: ScoringEngine | None = None
+
+    def __call__(self, request) -> None:  # type: ignore[no-untyped-def]
+        self.requests.append(request)
+        self.pending.append(request)
+
+    def feed(self, readings: list[Reading]) -> list[Verdict]:
+        from edge_agent.training import learn_model
+
+        assert self.engine is not None
+        out = []
+        for reading in readings:
+            out += self.engine.score([reading])
+            while self.pending:
+                r = self.pending.pop(0)
+                self.engine.install(r.sensor_id, learn_model(r.spec, r.values, f"learned:{r.sensor_id}", str(len(self.requests)), keep=r.keep))
+        return out  # type: ignore[return-value]
+
+
+def _inline(plan: LearningPlan) -> _InlineLearner:
+    learner = _InlineLearner()
+    learner.engine = ScoringEngine({}, learning=plan, learner=learner)
+    return learner
+
+
+def test_refits_double_what_a_young_model_knows_then_keep_their_pace() -> None:
+    learner = _inline(LearningPlan(rows=100, refit_every=500, refit_rows=400))
+    rng = np.random.default_rng(4)
+    learner.feed(_readings("s", list(rng.normal(0, 1, 1800))))
+    # after 100 readings; then after as many new ones as the last fit saw (100, 200); then every 500
+    assert [len(r.values) for r in learner.requests] == [100, 200, 400, 400, 400]
+    assert not learner.requests[0].refit and all(r.refit for r in learner.requests[1:])
+
+
+def test_a_refit_leaves_flagged_readings_out_but_learns_a_new_normal() -> None:
+    learner = _inline(LearningPlan(rows=200, refit_every=300, refit_rows=300, stale_share=0.5))
+    rng = np.random.default_rng(5)
+    learner.feed(_readings("s", list(rng.normal(0, 1, 200))))
+    # 100 normal readings with a few wild ones, then the refit: those few are left out
+    values = list(rng.normal(0, 1, 100))
+    values[10] = values[50] = 40.0
+    verdicts = learner.feed(_readings("s", values + list(rng.normal(0, 1, 100)), start=200))
+    first_refit = learner.requests[1]
+    assert first_refit.refit and first_refit.keep is not None
+    # the window is readings 100..399; the wild ones are 210 and 250, and their echo in
+    # the rolling features lasts a window (30 readings): nothing else was left out
+    flagged = np.flatnonzero(~first_refit.keep) + 100
+    assert {210, 250} <= set(flagged.tolist()) and flagged.min() >= 210 and flagged.max() < 250 + 30
+    assert verdicts[10].anomaly == 1 and verdicts[50].anomaly == 1
+    # the level moves for good: more than half of what follows is flagged, so the next
+    # refit learns from all of it, and the new level stops being an anomaly
+    shifted = learner.feed(_readings("s", list(25 + rng.normal(0, 1, 1200)), start=400))
+    stale = [r for r in learner.requests[2:] if r.keep is None]
+    assert stale, "no refit learned the new normal"
+    assert shifted[0].anomaly == 1
+    assert sum(v.anomaly for v in shifted[:100]) == 100  # until a refit, the new level is flagged
+    assert sum(v.anomaly for v in shifted[-300:]) <= 15  # then it is the normal
+
+
+def test_learning_leaves_unmarked_outliers_out_of_the_model() -> None:
+    from edge_agent.features import DEFAULT_TRANSFORMS, FeatureSpec
+    from edge_agent.training import learn_model
+
+    rng = np.random.default_rng(6)
+    values = rng.normal(0, 1, 1000)
+    values[[100, 400, 700]] = 12.0  # spikes nobody labelled, in the readings a sensor learns from
+    model = learn_model(FeatureSpec(("value",), DEFAULT_TRANSFORMS), values[:, None], "s", "1")
+    assert model.manifest["training"]["rows"] < 1000
+    assert model.range_guard.high[0] < 6  # the normal's range, not the spikes'
+    engine = ScoringEngine({"s": model}, default="s")
+    *_, spike = engine.score(_readings("x", list(rng.normal(0, 1, 50)) + [12.0]))
+    assert spike.anomaly == 1  # type: ignore[union-attr]
