@@ -76,6 +76,7 @@ def main() -> int:
         if args.per_file:
             print(f"{path.parent.name}/{path.name}: {counts}")
     progress.close()
+    refits = f"refit every {plan.refit_every} rows" if plan.refit_every else "no refits"
     healthy = Path(args.data) / "anomaly-free" / "anomaly-free.csv"
     healthy_line = ""
     if healthy.is_file():
@@ -89,7 +90,6 @@ def main() -> int:
     print("| detector | F1 | FAR % | MAR % |")
     print("|---|---|---|---|")
     print(f"| **edge-agent, scikit-learn model of the first {LEARN_ROWS} rows (this run)** | {fixed.row()} |")
-    refits = f"refit every {plan.refit_every} rows" if plan.refit_every else "no refits"
     print(f"| **edge-agent learning on the device, numpy fitter, {refits} (this run)** | {learned.row()} |")
     for name, pf1, pfar, pmar in PUBLISHED:
         print(f"| {name} (published, full 34 files) | {pf1:.2f} | {pfar:.2f} | {pmar:.2f} |")

@@ -37,8 +37,8 @@ class LearningPlan:
     """How sensors without an assigned model learn one of their own (see ``LearningConfig``)."""
 
     rows: int = 3600
-    refit_every: int = 0
-    refit_rows: int = 3600
+    refit_every: int = 3600
+    refit_rows: int = 7200
     stale_share: float = 0.5
 
 
@@ -298,9 +298,11 @@ class ScoringEngine:
         Due every ``refit_every`` readings, and sooner while the model knows fewer
         readings than that: once as many new ones have come, so a sensor scored after a
         short first look learns from 2x, 4x, ... as much until ``refit_rows``. The refit
-        leaves out the flagged readings, unless more than ``stale_share`` of those since
-        the last fit were flagged: then the sensor has moved to a new normal and the
-        model is stale, so it learns from all of them.
+        leaves out the flagged readings and those within a feature window of one (an
+        anomaly's edges are seldom flagged, and rolling features carry it on), unless
+        more than ``stale_share`` of the readings since the last fit were flagged: then
+        the sensor has moved to a new normal and the model is stale, so it learns from
+        all of them.
         """
         plan = self.learning
         if stream.history is None or plan is None or not plan.refit_every or self.learner is None:
@@ -317,7 +319,7 @@ class ScoringEngine:
         recent = stream.history.latest(plan.refit_rows)
         stream.window = len(recent)
         stale = stream.flagged_since_fit > plan.stale_share * stream.since_fit
-        keep = None if stale else ~stream.history.latest_flags(plan.refit_rows)
+        keep = None if stale else ~_near(stream.history.latest_flags(plan.refit_rows), stream.spec.history)
         self.learner(LearnRequest(reading.sensor_id, stream.spec, recent, refit=True, keep=keep))
 
     def _decide(self, reading: Reading, stream: SensorStream, values: list[float], raw: float, calibrated: float) -> Verdict:
@@ -374,6 +376,13 @@ class ScoringEngine:
             model_version=model.version,
             raw_score=raw,
         )
+
+
+def _near(flags: np.ndarray, reach: int) -> np.ndarray:
+    """Whether each reading is flagged or within ``reach`` readings of a flagged one."""
+    if reach <= 0 or not flags.any():
+        return flags
+    return np.convolve(flags.astype(np.float64), np.ones(2 * reach + 1), mode="same") > 0.5
 
 
 def _invalid(reading: Reading, reason: str, detail: str) -> InvalidReading:
