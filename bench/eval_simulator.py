@@ -1,6 +1,6 @@
 """Detection quality on labelled simulator streams, through the same engine as the live agent.
 
-Usage: python bench/eval_simulator.py [--sensors 8] [--hours 6] [--seed 101] [--config config.yaml] [--learn]
+Usage: python bench/eval_simulator.py [--sensors 8] [--hours 6] [--seed 101] [--config config.yaml] [--learn [--keep-outliers]]
 
 Prints, per anomaly kind, the share of injections detected (at least one alert
 inside the injected stretch or within --grace readings after it), the median delay
@@ -16,6 +16,7 @@ learning, and injections that start among them, are left out of the figures.
 from __future__ import annotations
 
 import argparse
+import math
 import statistics
 import sys
 from collections import defaultdict
@@ -24,6 +25,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from edge_agent import training  # noqa: E402
 from edge_agent.agent import build_engine, learning_plan, load_models  # noqa: E402
 from edge_agent.config import load_config  # noqa: E402
 from edge_agent.domain import Reading, Verdict  # noqa: E402
@@ -44,7 +46,11 @@ def main() -> int:
     ap.add_argument("--grace", type=int, default=10, help="readings after an injection in which an alert still counts")
     ap.add_argument("--config", default=str(REPO / "config.yaml"))
     ap.add_argument("--learn", action="store_true", help="no shipped models: every sensor learns its own (learning.* settings)")
+    ap.add_argument("--keep-outliers", action="store_true",
+                    help="with --learn: fit once on everything, without leaving the first forest's outliers out (for comparison)")
     args = ap.parse_args()
+    if args.keep_outliers:
+        training.OUTLIER_MADS = math.inf
 
     sim = Simulation(n_sensors=args.sensors, rate=1.0, seed=args.seed, start=1_767_225_600.0)
     readings = list(sim.iter_readings(duration=args.hours * 3600))
