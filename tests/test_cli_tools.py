@@ -88,6 +88,18 @@ def test_replay_without_a_model_learns_and_refits_like_the_live_agent(tmp_path: 
     assert "leaves nothing to score in 1500 rows" in capsys.readouterr().err
 
 
+def test_replay_of_a_file_shorter_than_the_learning_period_learns_from_its_first_15_percent(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    src = normal_csv(tmp_path / "n.csv", n=1000, seed=4)
+    out = tmp_path / "o.csv"
+    assert main(["replay", str(src), "--out", str(out), "-c", str(REPO / "config.yaml"), "-q"]) == 0
+    captured = capsys.readouterr()
+    assert "learning from the first 150 (15 %) instead of learning.rows 3600" in captured.err
+    phases = [r["phase"] for r in csv.DictReader(out.open())]
+    assert phases == ["learn"] * 150 + ["score"] * 850
+
+
 def test_replay_scores_exactly_like_the_live_engine(models_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "o.csv"
     src = normal_csv(tmp_path / "n.csv", n=300, seed=9)
