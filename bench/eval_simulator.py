@@ -98,6 +98,9 @@ def main() -> int:
             prev = fa
 
     hours = sum(len(rows) for rows in per_sensor.values()) / 3600
+    if not hours:
+        print(f"nothing scored: every reading of {args.hours} h was a learning one (learning.rows)", file=sys.stderr)
+        return 1
     how = "each sensor learning its own model (learning.* of" if args.learn else "shipped models (from"
     print(f"simulator: {args.sensors} sensors x {args.hours} h at 1 reading/s, seed {args.seed}; "
           f"{len(readings)} readings; {how} {args.config})\n")

@@ -80,7 +80,9 @@ def main() -> int:
     refits = f"refit every {plan.refit_every} rows" if plan.refit_every else "no refits"
     healthy = Path(args.data) / "anomaly-free" / "anomaly-free.csv"
     healthy_line = ""
-    if healthy.is_file():
+    if healthy.is_file() and len(read_table(healthy)) <= cfg.learning.rows:
+        healthy_line = f"\nanomaly-free recording: not longer than learning.rows {cfg.learning.rows}, nothing to score"
+    elif healthy.is_file():
         table = read_table(healthy)
         flagged, scored = flagged_share(table, learning_plan(cfg), decision)
         # each field alone: a univariate stream, like a single sensor's

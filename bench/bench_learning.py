@@ -1,0 +1,97 @@
+"""Benchmark: what learning on the device costs, in fit time, memory and time per reading.
+
+Run: ``python bench/bench_learning.py [--repeats 5]``.
+
+- Fit time of ``learn_model`` (numpy fitter, two forests: the second without the first's
+  outliers) on 600, 3,600 and 7,200 readings of a one-field and an eight-field sensor.
+- The bytes a learned sensor keeps to refit on (its History arrays, default refit_rows).
+- Time per reading of a learned sensor, refits on (the history is kept) and off, same run,
+  between its first fit and its first refit; and of a shipped model, for scale.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from edge_agent.domain import Reading  # noqa: E402
+from edge_agent.engine import Decision, History, LearningPlan, ScoringEngine  # noqa: E402
+from edge_agent.features import DEFAULT_TRANSFORMS, FeatureSpec  # noqa: E402
+from edge_agent.model import load_model  # noqa: E402
+from edge_agent.replay import learn_and_score  # noqa: E402
+from edge_agent.training import learn_model  # noqa: E402
+
+
+def fit_seconds(rows: int, fields: int, repeats: int) -> float:
+    spec = FeatureSpec(fields=tuple(f"f{i}" for i in range(fields)), transforms=DEFAULT_TRANSFORMS)
+    values = np.random.default_rng(0).normal(size=(rows, fields))
+    learn_model(spec, values[:200], "warm-up", "1")
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        learn_model(spec, values, "bench", "1")
+        times.append(time.perf_counter() - started)
+    return statistics.mean(times)
+
+
+def readings(values: np.ndarray) -> list[Reading]:
+    return [Reading("s", {"value": float(v)}, float(i), ts=float(i), ts_raw=i) for i, v in enumerate(values)]
+
+
+def learned_us_per_reading(plan: LearningPlan, values: np.ndarray) -> float:
+    """Mean time per reading after the first fit and before the first refit is due."""
+    first, last = plan.rows + 100, plan.rows + plan.refit_every - 100 if plan.refit_every else plan.rows + 3500
+    started = 0.0
+    for i, _ in enumerate(learn_and_score(readings(values), plan, Decision())):
+        if i == first:
+            started = time.perf_counter()
+        if i == last:
+            return (time.perf_counter() - started) / (last - first) * 1e6
+    raise ValueError("too few readings")
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--repeats", type=int, default=5)
+    args = ap.parse_args()
+
+    print("| readings learned from | fields | fit seconds (mean of %d) |" % args.repeats)
+    print("|---|---|---|")
+    for rows in (600, 3600, 7200):
+        for fields in (1, 8):
+            print(f"| {rows} | {fields} | {fit_seconds(rows, fields, args.repeats):.2f} |")
+
+    plan = LearningPlan()
+    for fields in (1, 8):
+        h = History(max(plan.rows, plan.refit_rows), fields)
+        print(f"\nrefit history of a {fields}-field learned sensor (refit_rows {plan.refit_rows}): "
+              f"{h._rows.nbytes + h._flags.nbytes} bytes", end="")
+    print("\n")
+
+    values = np.random.default_rng(1).normal(size=plan.rows + plan.refit_every + 100)
+    on = learned_us_per_reading(plan, values)
+    off = learned_us_per_reading(LearningPlan(plan.rows, 0, plan.refit_rows, plan.stale_share), values)
+    engine = ScoringEngine({"m": load_model(REPO / "models" / "vibration")}, default="m")
+    batch = readings(values[:5000])
+    started = time.perf_counter()
+    for r in batch:
+        engine.score([r])
+    shipped = (time.perf_counter() - started) / len(batch) * 1e6
+    print("| sensor | µs per reading, one at a time |")
+    print("|---|---|")
+    print(f"| learned, refits on (history kept) | {on:.1f} |")
+    print(f"| learned, refits off | {off:.1f} |")
+    print(f"| shipped vibration model | {shipped:.1f} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
