@@ -280,13 +280,13 @@ class Forest:
         )
 
     def save(self, path: str | os.PathLike[str]) -> None:
-        """Write the forest as an .npz (no pickle), atomically: readers never see half a file."""
+        """Write the forest as a compressed .npz (no pickle), atomically: readers never see half a file."""
         target = Path(path)
         # A fresh name opened with "x" (not mkstemp) so the file gets the usual umask permissions.
         tmp = target.with_name(f".{target.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp")
         try:
             with open(tmp, "xb") as handle:
-                np.savez(handle, **self.to_arrays())
+                np.savez_compressed(handle, **self.to_arrays())  # ~5x smaller: hourly refits wear an SD card less
                 handle.flush()
                 os.fsync(handle.fileno())
             os.replace(tmp, target)
