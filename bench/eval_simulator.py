@@ -26,16 +26,11 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from edge_agent import training  # noqa: E402
-from edge_agent.agent import build_engine, learning_plan, load_models  # noqa: E402
+from edge_agent.agent import build_engine, decision_of, learning_plan, load_models  # noqa: E402
 from edge_agent.config import load_config  # noqa: E402
 from edge_agent.domain import Reading, Verdict  # noqa: E402
-from edge_agent.engine import Decision  # noqa: E402
 from edge_agent.replay import learn_and_score  # noqa: E402
 from simulator.streams import Simulation  # noqa: E402
-
-
-def decision(cfg) -> Decision:  # type: ignore[no-untyped-def]
-    return Decision(cfg.decision.threshold, cfg.decision.k, cfg.decision.n)
 
 
 def main() -> int:
@@ -57,7 +52,7 @@ def main() -> int:
     as_readings = [Reading(r.sensor_id, {"value": r.value}, float(i), ts=r.ts, ts_raw=r.ts) for i, r in enumerate(readings)]
     if args.learn:
         cfg = load_config(args.config, [], {})
-        verdicts = [v for _, v in learn_and_score(as_readings, learning_plan(cfg), decision(cfg)) if isinstance(v, Verdict)]
+        verdicts = [v for _, v in learn_and_score(as_readings, learning_plan(cfg), decision_of(cfg)) if isinstance(v, Verdict)]
     else:
         cfg = load_config(args.config, ["learning.enabled=false"], {})  # every simulated sensor has its model
         engine = build_engine(cfg, load_models(cfg, Path(args.config).resolve().parent))

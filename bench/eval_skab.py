@@ -26,7 +26,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from edge_agent.agent import learning_plan  # noqa: E402
+from edge_agent.agent import decision_of, learning_plan  # noqa: E402
 from edge_agent.config import load_config  # noqa: E402
 from edge_agent.engine import Decision, LearningPlan  # noqa: E402
 from edge_agent.progress import Progress  # noqa: E402
@@ -58,7 +58,7 @@ def main() -> int:
     args = ap.parse_args()
 
     cfg = load_config(None, args.overrides, {})  # the built-in defaults (learning.* included) plus --set
-    decision = Decision(cfg.decision.threshold, cfg.decision.k, cfg.decision.n)
+    decision = decision_of(cfg)
     files = experiment_files(Path(args.data))
     if not files:
         print(f"no SKAB files under {args.data}", file=sys.stderr)

@@ -45,6 +45,12 @@ def load_models(cfg: AgentConfig, base: Path | None = None) -> dict[str, SensorM
     return models
 
 
+def decision_of(cfg: AgentConfig) -> Decision:
+    """How scores become anomalies (``decision.*``)."""
+    d = cfg.decision
+    return Decision(d.threshold, d.k, d.n, d.clear_threshold)
+
+
 def learning_plan(cfg: AgentConfig, rows: int | None = None) -> LearningPlan:
     """How sensors without a model learn (``rows`` overrides learning.rows, as replay --learn-rows does)."""
     c = cfg.learning
@@ -61,7 +67,7 @@ def build_engine(
         models,
         assign=list(cfg.models.assign.items()),
         default=cfg.models.default,
-        decision=Decision(cfg.decision.threshold, cfg.decision.k, cfg.decision.n),
+        decision=decision_of(cfg),
         max_sensors=cfg.pipeline.max_sensors,
         learning=learning_plan(cfg) if cfg.learning.enabled else None,
         learner=learner,

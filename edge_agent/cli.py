@@ -114,15 +114,14 @@ SHORT_FILE_LEARN_SHARE = 0.15
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
-    from edge_agent.agent import learning_plan
-    from edge_agent.engine import Decision
+    from edge_agent.agent import decision_of, learning_plan
     from edge_agent.model import ModelError, load_model
     from edge_agent.replay import replay, replay_learning, write_replay
     from edge_agent.table import TableError, read_table
     from edge_agent.training import TrainingError
 
     cfg = _load(args)
-    decision = Decision(cfg.decision.threshold, cfg.decision.k, cfg.decision.n)
+    decision = decision_of(cfg)
     columns = [c.strip() for c in args.columns.split(",")] if args.columns else None
     learns = args.model is None and (args.learn_rows is not None or cfg.learning.enabled)
     if args.learn_rows is not None and args.learn_rows < MIN_LEARN_ROWS:

@@ -81,6 +81,7 @@ class DecisionConfig:
     threshold: float = _f(0.5, "Calibrated score at or above which a reading counts as anomalous.", min=0.0, max=1.0)
     k: int = _f(1, "Alert when at least k of the last n readings of a sensor are over the threshold.", min=1, max=1000)
     n: int = _f(1, "Window for the k-of-n rule.", min=1, max=1000)
+    clear_threshold: float | None = _f(None, "Hysteresis: a sensor in alert stays anomalous while its score is at least this (at most threshold), so a score hovering at the threshold does not flap; null: none.", min=0.0, max=1.0)
 
 
 @dataclass
@@ -528,6 +529,9 @@ def _check_rules(cfg: AgentConfig, problems: list[Problem]) -> None:
 
     if clean("decision.k", "decision.n") and cfg.decision.k > cfg.decision.n:
         add("decision.k", cfg.decision.k, f"at most decision.n ({cfg.decision.n})")
+    clear = cfg.decision.clear_threshold
+    if clean("decision.clear_threshold", "decision.threshold") and clear is not None and clear > cfg.decision.threshold:
+        add("decision.clear_threshold", clear, f"at most decision.threshold ({cfg.decision.threshold})")
 
     ha = cfg.homeassistant
     if clean("homeassistant.discovery_prefix") and (validate_topic_name(ha.discovery_prefix) or "{" in ha.discovery_prefix):

@@ -25,11 +25,16 @@ RECENT_KEYS = 32
 
 @dataclass(frozen=True)
 class Decision:
-    """Turns calibrated scores into anomalies: over ``threshold`` in ``k`` of the last ``n``."""
+    """Turns calibrated scores into anomalies: over ``threshold`` in ``k`` of the last ``n``.
+
+    With ``clear`` (hysteresis), a sensor in alert stays anomalous while its score is at
+    least ``clear``, even when the k-of-n rule no longer holds.
+    """
 
     threshold: float = 0.5
     k: int = 1
     n: int = 1
+    clear: float | None = None
 
 
 @dataclass(frozen=True)
@@ -112,6 +117,7 @@ class SensorStream:
     flagged_since_fit: int = 0
     fitting: bool = False
     window: int = 0  # readings the latest fit was handed (0: none yet, the model came from disk)
+    alerting: bool = False
 
     @property
     def spec(self) -> FeatureSpec:
@@ -324,9 +330,14 @@ class ScoringEngine:
 
     def _decide(self, reading: Reading, stream: SensorStream, values: list[float], raw: float, calibrated: float) -> Verdict:
         assert stream.model is not None
-        flagged = calibrated >= self.decision.threshold
+        decision = self.decision
+        flagged = calibrated >= decision.threshold
         stream.recent_flags.append(flagged)
-        anomaly = int(sum(stream.recent_flags) >= self.decision.k)
+        alert = sum(stream.recent_flags) >= decision.k
+        if not alert and stream.alerting and decision.clear is not None:
+            alert = calibrated >= decision.clear
+        stream.alerting = alert
+        anomaly = int(alert)
         verdict = Verdict(
             sensor_id=reading.sensor_id,
             values=reading.values,

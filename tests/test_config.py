@@ -438,6 +438,7 @@ def test_invalid_source_topics(topic: str) -> None:
     [
         (("mqtt.reconnect_min_delay=10", "mqtt.reconnect_max_delay=5"), "mqtt.reconnect_min_delay", "at most mqtt.reconnect_max_delay"),
         (("decision.k=3", "decision.n=2"), "decision.k", "at most decision.n (2)"),
+        (("decision.clear_threshold=0.6",), "decision.clear_threshold", "at most decision.threshold (0.5)"),
         (("sources=[]",), "sources", "at least one source"),
         (("sources=[{topic: a/+}, {topic: a/+}]",), "sources[1].topic", "not already used by sources[0]"),
         (("sources.0.fields=[]",), "sources[0].fields", "at least one field"),

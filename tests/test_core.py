@@ -171,6 +171,26 @@ def test_k_of_n_flags_only_when_k_of_the_last_n_scores_cross_the_threshold(model
     assert 0 < sum(expected) < len(expected)
 
 
+def test_hysteresis_keeps_an_alert_while_the_score_stays_over_the_clear_threshold(models_dir: Path) -> None:
+    model = load_model(models_dir / "default")
+    rng = np.random.default_rng(0)
+    values = list(0.8 + rng.normal(0, 0.02, 40)) + [1.3] + list(1.0 + rng.normal(0, 0.02, 8)) + list(0.8 + rng.normal(0, 0.02, 40))
+    readings = [_reading("s", float(v), i) for i, v in enumerate(values)]
+    plain = ScoringEngine({"m": model}, default="m").score(readings)
+    scores = [v.score for v in plain]  # type: ignore[union-attr]
+
+    held = ScoringEngine({"m": model}, default="m", decision=Decision(0.5, 1, 1, clear=0.2))
+    verdicts = held.score(readings[:45]) + held.score(readings[45:])  # the alert state carries across calls
+    # an alert starts at the threshold and lasts until a score falls under 0.2
+    expected, alerting = [], False
+    for x in scores:
+        alerting = x >= 0.5 or (alerting and x >= 0.2)
+        expected.append(int(alerting))
+    assert [v.anomaly for v in verdicts] == expected  # type: ignore[union-attr]
+    assert sum(expected) > sum(int(x >= 0.5) for x in scores)  # it held the alert past the threshold
+    assert expected[:40] == [0] * 40 and expected[-1] == 0  # and it clears
+
+
 def test_predict_is_the_seed_contract_and_leaves_state_alone(engine: ScoringEngine) -> None:
     assert engine.predict({"value": 0.95}).anomaly == 0
     assert engine.predict({"value": 50.0}).anomaly == 1
