@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from conftest import REPO
 
@@ -55,3 +56,36 @@ def test_eval_simulator_scores_shipped_and_learned_models(tmp_path: Path) -> Non
 
     too_short = _run("bench/eval_simulator.py", "--sensors", "2", "--hours", "0.05", "--learn")
     assert too_short.returncode == 1 and "nothing scored" in too_short.stderr
+
+
+def test_nab_scoring_weighs_detections_as_the_benchmark_does() -> None:
+    sys.path.insert(0, str(REPO / "bench"))
+    import eval_nab
+
+    assert eval_nab.probation(100) == 15 and eval_nab.probation(10_000) == 750
+    detections = [0] * 200
+    for i in (5, 30, 50, 55, 70, 190):  # in probation, before any window, two in a window, two after it
+        detections[i] = 1
+    s = eval_nab.score_file(detections, [(40, 59), (120, 139)])
+    # the window's earliest detection, halfway in: 2 / (1 + e^-2.5) - 1, scaled so that its first row is worth 1
+    earliest = 2 / (1 + np.exp(-5)) - 1
+    assert s.window_hits[0] == pytest.approx((2 / (1 + np.exp(-2.5)) - 1) / earliest) and s.window_hits[1] is None
+    # 30 is before every window (-1); 70 lies 11 rows past the first window (20 rows, 19
+    # steps), 190 51 rows past the second: the weight falls towards -1 with the distance
+    past = [2 / (1 + np.exp(5 * d / 19)) - 1 for d in (11, 51)]
+    assert s.false_positives == pytest.approx([-1.0, *past], abs=1e-12)
+    assert -1 < past[1] < past[0] < 0
+    # a window that ends inside the probationary period (the first 30 of 200 rows) is not scored
+    assert len(eval_nab.score_file([0] * 200, [(0, 20), (100, 110)]).window_hits) == 1
+    tp, fn, fp = eval_nab.PROFILES["standard"]
+    assert s.raw(tp, fn, fp) == pytest.approx(s.window_hits[0] - 1.0 + 0.11 * sum(s.false_positives))
+
+
+def test_eval_nab_scores_a_simulated_corpus_in_nab_layout() -> None:
+    done = _run("bench/eval_nab.py", "--simulate", "2", "-q", "--per-file")
+    assert done.returncode == 0, done.stderr
+    assert "2 files from 2 simulator streams" in done.stdout
+    for profile in ("standard", "reward_low_FP_rate", "reward_low_FN_rate"):
+        assert f"| {profile} |" in done.stdout
+    refused = _run("bench/eval_nab.py", "--data", "x")
+    assert refused.returncode == 2 and "give --data and --labels" in refused.stderr

@@ -1,0 +1,219 @@
+"""NAB-style scoring of univariate streams, through the agent's learning path.
+
+Usage:
+  python bench/eval_nab.py --data NAB/data --labels NAB/labels/combined_windows.json
+  python bench/eval_nab.py --simulate 12        # a corpus of simulator streams in NAB's layout
+
+Every CSV (``timestamp,value``) is one sensor the agent has no model for: it learns
+from the file's probationary period (15 % of its rows, at most 750, as NAB has it),
+then is scored and refitted as the ``learning.*`` settings say (``--set`` overrides
+them, as for edge-agent). Its verdicts' ``anomaly`` flags are the detections.
+
+Scoring follows the Numenta Anomaly Benchmark: within each labelled window only the
+earliest detection counts, weighted by a scaled sigmoid of its position (earlier is
+worth more); a detection outside every window costs the profile's false-positive
+weight, scaled by how far past the last window it lies; a window without a detection
+costs the false-negative weight; detections in the probationary period are ignored.
+The score is normalised per profile over the whole corpus: 0 is a detector that never
+fires, 100 one that flags the first row of every window.
+
+``--simulate N`` writes N streams of the bundled simulator (one reading every 5
+minutes for 14 days, 4,032 rows like many NAB files, about two injected anomalies
+each) and NAB windows around each injection (10 % of the file's rows shared among
+its anomalies, centred on the start). These are this project's own data, not NAB's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import sys
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from edge_agent.agent import decision_of, learning_plan  # noqa: E402
+from edge_agent.config import load_config  # noqa: E402
+from edge_agent.progress import Progress  # noqa: E402
+from edge_agent.replay import replay_learning  # noqa: E402
+from edge_agent.table import read_table  # noqa: E402
+from simulator.streams import Simulation  # noqa: E402
+
+# NAB's application profiles (config/profiles.json): weights of a true positive, a
+# false negative and a false positive.
+PROFILES = {
+    "standard": (1.0, 1.0, 0.11),
+    "reward_low_FP_rate": (1.0, 1.0, 0.22),
+    "reward_low_FN_rate": (1.0, 2.0, 0.11),
+}
+PROBATION_SHARE, PROBATION_MAX = 0.15, 750
+WINDOW_SHARE = 0.10
+NAB_TIME = "%Y-%m-%d %H:%M:%S"
+
+
+def probation(rows: int) -> int:
+    return min(math.floor(PROBATION_SHARE * rows), PROBATION_MAX)
+
+
+def scaled_sigmoid(position: float) -> float:
+    """NAB's weight of a detection: near 1 early in a window (-1), 0 at its end, towards -1 past it."""
+    if position >= 3.0:
+        return -1.0
+    return 2.0 / (1.0 + math.exp(5.0 * position)) - 1.0
+
+
+EARLIEST = scaled_sigmoid(-1.0)  # a detection on a window's first row; NAB scales true positives by it
+
+
+@dataclass
+class FileScore:
+    """One file's detections against its windows, ready to weigh with any profile."""
+
+    window_hits: list[float | None]  # per window: the weight of its earliest detection, 1 on its first row
+    false_positives: list[float]  # per detection outside every window: its (negative) sigmoid weight
+
+    def raw(self, tp: float, fn: float, fp: float) -> float:
+        hits = sum(tp * w for w in self.window_hits if w is not None)
+        misses = sum(1 for w in self.window_hits if w is None)
+        return hits - fn * misses + fp * sum(self.false_positives)
+
+
+def score_file(detections: Sequence[int], windows: Sequence[tuple[int, int]]) -> FileScore:
+    """Detections (one 0/1 per row) against windows (inclusive row ranges).
+
+    Rows of the probationary period count for nothing: neither their detections nor
+    a window that lies wholly inside it.
+    """
+    start = probation(len(detections))
+    windows = [w for w in windows if w[1] >= start]
+    hits: list[float | None] = [None] * len(windows)
+    false_positives: list[float] = []
+    for i, flagged in enumerate(detections):
+        if not flagged or i < start:
+            continue
+        inside = next((k for k, (a, b) in enumerate(windows) if a <= i <= b), None)
+        if inside is not None:
+            a, b = windows[inside]
+            weight = scaled_sigmoid(-(b - i + 1) / (b - a + 1)) / EARLIEST
+            if hits[inside] is None:
+                hits[inside] = weight  # the earliest detection of the window
+            continue
+        before = [w for w in windows if w[1] < i]
+        if before:
+            a, b = before[-1]
+            false_positives.append(scaled_sigmoid((i - b) / max(1, b - a)))
+        else:
+            false_positives.append(-1.0)
+    return FileScore(hits, false_positives)
+
+
+def window_rows(timestamps: Sequence[float | None], spans: Sequence[tuple[float, float]]) -> list[tuple[int, int]]:
+    """Labelled windows (start and end timestamps) as inclusive row ranges."""
+    out = []
+    for lo, hi in spans:
+        rows = [i for i, t in enumerate(timestamps) if t is not None and lo <= t <= hi]
+        if rows:
+            out.append((rows[0], rows[-1]))
+    return out
+
+
+def simulate(folder: Path, streams: int, seed: int) -> Path:
+    """A corpus in NAB's layout: data/sim/<sensor>.csv and labels/combined_windows.json."""
+    rows = 14 * 288  # two weeks at one reading every 5 minutes
+    sim = Simulation(n_sensors=streams, rate=1 / 300, seed=seed, start=1_735_689_600.0,
+                     anomaly_rate=1 / 2000, warmup=probation(rows) + 50, anomaly_gap=200)
+    per_sensor: dict[str, list] = {}
+    for r in sim.iter_readings(count=rows * streams):
+        per_sensor.setdefault(r.sensor_id, []).append(r)
+    labels: dict[str, list[list[str]]] = {}
+    (folder / "data" / "sim").mkdir(parents=True)
+    for sensor, readings in per_sensor.items():
+        name = f"sim/{sensor}.csv"
+        with open(folder / "data" / name, "w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(["timestamp", "value"])
+            for r in readings:
+                writer.writerow([_nab_time(r.ts), r.value])
+        starts = [i for i, r in enumerate(readings) if r.anomaly_id and (i == 0 or readings[i - 1].anomaly_id != r.anomaly_id)]
+        width = math.floor(WINDOW_SHARE * len(readings) / max(1, len(starts)))
+        labels[name] = [
+            [_nab_time(readings[max(0, s - width // 2)].ts), _nab_time(readings[min(len(readings) - 1, s + width // 2)].ts)]
+            for s in starts
+        ]
+    (folder / "labels").mkdir()
+    (folder / "labels" / "combined_windows.json").write_text(json.dumps(labels, indent=1))
+    return folder
+
+
+def _nab_time(ts: float) -> str:
+    return datetime.fromtimestamp(ts, timezone.utc).strftime(NAB_TIME)
+
+
+def _parse_nab_time(text: str) -> float:
+    return datetime.strptime(text.split(".")[0], NAB_TIME).replace(tzinfo=timezone.utc).timestamp()
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", help="NAB's data folder (sub-folders of timestamp,value CSVs)")
+    ap.add_argument("--labels", help="NAB's labels/combined_windows.json")
+    ap.add_argument("--simulate", type=int, metavar="N", help="score N simulator streams written in NAB's layout instead")
+    ap.add_argument("--seed", type=int, default=11, help="simulator seed for --simulate (default 11)")
+    ap.add_argument("--set", dest="overrides", action="append", default=[], help="learning.* or decision.* overrides")
+    ap.add_argument("--per-file", action="store_true", help="also print each file's standard score")
+    ap.add_argument("--quiet", "-q", action="store_true", help="no progress line")
+    args = ap.parse_args()
+    if (args.simulate is None) == (args.data is None or args.labels is None):
+        ap.error("give --data and --labels, or --simulate N")
+
+    with tempfile.TemporaryDirectory() as tmp:
+        if args.simulate is not None:
+            corpus = simulate(Path(tmp), args.simulate, args.seed)
+            data, labels_path = corpus / "data", corpus / "labels" / "combined_windows.json"
+        else:
+            data, labels_path = Path(args.data), Path(args.labels)
+        labels = json.loads(labels_path.read_text())
+        cfg = load_config(None, args.overrides, {})
+        decision = decision_of(cfg)
+        scores: dict[str, FileScore] = {}
+        progress = Progress(len(labels), "NAB files", quiet=args.quiet)
+        for done, name in enumerate(sorted(labels)):
+            progress.update(done)
+            table = read_table(data / name, ["value"])
+            spans = [(_parse_nab_time(a), _parse_nab_time(b)) for a, b in labels[name]]
+            windows = window_rows(table.timestamps, spans)
+            plan = learning_plan(cfg, rows=max(50, probation(len(table))))
+            detections = [r.verdict.anomaly for r in replay_learning(table, plan, decision)]
+            scores[name] = score_file(detections, windows)
+            if args.per_file:
+                s = scores[name]
+                print(f"{name}: windows {len(windows)}, detected {sum(w is not None for w in s.window_hits)}, "
+                      f"false positives {len(s.false_positives)}")
+        progress.close()
+
+    windows_total = sum(len(s.window_hits) for s in scores.values())
+    detected = sum(w is not None for s in scores.values() for w in s.window_hits)
+    fps = sum(len(s.false_positives) for s in scores.values())
+    source = f"{args.simulate} simulator streams (seed {args.seed})" if args.simulate is not None else str(data)
+    print(f"NAB-style: {len(scores)} files from {source}; {windows_total} windows, {detected} detected, "
+          f"{fps} detections outside windows; decision {decision}, learning.refit_every {cfg.learning.refit_every}\n")
+    print("| profile | score (0 = never fires, 100 = perfect) |")
+    print("|---|---|")
+    for profile, (tp, fn, fp) in PROFILES.items():
+        raw = sum(s.raw(tp, fn, fp) for s in scores.values())
+        null = -fn * windows_total
+        perfect = tp * windows_total
+        normalised = 100 * (raw - null) / (perfect - null) if perfect != null else 0.0
+        print(f"| {profile} | {normalised:.1f} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
