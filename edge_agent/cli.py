@@ -113,6 +113,19 @@ MIN_LEARN_ROWS = 50
 SHORT_FILE_LEARN_SHARE = 0.15
 
 
+def _replay_learn_rows(learn_rows: int | None, configured: int, table_rows: int) -> int:
+    """--learn-rows if given; else learning.rows, unless the file is too short for it."""
+    if learn_rows is not None:
+        return learn_rows
+    if configured <= table_rows * SHORT_FILE_LEARN_SHARE:
+        return configured
+    # A backtest of a short file: learn from its first 15 %, as NAB's probation does.
+    rows = max(MIN_LEARN_ROWS, int(table_rows * SHORT_FILE_LEARN_SHARE))
+    print(f"edge-agent replay: {table_rows} rows: learning from the first {rows} (15 %) instead of "
+          f"learning.rows {configured}; --learn-rows sets it", file=sys.stderr)
+    return rows
+
+
 def cmd_replay(args: argparse.Namespace) -> int:
     from edge_agent.agent import decision_of, learning_plan
     from edge_agent.model import ModelError, load_model
@@ -131,13 +144,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
         if learns:
             # Like the live agent with a sensor no model is assigned to: learn, score, refit.
             table = read_table(args.input, columns)
-            rows = args.learn_rows
-            if rows is None and cfg.learning.rows > len(table) * SHORT_FILE_LEARN_SHARE:
-                # A backtest of a short file: learn from its first 15 %, as NAB's probation does.
-                rows = max(MIN_LEARN_ROWS, int(len(table) * SHORT_FILE_LEARN_SHARE))
-                print(f"edge-agent replay: {len(table)} rows: learning from the first {rows} (15 %) instead of "
-                      f"learning.rows {cfg.learning.rows}; --learn-rows sets it", file=sys.stderr)
-            plan = learning_plan(cfg, rows=rows)
+            plan = learning_plan(cfg, rows=_replay_learn_rows(args.learn_rows, cfg.learning.rows, len(table)))
             if plan.rows >= len(table):
                 flag = "--learn-rows" if args.learn_rows is not None else "learning.rows"
                 print(f"edge-agent replay: {flag} {plan.rows} leaves nothing to score in {len(table)} rows "
