@@ -7,7 +7,9 @@ Usage:
 Every CSV (``timestamp,value``) is one sensor the agent has no model for: it learns
 from the file's probationary period (15 % of its rows, at most 750, as NAB has it),
 then is scored and refitted as the ``learning.*`` settings say (``--set`` overrides
-them, as for edge-agent). Its verdicts' ``anomaly`` flags are the detections.
+them, as for edge-agent). Two sets of detections are scored from the same run: the
+verdicts' ``anomaly`` flags (every anomalous reading) and their ``onset`` marks (the
+first reading of each anomalous episode).
 
 Scoring follows the Numenta Anomaly Benchmark: within each labelled window only the
 earliest detection counts, weighted by a scaled sigmoid of its position (earlier is
@@ -182,7 +184,7 @@ def main() -> int:
         labels = json.loads(labels_path.read_text())
         cfg = load_config(None, args.overrides, {})
         decision = decision_of(cfg)
-        scores: dict[str, FileScore] = {}
+        scores: dict[str, dict[str, FileScore]] = {"anomaly": {}, "onset": {}}
         progress = Progress(len(labels), "NAB files", quiet=args.quiet)
         for done, name in enumerate(sorted(labels)):
             progress.update(done)
@@ -190,29 +192,37 @@ def main() -> int:
             spans = [(_parse_nab_time(a), _parse_nab_time(b)) for a, b in labels[name]]
             windows = window_rows(table.timestamps, spans)
             plan = learning_plan(cfg, rows=max(50, probation(len(table))))
-            detections = [r.verdict.anomaly for r in replay_learning(table, plan, decision)]
-            scores[name] = score_file(detections, windows)
+            verdicts = [r.verdict for r in replay_learning(table, plan, decision)]
+            scores["anomaly"][name] = score_file([v.anomaly for v in verdicts], windows)
+            scores["onset"][name] = score_file([int(v.onset) for v in verdicts], windows)
             if args.per_file:
-                s = scores[name]
+                s = scores["anomaly"][name]
                 print(f"{name}: windows {len(windows)}, detected {sum(w is not None for w in s.window_hits)}, "
-                      f"false positives {len(s.false_positives)}")
+                      f"flags outside windows {len(s.false_positives)}, onsets outside {len(scores['onset'][name].false_positives)}")
         progress.close()
 
-    windows_total = sum(len(s.window_hits) for s in scores.values())
-    detected = sum(w is not None for s in scores.values() for w in s.window_hits)
-    fps = sum(len(s.false_positives) for s in scores.values())
     source = f"{args.simulate} simulator streams (seed {args.seed})" if args.simulate is not None else str(data)
-    print(f"NAB-style: {len(scores)} files from {source}; {windows_total} windows, {detected} detected, "
-          f"{fps} detections outside windows; decision {decision}, learning.refit_every {cfg.learning.refit_every}\n")
-    print("| profile | score (0 = never fires, 100 = perfect) |")
-    print("|---|---|")
-    for profile, (tp, fn, fp) in PROFILES.items():
-        raw = sum(s.raw(tp, fn, fp) for s in scores.values())
-        null = -fn * windows_total
-        perfect = tp * windows_total
-        normalised = 100 * (raw - null) / (perfect - null) if perfect != null else 0.0
-        print(f"| {profile} | {normalised:.1f} |")
+    print(f"NAB-style: {len(labels)} files from {source}; decision {decision}, "
+          f"learning.refit_every {cfg.learning.refit_every}\n")
+    print("| detections | windows | detected | outside windows | " + " | ".join(PROFILES) + " |")
+    print("|---|---|---|---|" + "---|" * len(PROFILES))
+    for kind, label in (("anomaly", "every anomalous reading"), ("onset", "episode onsets")):
+        files = scores[kind].values()
+        windows_total = sum(len(s.window_hits) for s in files)
+        detected = sum(w is not None for s in files for w in s.window_hits)
+        outside = sum(len(s.false_positives) for s in files)
+        cells = [f"{normalised(files, *weights):.1f}" for weights in PROFILES.values()]
+        print(f"| {label} | {windows_total} | {detected} | {outside} | " + " | ".join(cells) + " |")
+    print("\nscores: 0 = a detector that never fires, 100 = one that flags the first row of every window")
     return 0
+
+
+def normalised(files: Sequence[FileScore], tp: float, fn: float, fp: float) -> float:
+    """NAB's normalised score over a corpus: 0 for no detections, 100 for perfect ones."""
+    windows_total = sum(len(s.window_hits) for s in files)
+    raw = sum(s.raw(tp, fn, fp) for s in files)
+    null, perfect = -fn * windows_total, tp * windows_total
+    return 100 * (raw - null) / (perfect - null) if perfect != null else 0.0
 
 
 if __name__ == "__main__":

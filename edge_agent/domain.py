@@ -60,6 +60,7 @@ class Verdict:
     learning: bool = False
     raw_score: float | None = None
     duplicate: bool = False
+    onset: bool = False  # the first anomalous reading of an episode (the sensor was not anomalous before)
 
     def to_payload(self) -> dict[str, Any]:
         """The JSON object published on the verdicts and alerts topics."""
@@ -79,4 +80,6 @@ class Verdict:
             payload["learning"] = True
         if self.duplicate:
             payload["duplicate"] = True
+        if self.onset:
+            payload["onset"] = True
         return payload

@@ -58,8 +58,8 @@ class LearnRequest:
     keep: np.ndarray | None = None  # the rows to learn from (None: all); features still see every row
 
 
-# What a duplicate's verdict repeats of the original: score, anomaly, raw score, model, version, learning.
-_Remembered = tuple[float, int, "float | None", str, str, bool]
+# What a duplicate's verdict repeats of the original: score, anomaly, raw score, model, version, learning, onset.
+_Remembered = tuple[float, int, "float | None", str, str, bool, bool]
 
 
 class History:
@@ -336,6 +336,7 @@ class ScoringEngine:
         alert = sum(stream.recent_flags) >= decision.k
         if not alert and stream.alerting and decision.clear is not None:
             alert = calibrated >= decision.clear
+        onset = alert and not stream.alerting
         stream.alerting = alert
         anomaly = int(alert)
         verdict = Verdict(
@@ -347,6 +348,7 @@ class ScoringEngine:
             model=stream.model.name,
             model_version=stream.model.version,
             raw_score=raw,
+            onset=onset,
         )
         self._refit_if_due(reading, stream, values, flagged)
         self._remember(reading, stream, values, verdict)
@@ -354,7 +356,9 @@ class ScoringEngine:
 
     def _remember(self, reading: Reading, stream: SensorStream, values: list[float], verdict: Verdict) -> None:
         key = _dedup_key(reading, values, always=True)
-        stream.recent[key] = (verdict.score, verdict.anomaly, verdict.raw_score, verdict.model, verdict.model_version, verdict.learning)
+        stream.recent[key] = (
+            verdict.score, verdict.anomaly, verdict.raw_score, verdict.model, verdict.model_version, verdict.learning, verdict.onset
+        )
         if len(stream.recent) > RECENT_KEYS:
             stream.recent.popitem(last=False)
 
@@ -426,7 +430,7 @@ def _dedup_key(reading: Reading, values: list[float], always: bool = False) -> i
 
 
 def _as_duplicate(original: _Remembered, reading: Reading) -> Verdict:
-    score, anomaly, raw, model, version, learning = original
+    score, anomaly, raw, model, version, learning, onset = original
     return Verdict(
         sensor_id=reading.sensor_id,
         values=reading.values,
@@ -438,4 +442,5 @@ def _as_duplicate(original: _Remembered, reading: Reading) -> Verdict:
         learning=learning,
         raw_score=raw,
         duplicate=True,
+        onset=onset,
     )

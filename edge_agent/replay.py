@@ -109,10 +109,10 @@ def replay_learning(
 
 
 def write_replay(path: str | Path, table: SensorTable, rows: Sequence[ReplayRow]) -> None:
-    """The input columns, then score, raw_score and anomaly (0 for learning rows)."""
+    """The input columns, then score, raw_score, anomaly (0 for learning rows), phase and onset."""
     with open(path, "w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f)
-        writer.writerow([*table.header, "score", "raw_score", "anomaly", "phase"])
+        writer.writerow([*table.header, "score", "raw_score", "anomaly", "phase", "onset"])
         for source, row in zip(table.rows, rows):
             v = row.verdict
             writer.writerow([
@@ -121,4 +121,5 @@ def write_replay(path: str | Path, table: SensorTable, rows: Sequence[ReplayRow]
                 f"{v.raw_score:.6f}" if v.raw_score is not None else "",
                 0 if row.learning else v.anomaly,
                 "learn" if row.learning else "score",
+                int(v.onset),
             ])

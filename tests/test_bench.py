@@ -85,7 +85,11 @@ def test_eval_nab_scores_a_simulated_corpus_in_nab_layout() -> None:
     done = _run("bench/eval_nab.py", "--simulate", "2", "-q", "--per-file")
     assert done.returncode == 0, done.stderr
     assert "2 files from 2 simulator streams" in done.stdout
-    for profile in ("standard", "reward_low_FP_rate", "reward_low_FN_rate"):
-        assert f"| {profile} |" in done.stdout
+    assert "| standard | reward_low_FP_rate | reward_low_FN_rate |" in done.stdout
+    rows = {line.split("|")[1].strip(): line.split("|")[2:-1] for line in done.stdout.splitlines() if line.startswith("| e")}
+    assert set(rows) == {"every anomalous reading", "episode onsets"}
+    # the same windows; onsets are a subset of the flags, so never more outside the windows
+    assert rows["episode onsets"][0] == rows["every anomalous reading"][0]
+    assert int(rows["episode onsets"][2]) <= int(rows["every anomalous reading"][2])
     refused = _run("bench/eval_nab.py", "--data", "x")
     assert refused.returncode == 2 and "give --data and --labels" in refused.stderr

@@ -191,6 +191,21 @@ def test_hysteresis_keeps_an_alert_while_the_score_stays_over_the_clear_threshol
     assert expected[:40] == [0] * 40 and expected[-1] == 0  # and it clears
 
 
+def test_onset_marks_the_first_anomalous_reading_of_each_episode(models_dir: Path) -> None:
+    engine = ScoringEngine({"m": load_model(models_dir / "default")}, default="m")
+    rng = np.random.default_rng(3)
+    values = list(0.8 + rng.normal(0, 0.02, 40)) + [3.0, 3.1, 3.0] + list(0.8 + rng.normal(0, 0.02, 60)) + [4.0]
+    readings = [Reading("s", {"value": float(v)}, float(i), ts=float(i), ts_raw=i) for i, v in enumerate(values)]
+    verdicts = engine.score(readings[:41]) + engine.score(readings[41:])  # an episode spanning two calls
+    anomalies = [v.anomaly for v in verdicts]  # type: ignore[union-attr]
+    onsets = [int(v.onset) for v in verdicts]  # type: ignore[union-attr]
+    assert onsets == [int(a and not (i and anomalies[i - 1])) for i, a in enumerate(anomalies)]
+    assert onsets[40] == 1 and onsets[41] == onsets[42] == 0 and onsets[-1] == 1
+    assert verdicts[40].to_payload()["onset"] is True and "onset" not in verdicts[41].to_payload()  # type: ignore[union-attr]
+    [again] = engine.score([Reading("s", {"value": 4.0}, 500.0, ts=103.0, ts_raw=103, redelivered=True)])
+    assert again.duplicate and again.onset  # type: ignore[union-attr]  # a redelivery repeats the original verdict
+
+
 def test_predict_is_the_seed_contract_and_leaves_state_alone(engine: ScoringEngine) -> None:
     assert engine.predict({"value": 0.95}).anomaly == 0
     assert engine.predict({"value": 50.0}).anomaly == 1
