@@ -19,6 +19,7 @@ BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 class _SensorChildren:
     readings: Counter
     anomalies: Counter
+    episodes: Counter
     state: Gauge
     score: Gauge
     learning: Gauge
@@ -31,6 +32,7 @@ class AgentMetrics:
         self.registry = registry
         self.readings = Counter("edge_agent_readings", "Readings scored, per sensor.", ["sensor"], registry=registry)
         self.anomalies = Counter("edge_agent_anomalies", "Readings flagged as anomalous, per sensor.", ["sensor"], registry=registry)
+        self.episodes = Counter("edge_agent_anomaly_episodes", "Anomalous episodes begun (verdicts marked onset), per sensor.", ["sensor"], registry=registry)
         self.anomaly_state = Gauge("anomaly_score", "Latest verdict per sensor: 1 anomalous, 0 normal.", ["sensor"], registry=registry)
         self.score = Gauge("edge_agent_score", "Latest calibrated anomaly score per sensor (0..1, higher is stranger).", ["sensor"], registry=registry)
         self.learning = Gauge("edge_agent_learning", "1 while a sensor learns its own model (its verdicts are never anomalous).", ["sensor"], registry=registry)
@@ -59,6 +61,7 @@ class AgentMetrics:
                 children = self._per_sensor[v.sensor_id] = _SensorChildren(
                     self.readings.labels(v.sensor_id),
                     self.anomalies.labels(v.sensor_id),
+                    self.episodes.labels(v.sensor_id),
                     self.anomaly_state.labels(v.sensor_id),
                     self.score.labels(v.sensor_id),
                     self.learning.labels(v.sensor_id),
@@ -66,6 +69,8 @@ class AgentMetrics:
             children.readings.inc()
             if v.anomaly:
                 children.anomalies.inc()
+            if v.onset:
+                children.episodes.inc()
             children.state.set(v.anomaly)
             children.score.set(v.score)
             children.learning.set(1 if v.learning else 0)

@@ -62,13 +62,14 @@ def test_anomalies_raise_alerts_and_count_in_metrics(start_agent, collect, senso
     alerts = out.wait_count(f"edge/{aid}/alerts/", 1)
     assert alerts[0].topic == f"edge/{aid}/alerts/pump"
     alert = json.loads(alerts[0].payload)
-    assert alert["value"] == 7.5 and alert["anomaly"] == 1 and alert["score"] >= 0.5
+    assert alert["value"] == 7.5 and alert["anomaly"] == 1 and alert["score"] >= 0.5 and alert["onset"] is True
     out.wait_count(f"edge/{aid}/verdicts/", 41)
     status, body = _http(agent, "/metrics")
     text = body.decode()
     assert status == 200
     assert 'edge_agent_readings_total{sensor="pump"} 41.0' in text
     assert 'edge_agent_anomalies_total{sensor="pump"} 1.0' in text
+    assert 'edge_agent_anomaly_episodes_total{sensor="pump"} 1.0' in text
     assert 'anomaly_score{sensor="pump"} 1.0' in text
     assert "edge_agent_broker_connected 1.0" in text
     assert 'edge_agent_model_info{model="default"' in text
