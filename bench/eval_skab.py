@@ -80,10 +80,10 @@ def main() -> int:
     refits = f"refit every {plan.refit_every} rows" if plan.refit_every else "no refits"
     healthy = Path(args.data) / "anomaly-free" / "anomaly-free.csv"
     healthy_line = ""
-    if healthy.is_file() and len(read_table(healthy)) <= cfg.learning.rows:
+    table = read_table(healthy) if healthy.is_file() else None
+    if table is not None and len(table) <= cfg.learning.rows:
         healthy_line = f"\nanomaly-free recording: not longer than learning.rows {cfg.learning.rows}, nothing to score"
-    elif healthy.is_file():
-        table = read_table(healthy)
+    elif table is not None:
         flagged, scored = flagged_share(table, learning_plan(cfg), decision)
         # each field alone: a univariate stream, like a single sensor's
         alone = [flagged_share(read_table(healthy, [f]), learning_plan(cfg), decision) for f in table.fields]

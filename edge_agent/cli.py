@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
 import shlex
@@ -10,7 +11,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from edge_agent.config import AgentConfig, ConfigError, load_config
+from edge_agent.config import AgentConfig, ConfigError, LearningConfig, load_config
 from edge_agent.progress import Progress
 
 EXIT_USAGE = 2
@@ -107,7 +108,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-MIN_LEARN_ROWS = 50
+def _min_learn_rows() -> int:
+    """learning.rows' lower bound, which --learn-rows shares."""
+    return int(next(f.metadata["min"] for f in dataclasses.fields(LearningConfig) if f.name == "rows"))
+
+
 # Without --learn-rows, a file too short for learning.rows to be under this share of it
 # learns from this share of it instead (the "probationary period" of the NAB benchmark).
 SHORT_FILE_LEARN_SHARE = 0.15
@@ -120,7 +125,7 @@ def _replay_learn_rows(learn_rows: int | None, configured: int, table_rows: int)
     if configured <= table_rows * SHORT_FILE_LEARN_SHARE:
         return configured
     # A backtest of a short file: learn from its first 15 %, as NAB's probation does.
-    rows = max(MIN_LEARN_ROWS, int(table_rows * SHORT_FILE_LEARN_SHARE))
+    rows = max(_min_learn_rows(), int(table_rows * SHORT_FILE_LEARN_SHARE))
     print(f"edge-agent replay: {table_rows} rows: learning from the first {rows} (15 %) instead of "
           f"learning.rows {configured}; --learn-rows sets it", file=sys.stderr)
     return rows
@@ -137,8 +142,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
     decision = decision_of(cfg)
     columns = [c.strip() for c in args.columns.split(",")] if args.columns else None
     learns = args.model is None and (args.learn_rows is not None or cfg.learning.enabled)
-    if args.learn_rows is not None and args.learn_rows < MIN_LEARN_ROWS:
-        print(f"edge-agent replay: --learn-rows {args.learn_rows} is too few; at least {MIN_LEARN_ROWS} (as for learning.rows)", file=sys.stderr)
+    if args.learn_rows is not None and args.learn_rows < _min_learn_rows():
+        print(f"edge-agent replay: --learn-rows {args.learn_rows} is too few; at least {_min_learn_rows()} (as for learning.rows)", file=sys.stderr)
         return EXIT_USAGE
     try:
         if learns:

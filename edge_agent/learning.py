@@ -45,6 +45,11 @@ def load_learned(state_dir: Path) -> dict[str, SensorModel]:
     return out
 
 
+def fit_request(request: LearnRequest, version: str) -> SensorModel:
+    """The model a learn request asks for (not saved): the live learner, replay and tests share it."""
+    return learn_model(request.spec, request.values, name=f"learned:{request.sensor_id}", version=version, keep=request.keep)
+
+
 class Learner:
     """One background thread that fits, saves and installs learned models, in order."""
 
@@ -98,7 +103,7 @@ class Learner:
     def fit(self, request: LearnRequest) -> SensorModel:
         """Fit and save; the new files replace the old ones only once complete."""
         version = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-        model = learn_model(request.spec, request.values, name=f"learned:{request.sensor_id}", version=version, keep=request.keep)
+        model = fit_request(request, version)
         final = model_dir(self.state_dir, request.sensor_id)
         staging = final.with_name(final.name + ".new")
         shutil.rmtree(staging, ignore_errors=True)

@@ -11,7 +11,8 @@ from edge_agent.domain import InvalidReading, Reading, Verdict
 from edge_agent.engine import Decision, LearningPlan, LearnRequest, ScoringEngine
 from edge_agent.model import SensorModel
 from edge_agent.table import SensorTable
-from edge_agent.training import TrainingError, learn_model
+from edge_agent.learning import fit_request
+from edge_agent.training import TrainingError
 
 # Rows handed to the engine at once: the size of a busy live batch. Scores do not
 # depend on it (features are computed reading by reading).
@@ -84,8 +85,7 @@ def learn_and_score(
         while requests:
             request = requests.pop(0)
             try:
-                model = learn_model(request.spec, request.values, name=f"learned:{request.sensor_id}",
-                                    version=f"reading-{reading.received_at:.0f}", keep=request.keep)
+                model = fit_request(request, version=f"reading-{reading.received_at:.0f}")
             except TrainingError:
                 engine.learning_failed(request.sensor_id)
                 continue

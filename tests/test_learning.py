@@ -174,7 +174,7 @@ class _InlineLearner:
         self.pending.append(request)
 
     def feed(self, readings: list[Reading]) -> list[Verdict]:
-        from edge_agent.training import learn_model
+        from edge_agent.learning import fit_request
 
         assert self.engine is not None
         out = []
@@ -182,7 +182,7 @@ class _InlineLearner:
             out += self.engine.score([reading])
             while self.pending:
                 r = self.pending.pop(0)
-                self.engine.install(r.sensor_id, learn_model(r.spec, r.values, f"learned:{r.sensor_id}", str(len(self.requests)), keep=r.keep))
+                self.engine.install(r.sensor_id, fit_request(r, str(len(self.requests))))
         return out  # type: ignore[return-value]
 
 
