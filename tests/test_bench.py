@@ -47,6 +47,7 @@ def test_eval_simulator_scores_shipped_and_learned_models(tmp_path: Path) -> Non
     shipped = _run("bench/eval_simulator.py", "--sensors", "4", "--hours", "0.5")
     assert shipped.returncode == 0, shipped.stderr
     assert "shipped models" in shipped.stdout and "false alarms:" in shipped.stdout
+    assert "| detected before it ended |" in shipped.stdout
 
     config = tmp_path / "agent.yaml"
     config.write_text("learning:\n  enabled: true\n  rows: 300\n")
@@ -56,6 +57,30 @@ def test_eval_simulator_scores_shipped_and_learned_models(tmp_path: Path) -> Non
 
     too_short = _run("bench/eval_simulator.py", "--sensors", "2", "--hours", "0.05", "--learn")
     assert too_short.returncode == 1 and "nothing scored" in too_short.stderr
+
+
+def test_simulator_outcomes_tell_a_find_inside_an_injection_from_one_after_it() -> None:
+    sys.path.insert(0, str(REPO / "bench"))
+    import eval_simulator
+
+    # (anomaly_id, label, kind, alert): a drift (id 1, rows 2-5) alerted only at row 7, after
+    # it snapped back; a level shift (id 2, rows 20-22) alerted at once; a stuck one (id 3)
+    # that was learned through; alerts at 12-13 (one run) and 30 outside everything.
+    rows = [(0, 0, "", 0)] * 40
+    rows[2:6] = [(1, 1, "drift", 0)] * 4
+    rows[7] = (0, 0, "", 1)
+    rows[12] = rows[13] = (0, 0, "", 1)
+    rows[20:23] = [(2, 1, "level_shift", 1)] * 3
+    rows[25:27] = [(3, 1, "stuck", 0)] * 2
+    rows[30] = (0, 0, "", 1)
+    outcomes, false_alarms = eval_simulator.injection_outcomes(rows, left_out={3}, grace=3)
+    assert outcomes == [("drift", eval_simulator.Outcome(5, 4)), ("level_shift", eval_simulator.Outcome(0, 3))]
+    assert [o.before_end for _, o in outcomes] == [False, True]
+    assert false_alarms == 2  # row 7 is in the drift's grace; 12-13 count once; 30 once
+    # with no grace the drift is missed and row 7 becomes a false alarm of its own
+    outcomes, false_alarms = eval_simulator.injection_outcomes(rows, left_out={3}, grace=0)
+    assert outcomes[0] == ("drift", eval_simulator.Outcome(None, 4)) and not outcomes[0][1].before_end
+    assert false_alarms == 3
 
 
 def test_nab_scoring_weighs_detections_as_the_benchmark_does() -> None:
