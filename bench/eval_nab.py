@@ -45,7 +45,8 @@ from edge_agent.agent import decision_of, learning_plan  # noqa: E402
 from edge_agent.config import load_config  # noqa: E402
 from edge_agent.progress import Progress  # noqa: E402
 from edge_agent.replay import replay_learning  # noqa: E402
-from edge_agent.table import read_table  # noqa: E402
+from edge_agent.table import TableError, read_table  # noqa: E402
+from edge_agent.training import TrainingError  # noqa: E402
 from simulator.streams import Simulation  # noqa: E402
 
 # NAB's application profiles (config/profiles.json): weights of a true positive, a
@@ -186,13 +187,18 @@ def main() -> int:
         decision = decision_of(cfg)
         scores: dict[str, dict[str, FileScore]] = {"anomaly": {}, "onset": {}}
         progress = Progress(len(labels), "NAB files", quiet=args.quiet)
+        skipped: list[str] = []
         for done, name in enumerate(sorted(labels)):
             progress.update(done)
-            table = read_table(data / name, ["value"])
+            try:
+                table = read_table(data / name, ["value"])
+                plan = learning_plan(cfg, rows=max(50, probation(len(table))))
+                verdicts = [r.verdict for r in replay_learning(table, plan, decision)]
+            except (TableError, TrainingError) as e:  # one unreadable file does not end the run
+                skipped.append(str(e))
+                continue
             spans = [(_parse_nab_time(a), _parse_nab_time(b)) for a, b in labels[name]]
             windows = window_rows(table.timestamps, spans)
-            plan = learning_plan(cfg, rows=max(50, probation(len(table))))
-            verdicts = [r.verdict for r in replay_learning(table, plan, decision)]
             scores["anomaly"][name] = score_file([v.anomaly for v in verdicts], windows)
             scores["onset"][name] = score_file([int(v.onset) for v in verdicts], windows)
             if args.per_file:
@@ -200,9 +206,15 @@ def main() -> int:
                 print(f"{name}: windows {len(windows)}, detected {sum(w is not None for w in s.window_hits)}, "
                       f"flags outside windows {len(s.false_positives)}, onsets outside {len(scores['onset'][name].false_positives)}")
         progress.close()
+    for reason in skipped:
+        print(f"eval_nab: skipped {reason}", file=sys.stderr)
+    if len(skipped) == len(labels):
+        print(f"no usable files among the {len(labels)} that {labels_path} names", file=sys.stderr)
+        return 2
 
     source = f"{args.simulate} simulator streams (seed {args.seed})" if args.simulate is not None else str(data)
-    print(f"NAB-style: {len(labels)} files from {source}; decision {decision}, "
+    skipped_note = f" ({len(skipped)} skipped, see stderr)" if skipped else ""
+    print(f"NAB-style: {len(labels) - len(skipped)} files from {source}{skipped_note}; decision {decision}, "
           f"learning.refit_every {cfg.learning.refit_every}\n")
     print("| detections | windows | detected | outside windows | " + " | ".join(PROFILES) + " |")
     print("|---|---|---|---|" + "---|" * len(PROFILES))

@@ -31,8 +31,8 @@ from edge_agent.config import load_config  # noqa: E402
 from edge_agent.engine import Decision, LearningPlan  # noqa: E402
 from edge_agent.progress import Progress  # noqa: E402
 from edge_agent.replay import ReplayRow, replay, replay_learning  # noqa: E402
-from edge_agent.table import SensorTable, read_table  # noqa: E402
-from edge_agent.training import train_model  # noqa: E402
+from edge_agent.table import SensorTable, TableError, read_table  # noqa: E402
+from edge_agent.training import TrainingError, train_model  # noqa: E402
 
 LEARN_ROWS = 400
 PUBLISHED = [
@@ -67,16 +67,27 @@ def main() -> int:
     fixed, learned = Confusion(), Confusion()
     plan = learning_plan(cfg, rows=LEARN_ROWS)
     progress = Progress(len(files), "SKAB files", quiet=args.quiet)
+    skipped: list[str] = []
     for done, path in enumerate(files):
         progress.update(done)
-        table = read_table(path)
-        assert table.labels is not None, f"{path} has no anomaly column"
-        model, _ = train_model(table.head(LEARN_ROWS), name="skab", version=path.stem)
+        try:
+            table = read_table(path)
+            if table.labels is None:
+                raise TableError(f"{path}: no anomaly column, so nothing to score against")
+            model, _ = train_model(table.head(LEARN_ROWS), name="skab", version=path.stem)
+        except (TableError, TrainingError) as e:  # one unreadable file does not end the run
+            skipped.append(str(e))
+            continue
         counts = fixed.add(replay(table, model, decision, learn_rows=LEARN_ROWS)[LEARN_ROWS:], table.labels[LEARN_ROWS:])
         learned.add(replay_learning(table, plan, decision)[LEARN_ROWS:], table.labels[LEARN_ROWS:])
         if args.per_file:
             print(f"{path.parent.name}/{path.name}: {counts}")
     progress.close()
+    for reason in skipped:
+        print(f"eval_skab: skipped {reason}", file=sys.stderr)
+    if len(skipped) == len(files):
+        print(f"no usable SKAB files under {args.data}", file=sys.stderr)
+        return 2
     refits = f"refit every {plan.refit_every} rows" if plan.refit_every else "no refits"
     healthy = Path(args.data) / "anomaly-free" / "anomaly-free.csv"
     healthy_line = ""
@@ -92,7 +103,8 @@ def main() -> int:
                         f"{flagged} of {scored} scored readings flagged ({100 * flagged / scored:.2f} %); "
                         f"each field alone: {', '.join(f'{x:.1f}' for x in shares)} % (mean {sum(shares) / len(shares):.1f} %)")
     elapsed = time.perf_counter() - started
-    print(f"SKAB: {len(files)} files under {args.data}, first {LEARN_ROWS} rows of each to learn, "
+    skipped_note = f" ({len(skipped)} skipped, see stderr)" if skipped else ""
+    print(f"SKAB: {len(files) - len(skipped)} files under {args.data}{skipped_note}, first {LEARN_ROWS} rows of each to learn, "
           f"{fixed.total} rows scored in each mode, {elapsed:.1f} s; decision {decision}\n")
     print("| detector | F1 | FAR % | MAR % |")
     print("|---|---|---|---|")

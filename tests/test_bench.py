@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -41,6 +42,24 @@ def test_eval_skab_prints_both_rows_and_the_healthy_share(tmp_path: Path) -> Non
     assert "learning on the device, numpy fitter, refit every 3600 rows" in out
     assert "anomaly-free recording, learned as an unknown sensor (learning.rows 300" in out
     assert "each field alone:" in out
+
+
+def test_eval_skab_skips_a_file_it_cannot_score_and_names_it(tmp_path: Path) -> None:
+    _skab_like(tmp_path / "valve1" / "0.csv", 700, fault_from=550, seed=1)
+    unlabelled = tmp_path / "other" / "9.csv"
+    unlabelled.parent.mkdir()
+    unlabelled.write_text("datetime;Pressure\n2020-03-09 10:00:00;1.0\n")
+    done = _run("bench/eval_skab.py", "--data", str(tmp_path), "-q")
+    assert done.returncode == 0, done.stderr
+    assert "SKAB: 1 files under" in done.stdout and "(1 skipped, see stderr)" in done.stdout
+    assert f"skipped {unlabelled}: no anomaly column" in done.stderr
+    protocol = next(line for line in done.stdout.splitlines() if "scikit-learn model of the first 400 rows" in line)
+    assert float(protocol.split("|")[2].strip(" *")) > 0.9  # the good file is scored as before
+
+    valve = tmp_path / "valve1" / "0.csv"
+    valve.unlink()
+    nothing = _run("bench/eval_skab.py", "--data", str(tmp_path), "-q")
+    assert nothing.returncode == 2 and "no usable SKAB files" in nothing.stderr
 
 
 def test_eval_simulator_scores_shipped_and_learned_models(tmp_path: Path) -> None:
@@ -118,3 +137,32 @@ def test_eval_nab_scores_a_simulated_corpus_in_nab_layout() -> None:
     assert int(rows["episode onsets"][2]) <= int(rows["every anomalous reading"][2])
     refused = _run("bench/eval_nab.py", "--data", "x")
     assert refused.returncode == 2 and "give --data and --labels" in refused.stderr
+
+
+def test_eval_nab_reads_nab_layout_and_skips_a_file_it_cannot_read(tmp_path: Path) -> None:
+    # NAB's own formats: "timestamp,value" rows, windows as timestamps with microseconds
+    rng = np.random.default_rng(3)
+    (tmp_path / "data" / "realX").mkdir(parents=True)
+    lines = ["timestamp,value"]
+    for i in range(1000):
+        value = 10 + rng.normal(0, 0.2) + (30.0 if 700 <= i < 705 else 0.0)
+        lines.append(f"2014-04-{1 + i // 288:02d} {i % 288 * 5 // 60:02d}:{i % 288 * 5 % 60:02d}:00,{value:.3f}")
+    (tmp_path / "data" / "realX" / "good.csv").write_text("\n".join(lines) + "\n")
+    labels = {
+        "realX/good.csv": [["2014-04-03 09:20:00.000000", "2014-04-03 13:20:00.000000"]],  # rows 688-736
+        "realX/missing.csv": [],
+    }
+    (tmp_path / "labels.json").write_text(json.dumps(labels))
+    args = ("bench/eval_nab.py", "--data", str(tmp_path / "data"), "--labels", str(tmp_path / "labels.json"), "-q")
+    done = _run(*args)
+    assert done.returncode == 0, done.stderr
+    assert "NAB-style: 1 files from" in done.stdout and "(1 skipped, see stderr)" in done.stdout
+    assert "eval_nab: skipped" in done.stderr and "missing.csv" in done.stderr
+    onsets = next(line for line in done.stdout.splitlines() if line.startswith("| episode onsets"))
+    windows, detected = onsets.split("|")[2:4]
+    assert (windows.strip(), detected.strip()) == ("1", "1")  # the 30-unit spike inside the window is found
+
+    labels.pop("realX/good.csv")
+    (tmp_path / "labels.json").write_text(json.dumps(labels))
+    nothing = _run(*args)
+    assert nothing.returncode == 2 and "no usable files" in nothing.stderr
