@@ -141,13 +141,14 @@ def cmd_replay(args: argparse.Namespace) -> int:
     cfg = _load(args)
     decision = decision_of(cfg)
     columns = [c.strip() for c in args.columns.split(",")] if args.columns else None
-    learns = args.model is None and (args.learn_rows is not None or cfg.learning.enabled)
     if args.learn_rows is not None and args.learn_rows < _min_learn_rows():
         print(f"edge-agent replay: --learn-rows {args.learn_rows} is too few; at least {_min_learn_rows()} (as for learning.rows)", file=sys.stderr)
         return EXIT_USAGE
     try:
-        if learns:
+        if args.model is None:
             # Like the live agent with a sensor no model is assigned to: learn, score, refit.
+            # So whatever learning.enabled says: the default model knows one kind of sensor
+            # and would find any other file anomalous from its first row.
             table = read_table(args.input, columns)
             plan = learning_plan(cfg, rows=_replay_learn_rows(args.learn_rows, cfg.learning.rows, len(table)))
             if plan.rows >= len(table):
@@ -160,7 +161,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
             described = f"a model learned from the first {plan.rows} rows" + (
                 f", refitted every {plan.refit_every} rows" if plan.refit_every else "")
         else:
-            model_dir = Path(args.model) if args.model else _config_base(args) / cfg.models.dir / str(cfg.models.default)
+            model_dir = Path(args.model)
             model = load_model(model_dir, cfg.models.pinned_sha256.get(model_dir.name))
             table = read_table(args.input, columns, prefer=model.fields)
             progress = Progress(len(table), f"replaying {Path(args.input).name}", quiet=args.quiet)
@@ -222,9 +223,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("replay", help="score a CSV as a stream (backtest)")
     p.add_argument("input", help="CSV: optional timestamp column and numeric columns, one reading per row")
-    p.add_argument("--out", "-o", required=True, help="CSV to write: the input plus score, raw_score, anomaly, phase")
+    p.add_argument("--out", "-o", required=True, help="CSV to write: the input plus score, raw_score, anomaly, phase, onset")
     group = p.add_mutually_exclusive_group()
-    group.add_argument("--model", help="model directory (default: learn as the live agent does, with learning.enabled; else the config's default model)")
+    group.add_argument("--model", help="model directory (default: learn from the file as the live agent learns an unknown sensor, with the config's learning.* settings)")
     group.add_argument("--learn-rows", type=int, help="learn from the first N rows (default: learning.rows, or 15%% of a file too short for it), score the rest, refit as configured")
     p.add_argument("--columns", help="comma-separated value columns")
     p.add_argument("--plot", metavar="PNG", help="also draw the series, the score and the flagged stretches (needs matplotlib)")

@@ -100,6 +100,24 @@ def test_replay_of_a_file_shorter_than_the_learning_period_learns_from_its_first
     assert phases == ["learn"] * 150 + ["score"] * 850
 
 
+def test_replay_without_a_model_or_a_config_learns_from_the_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # A NAB-shaped file: nothing like the vibration readings the default model knows.
+    rng = np.random.default_rng(5)
+    values = list(250 + rng.normal(0, 5, 2000))
+    values[1500:1503] = [400.0] * 3
+    src = tmp_path / "cpu.csv"
+    src.write_text("timestamp,value\n" + "\n".join(
+        f"2014-04-{1 + i // 288:02d} {i % 288 * 5 // 60:02d}:{i % 288 * 5 % 60:02d}:00,{v:.2f}" for i, v in enumerate(values)) + "\n")
+    out = tmp_path / "o.csv"
+    assert main(["replay", str(src), "--out", str(out), "-q"]) == 0  # built-in defaults: learning.enabled is false
+    captured = capsys.readouterr()
+    assert "learning from the first 300 (15 %)" in captured.err and "a model learned from the first 300 rows" in captured.out
+    rows = list(csv.DictReader(out.open()))
+    assert [r["phase"] for r in rows] == ["learn"] * 300 + ["score"] * 1700
+    assert rows[1500]["anomaly"] == "1" and rows[1500]["onset"] == "1"
+    assert sum(int(r["anomaly"]) for r in rows[300:1500]) <= 12  # not every reading, as the default model would say
+
+
 def test_replay_scores_exactly_like_the_live_engine(models_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "o.csv"
     src = normal_csv(tmp_path / "n.csv", n=300, seed=9)
