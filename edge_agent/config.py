@@ -86,7 +86,7 @@ class DecisionConfig:
 
 @dataclass
 class LearningConfig:
-    enabled: bool = _f(False, "Sensors that no models.assign pattern matches learn a model of their own from their first readings (else models.default scores them).")
+    enabled: bool = _f(True, "Sensors that no models.assign pattern matches learn a model of their own from their first readings (else models.default scores them).")
     rows: int = _f(3600, "Readings a sensor learns from before it is scored (its verdicts say learning until then); they should cover its normal ups and downs. With refits on, a model that knows fewer than refit_rows readings is refitted as soon as as many new ones have come, doubling what it knows.", min=50, max=1_000_000)
     refit_every: int = _f(3600, "Refit a learned model every this many readings on its most recent refit_rows, to follow slow drift (0: never refit; the first model stays).", min=0, max=100_000_000)
     refit_rows: int = _f(7200, "Readings a refit learns from: the most recent ones, without those flagged (unless the model is stale, see stale_share).", min=50, max=1_000_000)

@@ -165,6 +165,7 @@ def agent_overrides(broker: Any, models_dir: Path, prefix: str = "test") -> list
         "http.host=127.0.0.1",
         "http.port=0",
         f"models.dir={models_dir}",
+        "learning.enabled=false",  # every sensor is scored by the test's models at once (tests of learning turn it on)
         # amqtt, the last-resort broker, speaks MQTT 3.1.1 only.
         *(["mqtt.protocol=3.1.1"] if getattr(broker, "kind", "") == "embedded" else []),
     ]
