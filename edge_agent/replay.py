@@ -108,11 +108,20 @@ def replay_learning(
     return out
 
 
+REPLAY_COLUMNS = ("score", "raw_score", "anomaly", "phase", "onset")
+
+
+def output_header(input_header: Sequence[str]) -> list[str]:
+    """The input's columns, then REPLAY_COLUMNS. An input column of one of those names (a
+    labelled file's ``anomaly``) is renamed ``<name>_input``, so that every name is read once."""
+    return [f"{c}_input" if c in REPLAY_COLUMNS else c for c in input_header] + list(REPLAY_COLUMNS)
+
+
 def write_replay(path: str | Path, table: SensorTable, rows: Sequence[ReplayRow]) -> None:
     """The input columns, then score, raw_score, anomaly (0 for learning rows), phase and onset."""
     with open(path, "w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f)
-        writer.writerow([*table.header, "score", "raw_score", "anomaly", "phase", "onset"])
+        writer.writerow(output_header(table.header))
         for source, row in zip(table.rows, rows):
             v = row.verdict
             writer.writerow([

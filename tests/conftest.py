@@ -121,6 +121,18 @@ def sensor(broker: Any) -> Iterator[Publisher]:
     p.close()
 
 
+def skab_like_csv(path: Path, n: int, fault_from: int | None, seed: int) -> None:
+    """A SKAB-shaped file: ';'-separated, datetime first, two sensors, anomaly and changepoint columns."""
+    rng = np.random.default_rng(seed)
+    lines = ["datetime;Pressure;Temperature;anomaly;changepoint"]
+    for i in range(n):
+        fault = fault_from is not None and i >= fault_from
+        pressure = 1.0 + rng.normal(0, 0.02) + (0.5 if fault else 0.0)
+        lines.append(f"2020-03-09 10:{i // 60 % 60:02d}:{i % 60:02d};{pressure:.4f};{70 + rng.normal(0, 0.1):.3f};{int(fault)};0")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines) + "\n")
+
+
 def normal_csv(path: Path, n: int = 2000, seed: int = 1) -> Path:
     """Normal readings around 1.0 (like a vibration RMS): 0.95 is ordinary, 5.0 is not."""
     rng = np.random.default_rng(seed)

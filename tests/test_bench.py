@@ -10,28 +10,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import REPO
+from conftest import REPO, skab_like_csv
 
 
 def _run(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, *args], cwd=REPO, capture_output=True, text=True, timeout=300)
 
 
-def _skab_like(path: Path, n: int, fault_from: int | None, seed: int) -> None:
-    """A SKAB-shaped file: ';'-separated, datetime first, two sensors, anomaly and changepoint columns."""
-    rng = np.random.default_rng(seed)
-    lines = ["datetime;Pressure;Temperature;anomaly;changepoint"]
-    for i in range(n):
-        fault = fault_from is not None and i >= fault_from
-        pressure = 1.0 + rng.normal(0, 0.02) + (0.5 if fault else 0.0)
-        lines.append(f"2020-03-09 10:{i // 60 % 60:02d}:{i % 60:02d};{pressure:.4f};{70 + rng.normal(0, 0.1):.3f};{int(fault)};0")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("\n".join(lines) + "\n")
-
-
 def test_eval_skab_prints_both_rows_and_the_healthy_share(tmp_path: Path) -> None:
-    _skab_like(tmp_path / "valve1" / "0.csv", 700, fault_from=550, seed=1)
-    _skab_like(tmp_path / "anomaly-free" / "anomaly-free.csv", 900, fault_from=None, seed=2)
+    skab_like_csv(tmp_path / "valve1" / "0.csv", 700, fault_from=550, seed=1)
+    skab_like_csv(tmp_path / "anomaly-free" / "anomaly-free.csv", 900, fault_from=None, seed=2)
     done = _run("bench/eval_skab.py", "--data", str(tmp_path), "-q", "--set", "learning.rows=300")
     assert done.returncode == 0, done.stderr
     out = done.stdout
@@ -45,7 +33,7 @@ def test_eval_skab_prints_both_rows_and_the_healthy_share(tmp_path: Path) -> Non
 
 
 def test_eval_skab_skips_a_file_it_cannot_score_and_names_it(tmp_path: Path) -> None:
-    _skab_like(tmp_path / "valve1" / "0.csv", 700, fault_from=550, seed=1)
+    skab_like_csv(tmp_path / "valve1" / "0.csv", 700, fault_from=550, seed=1)
     unlabelled = tmp_path / "other" / "9.csv"
     unlabelled.parent.mkdir()
     unlabelled.write_text("datetime;Pressure\n2020-03-09 10:00:00;1.0\n")

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import REPO, normal_csv
+from conftest import REPO, normal_csv, skab_like_csv
 from edge_agent.cli import main
 from edge_agent.engine import Decision
 from edge_agent.model import load_model
@@ -116,6 +116,22 @@ def test_replay_without_a_model_or_a_config_learns_from_the_file(tmp_path: Path,
     assert [r["phase"] for r in rows] == ["learn"] * 300 + ["score"] * 1700
     assert rows[1500]["anomaly"] == "1" and rows[1500]["onset"] == "1"
     assert sum(int(r["anomaly"]) for r in rows[300:1500]) <= 12  # not every reading, as the default model would say
+
+
+def test_replay_of_a_labelled_file_keeps_its_labels_apart_from_the_verdicts(tmp_path: Path) -> None:
+    src = tmp_path / "valve.csv"
+    skab_like_csv(src, 600, fault_from=440, seed=2)
+    out = tmp_path / "o.csv"
+    assert main(["replay", str(src), "--out", str(out), "--learn-rows", "400", "-q"]) == 0
+    with out.open() as f:
+        header = next(csv.reader(f))
+    assert header.count("anomaly") == 1 and "anomaly_input" in header and "changepoint" in header
+    assert header[-5:] == ["score", "raw_score", "anomaly", "phase", "onset"]
+    with out.open() as f:
+        rows = list(csv.DictReader(f))
+    labels = [line.split(";")[-2] for line in src.read_text().splitlines()[1:]]
+    assert [r["anomaly_input"] for r in rows] == labels  # the file's own labels, as they were
+    assert rows[450]["anomaly_input"] == "1" and rows[450]["anomaly"] == "1"  # and the verdict beside them
 
 
 def test_replay_scores_exactly_like_the_live_engine(models_dir: Path, tmp_path: Path) -> None:
