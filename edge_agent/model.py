@@ -29,11 +29,24 @@ FOREST_FILE = "forest.npz"
 ESTIMATOR_FILE = "model.joblib"
 FORMAT = "edge-agent-model/1"
 
-# Calibration knots: training-score quantiles mapped to calibrated scores. The
-# training maximum lands on 0.5, the default threshold: a reading is flagged when
-# it is stranger than anything the model saw in normal operation.
+# Calibration knots: training-score quantiles mapped to calibrated scores, the last
+# (the training maximum, or the tail estimate below when it is higher) on 0.5, the
+# default threshold: a reading is flagged when it is stranger than normal operation.
 CALIBRATION_LEVELS = (0.0, 0.5, 0.9, 0.99, 1.0)
 CALIBRATION_SCORES = (0.0, 0.2, 0.3, 0.4, 0.5)
+
+# The maximum of n training scores is exceeded by about one normal reading in n + 1, so
+# a model that learned from a few hundred readings would flag normal data every few
+# hundred readings. The threshold is therefore placed no lower than the raw score a
+# normal reading exceeds with probability THRESHOLD_RISK, estimated from the training
+# scores' tail (peaks over a threshold, as extreme value theory does: the top TAIL_SHARE
+# of them, their excesses taken as exponential). The exponential fit errs high on the
+# light tails isolation forests give, so the threshold may also sit a little above the
+# maximum of a large training set (the shipped vibration model: 0.724 -> 0.751 raw), where
+# the maximum was already rare enough.
+THRESHOLD_RISK = 1e-4
+TAIL_SHARE = 0.05
+MIN_TAIL_SCORES = 5
 
 
 class ModelError(Exception):
@@ -50,6 +63,20 @@ def _interp(x: float, xs: tuple[float, ...], ys: tuple[float, ...]) -> float:
     x0, x1, y0, y1 = xs[i - 1], xs[i], ys[i - 1], ys[i]
     slope = (y1 - y0) / (x1 - x0)  # in numpy's order of operations, for the same last bit
     return slope * (x - x0) + y0
+
+
+def tail_quantile(scores: np.ndarray, risk: float) -> float:
+    """The score exceeded with probability ``risk``, from an exponential fit to the top
+    TAIL_SHARE of ``scores``; -inf when there are too few of them to fit. Raw anomaly
+    scores are at most 1, so the estimate stays halfway between the maximum and 1 at most:
+    a threshold the forest could never reach would leave only the range check."""
+    scores = np.asarray(scores, dtype=np.float64)
+    u = float(np.quantile(scores, 1.0 - TAIL_SHARE)) if len(scores) else 0.0
+    excesses = scores[scores > u] - u
+    if len(excesses) < MIN_TAIL_SCORES or risk >= TAIL_SHARE:
+        return -math.inf
+    estimate = u + float(excesses.mean()) * math.log(TAIL_SHARE / risk)
+    return min(estimate, (float(scores.max()) + 1.0) / 2)
 
 
 def sha256_file(path: Path) -> str:
@@ -71,6 +98,7 @@ class Calibration:
     def fit(cls, training_raw: np.ndarray) -> Calibration:
         q = np.quantile(training_raw, CALIBRATION_LEVELS)
         knots = list(np.maximum.accumulate(q))
+        knots[-1] = max(knots[-1], tail_quantile(training_raw, THRESHOLD_RISK))
         # Strictly increasing knots keep np.interp well defined on constant data.
         for i in range(1, len(knots)):
             if knots[i] <= knots[i - 1]:

@@ -14,7 +14,7 @@ import edge_agent.features
 from edge_agent.domain import InvalidReading, Reading, Verdict
 from edge_agent.engine import Decision, ScoringEngine, UnknownSensor
 from edge_agent.features import FeatureSpec, feature_matrix, parse_transform
-from edge_agent.model import ModelError, load_estimator, load_model
+from edge_agent.model import CALIBRATION_SCORES, Calibration, ModelError, load_estimator, load_model, tail_quantile
 
 
 def test_feature_doctests() -> None:
@@ -49,6 +49,28 @@ def test_peek_does_not_advance_the_state() -> None:
     state.update([1.0, 10.0])
     assert state.peek([2.0, 12.0]) == [2.0, 1.0, 12.0, 2.0]
     assert state.peek([3.0, 13.0]) == [3.0, 2.0, 13.0, 3.0]
+
+
+def test_a_threshold_learned_from_few_scores_comes_from_their_tail_not_their_maximum() -> None:
+    knot = len(CALIBRATION_SCORES) - 1  # the knot that maps to the threshold, 0.5
+    rng = np.random.default_rng(0)
+    few = 0.4 + 0.05 * rng.standard_normal(400)
+    fresh = 0.4 + 0.05 * rng.standard_normal(200_000)  # more normal readings like the training ones
+    calibration = Calibration.fit(few)
+    threshold = calibration.raw[knot]
+    assert calibration.score[knot] == 0.5 and threshold > few.max()
+    # the maximum of 400 is exceeded by about one reading in 400; the tail estimate by far fewer
+    assert (fresh > few.max()).mean() > 1e-3
+    assert (calibration(fresh) >= 0.5).mean() < 2e-4
+    # from many readings the maximum is the higher of the two, and stays the threshold
+    many = 0.4 + 0.05 * rng.standard_normal(200_000)
+    assert Calibration.fit(many).raw[knot] == many.max()
+    # too few scores to fit a tail to: the maximum alone
+    assert tail_quantile(few[:50], 1e-4) == -np.inf
+    assert Calibration.fit(few[:50]).raw[knot] == few[:50].max()
+    # never beyond halfway from the maximum to 1, the highest raw score there is
+    heavy = np.concatenate([np.full(380, 0.3), np.linspace(0.3, 0.95, 20)])
+    assert tail_quantile(heavy, 1e-4) == (0.95 + 1.0) / 2
 
 
 def test_model_round_trip_scores_identically(models_dir: Path, tmp_path: Path) -> None:
