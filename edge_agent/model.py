@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from edge_agent.features import FeatureSpec
+from edge_agent.features import MAX_REPEATS, FeatureSpec, parse_transform
 from edge_agent.forest import Forest
 
 MANIFEST = "manifest.json"
@@ -139,6 +139,21 @@ def range_margin(training_rows: int) -> float:
     return float(min(RANGE_MARGIN, max(0.1, 20.0 / np.sqrt(max(training_rows, 1)))))
 
 
+def normal_repeats(repeats: np.ndarray) -> float:
+    """The longest run of repeats a sensor's own readings make plausible: where a run
+    gets as rare as THRESHOLD_RISK, taking each reading to repeat the last with the share
+    ``q`` of training readings that did (a run of r then has probability q^r). A sensor
+    with a coarse resolution (an integer %RH, a count) repeats by itself, and the longest
+    run in its training readings understates how long such runs get; a sensor that never
+    repeated in training gets 0, so its first repeat counts as stuck."""
+    q = float(np.mean(repeats >= 1)) if len(repeats) else 0.0
+    if q <= 0.0:
+        return 0.0
+    if q >= 1.0:
+        return float(MAX_REPEATS)
+    return float(min(math.ceil(math.log(THRESHOLD_RISK) / math.log(q)) - 1, MAX_REPEATS))
+
+
 @dataclass(frozen=True)
 class RangeGuard:
     """Per-feature training range; readings well outside it score over the threshold.
@@ -244,8 +259,13 @@ def build_model(
     features: np.ndarray,
     training: Mapping[str, Any],
     wandering_levels: np.ndarray | None = None,
+    all_features: np.ndarray | None = None,
 ) -> SensorModel:
-    """Assemble a model from a fitted forest and the training feature matrix it saw."""
+    """Assemble a model from a fitted forest and the training feature matrix it saw.
+
+    ``all_features``: the rows before any outliers were left out (default: ``features``).
+    How often a sensor repeats itself is a share of all its readings: an outlier filter
+    takes rare repeats out as readily as a stuck stretch, and would leave none."""
     impute = np.nanmedian(features, axis=0) if len(features) else np.zeros(features.shape[1])
     impute = np.where(np.isnan(impute), 0.0, impute)
     x = np.where(np.isnan(features), impute, features)
@@ -254,6 +274,12 @@ def build_model(
     if wandering_levels is not None:
         margin[np.asarray(wandering_levels, dtype=bool)] = WANDERING_MARGIN
     guard = RangeGuard.fit(x, margin)
+    repeats = np.array([parse_transform(t)[0] == "repeats" for _, t in spec.columns], dtype=bool)
+    if repeats.any() and len(x):
+        every = x if all_features is None else all_features
+        high = guard.high.copy()
+        high[repeats] = np.maximum(high[repeats], [normal_repeats(every[:, i]) for i in np.flatnonzero(repeats)])
+        guard = RangeGuard(guard.low, high, guard.margin)
     manifest = {
         "format": FORMAT,
         "name": name,

@@ -122,6 +122,7 @@ def fit_model(
     if len(complete) < 8:
         raise TrainingError(f"only {len(complete)} usable normal rows; at least 8 are needed")
     forest, estimator = fitter(complete, trees, max_samples, seed)
+    all_features = features
     if unlabelled:
         impute = np.nanmedian(features, axis=0)
         outliers = outlier_rows(forest.anomaly_score(np.where(np.isnan(features), impute, features)))
@@ -142,6 +143,7 @@ def fit_model(
         features=features,
         training={**record, "rows": len(features), "wandering_fields": sorted(wandering)},
         wandering_levels=wandering_levels,
+        all_features=all_features,
     )
     return model, estimator
 

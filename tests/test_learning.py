@@ -241,3 +241,47 @@ def test_learning_leaves_unmarked_outliers_out_of_the_model() -> None:
     engine = ScoringEngine({"s": model}, default="s")
     *_, spike = engine.score(_readings("x", list(rng.normal(0, 1, 50)) + [12.0]))
     assert spike.anomaly == 1  # type: ignore[union-attr]
+
+
+def test_a_sensor_that_counts_may_repeat_itself_but_not_freeze() -> None:
+    from edge_agent.features import DEFAULT_TRANSFORMS, MAX_REPEATS, FeatureSpec
+    from edge_agent.model import normal_repeats
+    from edge_agent.training import learn_model
+
+    # Counts (events per 5 minutes over a daily cycle) often equal the last count: runs of
+    # two or three equal readings are normal for it, unlike for a continuous sensor.
+    rng = np.random.default_rng(10)  # its 604 learning readings never hold three equal in a row
+    counts = rng.poisson(20 + 15 * np.sin(2 * np.pi * np.arange(3600) / 288)).astype(float)
+    model = learn_model(FeatureSpec(("value",), DEFAULT_TRANSFORMS), counts[:604, None], "s", "1")
+    engine = ScoringEngine({"s": model}, default="s")
+    normal = engine.score(_readings("x", list(counts[604:])))
+    runs = [i for i in range(2, len(normal)) if counts[604 + i] == counts[603 + i] == counts[602 + i]]
+    assert len(runs) > 10  # three equal counts in a row happen, and are not alarms
+    assert sum(v.anomaly for v in normal) <= 3  # type: ignore[union-attr]
+    frozen = engine.score(_readings("x", [counts[-1]] * 40))
+    first = next(i for i, v in enumerate(frozen) if v.anomaly)  # type: ignore[union-attr]
+    assert first <= 12 and all(v.anomaly for v in frozen[first:])  # type: ignore[union-attr]
+    # the run length allowed: the one that gets as rare as one reading in 10,000
+    assert normal_repeats(np.zeros(500)) == 0  # never repeated: the first repeat is stuck
+    assert normal_repeats(np.tile([0.0, 1.0], 250)) == 13  # half repeat: 0.5**14 < 1e-4
+    assert normal_repeats(np.ones(500)) == MAX_REPEATS
+
+
+def test_repeats_left_out_as_outliers_still_count_towards_what_is_normal() -> None:
+    from edge_agent.features import DEFAULT_TRANSFORMS, FeatureSpec
+    from edge_agent.training import learn_model
+
+    # A CPU load in steps of 0.2 % over a daily cycle (5-minute rows): about one reading in
+    # 100 equals the last. In these 604 learning rows the outlier filter leaves all of those
+    # out of the fit; a repeat must not then look like a sensor that never repeats and froze.
+    rng = np.random.default_rng(0)
+    daily = np.sin(2 * np.pi * np.arange(4000) / 288)
+    load = np.round(np.clip(40 + 10 * daily + 3 * rng.standard_normal(4000), 0, 100) / 0.2) * 0.2
+    model = learn_model(FeatureSpec(("value",), DEFAULT_TRANSFORMS), load[:604, None], "s", "1")
+    assert model.manifest["training"]["rows"] < 604  # the filter did leave rows out
+    engine = ScoringEngine({"s": model}, default="s")
+    verdicts = engine.score(_readings("x", list(load[604:])))
+    repeats = [i for i in range(2, len(verdicts)) if load[604 + i] == load[603 + i] != load[602 + i]]
+    assert len(repeats) > 30
+    assert sum(verdicts[i].anomaly for i in repeats) == 0  # type: ignore[union-attr]
+    assert sum(v.anomaly for v in verdicts) <= 3  # type: ignore[union-attr]
