@@ -154,3 +154,18 @@ def test_eval_nab_reads_nab_layout_and_skips_a_file_it_cannot_read(tmp_path: Pat
     (tmp_path / "labels.json").write_text(json.dumps(labels))
     nothing = _run(*args)
     assert nothing.returncode == 2 and "no usable files" in nothing.stderr
+
+
+def test_eval_quiet_counts_false_alarms_on_every_shape() -> None:
+    done = _run("bench/eval_quiet.py", "--files", "1", "--rows", "1000")
+    assert done.returncode == 0, done.stderr
+    assert "learning from the first 150 rows" in done.stdout
+    rows = {line.split("|")[1].strip(): line.split("|")[2:-1] for line in done.stdout.splitlines()[3:] if line.startswith("| ")}
+    assert len(rows) == 7 and "all" in rows
+    assert all(int(cells[0]) == 850 for name, cells in rows.items() if name != "all")  # 1000 rows less 150 learned from
+    assert int(rows["all"][0]) == 6 * 850
+    # episodes never outnumber flagged readings, and the total adds up
+    assert all(int(cells[2]) <= int(cells[1]) for cells in rows.values())
+    assert int(rows["all"][2]) == sum(int(cells[2]) for name, cells in rows.items() if name != "all")
+    refused = _run("bench/eval_quiet.py", "--rows", "100")
+    assert refused.returncode == 2 and "--rows" in refused.stderr
