@@ -1,6 +1,6 @@
 """Detection quality on labelled simulator streams, through the same engine as the live agent.
 
-Usage: python bench/eval_simulator.py [--sensors 8] [--hours 6] [--seed 101] [--config config.yaml] [--learn [--keep-outliers]]
+Usage: python bench/eval_simulator.py [--sensors 8] [--hours 6] [--seed 101] [--config config.yaml] [--learn] [--set key=value]
 
 Prints, per anomaly kind, the share of injections detected (at least one alert
 inside the injected stretch or within --grace readings after it), the share detected
@@ -17,7 +17,6 @@ learning, and injections that start among them, are left out of the figures.
 from __future__ import annotations
 
 import argparse
-import math
 import statistics
 import sys
 from collections import defaultdict
@@ -27,7 +26,6 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from edge_agent import training  # noqa: E402
 from edge_agent.agent import build_engine, decision_of, learning_plan, load_models  # noqa: E402
 from edge_agent.config import load_config  # noqa: E402
 from edge_agent.domain import Reading, Verdict  # noqa: E402
@@ -83,20 +81,18 @@ def main() -> int:
     ap.add_argument("--grace", type=int, default=10, help="readings after an injection in which an alert still counts")
     ap.add_argument("--config", default=str(REPO / "config.yaml"))
     ap.add_argument("--learn", action="store_true", help="no shipped models: every sensor learns its own (learning.* settings)")
-    ap.add_argument("--keep-outliers", action="store_true",
-                    help="with --learn: fit once on everything, without leaving the first forest's outliers out (for comparison)")
+    ap.add_argument("--set", dest="overrides", action="append", default=[],
+                    help="config overrides, e.g. learning.leave_out_outliers=false or decision.k=2")
     args = ap.parse_args()
-    if args.keep_outliers:
-        training.OUTLIER_MADS = math.inf
 
     sim = Simulation(n_sensors=args.sensors, rate=1.0, seed=args.seed, start=1_767_225_600.0)
     readings = list(sim.iter_readings(duration=args.hours * 3600))
     as_readings = [Reading(r.sensor_id, {"value": r.value}, float(i), ts=r.ts, ts_raw=r.ts) for i, r in enumerate(readings)]
     if args.learn:
-        cfg = load_config(args.config, [], {})
+        cfg = load_config(args.config, args.overrides, {})
         verdicts = [v for _, v in learn_and_score(as_readings, learning_plan(cfg), decision_of(cfg)) if isinstance(v, Verdict)]
     else:
-        cfg = load_config(args.config, ["learning.enabled=false"], {})  # every simulated sensor has its model
+        cfg = load_config(args.config, [*args.overrides, "learning.enabled=false"], {})  # every simulated sensor has its model
         engine = build_engine(cfg, load_models(cfg, Path(args.config).resolve().parent))
         verdicts = []
         for start in range(0, len(as_readings), 256):

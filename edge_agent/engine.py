@@ -45,6 +45,7 @@ class LearningPlan:
     refit_every: int = 3600
     refit_rows: int = 7200
     stale_share: float = 0.5
+    leave_out_outliers: bool = True
 
 
 @dataclass(frozen=True)
@@ -56,6 +57,7 @@ class LearnRequest:
     values: np.ndarray
     refit: bool
     keep: np.ndarray | None = None  # the rows to learn from (None: all); features still see every row
+    leave_out_outliers: bool = True  # and of those, not the ones a first forest finds far out
 
 
 # What a duplicate's verdict repeats of the original: score, anomaly, raw score, model, version, learning, onset.
@@ -288,7 +290,8 @@ class ScoringEngine:
         if not stream.fitting and len(stream.history) >= self.learning.rows:
             stream.fitting = True
             stream.window = len(stream.history)
-            self.learner(LearnRequest(reading.sensor_id, stream.spec, stream.history.latest(), refit=False))
+            self.learner(LearnRequest(reading.sensor_id, stream.spec, stream.history.latest(), refit=False,
+                                      leave_out_outliers=self.learning.leave_out_outliers))
         verdict = Verdict(
             sensor_id=reading.sensor_id, values=reading.values,
             ts=reading.ts_raw if reading.ts is not None else reading.received_at,
@@ -326,7 +329,8 @@ class ScoringEngine:
         stream.window = len(recent)
         stale = stream.flagged_since_fit > plan.stale_share * stream.since_fit
         keep = None if stale else ~_near(stream.history.latest_flags(plan.refit_rows), stream.spec.history)
-        self.learner(LearnRequest(reading.sensor_id, stream.spec, recent, refit=True, keep=keep))
+        self.learner(LearnRequest(reading.sensor_id, stream.spec, recent, refit=True, keep=keep,
+                                  leave_out_outliers=plan.leave_out_outliers))
 
     def _decide(self, reading: Reading, stream: SensorStream, values: list[float], raw: float, calibrated: float) -> Verdict:
         assert stream.model is not None

@@ -109,13 +109,13 @@ def fit_model(
     max_samples: int = DEFAULT_MAX_SAMPLES,
     seed: int = 0,
     progress: Callable[[int], None] | None = None,
-    unlabelled: bool = False,
+    leave_out_outliers: bool = False,
 ) -> tuple[SensorModel, Any]:
     """Features as streamed, forest, calibration and ranges: a model from readings in order.
 
-    ``unlabelled`` readings (a sensor learning on the device) may hold anomalies
-    nobody marked: a first forest finds the rows it isolates far more easily than the
-    rest (see ``outlier_rows``), and the model is fitted again without them.
+    With ``leave_out_outliers`` (a sensor learning on the device, whose readings may
+    hold anomalies nobody marked), a first forest finds the rows it isolates far more
+    easily than the rest (see ``outlier_rows``), and the model is fitted again without them.
     """
     features = training_features(spec, values, group_rows, keep, progress)
     complete = features[~np.isnan(features).any(axis=1)]
@@ -123,7 +123,7 @@ def fit_model(
         raise TrainingError(f"only {len(complete)} usable normal rows; at least 8 are needed")
     forest, estimator = fitter(complete, trees, max_samples, seed)
     all_features = features
-    if unlabelled:
+    if leave_out_outliers:
         impute = np.nanmedian(features, axis=0)
         outliers = outlier_rows(forest.anomaly_score(np.where(np.isnan(features), impute, features)))
         if outliers.any() and (~outliers).sum() >= 8:
@@ -156,17 +156,20 @@ def outlier_rows(raw: np.ndarray) -> np.ndarray:
 
 
 def learn_model(
-    spec: FeatureSpec, values: np.ndarray, name: str, version: str, seed: int = 0, keep: np.ndarray | None = None
+    spec: FeatureSpec, values: np.ndarray, name: str, version: str, seed: int = 0, keep: np.ndarray | None = None,
+    leave_out_outliers: bool = True,
 ) -> SensorModel:
     """A model for one sensor from its own readings, fitted with numpy (on the device).
 
     ``keep`` marks the readings to learn from (default: all); the streaming features
-    are computed over every reading, in order, as the live agent saw them.
+    are computed over every reading, in order, as the live agent saw them. Outliers
+    among them are left out unless ``leave_out_outliers`` is false (see ``fit_model``).
     """
     record = training_record("learned on the device", [name], numpy_fitter, DEFAULT_TREES, DEFAULT_MAX_SAMPLES, seed, "")
     keep = np.ones(len(values), dtype=bool) if keep is None else np.asarray(keep, dtype=bool)
     model, _ = fit_model(
-        spec, values, {name: np.arange(len(values))}, keep, name, version, numpy_fitter, record, seed=seed, unlabelled=True
+        spec, values, {name: np.arange(len(values))}, keep, name, version, numpy_fitter, record, seed=seed,
+        leave_out_outliers=leave_out_outliers,
     )
     return model
 

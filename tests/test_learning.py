@@ -285,3 +285,20 @@ def test_repeats_left_out_as_outliers_still_count_towards_what_is_normal() -> No
     assert len(repeats) > 30
     assert sum(verdicts[i].anomaly for i in repeats) == 0  # type: ignore[union-attr]
     assert sum(v.anomaly for v in verdicts) <= 3  # type: ignore[union-attr]
+
+
+def test_a_sensor_with_rare_recurring_extremes_keeps_them_when_told_its_learning_is_clean() -> None:
+    # A machine that runs half the day: a step of 60 twice a day, 4 of them in the 604
+    # readings learned from (5-minute readings). Left out as outliers, every later step is
+    # a false alarm; kept (learning.leave_out_outliers: false), none is.
+    rng = np.random.default_rng(1)
+    day = np.arange(4032) % 288
+    level = list(np.where(day < 144, 20.0, 80.0) + rng.normal(0, 1, 4032))
+    flagged = {}
+    for leave_out in (True, False):
+        learner = _inline(LearningPlan(rows=604, refit_every=600, refit_rows=1200, leave_out_outliers=leave_out))
+        verdicts = learner.feed(_readings("s", level))
+        assert len(learner.requests) > 1 and all(r.leave_out_outliers is leave_out for r in learner.requests)
+        flagged[leave_out] = sum(v.anomaly for v in verdicts)  # type: ignore[union-attr]
+    assert flagged[False] == 0
+    assert flagged[True] >= 22  # at least a reading at each later step: 2 a day for 11 days
