@@ -1,6 +1,6 @@
 """Detection quality on labelled simulator streams, through the same engine as the live agent.
 
-Usage: python bench/eval_simulator.py [--sensors 8] [--hours 6] [--seed 101] [--config config.yaml] [--learn] [--set key=value]
+Usage: python bench/eval_simulator.py [--sensors 8] [--hours 6] [--seed 101] [--config config.yaml] [--learn [--clean-learning]] [--set key=value]
 
 Prints, per anomaly kind, the share of injections detected (at least one alert
 inside the injected stretch or within --grace readings after it), the share detected
@@ -11,7 +11,9 @@ per sensor-hour (alerts outside any injection and its grace period).
 By default the shipped models score the sensors. With --learn no model is assigned:
 every sensor learns its own on the way, as the agent does for a sensor it does not
 know (the config's learning.* settings, refits included); readings answered while
-learning, and injections that start among them, are left out of the figures.
+learning, and injections that start among them, are left out of the figures. Injections
+start anywhere, learning readings included (anomalies while a sensor learns); with
+--clean-learning none starts among them, as NAB's and SKAB's protocols learn from normal data.
 """
 
 from __future__ import annotations
@@ -81,18 +83,20 @@ def main() -> int:
     ap.add_argument("--grace", type=int, default=10, help="readings after an injection in which an alert still counts")
     ap.add_argument("--config", default=str(REPO / "config.yaml"))
     ap.add_argument("--learn", action="store_true", help="no shipped models: every sensor learns its own (learning.* settings)")
+    ap.add_argument("--clean-learning", action="store_true",
+                    help="with --learn: no injection starts among a sensor's learning.rows first readings")
     ap.add_argument("--set", dest="overrides", action="append", default=[],
                     help="config overrides, e.g. learning.leave_out_outliers=false or decision.k=2")
     args = ap.parse_args()
 
-    sim = Simulation(n_sensors=args.sensors, rate=1.0, seed=args.seed, start=1_767_225_600.0)
+    cfg = load_config(args.config, args.overrides if args.learn else [*args.overrides, "learning.enabled=false"], {})
+    warmup = cfg.learning.rows if args.learn and args.clean_learning else 0
+    sim = Simulation(n_sensors=args.sensors, rate=1.0, seed=args.seed, start=1_767_225_600.0, warmup=warmup)
     readings = list(sim.iter_readings(duration=args.hours * 3600))
     as_readings = [Reading(r.sensor_id, {"value": r.value}, float(i), ts=r.ts, ts_raw=r.ts) for i, r in enumerate(readings)]
     if args.learn:
-        cfg = load_config(args.config, args.overrides, {})
         verdicts = [v for _, v in learn_and_score(as_readings, learning_plan(cfg), decision_of(cfg)) if isinstance(v, Verdict)]
     else:
-        cfg = load_config(args.config, [*args.overrides, "learning.enabled=false"], {})  # every simulated sensor has its model
         engine = build_engine(cfg, load_models(cfg, Path(args.config).resolve().parent))
         verdicts = []
         for start in range(0, len(as_readings), 256):
@@ -120,7 +124,9 @@ def main() -> int:
     if not hours:
         print(f"nothing scored: every reading of {args.hours} h was a learning one (learning.rows)", file=sys.stderr)
         return 1
-    how = "each sensor learning its own model (learning.* of" if args.learn else "shipped models (from"
+    how = "shipped models (from"
+    if args.learn:
+        how = f"each sensor learning its own model{' from clean readings' if args.clean_learning else ''} (learning.* of"
     print(f"simulator: {args.sensors} sensors x {args.hours} h at 1 reading/s, seed {args.seed}; "
           f"{len(readings)} readings; {how} {args.config})\n")
     print("| anomaly kind | injections | detected | detected before it ended | median delay (readings) |")

@@ -91,7 +91,7 @@ class LearningConfig:
     refit_every: int = _f(3600, "Refit a learned model every this many readings on its most recent refit_rows, to follow slow drift (0: never refit; the first model stays).", min=0, max=100_000_000)
     refit_rows: int = _f(7200, "Readings a refit learns from: the most recent ones, without those flagged (unless the model is stale, see stale_share).", min=50, max=1_000_000)
     stale_share: float = _f(0.5, "When more than this share of the readings since the last fit were flagged, the sensor has moved to a new normal: the refit learns from the flagged readings too (1: never).", min=0.0, max=1.0)
-    leave_out_outliers: bool = _f(True, "Before a fit, leave out the readings a first forest isolates far more easily than the rest, so a spike or a stuck stretch while a sensor learns does not become its normal. false suits a sensor whose learning readings are known to be clean and whose normal has rare, recurring extremes (bursty counts, a daily on/off step): left out, those come back as false alarms.")
+    leave_out_outliers: bool = _f(False, "Before a fit, leave out the readings a first forest isolates far more easily than the rest, so that a spike or a stuck stretch while a sensor learns does not become its normal. It suits a sensor that may learn while something is already wrong; it costs false alarms on a sensor whose normal has rare, recurring extremes (a daily start and stop, bursty counts), which it leaves out too.")
     state_dir: str = _f("state", "Folder for learned models, kept across restarts (relative to the config file).")
 
 

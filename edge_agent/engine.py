@@ -45,7 +45,7 @@ class LearningPlan:
     refit_every: int = 3600
     refit_rows: int = 7200
     stale_share: float = 0.5
-    leave_out_outliers: bool = True
+    leave_out_outliers: bool = False
 
 
 @dataclass(frozen=True)
@@ -57,7 +57,7 @@ class LearnRequest:
     values: np.ndarray
     refit: bool
     keep: np.ndarray | None = None  # the rows to learn from (None: all); features still see every row
-    leave_out_outliers: bool = True  # and of those, not the ones a first forest finds far out
+    leave_out_outliers: bool = False  # and of those, not the ones a first forest finds far out
 
 
 # What a duplicate's verdict repeats of the original: score, anomaly, raw score, model, version, learning, onset.

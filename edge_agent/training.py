@@ -157,13 +157,13 @@ def outlier_rows(raw: np.ndarray) -> np.ndarray:
 
 def learn_model(
     spec: FeatureSpec, values: np.ndarray, name: str, version: str, seed: int = 0, keep: np.ndarray | None = None,
-    leave_out_outliers: bool = True,
+    leave_out_outliers: bool = False,
 ) -> SensorModel:
     """A model for one sensor from its own readings, fitted with numpy (on the device).
 
     ``keep`` marks the readings to learn from (default: all); the streaming features
-    are computed over every reading, in order, as the live agent saw them. Outliers
-    among them are left out unless ``leave_out_outliers`` is false (see ``fit_model``).
+    are computed over every reading, in order, as the live agent saw them. With
+    ``leave_out_outliers``, outliers among them are left out (see ``fit_model``).
     """
     record = training_record("learned on the device", [name], numpy_fitter, DEFAULT_TREES, DEFAULT_MAX_SAMPLES, seed, "")
     keep = np.ones(len(values), dtype=bool) if keep is None else np.asarray(keep, dtype=bool)

@@ -61,6 +61,10 @@ def test_eval_simulator_scores_shipped_and_learned_models(tmp_path: Path) -> Non
     learned = _run("bench/eval_simulator.py", "--sensors", "4", "--hours", "0.5", "--learn", "--config", str(config))
     assert learned.returncode == 0, learned.stderr
     assert "each sensor learning its own model" in learned.stdout and "false alarms:" in learned.stdout
+    clean = _run("bench/eval_simulator.py", "--sensors", "4", "--hours", "0.5", "--learn", "--clean-learning",
+                 "--config", str(config), "--set", "learning.leave_out_outliers=true")
+    assert clean.returncode == 0, clean.stderr
+    assert "each sensor learning its own model from clean readings" in clean.stdout
 
     too_short = _run("bench/eval_simulator.py", "--sensors", "2", "--hours", "0.05", "--learn")
     assert too_short.returncode == 1 and "nothing scored" in too_short.stderr

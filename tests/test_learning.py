@@ -228,14 +228,14 @@ def test_a_refit_leaves_flagged_readings_out_but_learns_a_new_normal() -> None:
     assert sum(v.anomaly for v in shifted[-300:]) <= 15  # then it is the normal
 
 
-def test_learning_leaves_unmarked_outliers_out_of_the_model() -> None:
+def test_learning_told_to_leaves_unmarked_outliers_out_of_the_model() -> None:
     from edge_agent.features import DEFAULT_TRANSFORMS, FeatureSpec
     from edge_agent.training import learn_model
 
     rng = np.random.default_rng(6)
     values = rng.normal(0, 1, 1000)
     values[[100, 400, 700]] = 12.0  # spikes nobody labelled, in the readings a sensor learns from
-    model = learn_model(FeatureSpec(("value",), DEFAULT_TRANSFORMS), values[:, None], "s", "1")
+    model = learn_model(FeatureSpec(("value",), DEFAULT_TRANSFORMS), values[:, None], "s", "1", leave_out_outliers=True)
     assert model.manifest["training"]["rows"] < 1000
     assert model.range_guard.high[0] < 6  # the normal's range, not the spikes'
     engine = ScoringEngine({"s": model}, default="s")
@@ -252,7 +252,7 @@ def test_a_sensor_that_counts_may_repeat_itself_but_not_freeze() -> None:
     # two or three equal readings are normal for it, unlike for a continuous sensor.
     rng = np.random.default_rng(10)  # its 604 learning readings never hold three equal in a row
     counts = rng.poisson(20 + 15 * np.sin(2 * np.pi * np.arange(3600) / 288)).astype(float)
-    model = learn_model(FeatureSpec(("value",), DEFAULT_TRANSFORMS), counts[:604, None], "s", "1")
+    model = learn_model(FeatureSpec(("value",), DEFAULT_TRANSFORMS), counts[:604, None], "s", "1", leave_out_outliers=True)
     engine = ScoringEngine({"s": model}, default="s")
     normal = engine.score(_readings("x", list(counts[604:])))
     runs = [i for i in range(2, len(normal)) if counts[604 + i] == counts[603 + i] == counts[602 + i]]
@@ -277,7 +277,7 @@ def test_repeats_left_out_as_outliers_still_count_towards_what_is_normal() -> No
     rng = np.random.default_rng(0)
     daily = np.sin(2 * np.pi * np.arange(4000) / 288)
     load = np.round(np.clip(40 + 10 * daily + 3 * rng.standard_normal(4000), 0, 100) / 0.2) * 0.2
-    model = learn_model(FeatureSpec(("value",), DEFAULT_TRANSFORMS), load[:604, None], "s", "1")
+    model = learn_model(FeatureSpec(("value",), DEFAULT_TRANSFORMS), load[:604, None], "s", "1", leave_out_outliers=True)
     assert model.manifest["training"]["rows"] < 604  # the filter did leave rows out
     engine = ScoringEngine({"s": model}, default="s")
     verdicts = engine.score(_readings("x", list(load[604:])))
@@ -287,10 +287,10 @@ def test_repeats_left_out_as_outliers_still_count_towards_what_is_normal() -> No
     assert sum(v.anomaly for v in verdicts) <= 3  # type: ignore[union-attr]
 
 
-def test_a_sensor_with_rare_recurring_extremes_keeps_them_when_told_its_learning_is_clean() -> None:
+def test_a_sensor_with_rare_recurring_extremes_keeps_them_unless_told_to_leave_outliers_out() -> None:
     # A machine that runs half the day: a step of 60 twice a day, 4 of them in the 604
-    # readings learned from (5-minute readings). Left out as outliers, every later step is
-    # a false alarm; kept (learning.leave_out_outliers: false), none is.
+    # readings learned from (5-minute readings). Kept (the default), no later step is an
+    # alarm; left out as outliers (learning.leave_out_outliers: true), every one is.
     rng = np.random.default_rng(1)
     day = np.arange(4032) % 288
     level = list(np.where(day < 144, 20.0, 80.0) + rng.normal(0, 1, 4032))
