@@ -18,10 +18,10 @@ import threading
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
-from importlib import metadata
 from typing import Any
 
 
+from edge_agent import package_version
 from edge_agent.config import AgentConfig
 from edge_agent.domain import InvalidReading, Reading, Verdict
 from edge_agent.mqtt_transport import MQTTTransport
@@ -46,13 +46,6 @@ def discovery_id(text: str) -> str:
     if safe == text:
         return text
     return f"{safe}_{zlib.crc32(text.encode('utf-8', 'surrogatepass')):08x}"
-
-
-def _package_version() -> str:
-    try:
-        return metadata.version("edge-anomaly-agent")
-    except metadata.PackageNotFoundError:
-        return "unknown"
 
 
 @dataclass(frozen=True)
@@ -86,7 +79,7 @@ def discovery_messages(cfg: AgentConfig, sensor_id: str, model: str, model_versi
             "model": f"Isolation Forest '{model}'",
             "sw_version": model_version,
         },
-        "origin": {"name": ORIGIN_NAME, "sw_version": _package_version()},
+        "origin": {"name": ORIGIN_NAME, "sw_version": package_version("unknown")},
         "qos": 1,
     }
     anomaly = {

@@ -8,8 +8,9 @@ body the server can answer is declared here, and nothing is declared that it doe
 from __future__ import annotations
 
 import json
-from importlib import metadata
 from typing import Any
+
+from edge_agent import package_version
 
 OPENAPI_PATH = "/openapi.json"
 
@@ -26,13 +27,6 @@ def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
 
 def _error(description: str) -> dict[str, Any]:
     return _json(_ref("Error"), description)
-
-
-def _version() -> str:
-    try:
-        return metadata.version("edge-anomaly-agent")
-    except metadata.PackageNotFoundError:
-        return "0.0.0"
 
 
 def _schemas() -> dict[str, Any]:
@@ -160,7 +154,7 @@ def openapi_document() -> dict[str, Any]:
         "openapi": "3.0.3",
         "info": {
             "title": "edge-anomaly-agent HTTP API",
-            "version": _version(),
+            "version": package_version("0.0.0"),
             "description": (
                 "Scores sensor readings with the agent's Isolation Forest models and exposes its health and "
                 "Prometheus metrics. Every error is JSON {\"error\": \"...\"}; an unknown path is 404 and a "

@@ -16,7 +16,10 @@ pytestmark = pytest.mark.broker
 
 
 def test_the_running_agent_never_imports_scikit_learn_or_scipy(broker, tmp_path) -> None:
-    """Load models, start the agent, score readings and answer /predict; then look at sys.modules."""
+    """Load models, start the agent, score readings and answer /predict; then look at sys.modules.
+
+    Nor what it needs only on request (Home Assistant discovery, off here; "did you mean" for
+    a bad key; its version, for /openapi.json): each costs a part of the 50 MB budget."""
     script = textwrap.dedent(f"""
         import json, sys, time, urllib.request
         import paho.mqtt.client as paho
@@ -42,7 +45,8 @@ def test_the_running_agent_never_imports_scikit_learn_or_scipy(broker, tmp_path)
                                      headers={{"Content-Type": "application/json"}})
         print(json.dumps({{"predict": json.load(urllib.request.urlopen(req)),
                           "learned": "boiler" in agent.engine.learned,
-                          "heavy": sorted(m for m in sys.modules if m.split(".")[0] in ("sklearn", "scipy", "joblib"))}}))
+                          "heavy": sorted(m for m in sys.modules if m.split(".")[0] in ("sklearn", "scipy", "joblib")),
+                          "on_request": sorted({{"edge_agent.homeassistant", "difflib", "importlib.metadata"}} & set(sys.modules))}}))
         agent.stop(); c.loop_stop()
     """)
     r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=90, cwd=tmp_path)
@@ -51,6 +55,7 @@ def test_the_running_agent_never_imports_scikit_learn_or_scipy(broker, tmp_path)
     assert out["predict"]["anomaly"] == 0
     assert out["learned"], "the learning sensor never got its model"
     assert out["heavy"] == []
+    assert out["on_request"] == []
 
 
 def test_a_tiny_hand_over_applies_backpressure_and_loses_nothing(start_agent, collect, sensor) -> None:
