@@ -1,6 +1,6 @@
 """Detection quality on labelled simulator streams, through the same engine as the live agent.
 
-Usage: python bench/eval_simulator.py [--sensors 8] [--hours 6] [--seed 101] [--config config.yaml] [--learn [--clean-learning]] [--set key=value]
+Usage: python bench/eval_simulator.py [--sensors 8] [--hours 6] [--seed 101] [--config config.yaml] [--learn [--clean-learning] [--glitch 10]] [--set key=value]
 
 Prints, per anomaly kind, the share of injections detected (at least one alert
 inside the injected stretch or within --grace readings after it), the share detected
@@ -14,11 +14,13 @@ know (the config's learning.* settings, refits included); readings answered whil
 learning, and injections that start among them, are left out of the figures. Injections
 start anywhere, learning readings included (anomalies while a sensor learns); with
 --clean-learning none starts among them, as NAB's and SKAB's protocols learn from normal data.
+--glitch N moves one reading halfway through each sensor's learning readings N noise widths up.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import statistics
 import sys
 from collections import defaultdict
@@ -32,7 +34,7 @@ from edge_agent.agent import build_engine, decision_of, learning_plan, load_mode
 from edge_agent.config import load_config  # noqa: E402
 from edge_agent.domain import Reading, Verdict  # noqa: E402
 from edge_agent.replay import learn_and_score  # noqa: E402
-from simulator.streams import Simulation  # noqa: E402
+from simulator.streams import Simulation, SimReading  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -75,6 +77,18 @@ def injection_outcomes(
     return outcomes, false_alarms
 
 
+def with_glitches(readings: list[SimReading], sigma: dict[str, float], nth: int, sigmas: float) -> list[SimReading]:
+    """The readings with each sensor's ``nth`` reading (from 0) moved up by ``sigmas`` of its noise width."""
+    seen: dict[str, int] = defaultdict(int)
+    out = []
+    for r in readings:
+        if seen[r.sensor_id] == nth:
+            r = dataclasses.replace(r, value=round(r.value + sigmas * sigma[r.sensor_id], 4))
+        seen[r.sensor_id] += 1
+        out.append(r)
+    return out
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sensors", type=int, default=8)
@@ -85,6 +99,8 @@ def main() -> int:
     ap.add_argument("--learn", action="store_true", help="no shipped models: every sensor learns its own (learning.* settings)")
     ap.add_argument("--clean-learning", action="store_true",
                     help="with --learn: no injection starts among a sensor's learning.rows first readings")
+    ap.add_argument("--glitch", type=float, metavar="SIGMAS",
+                    help="with --learn: one reading halfway through each sensor's learning readings is off by this many noise widths (a bad reading while it learns)")
     ap.add_argument("--set", dest="overrides", action="append", default=[],
                     help="config overrides, e.g. learning.leave_out_outliers=false or decision.k=2")
     args = ap.parse_args()
@@ -93,6 +109,8 @@ def main() -> int:
     warmup = cfg.learning.rows if args.learn and args.clean_learning else 0
     sim = Simulation(n_sensors=args.sensors, rate=1.0, seed=args.seed, start=1_767_225_600.0, warmup=warmup)
     readings = list(sim.iter_readings(duration=args.hours * 3600))
+    if args.glitch and args.learn:
+        readings = with_glitches(readings, {s.sensor_id: s.sigma for s in sim.sensors}, cfg.learning.rows // 2, args.glitch)
     as_readings = [Reading(r.sensor_id, {"value": r.value}, float(i), ts=r.ts, ts_raw=r.ts) for i, r in enumerate(readings)]
     if args.learn:
         verdicts = [v for _, v in learn_and_score(as_readings, learning_plan(cfg), decision_of(cfg)) if isinstance(v, Verdict)]
@@ -126,7 +144,8 @@ def main() -> int:
         return 1
     how = "shipped models (from"
     if args.learn:
-        how = f"each sensor learning its own model{' from clean readings' if args.clean_learning else ''} (learning.* of"
+        glitch = f", one reading off by {args.glitch:g} noise widths halfway through" if args.glitch else ""
+        how = f"each sensor learning its own model{' from clean readings' if args.clean_learning else ''}{glitch} (learning.* of"
     print(f"simulator: {args.sensors} sensors x {args.hours} h at 1 reading/s, seed {args.seed}; "
           f"{len(readings)} readings; {how} {args.config})\n")
     print("| anomaly kind | injections | detected | detected before it ended | median delay (readings) |")

@@ -135,6 +135,11 @@ RANGE_MARGIN = 1.0
 WANDERING_MARGIN = 10.0
 
 
+# At most this many training readings per side of a feature are left out of its range as
+# lone extremes (see RangeGuard.without_lone_extremes).
+LONE_EXTREMES = 10
+
+
 def range_margin(training_rows: int) -> float:
     return float(min(RANGE_MARGIN, max(0.1, 20.0 / np.sqrt(max(training_rows, 1)))))
 
@@ -170,6 +175,32 @@ class RangeGuard:
     @classmethod
     def fit(cls, x: np.ndarray, margin: np.ndarray) -> RangeGuard:
         return cls(low=x.min(axis=0), high=x.max(axis=0), margin=np.asarray(margin, dtype=np.float64))
+
+    def without_lone_extremes(self, x: np.ndarray) -> RangeGuard:
+        """The guard with each training extreme left out of the range while the guard fitted
+        on the readings below it would flag it (up to LONE_EXTREMES per side of a feature).
+
+        One bad reading while a sensor learns (a glitch of 10 noise widths) would otherwise
+        stretch the range to include it, and every later spike up to its size would pass. An
+        extreme that recurs (the daily step of a machine that starts and stops) has a twin
+        among the rest and stays in the range, as does a tail that thins out gradually.
+        """
+        low, high = self.low.copy(), self.high.copy()
+        for j in range(x.shape[1]):
+            values, m = np.sort(x[:, j]), self.margin[j]
+            top, bottom = len(values) - 1, 0
+            while top > bottom and len(values) - 1 - top < LONE_EXTREMES:
+                rest_high = values[top - 1]
+                if not (rest_high > values[bottom] and values[top] > rest_high + m * (rest_high - values[bottom])):
+                    break
+                top -= 1
+            while bottom < top and bottom < LONE_EXTREMES:
+                rest_low = values[bottom + 1]
+                if not (values[top] > rest_low and values[bottom] < rest_low - m * (values[top] - rest_low)):
+                    break
+                bottom += 1
+            low[j], high[j] = values[bottom], values[top]
+        return RangeGuard(low, high, self.margin)
 
     @cached_property
     def spread(self) -> np.ndarray:
@@ -273,7 +304,7 @@ def build_model(
     margin = np.full(x.shape[1], range_margin(len(x)))
     if wandering_levels is not None:
         margin[np.asarray(wandering_levels, dtype=bool)] = WANDERING_MARGIN
-    guard = RangeGuard.fit(x, margin)
+    guard = RangeGuard.fit(x, margin).without_lone_extremes(x)
     repeats = np.array([parse_transform(t)[0] == "repeats" for _, t in spec.columns], dtype=bool)
     if repeats.any() and len(x):
         every = x if all_features is None else all_features

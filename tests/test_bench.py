@@ -62,9 +62,23 @@ def test_eval_simulator_scores_shipped_and_learned_models(tmp_path: Path) -> Non
     assert learned.returncode == 0, learned.stderr
     assert "each sensor learning its own model" in learned.stdout and "false alarms:" in learned.stdout
     clean = _run("bench/eval_simulator.py", "--sensors", "4", "--hours", "0.5", "--learn", "--clean-learning",
-                 "--config", str(config), "--set", "learning.leave_out_outliers=true")
+                 "--glitch", "10", "--config", str(config), "--set", "learning.leave_out_outliers=true")
     assert clean.returncode == 0, clean.stderr
-    assert "each sensor learning its own model from clean readings" in clean.stdout
+    assert "each sensor learning its own model from clean readings, one reading off by 10 noise widths" in clean.stdout
+
+
+def test_a_glitch_moves_one_reading_per_sensor_by_its_noise_width() -> None:
+    sys.path.insert(0, str(REPO / "bench"))
+    from eval_simulator import with_glitches
+    from simulator.streams import Simulation
+
+    sim = Simulation(n_sensors=2, rate=1.0, seed=1, start=0.0, anomaly_rate=0.0)
+    readings = list(sim.iter_readings(count=20))
+    sigma = {s.sensor_id: s.sigma for s in sim.sensors}
+    moved = with_glitches(readings, sigma, 3, 10.0)
+    changed = [(a.sensor_id, b.value - a.value) for a, b in zip(readings, moved) if a.value != b.value]
+    assert [sid for sid, _ in changed] == [s.sensor_id for s in sim.sensors]  # one each: its 4th reading
+    assert all(d == pytest.approx(10 * sigma[sid], abs=1e-4) for sid, d in changed)
 
     too_short = _run("bench/eval_simulator.py", "--sensors", "2", "--hours", "0.05", "--learn")
     assert too_short.returncode == 1 and "nothing scored" in too_short.stderr

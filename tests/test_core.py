@@ -14,7 +14,9 @@ import edge_agent.features
 from edge_agent.domain import InvalidReading, Reading, Verdict
 from edge_agent.engine import Decision, ScoringEngine, UnknownSensor
 from edge_agent.features import FeatureSpec, feature_matrix, parse_transform
-from edge_agent.model import CALIBRATION_SCORES, Calibration, ModelError, load_estimator, load_model, tail_quantile
+from edge_agent.model import (
+    CALIBRATION_SCORES, LONE_EXTREMES, Calibration, ModelError, RangeGuard, load_estimator, load_model, tail_quantile,
+)
 
 
 def test_feature_doctests() -> None:
@@ -71,6 +73,29 @@ def test_a_threshold_learned_from_few_scores_comes_from_their_tail_not_their_max
     # never beyond halfway from the maximum to 1, the highest raw score there is
     heavy = np.concatenate([np.full(380, 0.3), np.linspace(0.3, 0.95, 20)])
     assert tail_quantile(heavy, 1e-4) == (0.95 + 1.0) / 2
+
+
+def test_a_lone_training_extreme_stays_out_of_the_range_but_a_recurring_one_stays_in() -> None:
+    rng = np.random.default_rng(2)
+    normal = rng.normal(0, 1, (1000, 1))
+    margin = np.array([0.3])
+
+    def guard(column: np.ndarray) -> RangeGuard:
+        return RangeGuard.fit(column, margin).without_lone_extremes(column)
+
+    glitch = np.vstack([normal, [[10.0]]])  # one bad reading: the rest's guard would flag it
+    g = guard(glitch)
+    assert g.high[0] == normal.max() and g.low[0] == normal.min()
+    assert g.excess(np.array([[8.0]]))[0] > 0  # so a later spike of its size is out of range
+    twice = np.vstack([normal, [[10.0], [10.0]]])  # seen twice: part of the normal
+    assert guard(twice).high[0] == 10.0
+    dip = np.vstack([normal, [[-10.0]]])
+    assert guard(dip).low[0] == normal.min() and guard(dip).high[0] == normal.max()
+    near = np.vstack([normal, [[normal.max() + 0.1]]])  # within the margin of the rest: kept
+    assert guard(near).high[0] == near.max()
+    # each further out than the rest's margin, so each is lone; only LONE_EXTREMES go
+    ladder = np.vstack([normal, 10.0 * 2.0 ** np.arange(LONE_EXTREMES + 3)[:, None]])
+    assert guard(ladder).high[0] == np.sort(ladder[:, 0])[-(LONE_EXTREMES + 1)]
 
 
 def test_model_round_trip_scores_identically(models_dir: Path, tmp_path: Path) -> None:

@@ -302,3 +302,18 @@ def test_a_sensor_with_rare_recurring_extremes_keeps_them_unless_told_to_leave_o
         flagged[leave_out] = sum(v.anomaly for v in verdicts)  # type: ignore[union-attr]
     assert flagged[False] == 0
     assert flagged[True] >= 22  # at least a reading at each later step: 2 a day for 11 days
+
+
+def test_one_bad_reading_while_learning_does_not_hide_later_spikes_of_its_size() -> None:
+    rng = np.random.default_rng(8)
+    values = list(10 + rng.normal(0, 1, 1600))
+    values[300] = 20.0  # a glitch among the 600 readings learned from (outliers are kept by default)
+    spikes = [800, 1000, 1200, 1400]
+    for i in spikes:
+        values[i] = 20.0  # the same reading again, later: with the glitch as the range's edge, none was flagged
+    learner = _inline(LearningPlan(rows=600, refit_every=0))
+    verdicts = learner.feed(_readings("s", values))
+    model = learner.engine.learned["s"]
+    assert model.manifest["training"]["rows"] == 600  # nothing left out of the fit
+    assert model.range_guard.high[0] < 15  # but the glitch is not the edge of the normal range
+    assert all(verdicts[i].anomaly for i in spikes)  # type: ignore[union-attr]
