@@ -317,3 +317,17 @@ def test_one_bad_reading_while_learning_does_not_hide_later_spikes_of_its_size()
     assert model.manifest["training"]["rows"] == 600  # nothing left out of the fit
     assert model.range_guard.high[0] < 15  # but the glitch is not the edge of the normal range
     assert all(verdicts[i].anomaly for i in spikes)  # type: ignore[union-attr]
+
+
+def test_an_abrupt_step_seen_once_while_learning_stays_strange_and_one_seen_twice_does_not() -> None:
+    rng = np.random.default_rng(3)
+    flagged = {}
+    for runs in (1, 2):  # the machine starts and stops once, or twice, in each hour
+        t = np.arange(3 * 3600) % 3600
+        on = (t >= 1000) & (t < 1600) if runs == 1 else ((t >= 500) & (t < 1100)) | ((t >= 2000) & (t < 2600))
+        level = list(np.where(on, 80.0, 20.0) + rng.normal(0, 1, len(t)))
+        learner = _inline(LearningPlan(rows=3600, refit_every=0))
+        verdicts = learner.feed(_readings("s", level))
+        flagged[runs] = sum(v.anomaly for v in verdicts)  # type: ignore[union-attr]
+    assert flagged[1] >= 4  # every later start and stop: 2 of each
+    assert flagged[2] == 0
