@@ -48,6 +48,7 @@ from edge_agent.replay import replay_learning  # noqa: E402
 from edge_agent.table import TableError, read_table  # noqa: E402
 from edge_agent.training import TrainingError  # noqa: E402
 from simulator.streams import Simulation  # noqa: E402
+from corpus import report_skipped  # noqa: E402  (bench/, the script's own folder)
 
 # NAB's application profiles (config/profiles.json): weights of a true positive, a
 # false negative and a false positive.
@@ -63,6 +64,12 @@ NAB_TIME = "%Y-%m-%d %H:%M:%S"
 
 def probation(rows: int) -> int:
     return min(math.floor(PROBATION_SHARE * rows), PROBATION_MAX)
+
+
+def learning_rows(rows: int) -> int:
+    """Readings a file's sensor learns from: its probationary period, and at least
+    learning.rows' minimum of 50."""
+    return max(50, probation(rows))
 
 
 def scaled_sigmoid(position: float) -> float:
@@ -192,7 +199,7 @@ def main() -> int:
             progress.update(done)
             try:
                 table = read_table(data / name, ["value"])
-                plan = learning_plan(cfg, rows=max(50, probation(len(table))))
+                plan = learning_plan(cfg, rows=learning_rows(len(table)))
                 verdicts = [r.verdict for r in replay_learning(table, plan, decision)]
             except (TableError, TrainingError) as e:  # one unreadable file does not end the run
                 skipped.append(str(e))
@@ -206,14 +213,12 @@ def main() -> int:
                 print(f"{name}: windows {len(windows)}, detected {sum(w is not None for w in s.window_hits)}, "
                       f"flags outside windows {len(s.false_positives)}, onsets outside {len(scores['onset'][name].false_positives)}")
         progress.close()
-    for reason in skipped:
-        print(f"eval_nab: skipped {reason}", file=sys.stderr)
+    skipped_note = report_skipped("eval_nab", skipped)
     if len(skipped) == len(labels):
         print(f"no usable files among the {len(labels)} that {labels_path} names", file=sys.stderr)
         return 2
 
     source = f"{args.simulate} simulator streams (seed {args.seed})" if args.simulate is not None else str(data)
-    skipped_note = f" ({len(skipped)} skipped, see stderr)" if skipped else ""
     print(f"NAB-style: {len(labels) - len(skipped)} files from {source}{skipped_note}; decision {decision}, "
           f"learning.refit_every {cfg.learning.refit_every}\n")
     print("| detections | windows | detected | outside windows | " + " | ".join(PROFILES) + " |")

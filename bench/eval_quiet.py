@@ -3,8 +3,9 @@
 Usage: python bench/eval_quiet.py [--files 4] [--rows 4032] [--seed 1] [--set learning.leave_out_outliers=false]
 
 Every stream holds no anomaly, so every alarm is a false one. Each file is replayed as
-`edge-agent replay` replays a file without a model (and as bench/eval_nab.py does): its
-first 15 % are learned from, then it is scored, with the config's refits. The shapes are
+`edge-agent replay` replays a file without a model, and as bench/eval_nab.py does: its
+probationary period (15 %, at most 750 rows) is learned from, then it is scored, with the
+config's refits. The shapes are
 ones the simulator's smooth Gaussian sensors do not cover: counts that often repeat, a
 humidity reported in whole percent, a quantized CPU load with a daily cycle, bursty
 heavy-tailed volumes, an autocorrelated level, and a machine that runs half the day. Rows
@@ -28,10 +29,10 @@ from edge_agent.agent import decision_of, learning_plan  # noqa: E402
 from edge_agent.config import load_config  # noqa: E402
 from edge_agent.domain import Reading, Verdict  # noqa: E402
 from edge_agent.replay import learn_and_score  # noqa: E402
+from eval_nab import learning_rows  # noqa: E402  (bench/, the script's own folder)
 
 STEP_S = 300.0  # 5-minute rows
 DAY_ROWS = 288
-PROBATION = 0.15  # NAB's: the first 15 % of a file is learned from
 
 
 def _daily(n: int) -> np.ndarray:
@@ -69,7 +70,7 @@ def main() -> int:
     if args.files < 1 or args.rows < 400:
         ap.error("--files must be at least 1 and --rows at least 400")
     cfg = load_config(None, args.overrides, {})
-    plan = learning_plan(cfg, rows=max(50, int(args.rows * PROBATION)))
+    plan = learning_plan(cfg, rows=learning_rows(args.rows))
     decision = decision_of(cfg)
 
     print(f"anomaly-free streams: {args.files} of each shape x {args.rows} rows, seed {args.seed}; "

@@ -33,6 +33,7 @@ from edge_agent.progress import Progress  # noqa: E402
 from edge_agent.replay import ReplayRow, replay, replay_learning  # noqa: E402
 from edge_agent.table import SensorTable, TableError, read_table  # noqa: E402
 from edge_agent.training import TrainingError, train_model  # noqa: E402
+from corpus import report_skipped  # noqa: E402  (bench/, the script's own folder)
 
 LEARN_ROWS = 400
 PUBLISHED = [
@@ -83,8 +84,7 @@ def main() -> int:
         if args.per_file:
             print(f"{path.parent.name}/{path.name}: {counts}")
     progress.close()
-    for reason in skipped:
-        print(f"eval_skab: skipped {reason}", file=sys.stderr)
+    skipped_note = report_skipped("eval_skab", skipped)
     if len(skipped) == len(files):
         print(f"no usable SKAB files under {args.data}", file=sys.stderr)
         return 2
@@ -103,7 +103,6 @@ def main() -> int:
                         f"{flagged} of {scored} scored readings flagged ({100 * flagged / scored:.2f} %); "
                         f"each field alone: {', '.join(f'{x:.1f}' for x in shares)} % (mean {sum(shares) / len(shares):.1f} %)")
     elapsed = time.perf_counter() - started
-    skipped_note = f" ({len(skipped)} skipped, see stderr)" if skipped else ""
     print(f"SKAB: {len(files) - len(skipped)} files under {args.data}{skipped_note}, first {LEARN_ROWS} rows of each to learn, "
           f"{fixed.total} rows scored in each mode, {elapsed:.1f} s; decision {decision}\n")
     print("| detector | F1 | FAR % | MAR % |")
