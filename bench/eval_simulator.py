@@ -1,12 +1,13 @@
 """Detection quality on labelled simulator streams, through the same engine as the live agent.
 
-Usage: python bench/eval_simulator.py [--sensors 8] [--hours 6] [--seed 101] [--config config.yaml] [--learn [--clean-learning] [--glitch 10]] [--set key=value]
+Usage: python bench/eval_simulator.py [--sensors 24] [--hours 6] [--seed 101] [--config config.yaml] [--learn [--clean-learning] [--glitch 10]] [--set key=value]
 
 Prints, per anomaly kind, the share of injections detected (at least one alert
 inside the injected stretch or within --grace readings after it), the share detected
 before the stretch ended (a drift that snaps back is easy to see when it ends), the median delay
 from the start of the injection to the first alert (in readings), and false alarms
-per sensor-hour (alerts outside any injection and its grace period).
+per sensor-hour (alerts outside any injection and its grace period). A second table
+gives the share detected per kind of sensor: each kind has its own shipped model.
 
 By default the shipped models score the sensors. With --learn no model is assigned:
 every sensor learns its own on the way, as the agent does for a sensor it does not
@@ -91,7 +92,8 @@ def with_glitches(readings: list[SimReading], sigma: dict[str, float], nth: int,
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--sensors", type=int, default=8)
+    ap.add_argument("--sensors", type=int, default=24,
+                    help="sensors of the four kinds in turn (24: six of each, as many as a shipped model learned from)")
     ap.add_argument("--hours", type=float, default=6.0)
     ap.add_argument("--seed", type=int, default=101, help="a seed the shipped models were not trained on (they use 7)")
     ap.add_argument("--grace", type=int, default=10, help="readings after an injection in which an alert still counts")
@@ -131,12 +133,19 @@ def main() -> int:
         per_sensor[r.sensor_id].append((r.anomaly_id, r.anomaly, r.anomaly_kind, v.anomaly))
 
     detected: dict[str, list[Outcome]] = defaultdict(list)
+    by_sensor_kind: dict[tuple[str, str], list[Outcome]] = defaultdict(list)  # (sensor kind, anomaly kind)
+    sensor_kind = {s.sensor_id: s.kind for s in sim.sensors}
     false_alarms = 0
-    for rows in per_sensor.values():
+    kind_false_alarms: dict[str, int] = defaultdict(int)
+    kind_hours: dict[str, float] = defaultdict(float)
+    for sensor_id, rows in per_sensor.items():
         outcomes, sensor_false_alarms = injection_outcomes(rows, learning_ids, args.grace)
         for kind, outcome in outcomes:
             detected[kind].append(outcome)
+            by_sensor_kind[sensor_kind[sensor_id], kind].append(outcome)
         false_alarms += sensor_false_alarms
+        kind_false_alarms[sensor_kind[sensor_id]] += sensor_false_alarms
+        kind_hours[sensor_kind[sensor_id]] += len(rows) / 3600
 
     hours = sum(len(rows) for rows in per_sensor.values()) / 3600
     if not hours:
@@ -156,6 +165,18 @@ def main() -> int:
         during = sum(1 for o in found if o.before_end)
         med = f"{statistics.median(hits):.0f}" if hits else "-"
         print(f"| {kind} | {len(found)} | {len(hits) / len(found):.0%} | {during / len(found):.0%} | {med} |")
+    sensor_kinds = sorted(kind_hours)
+    print("\ndetected, per kind of sensor (injections in brackets):\n")
+    print(f"| anomaly kind | {' | '.join(sensor_kinds)} |")
+    print(f"|---|{'---|' * len(sensor_kinds)}")
+    for kind in sorted(detected):
+        cells = []
+        for sk in sensor_kinds:
+            found = by_sensor_kind.get((sk, kind), [])
+            hits = sum(1 for o in found if o.delay is not None)
+            cells.append(f"{hits / len(found):.0%} ({len(found)})" if found else "-")
+        print(f"| {kind} | {' | '.join(cells)} |")
+    print(f"| false alarms per sensor-hour | {' | '.join(f'{kind_false_alarms[sk] / kind_hours[sk]:.2f}' for sk in sensor_kinds)} |")
     print(f"\nfalse alarms: {false_alarms} in {hours:.0f} sensor-hours = {false_alarms / hours:.2f} per sensor per hour")
     return 0
 

@@ -146,17 +146,22 @@ def range_margin(training_rows: int) -> float:
 
 def normal_repeats(repeats: np.ndarray) -> float:
     """The longest run of repeats a sensor's own readings make plausible: where a run
-    gets as rare as THRESHOLD_RISK, taking each reading to repeat the last with the share
-    ``q`` of training readings that did (a run of r then has probability q^r). A sensor
-    with a coarse resolution (an integer %RH, a count) repeats by itself, and the longest
-    run in its training readings understates how long such runs get; a sensor that never
-    repeated in training gets 0, so its first repeat counts as stuck."""
-    q = float(np.mean(repeats >= 1)) if len(repeats) else 0.0
-    if q <= 0.0:
+    gets as rare as THRESHOLD_RISK, taking each reading to repeat the last with chance
+    ``q`` (a run of r then has probability q^r). A sensor with a coarse resolution (an
+    integer %RH, a count) repeats by itself, and the longest run in its training readings
+    understates how long such runs get.
+
+    ``q`` is the share of the n training readings that repeated the last one, counted
+    as Laplace's rule of succession does, (repeats + 1) / (n + 2): none in an hour of
+    readings does not make a repeat impossible, only rarer than about one in n. A
+    sensor with 4-decimal readings that repeats once in ~1,500 readings shows none in
+    many a learning hour, and its every later repeat would be a false alarm; with this
+    q it may repeat once, and twice is stuck. Only from about 10,000 training readings
+    on is an unseen repeat rare enough (q under THRESHOLD_RISK) to count at once."""
+    if not len(repeats):
         return 0.0
-    if q >= 1.0:
-        return float(MAX_REPEATS)
-    return float(min(math.ceil(math.log(THRESHOLD_RISK) / math.log(q)) - 1, MAX_REPEATS))
+    q = (float(np.count_nonzero(repeats >= 1)) + 1.0) / (len(repeats) + 2.0)
+    return float(max(0, min(math.ceil(math.log(THRESHOLD_RISK) / math.log(q)) - 1, MAX_REPEATS)))
 
 
 @dataclass(frozen=True)

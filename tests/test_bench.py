@@ -55,6 +55,8 @@ def test_eval_simulator_scores_shipped_and_learned_models(tmp_path: Path) -> Non
     assert shipped.returncode == 0, shipped.stderr
     assert "shipped models" in shipped.stdout and "false alarms:" in shipped.stdout
     assert "| detected before it ended |" in shipped.stdout
+    # one sensor of each kind, so the per-kind table has a column for each shipped model
+    assert "| anomaly kind | current | humidity | temperature | vibration |" in shipped.stdout
 
     config = tmp_path / "agent.yaml"
     config.write_text("learning:\n  enabled: true\n  rows: 300\n")

@@ -262,9 +262,33 @@ def test_a_sensor_that_counts_may_repeat_itself_but_not_freeze() -> None:
     first = next(i for i, v in enumerate(frozen) if v.anomaly)  # type: ignore[union-attr]
     assert first <= 12 and all(v.anomaly for v in frozen[first:])  # type: ignore[union-attr]
     # the run length allowed: the one that gets as rare as one reading in 10,000
-    assert normal_repeats(np.zeros(500)) == 0  # never repeated: the first repeat is stuck
+    # never repeated in 500 readings: a repeat is rarer than ~1 in 500, not impossible, so
+    # one is allowed (q = 1/502 by the rule of succession) and a second in a row is stuck;
+    # past 10,000 readings with none, q is under 1e-4 and the first repeat is stuck
+    assert normal_repeats(np.zeros(500)) == 1
+    assert normal_repeats(np.zeros(20_000)) == 0
     assert normal_repeats(np.tile([0.0, 1.0], 250)) == 13  # half repeat: 0.5**14 < 1e-4
     assert normal_repeats(np.ones(500)) == MAX_REPEATS
+
+
+def test_a_repeat_unseen_while_learning_is_rare_not_stuck_but_a_frozen_sensor_is() -> None:
+    from edge_agent.features import DEFAULT_TRANSFORMS, FeatureSpec
+    from edge_agent.training import learn_model
+
+    # A temperature in 4 decimals: about one reading in 400 equals the last, and these 600
+    # learning readings hold none. Its later single repeats are normal.
+    rng = np.random.default_rng(11)
+    temp = np.round(21 + rng.normal(0, 0.012, 20_000), 4)
+    learning, later = temp[:600], temp[600:]
+    assert not np.any(learning[1:] == learning[:-1])
+    model = learn_model(FeatureSpec(("value",), DEFAULT_TRANSFORMS), learning[:, None], "s", "1")
+    engine = ScoringEngine({"s": model}, default="s")
+    verdicts = engine.score(_readings("x", list(later)))
+    repeats = [i for i in range(2, len(later)) if later[i] == later[i - 1] != later[i - 2]]
+    assert len(repeats) > 10  # each one was flagged as a frozen sensor before
+    assert sum(verdicts[i].anomaly for i in repeats) == 0  # type: ignore[union-attr]
+    frozen = engine.score(_readings("x", [later[-1]] * 10, start=len(later)))
+    assert [v.anomaly for v in frozen[:3]] == [0, 1, 1]  # type: ignore[union-attr]  # repeated once: rare; twice: stuck
 
 
 def test_repeats_left_out_as_outliers_still_count_towards_what_is_normal() -> None:
