@@ -34,13 +34,25 @@ NAN = float("nan")
 # The streaming features every model gets unless told otherwise: the reading, its
 # change, how many readings in a row it repeated (a frozen sensor), its level
 # smoothed over the last 30 readings (a shift of a few noise widths stands out
-# there) and how much it moved over the last ten.
-DEFAULT_TRANSFORMS = ("value", "delta", "repeats", "mean:30", "std:10")
+# there), how much it moved over the last ten, and how far its last ten have moved
+# from its baseline over about 600 readings (a slow ramp; range-checked only).
+DEFAULT_TRANSFORMS = ("value", "delta", "repeats", "mean:30", "std:10", "drift:600")
 
 # name -> whether it takes a window size
-TRANSFORMS = {"value": False, "delta": False, "repeats": False, "mean": True, "mean_dev": True, "std": True}
+TRANSFORMS = {
+    "value": False, "delta": False, "repeats": False, "mean": True, "mean_dev": True, "std": True, "drift": True,
+}
 # A frozen sensor repeats its last value; counting stops here so the feature stays bounded.
 MAX_REPEATS = 100
+# drift:N compares the mean of a sensor's last DRIFT_RECENT readings with its baseline: the
+# mean of every reading before them, exponentially weighted with a memory of N readings
+# (a plain mean until there are N). It is undefined (NaN) until the baseline holds N
+# readings, and it is checked against its learned range only, never given to the forest
+# (see GUARD_ONLY): a slow feature seen over one learning hour gives a forest only a few
+# independent samples, and a forest that also splits on it isolates ordinary readings.
+DRIFT_RECENT = 10
+# Transforms the model's range check watches but its forest does not see.
+GUARD_ONLY = frozenset({"drift"})
 
 
 def parse_transform(name: str) -> tuple[str, int]:
@@ -81,10 +93,21 @@ class FeatureSpec:
 
     @property
     def history(self) -> int:
-        """Readings of history the widest transform needs (0 for value only)."""
-        windows = [parse_transform(t)[1] for t in self.transforms]
+        """Readings a reading's rolling features look back over (0 for value only); a drift
+        baseline's memory is not counted: it is a slow average, not a window of readings."""
+        windows = [_recent_window(*parse_transform(t)) for t in self.transforms]
         needs_prev = any(parse_transform(t)[0] == "delta" for t in self.transforms)
         return max([w for w in windows] + [1 if needs_prev else 0])
+
+    @property
+    def forest_columns(self) -> list[int]:
+        """Indices of the features the forest sees (every one but the GUARD_ONLY transforms)."""
+        return [i for i, (_, t) in enumerate(self.columns) if parse_transform(t)[0] not in GUARD_ONLY]
+
+    @property
+    def baselines(self) -> dict[int, int]:
+        """Feature index -> baseline memory of every drift:N feature."""
+        return {i: w for i, (_, t) in enumerate(self.columns) for kind, w in [parse_transform(t)] if kind == "drift"}
 
     def new_state(self) -> FeatureState:
         return FeatureState(self)
@@ -97,16 +120,23 @@ class FeatureSpec:
         return cls(fields=tuple(d["fields"]), transforms=tuple(d["transforms"]))
 
 
+def _recent_window(kind: str, w: int) -> int:
+    """Readings, the current one included, a transform reads from the recent window."""
+    return DRIFT_RECENT if kind == "drift" else w
+
+
 class _FieldWindow:
     """Recent values of one field, with running sums for O(1) mean and variance.
 
     Values are shifted by the first value seen so that the sums stay small and
     the variance keeps its precision on large readings (1013.25 hPa +- 0.01).
+    ``baselines`` holds, per drift memory N, the weighted mean of the readings that
+    have left the last DRIFT_RECENT, and ``folded`` how many those are.
     """
 
-    __slots__ = ("size", "values", "origin", "s1", "s2", "last", "repeats")
+    __slots__ = ("size", "values", "origin", "s1", "s2", "last", "repeats", "memories", "baselines", "folded")
 
-    def __init__(self, size: int) -> None:
+    def __init__(self, size: int, memories: tuple[int, ...] = ()) -> None:
         self.size = size
         self.values: deque[float] = deque()
         self.origin: float | None = None
@@ -114,6 +144,9 @@ class _FieldWindow:
         self.s2 = 0.0
         self.last: float | None = None
         self.repeats = 0
+        self.memories = memories
+        self.baselines = [0.0] * len(memories)
+        self.folded = 0
 
     def push(self, x: float) -> None:
         if self.origin is None:
@@ -123,12 +156,19 @@ class _FieldWindow:
             self.values.append(y)
             self.s1 += y
             self.s2 += y * y
+            if self.memories and len(self.values) >= DRIFT_RECENT:
+                self._fold(self.values[-DRIFT_RECENT])  # no longer among the last DRIFT_RECENT for the next reading
             if len(self.values) > self.size:
                 old = self.values.popleft()
                 self.s1 -= old
                 self.s2 -= old * old
         self.repeats = min(self.repeats + 1, MAX_REPEATS) if x == self.last else 0
         self.last = x
+
+    def _fold(self, y: float) -> None:
+        self.folded += 1
+        for i, n in enumerate(self.memories):
+            self.baselines[i] += (y - self.baselines[i]) / min(self.folded, n)
 
 
 class FeatureState:
@@ -140,8 +180,9 @@ class FeatureState:
         self.spec = spec
         self._plan = [parse_transform(t) for t in spec.transforms]
         # Every windowed transform looks at the current reading and at most w - 1 before it.
-        self._width = max([w - 1 for _, w in self._plan if w] + [0])
-        self._windows = [_FieldWindow(self._width) for _ in spec.fields]
+        self._width = max([_recent_window(kind, w) - 1 for kind, w in self._plan if w] + [0])
+        memories = tuple(w for kind, w in self._plan if kind == "drift")
+        self._windows = [_FieldWindow(self._width, memories) for _ in spec.fields]
 
     def update(self, values: Sequence[float]) -> list[float]:
         row = self._row(values)
@@ -157,9 +198,13 @@ class FeatureState:
         for win, x in zip(self._windows, values):
             origin = win.origin if win.origin is not None else x
             y = x - origin
+            drifts = 0
             for kind, w in self._plan:
                 if kind == "value":
                     row.append(x)
+                elif kind == "drift":
+                    row.append(_drift(win, y, drifts))
+                    drifts += 1
                 elif kind == "delta":
                     row.append(NAN if win.last is None else x - win.last)
                 elif kind == "repeats":
@@ -168,6 +213,14 @@ class FeatureState:
                 else:
                     row.append(_window_stat(kind, win, y, w, origin))
         return row
+
+
+def _drift(win: _FieldWindow, y: float, i: int) -> float:
+    """The mean of the last DRIFT_RECENT readings (this one included) less the ``i``-th baseline."""
+    if win.folded < win.memories[i]:
+        return NAN
+    recent = math.fsum(islice(reversed(win.values), DRIFT_RECENT - 1))
+    return (recent + y) / DRIFT_RECENT - win.baselines[i]
 
 
 def _window_stat(kind: str, win: _FieldWindow, y: float, w: int, origin: float) -> float:

@@ -118,18 +118,22 @@ def fit_model(
     easily than the rest (see ``outlier_rows``), and the model is fitted again without them.
     """
     features = training_features(spec, values, group_rows, keep, progress)
-    complete = features[~np.isnan(features).any(axis=1)]
-    if len(complete) < 8:
-        raise TrainingError(f"only {len(complete)} usable normal rows; at least 8 are needed")
-    forest, estimator = fitter(complete, trees, max_samples, seed)
+    cols = spec.forest_columns  # a drift baseline is NaN for its first N readings: it must not cost the forest rows
+
+    def complete(rows: np.ndarray) -> np.ndarray:
+        x = rows[:, cols]
+        return x[~np.isnan(x).any(axis=1)]
+
+    if len(complete(features)) < 8:
+        raise TrainingError(f"only {len(complete(features))} usable normal rows; at least 8 are needed")
+    forest, estimator = fitter(complete(features), trees, max_samples, seed)
     all_features = features
     if leave_out_outliers:
-        impute = np.nanmedian(features, axis=0)
-        outliers = outlier_rows(forest.anomaly_score(np.where(np.isnan(features), impute, features)))
+        x = features[:, cols]
+        outliers = outlier_rows(forest.anomaly_score(np.where(np.isnan(x), np.nanmedian(x, axis=0), x)))
         if outliers.any() and (~outliers).sum() >= 8:
             features = features[~outliers]
-            complete = features[~np.isnan(features).any(axis=1)]
-            forest, estimator = fitter(complete, trees, max_samples, seed)
+            forest, estimator = fitter(complete(features), trees, max_samples, seed)
     wandering = wandering_fields(values, group_rows, keep, spec.fields)
     # The level of a wandering field (its value, its smoothed value) is allowed to roam.
     wandering_levels = np.array(

@@ -45,6 +45,50 @@ def test_streaming_features_match_a_direct_computation() -> None:
     assert math.isnan(f[0, 1]) and math.isnan(f[0, 3])
 
 
+def test_drift_compares_the_last_ten_with_a_baseline_of_the_readings_before_them() -> None:
+    from edge_agent.features import DRIFT_RECENT
+
+    rng = np.random.default_rng(1)
+    x = 1013.25 + np.cumsum(rng.normal(0, 0.01, 400))
+    # the same drift values whatever else the spec computes (its recent window is its own)
+    alone = feature_matrix(FeatureSpec(("value",), ("drift:50",)), x[:, None])[:, 0]
+    beside = feature_matrix(FeatureSpec(("value",), ("value", "mean:30", "drift:50", "drift:20")), x[:, None])
+    np.testing.assert_allclose(beside[:, 2], alone, atol=1e-9, equal_nan=True)
+    # undefined until the baseline holds 50 readings before the last ten
+    assert np.isnan(alone[: 50 + DRIFT_RECENT - 1]).all() and not np.isnan(alone[50 + DRIFT_RECENT - 1 :]).any()
+    # a direct computation: a plain mean of the first 50, then exponentially weighted (1/50)
+    baseline = x[:50].mean()
+    for i in range(50 + DRIFT_RECENT - 1, 400):
+        if i > 50 + DRIFT_RECENT - 1:
+            baseline += (x[i - DRIFT_RECENT] - baseline) / 50
+        assert alone[i] == pytest.approx(x[i - DRIFT_RECENT + 1 : i + 1].mean() - baseline, abs=1e-9)
+    assert np.isnan(beside[20 + DRIFT_RECENT - 2, 3]) and not np.isnan(beside[20 + DRIFT_RECENT - 1, 3])
+
+
+def test_the_forest_never_sees_a_drift_feature_and_its_range_is_checked_only_once_learned() -> None:
+    from edge_agent.training import learn_model
+
+    spec = FeatureSpec(("value",), ("value", "delta", "drift:600"))
+    assert spec.forest_columns == [0, 1] and spec.baselines == {2: 600}
+    rng = np.random.default_rng(2)
+    # a sensor that warms steadily while it learns: every drift it shows is positive
+    warming = 20 + np.arange(3000) * 0.001 + rng.normal(0, 0.01, 3000)
+    model = learn_model(spec, warming[:, None], "s", "1")
+    assert model.forest.n_features == 2  # the first 609 rows, whose drift is NaN, still taught the forest
+    assert model.manifest["training"]["rows"] == 3000
+    low, high = model.range_guard.low[2], model.range_guard.high[2]
+    assert low == -high and high > 0.2  # judged by size either way: a pause in the warming is no drift
+    engine = ScoringEngine({"s": model}, default="s")
+    verdicts = engine.score([Reading("p", {"value": float(v)}, float(i)) for i, v in enumerate(
+        np.concatenate([warming, 23.0 + rng.normal(0, 0.01, 1500)]))])
+    assert sum(v.anomaly for v in verdicts[3000:]) == 0  # type: ignore[union-attr]
+    # 400 rows (SKAB's protocol) never fill a 600-reading baseline: the check stays off
+    short = learn_model(spec, warming[:400, None], "s", "1")
+    assert math.isinf(short.range_guard.margin[2]) and math.isfinite(short.range_guard.margin[1])
+    assert RangeGuard.from_dict(json.loads(json.dumps(short.range_guard.to_dict()))).margin[2] == math.inf
+    assert short.range_guard.to_dict()["margin"][2] is None  # JSON has no infinity: null is "not checked"
+
+
 def test_peek_does_not_advance_the_state() -> None:
     spec = FeatureSpec(fields=("a", "b"), transforms=("value", "delta"))
     state = spec.new_state()
@@ -112,7 +156,7 @@ def test_model_round_trip_scores_identically(models_dir: Path, tmp_path: Path) -
         assert key in manifest
     assert manifest["training"]["library_versions"]["scikit-learn"]
     estimator = load_estimator(models_dir / "default")
-    np.testing.assert_allclose(-estimator.score_samples(x), raw, atol=1e-9)
+    np.testing.assert_allclose(-estimator.score_samples(model.forest_input(x)), raw, atol=1e-9)
 
 
 def test_a_tampered_model_file_is_refused(models_dir: Path, tmp_path: Path) -> None:

@@ -243,6 +243,32 @@ def test_learning_told_to_leaves_unmarked_outliers_out_of_the_model() -> None:
     assert spike.anomaly == 1  # type: ignore[union-attr]
 
 
+def test_a_slow_ramp_is_flagged_while_it_climbs_not_only_when_it_snaps_back() -> None:
+    from edge_agent.features import DEFAULT_TRANSFORMS, FeatureSpec
+    from edge_agent.training import learn_model
+
+    # A temperature with slow wander (AR(1), ~2 minutes) learns for an hour at 1 reading/s;
+    # then it drifts 8 noise widths over 300 readings and snaps back.
+    rng = np.random.default_rng(12)
+    n, phi = 5400, np.exp(-1 / 120)
+    wander = np.zeros(n)
+    for i in range(1, n):
+        wander[i] = phi * wander[i - 1] + 0.15 * np.sqrt(1 - phi**2) * rng.normal()
+    temp = 22 + wander + rng.normal(0, 0.03, n)
+    sigma = float(np.hypot(0.15, 0.03))
+    start, length = 4500, 300
+    temp[start : start + length] += 8 * sigma * np.arange(1, length + 1) / length
+    first_alert = {}
+    for transforms in (DEFAULT_TRANSFORMS, tuple(t for t in DEFAULT_TRANSFORMS if not t.startswith("drift"))):
+        model = learn_model(FeatureSpec(("value",), transforms), temp[:3600, None], "s", "1")
+        verdicts = ScoringEngine({"s": model}, default="s").score(_readings("x", list(temp)))
+        alerts = [i for i in range(3600, n) if verdicts[i].anomaly]  # type: ignore[union-attr]
+        assert all(i >= start for i in alerts)  # no false alarm in the half hour before
+        first_alert["drift" in " ".join(transforms)] = alerts[0] - start if alerts else None
+    assert first_alert[True] is not None and first_alert[True] < length  # found while it climbs
+    assert first_alert[False] is None or first_alert[False] >= length  # without it: at the snap-back at best
+
+
 def test_a_sensor_that_counts_may_repeat_itself_but_not_freeze() -> None:
     from edge_agent.features import DEFAULT_TRANSFORMS, MAX_REPEATS, FeatureSpec
     from edge_agent.model import normal_repeats
