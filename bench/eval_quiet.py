@@ -8,7 +8,9 @@ probationary period (15 %, at most 750 rows) is learned from, then it is scored,
 config's refits. The shapes are
 ones the simulator's smooth Gaussian sensors do not cover: counts that often repeat, a
 humidity reported in whole percent, a quantized CPU load with a daily cycle, bursty
-heavy-tailed volumes, an autocorrelated level, and a machine that runs half the day. Rows
+heavy-tailed volumes, an autocorrelated level, a machine that runs half the day, and four
+whose level moves for good: growing traffic, a random walk, an outdoor temperature with
+weather, and a sawtooth. Rows
 are 5 minutes apart (4,032 rows: two weeks, a NAB file's typical length). Prints, per
 shape, the readings flagged and the alarm episodes per 1,000 scored readings.
 """
@@ -57,6 +59,15 @@ SHAPES: dict[str, Callable[[np.random.Generator, int], np.ndarray]] = {
     "autocorrelated level (AR(1), 3 decimals)": lambda rng, n: np.round(50 + 3 * _ar1(rng, n, 0.95), 3),
     "machine on half the day (a step of 60 twice a day, noise 1)": lambda rng, n: np.where(
         np.arange(n) % DAY_ROWS < DAY_ROWS // 2, 20.0, 80.0) + rng.standard_normal(n),
+    # Streams whose level moves for good: what a baseline (the drift feature) or a range
+    # learned early might mistake for an anomaly.
+    "traffic growing by half in two weeks (Poisson, daily cycle)": lambda rng, n: rng.poisson(
+        (100 + 50 * np.arange(n) / n) * (1 + 0.5 * _daily(n))).astype(float),
+    "random walk (a price, a tank level; 2 decimals)": lambda rng, n: np.round(100 + np.cumsum(rng.normal(0, 0.5, n)), 2),
+    "outdoor temperature: daily cycle and weather over days": lambda rng, n: np.round(
+        15 + 4 * _daily(n) + 3 * _ar1(rng, n, 0.999) + 0.2 * rng.standard_normal(n), 2),
+    "sawtooth (a tank filling over a day, emptied at once)": lambda rng, n: np.round(
+        10 + 80 * (np.arange(n) % DAY_ROWS) / DAY_ROWS + rng.normal(0, 0.5, n), 2),
 }
 
 
