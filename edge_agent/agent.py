@@ -53,7 +53,8 @@ def decision_of(cfg: AgentConfig) -> Decision:
 def learning_plan(cfg: AgentConfig, rows: int | None = None) -> LearningPlan:
     """How sensors without a model learn (``rows`` overrides learning.rows, as replay --learn-rows does)."""
     c = cfg.learning
-    return LearningPlan(c.rows if rows is None else rows, c.refit_every, c.refit_rows, c.stale_share, c.leave_out_outliers)
+    return LearningPlan(c.rows if rows is None else rows, c.refit_every, c.refit_rows, c.stale_share, c.leave_out_outliers,
+                        tuple(c.features))
 
 
 def build_engine(

@@ -15,6 +15,7 @@ from typing import Any, Union, get_args, get_origin, get_type_hints
 
 import yaml
 
+from edge_agent.features import DEFAULT_TRANSFORMS, parse_transform
 from edge_agent.topics import TopicTemplate, validate_source_pattern, validate_topic_name
 
 
@@ -90,6 +91,7 @@ class LearningConfig:
     refit_every: int = _f(3600, "Refit a learned model every this many readings on its most recent refit_rows, to follow slow drift (0: never refit; the first model stays).", min=0, max=100_000_000)
     refit_rows: int = _f(7200, "Readings a refit learns from: the most recent ones, without those flagged (unless the model is stale, see stale_share).", min=50, max=1_000_000)
     stale_share: float = _f(0.5, "When more than this share of the readings since the last fit were flagged, the sensor has moved to a new normal: the refit learns from the flagged readings too (1: never).", min=0.0, max=1.0)
+    features: list[str] = _f(list(DEFAULT_TRANSFORMS), "Streaming features a sensor learns on, per field: value, delta, repeats, mean:N, mean_dev:N, std:N, drift:N (N readings). drift:N is watched by the range check only. A sensor keeps the features it first learned on until its learned model is deleted from state_dir.")
     leave_out_outliers: bool = _f(False, "Before a fit, leave out the readings a first forest isolates far more easily than the rest, so that a spike or a stuck stretch while a sensor learns does not become its normal. It suits a sensor that may learn while something is already wrong; it costs false alarms on a sensor whose normal has rare, recurring extremes (a daily start and stop, bursty counts), which it leaves out too.")
     state_dir: str = _f("state", "Folder for learned models, kept across restarts (relative to the config file).")
 
@@ -528,6 +530,18 @@ def _check_rules(cfg: AgentConfig, problems: list[Problem]) -> None:
     for model, digest in cfg.models.pinned_sha256.items():
         if not _SHA256.match(digest):
             add(f"models.pinned_sha256[{model!r}]", digest, "a sha256 digest of 64 hexadecimal characters")
+
+    if clean("learning.features"):
+        features = cfg.learning.features
+        if not features:
+            add("learning.features", features, "at least one feature, e.g. [value, delta]")
+        elif len(set(features)) != len(features):
+            add("learning.features", features, "each feature once")
+        for j, name in enumerate(features):
+            try:
+                parse_transform(name)
+            except ValueError as e:
+                add(f"learning.features[{j}]", name, f"a feature transform such as mean:30 ({e})")
 
     if clean("decision.k", "decision.n") and cfg.decision.k > cfg.decision.n:
         add("decision.k", cfg.decision.k, f"at most decision.n ({cfg.decision.n})")

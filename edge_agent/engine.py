@@ -46,6 +46,7 @@ class LearningPlan:
     refit_rows: int = 7200
     stale_share: float = 0.5
     leave_out_outliers: bool = False
+    features: tuple[str, ...] = DEFAULT_TRANSFORMS  # the streaming features of each field
 
 
 @dataclass(frozen=True)
@@ -195,7 +196,7 @@ class ScoringEngine:
             return _invalid(reading, "too_many_sensors", f"already tracking {self.max_sensors} sensors (pipeline.max_sensors)")
         model = self._assigned(reading.sensor_id)
         if model is None and self.learning is not None:
-            spec = FeatureSpec(fields=tuple(reading.values), transforms=DEFAULT_TRANSFORMS)
+            spec = FeatureSpec(fields=tuple(reading.values), transforms=self.learning.features)
             stream = SensorStream(None, spec.new_state(), deque(maxlen=self.decision.n), history=self._history(len(spec.fields)))
         else:
             if model is None:

@@ -457,6 +457,10 @@ def test_invalid_source_topics(topic: str) -> None:
         (("topics.status=edge/{sensor_id}",), "topics.status", "only the placeholder {agent_id}"),
         (("topics.errors=edge/{agent}/errors",), "topics.errors", "only the placeholder {agent_id}"),
         (("models.pinned_sha256.m=abc",), "models.pinned_sha256['m']", "64 hexadecimal"),
+        (("learning.features=[]",), "learning.features", "at least one feature"),
+        (("learning.features=[value, delta, value]",), "learning.features", "each feature once"),
+        (("learning.features=[value, median]",), "learning.features[1]", "unknown feature transform 'median'"),
+        (("learning.features=[value, 'drift:1']",), "learning.features[1]", "a window of at least 2"),
     ],
 )
 def test_cross_field_rules(overrides: tuple[str, ...], path: str, expected: str) -> None:

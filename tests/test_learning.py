@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -13,6 +14,7 @@ from sklearn.metrics import roc_auc_score
 
 from edge_agent.domain import Reading, Verdict
 from edge_agent.engine import LearningPlan, ScoringEngine, UnknownSensor
+from edge_agent.features import DEFAULT_TRANSFORMS, MAX_REPEATS, FeatureSpec
 from edge_agent.forest import Forest
 from edge_agent.forest_fit import fit_forest
 from edge_agent.learning import Learner, load_learned, model_dir
@@ -229,7 +231,6 @@ def test_a_refit_leaves_flagged_readings_out_but_learns_a_new_normal() -> None:
 
 
 def test_learning_told_to_leaves_unmarked_outliers_out_of_the_model() -> None:
-    from edge_agent.features import DEFAULT_TRANSFORMS, FeatureSpec
     from edge_agent.training import learn_model
 
     rng = np.random.default_rng(6)
@@ -243,8 +244,22 @@ def test_learning_told_to_leaves_unmarked_outliers_out_of_the_model() -> None:
     assert spike.anomaly == 1  # type: ignore[union-attr]
 
 
+def test_learning_features_come_from_the_config_and_stay_with_the_learned_model() -> None:
+    from edge_agent.agent import learning_plan
+    from edge_agent.config import load_config
+
+    cfg = load_config(None, ["learning.features=[value, delta, 'mean_dev:20']", "learning.rows=100"], {})
+    plan = learning_plan(cfg)
+    assert plan.features == ("value", "delta", "mean_dev:20")
+    learner = _inline(dataclasses.replace(plan, refit_every=0))
+    learner.feed(_readings("s", list(np.random.default_rng(13).normal(0, 1, 150))))
+    model = learner.engine.learned["s"]
+    assert model.spec.transforms == ("value", "delta", "mean_dev:20")
+    assert model.forest.n_features == 3
+    assert learning_plan(load_config(None, [], {})).features == DEFAULT_TRANSFORMS
+
+
 def test_a_slow_ramp_is_flagged_while_it_climbs_not_only_when_it_snaps_back() -> None:
-    from edge_agent.features import DEFAULT_TRANSFORMS, FeatureSpec
     from edge_agent.training import learn_model
 
     # A temperature with slow wander (AR(1), ~2 minutes) learns for an hour at 1 reading/s;
@@ -270,7 +285,6 @@ def test_a_slow_ramp_is_flagged_while_it_climbs_not_only_when_it_snaps_back() ->
 
 
 def test_a_sensor_that_counts_may_repeat_itself_but_not_freeze() -> None:
-    from edge_agent.features import DEFAULT_TRANSFORMS, MAX_REPEATS, FeatureSpec
     from edge_agent.model import normal_repeats
     from edge_agent.training import learn_model
 
@@ -298,7 +312,6 @@ def test_a_sensor_that_counts_may_repeat_itself_but_not_freeze() -> None:
 
 
 def test_a_repeat_unseen_while_learning_is_rare_not_stuck_but_a_frozen_sensor_is() -> None:
-    from edge_agent.features import DEFAULT_TRANSFORMS, FeatureSpec
     from edge_agent.training import learn_model
 
     # A temperature in 4 decimals: about one reading in 400 equals the last, and these 600
@@ -318,7 +331,6 @@ def test_a_repeat_unseen_while_learning_is_rare_not_stuck_but_a_frozen_sensor_is
 
 
 def test_repeats_left_out_as_outliers_still_count_towards_what_is_normal() -> None:
-    from edge_agent.features import DEFAULT_TRANSFORMS, FeatureSpec
     from edge_agent.training import learn_model
 
     # A CPU load in steps of 0.2 % over a daily cycle (5-minute rows): about one reading in
