@@ -107,7 +107,8 @@ class FeatureSpec:
     @property
     def baselines(self) -> dict[int, int]:
         """Feature index -> baseline memory of every drift:N feature."""
-        return {i: w for i, (_, t) in enumerate(self.columns) for kind, w in [parse_transform(t)] if kind == "drift"}
+        parsed = [parse_transform(t) for _, t in self.columns]
+        return {i: w for i, (kind, w) in enumerate(parsed) if kind == "drift"}
 
     def new_state(self) -> FeatureState:
         return FeatureState(self)

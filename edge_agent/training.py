@@ -124,9 +124,10 @@ def fit_model(
         x = rows[:, cols]
         return x[~np.isnan(x).any(axis=1)]
 
-    if len(complete(features)) < 8:
-        raise TrainingError(f"only {len(complete(features))} usable normal rows; at least 8 are needed")
-    forest, estimator = fitter(complete(features), trees, max_samples, seed)
+    usable = complete(features)
+    if len(usable) < 8:
+        raise TrainingError(f"only {len(usable)} usable normal rows; at least 8 are needed")
+    forest, estimator = fitter(usable, trees, max_samples, seed)
     all_features = features
     if leave_out_outliers:
         x = features[:, cols]
