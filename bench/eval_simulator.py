@@ -7,7 +7,7 @@ inside the injected stretch or within --grace readings after it), the share dete
 before the stretch ended (a drift that snaps back is easy to see when it ends), the median delay
 from the start of the injection to the first alert (in readings), and false alarms
 per sensor-hour (alerts outside any injection and its grace period). A second table
-gives the share detected per kind of sensor: each kind has its own shipped model.
+gives both shares per kind of sensor: each kind has its own shipped model.
 
 By default the shipped models score the sensors. With --learn no model is assigned:
 every sensor learns its own on the way, as the agent does for a sensor it does not
@@ -166,7 +166,7 @@ def main() -> int:
         med = f"{statistics.median(hits):.0f}" if hits else "-"
         print(f"| {kind} | {len(found)} | {len(hits) / len(found):.0%} | {during / len(found):.0%} | {med} |")
     sensor_kinds = sorted(kind_hours)
-    print("\ndetected, per kind of sensor (injections in brackets):\n")
+    print("\ndetected / detected before it ended, per kind of sensor (injections in brackets):\n")
     print(f"| anomaly kind | {' | '.join(sensor_kinds)} |")
     print(f"|---|{'---|' * len(sensor_kinds)}")
     for kind in sorted(detected):
@@ -174,7 +174,8 @@ def main() -> int:
         for sk in sensor_kinds:
             found = by_sensor_kind.get((sk, kind), [])
             hits = sum(1 for o in found if o.delay is not None)
-            cells.append(f"{hits / len(found):.0%} ({len(found)})" if found else "-")
+            during = sum(1 for o in found if o.before_end)
+            cells.append(f"{hits / len(found):.0%} / {during / len(found):.0%} ({len(found)})" if found else "-")
         print(f"| {kind} | {' | '.join(cells)} |")
     print(f"| false alarms per sensor-hour | {' | '.join(f'{kind_false_alarms[sk] / kind_hours[sk]:.2f}' for sk in sensor_kinds)} |")
     print(f"\nfalse alarms: {false_alarms} in {hours:.0f} sensor-hours = {false_alarms / hours:.2f} per sensor per hour")
