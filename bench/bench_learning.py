@@ -8,11 +8,14 @@ Run: ``python bench/bench_learning.py [--repeats 5]``.
   and the bytes its model takes on disk (what every refit writes under the state dir).
 - Time per reading of a learned sensor, refits on (the history is kept) and off, same run,
   between its first fit and its first refit; and of a shipped model, for scale.
+- What the drift feature costs: fits and readings of the same sensors with the default
+  features less drift:N, in the same run (interleaved with the others).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import statistics
 import sys
 import tempfile
@@ -32,8 +35,12 @@ from edge_agent.replay import learn_and_score  # noqa: E402
 from edge_agent.training import learn_model  # noqa: E402
 
 
-def fit_seconds(rows: int, fields: int, repeats: int) -> float:
-    spec = FeatureSpec(fields=tuple(f"f{i}" for i in range(fields)), transforms=DEFAULT_TRANSFORMS)
+# The default features less the drift baseline, to time what that feature costs.
+WITHOUT_DRIFT = tuple(t for t in DEFAULT_TRANSFORMS if not t.startswith("drift:"))
+
+
+def fit_seconds(rows: int, fields: int, repeats: int, transforms: tuple[str, ...] = DEFAULT_TRANSFORMS) -> float:
+    spec = FeatureSpec(fields=tuple(f"f{i}" for i in range(fields)), transforms=transforms)
     values = np.random.default_rng(0).normal(size=(rows, fields))
     learn_model(spec, values[:200], "warm-up", "1")
     times = []
@@ -74,11 +81,12 @@ def main() -> int:
     ap.add_argument("--repeats", type=int, default=5)
     args = ap.parse_args()
 
-    print("| readings learned from | fields | fit seconds (mean of %d) |" % args.repeats)
-    print("|---|---|---|")
+    print(f"| readings learned from | fields | fit seconds (mean of {args.repeats}) | without drift (same run) |")
+    print("|---|---|---|---|")
     for rows in (600, 3600, 7200):
         for fields in (1, 8):
-            print(f"| {rows} | {fields} | {fit_seconds(rows, fields, args.repeats):.2f} |")
+            print(f"| {rows} | {fields} | {fit_seconds(rows, fields, args.repeats):.2f} "
+                  f"| {fit_seconds(rows, fields, args.repeats, WITHOUT_DRIFT):.2f} |")
 
     plan = LearningPlan()
     for fields in (1, 8):
@@ -93,15 +101,18 @@ def main() -> int:
     print(f"\na learned one-field model on disk (manifest and forest): {on_disk} bytes\n")
 
     values = np.random.default_rng(1).normal(size=plan.rows + plan.refit_every + 100)
-    no_refits = LearningPlan(plan.rows, 0, plan.refit_rows, plan.stale_share)
-    on, off, shipped = [], [], []
-    for _ in range(args.repeats):  # interleaved, so a busy moment of the machine hits all three
+    no_refits = dataclasses.replace(plan, refit_every=0)
+    no_drift = dataclasses.replace(plan, features=WITHOUT_DRIFT)
+    on, off, plain, shipped = [], [], [], []
+    for _ in range(args.repeats):  # interleaved, so a busy moment of the machine hits all of them
         on.append(learned_us_per_reading(plan, values))
         off.append(learned_us_per_reading(no_refits, values))
+        plain.append(learned_us_per_reading(no_drift, values))
         shipped.append(shipped_us_per_reading(values[:5000]))
     print(f"| sensor | µs per reading, one at a time (median of {args.repeats}; min-max) |")
     print("|---|---|")
-    for name, times in (("learned, refits on (history kept)", on), ("learned, refits off", off), ("shipped vibration model", shipped)):
+    for name, times in (("learned, refits on (history kept)", on), ("learned, refits off", off),
+                        ("learned, refits on, without drift", plain), ("shipped vibration model", shipped)):
         print(f"| {name} | {statistics.median(times):.1f} ({min(times):.1f}-{max(times):.1f}) |")
     return 0
 

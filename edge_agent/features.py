@@ -132,10 +132,11 @@ class _FieldWindow:
     Values are shifted by the first value seen so that the sums stay small and
     the variance keeps its precision on large readings (1013.25 hPa +- 0.01).
     ``baselines`` holds, per drift memory N, the weighted mean of the readings that
-    have left the last DRIFT_RECENT, and ``folded`` how many those are.
+    have left the last DRIFT_RECENT, ``folded`` how many those are, and ``recent`` the
+    sum of the last DRIFT_RECENT - 1 (what a drift adds the next reading to).
     """
 
-    __slots__ = ("size", "values", "origin", "s1", "s2", "last", "repeats", "memories", "baselines", "folded")
+    __slots__ = ("size", "values", "origin", "s1", "s2", "last", "repeats", "memories", "baselines", "folded", "recent")
 
     def __init__(self, size: int, memories: tuple[int, ...] = ()) -> None:
         self.size = size
@@ -148,6 +149,7 @@ class _FieldWindow:
         self.memories = memories
         self.baselines = [0.0] * len(memories)
         self.folded = 0
+        self.recent = 0.0
 
     def push(self, x: float) -> None:
         if self.origin is None:
@@ -157,8 +159,12 @@ class _FieldWindow:
             self.values.append(y)
             self.s1 += y
             self.s2 += y * y
-            if self.memories and len(self.values) >= DRIFT_RECENT:
-                self._fold(self.values[-DRIFT_RECENT])  # no longer among the last DRIFT_RECENT for the next reading
+            if self.memories:
+                self.recent += y
+                if len(self.values) >= DRIFT_RECENT:
+                    leaving = self.values[-DRIFT_RECENT]  # no longer among the last DRIFT_RECENT for the next reading
+                    self.recent -= leaving
+                    self._fold(leaving)
             if len(self.values) > self.size:
                 old = self.values.popleft()
                 self.s1 -= old
@@ -220,8 +226,7 @@ def _drift(win: _FieldWindow, y: float, i: int) -> float:
     """The mean of the last DRIFT_RECENT readings (this one included) less the ``i``-th baseline."""
     if win.folded < win.memories[i]:
         return NAN
-    recent = math.fsum(islice(reversed(win.values), DRIFT_RECENT - 1))
-    return (recent + y) / DRIFT_RECENT - win.baselines[i]
+    return (win.recent + y) / DRIFT_RECENT - win.baselines[i]
 
 
 def _window_stat(kind: str, win: _FieldWindow, y: float, w: int, origin: float) -> float:
