@@ -155,8 +155,8 @@ def normal_repeats(repeats: np.ndarray) -> float:
     ``q`` is the share of the n training readings that repeated the last one, counted
     as Laplace's rule of succession does, (repeats + 1) / (n + 2): none in an hour of
     readings does not make a repeat impossible, only rarer than about one in n. A
-    sensor with 4-decimal readings that repeats once in ~1,500 readings shows none in
-    many a learning hour, and its every later repeat would be a false alarm; with this
+    sensor with 4-decimal readings that seldom repeats shows none in many a learning
+    hour, and its every later repeat would be a false alarm; with this
     q it may repeat once, and twice is stuck. Only from about 10,000 training readings
     on is an unseen repeat rare enough (q under THRESHOLD_RISK) to count at once."""
     if not len(repeats):
@@ -345,12 +345,13 @@ def build_model(
     margin = np.full(x.shape[1], range_margin(len(x)))
     if wandering_levels is not None:
         margin[np.asarray(wandering_levels, dtype=bool)] = WANDERING_MARGIN
-    for i, memory in spec.baselines.items():
+    baselines = spec.baselines
+    for i, memory in baselines.items():
         defined = int(np.count_nonzero(~np.isnan(features[:, i])))
         margin[i] = range_margin(defined) if defined >= memory else math.inf
     guard = RangeGuard.fit(x, margin).without_lone_extremes(x)
-    if spec.baselines:
-        guard = guard.symmetric(list(spec.baselines))
+    if baselines:
+        guard = guard.symmetric(list(baselines))
     repeats = np.array([parse_transform(t)[0] == "repeats" for _, t in spec.columns], dtype=bool)
     if repeats.any() and len(x):
         every = x if all_features is None else all_features
