@@ -200,6 +200,14 @@ class FeatureState:
     def peek(self, values: Sequence[float]) -> list[float]:
         return self._row(values)
 
+    def rebase(self) -> None:
+        """Take the recent level as every drift baseline: a change accepted as the new normal
+        is no drift from it."""
+        for win in self._windows:
+            recent = min(len(win.values), DRIFT_RECENT - 1)
+            if recent and win.memories:
+                win.baselines = [win.recent / recent] * len(win.memories)
+
     def _row(self, values: Sequence[float]) -> list[float]:
         row: list[float] = []
         for win, x in zip(self._windows, values):
