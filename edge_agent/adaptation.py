@@ -56,6 +56,7 @@ class LearnRequest:
     spec: FeatureSpec
     values: np.ndarray
     refit: bool
+    times: np.ndarray | None = None  # each reading's time (epoch seconds), for seasonal features and the alarm budget
     keep: np.ndarray | None = None  # the rows to learn from (None: all); features still see every row
     leave_out_outliers: bool = False  # and of those, not the ones a first forest finds far out
 
@@ -67,17 +68,19 @@ class History:
     that, which matters when every sensor of a site keeps an hour of readings to learn from.
     """
 
-    __slots__ = ("_rows", "_flags", "_next", "_full")
+    __slots__ = ("_rows", "_flags", "_times", "_next", "_full")
 
     def __init__(self, capacity: int, n_fields: int) -> None:
         self._rows = np.empty((capacity, n_fields), dtype=np.float64)
         self._flags = np.zeros(capacity, dtype=bool)
+        self._times = np.full(capacity, np.nan)
         self._next = 0
         self._full = False
 
-    def append(self, values: Sequence[float], flagged: bool = False) -> None:
+    def append(self, values: Sequence[float], flagged: bool = False, at: float | None = None) -> None:
         self._rows[self._next] = values
         self._flags[self._next] = flagged
+        self._times[self._next] = np.nan if at is None else at
         self._next += 1
         if self._next == len(self._rows):
             self._next, self._full = 0, True
@@ -96,6 +99,10 @@ class History:
     def latest_flags(self, n: int | None = None) -> np.ndarray:
         """Whether each of ``latest(n)`` was flagged."""
         return self._ordered(self._flags, n)
+
+    def latest_times(self, n: int | None = None) -> np.ndarray:
+        """The time of each of ``latest(n)`` (NaN where a reading had none)."""
+        return self._ordered(self._times, n)
 
 
 class SensorAdaptation:
@@ -119,19 +126,19 @@ class SensorAdaptation:
 
     def learning(self, values: Sequence[float], at: float) -> LearnRequest | None:
         """A reading while the sensor has no model; the first fit's request once it has learned enough."""
-        self.history.append(values)
+        self.history.append(values, at=at)
         if self.started_at is None:
             self.started_at = at
         n = len(self.history)
         enough = n >= self.plan.rows or (n >= MIN_LEARNING_ROWS and at - self.started_at >= self.plan.period)
         if self.fitting or not enough:
             return None
-        return self._request(at, self.history.latest(), refit=False, keep=None)
+        return self._request(at, None, refit=False, keep=None)
 
     def scored(self, values: Sequence[float], flagged: bool, at: float) -> LearnRequest | None:
         """A scored reading of a sensor with a learned model; a refit's request when one is due."""
         plan = self.plan
-        self.history.append(values, flagged)
+        self.history.append(values, flagged, at)
         self.since_fit += 1
         self.flagged_since_fit += flagged
         if self.fitted_at is None:
@@ -145,23 +152,26 @@ class SensorAdaptation:
             due = at - self.fitted_at >= plan.refit_every
         if not due:
             return None
-        recent = self.history.latest(plan.refit_rows)
         stale = self.flagged_since_fit > plan.stale_share * self.since_fit
         keep = None if stale else ~near(self.history.latest_flags(plan.refit_rows), self.spec.history)
-        return self._request(at, recent, refit=True, keep=keep)
+        return self._request(at, plan.refit_rows, refit=True, keep=keep)
 
     def new_normal(self, at: float) -> LearnRequest | None:
         """The sensor's lasting change is its normal now: refit on every recent reading."""
         if self.fitting or len(self.history) < MIN_LEARNING_ROWS:
             return None
-        return self._request(at, self.history.latest(self.plan.refit_rows), refit=True, keep=None)
+        return self._request(at, self.plan.refit_rows, refit=True, keep=None)
 
-    def _request(self, at: float, values: np.ndarray, refit: bool, keep: np.ndarray | None) -> LearnRequest:
+    def _request(self, at: float, rows: int | None, refit: bool, keep: np.ndarray | None) -> LearnRequest:
+        """A fit on the newest ``rows`` readings (None: all kept)."""
+        values = self.history.latest(rows)
+        times = self.history.latest_times(rows)
         self.fitting = True
         self.fitted_at = at
         self.known = len(values)
         return LearnRequest(self.sensor_id, self.spec, values, refit=refit, keep=keep,
-                            leave_out_outliers=self.plan.leave_out_outliers)
+                            leave_out_outliers=self.plan.leave_out_outliers,
+                            times=None if np.isnan(times).all() else times)
 
     def settled(self) -> None:
         """The requested fit is done (installed) or has failed: count afresh from here."""

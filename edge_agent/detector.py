@@ -26,26 +26,26 @@ class SensorContext:
 
     def __init__(self, spec: FeatureSpec) -> None:
         self.features: FeatureState = spec.new_state()
-        self.held: deque[Sequence[float]] = deque(maxlen=max(spec.history, DRIFT_RECENT))
+        self.held: deque[tuple[Sequence[float], float | None]] = deque(maxlen=max(spec.history, DRIFT_RECENT))
 
     @property
     def spec(self) -> FeatureSpec:
         return self.features.spec
 
-    def row(self, values: Sequence[float]) -> list[float]:
-        """The reading's features in this context (the context does not move)."""
-        return self.features.peek(values)
+    def row(self, values: Sequence[float], at: float | None = None) -> list[float]:
+        """The reading's features in this context (the context does not move); ``at``: its time."""
+        return self.features.peek(values, at)
 
-    def advance(self, values: Sequence[float], flagged: bool) -> None:
+    def advance(self, values: Sequence[float], flagged: bool, at: float | None = None) -> None:
         if flagged:
-            self.held.append(values)
+            self.held.append((values, at))
             return
         self.held.clear()
-        self.features.update(values)
+        self.features.update(values, at)
 
     def absorb(self) -> None:
         """The held readings are the new normal: take them in, and rebase drift on them."""
-        for values in self.held:
-            self.features.update(values)
+        for values, at in self.held:
+            self.features.update(values, at)
         self.held.clear()
         self.features.rebase()

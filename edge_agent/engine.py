@@ -192,7 +192,8 @@ class ScoringEngine:
             if stream.model is None:
                 results[i] = self._learn(reading, stream, values, requests)
                 continue
-            by_model.setdefault(id(stream.model), []).append((i, stream, values, stream.context.row(values)))
+            row = stream.context.row(values, reading_time(reading))
+            by_model.setdefault(id(stream.model), []).append((i, stream, values, row))
         for group in by_model.values():
             model = group[0][1].model
             assert model is not None
@@ -234,8 +235,9 @@ class ScoringEngine:
         """A reading of a sensor that is still learning: kept for the fit, never flagged."""
         adaptation = stream.adaptation
         assert adaptation is not None and self.learning is not None
-        stream.context.advance(values, flagged=False)
-        request = adaptation.learning(values, reading_time(reading))
+        at = reading_time(reading)
+        stream.context.advance(values, flagged=False, at=at)
+        request = adaptation.learning(values, at)
         if request is not None:
             requests.append(request)
         verdict = Verdict(
@@ -271,7 +273,7 @@ class ScoringEngine:
             raw_score=raw,
             event=event,
         )
-        stream.context.advance(values, flagged and not stream.adapting)
+        stream.context.advance(values, flagged and not stream.adapting, at)
         if event == NEW_NORMAL:
             stream.context.absorb()
         if adaptation is not None:

@@ -49,7 +49,7 @@ def load_learned(state_dir: Path) -> dict[str, SensorModel]:
 def fit_request(request: LearnRequest, version: str) -> SensorModel:
     """The model a learn request asks for (not saved): the live learner, replay and tests share it."""
     return learn_model(request.spec, request.values, name=f"learned:{request.sensor_id}", version=version, keep=request.keep,
-                       leave_out_outliers=request.leave_out_outliers)
+                       leave_out_outliers=request.leave_out_outliers, times=request.times)
 
 
 class Learner:
