@@ -75,9 +75,9 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
 
 def cmd_config_reference(args: argparse.Namespace) -> int:
-    from edge_agent.config import config_reference_markdown
+    from edge_agent.config import config_reference_markdown, config_reference_page
 
-    print(config_reference_markdown())
+    sys.stdout.write(config_reference_page() if args.page else config_reference_markdown())
     return 0
 
 
@@ -206,6 +206,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_check_config)
 
     p = sub.add_parser("config-reference", help="print every config key, its type, default and meaning (markdown)")
+    p.add_argument("--page", action="store_true",
+                   help="the whole of docs/configuration.md: edge-agent config-reference --page > docs/configuration.md")
     p.set_defaults(func=cmd_config_reference)
 
     p = sub.add_parser("train", help="fit a model on normal readings from a CSV")
