@@ -58,7 +58,7 @@ def readings(values: np.ndarray) -> list[Reading]:
 
 def learned_us_per_reading(plan: LearningPlan, values: np.ndarray) -> float:
     """Mean time per reading after the first fit and before the first refit is due."""
-    first, last = plan.rows + 100, plan.rows + plan.refit_every - 100 if plan.refit_every else plan.rows + 3500
+    first, last = plan.rows + 100, plan.rows + int(plan.refit_every) - 100 if plan.refit_every else plan.rows + 3500
     started = 0.0
     for i, _ in enumerate(learn_and_score(readings(values), plan, Decision())):
         if i == first:
@@ -93,7 +93,7 @@ def main() -> int:
     for fields in (1, 8):
         h = History(max(plan.rows, plan.refit_rows), fields)
         print(f"\nrefit history of a {fields}-field learned sensor (refit_rows {plan.refit_rows}): "
-              f"{h._rows.nbytes + h._flags.nbytes} bytes", end="")
+              f"{h.nbytes} bytes when full", end="")
     spec = FeatureSpec(fields=("value",), transforms=DEFAULT_TRANSFORMS)
     model = learn_model(spec, np.random.default_rng(2).normal(size=(plan.refit_rows, 1)), "bench", "1")
     with tempfile.TemporaryDirectory() as folder:
@@ -101,7 +101,7 @@ def main() -> int:
         on_disk = sum(p.stat().st_size for p in Path(folder).iterdir())
     print(f"\na learned one-field model on disk (manifest and forest): {on_disk} bytes\n")
 
-    values = np.random.default_rng(1).normal(size=plan.rows + plan.refit_every + 100)
+    values = np.random.default_rng(1).normal(size=plan.rows + int(plan.refit_every) + 100)  # a reading a second
     no_refits = dataclasses.replace(plan, refit_every=0)
     no_drift = dataclasses.replace(plan, features=WITHOUT_DRIFT)
     on, off, plain, shipped = [], [], [], []

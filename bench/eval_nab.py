@@ -1,15 +1,17 @@
 """NAB-style scoring of univariate streams, through the agent's learning path.
 
 Usage:
+  python bench/eval_nab.py                      # ../shared/datasets/nab-dev, the benchmark's dev split
   python bench/eval_nab.py --data NAB/data --labels NAB/labels/combined_windows.json
   python bench/eval_nab.py --simulate 12        # a corpus of simulator streams in NAB's layout
 
 Every CSV (``timestamp,value``) is one sensor the agent has no model for: it learns
 from the file's probationary period (15 % of its rows, at most 750, as NAB has it),
 then is scored and refitted as the ``learning.*`` settings say (``--set`` overrides
-them, as for edge-agent). Two sets of detections are scored from the same run: the
-verdicts' ``anomaly`` flags (every anomalous reading) and their ``onset`` marks (the
-first reading of each anomalous episode).
+them, as for edge-agent). Three things are scored from the same run: the verdicts'
+``anomaly`` flags (every anomalous reading), their ``onset`` events (the first reading of
+each anomalous episode: the agent's alerts as deployed), and the per-reading ``score`` at
+the one corpus-wide threshold the benchmark's own search would pick (``sweep``).
 
 Scoring follows the Numenta Anomaly Benchmark: within each labelled window only the
 earliest detection counts, weighted by a scaled sigmoid of its position (earlier is
@@ -58,6 +60,7 @@ PROFILES = {
     "reward_low_FN_rate": (1.0, 2.0, 0.11),
 }
 PROBATION_SHARE, PROBATION_MAX = 0.15, 750
+NAB_DEV = REPO.parent / "shared" / "datasets" / "nab-dev"
 WINDOW_SHARE = 0.10
 NAB_TIME = "%Y-%m-%d %H:%M:%S"
 
@@ -260,6 +263,8 @@ def main() -> int:
     ap.add_argument("--quiet", "-q", action="store_true", help="no progress line")
     ap.add_argument("--dump", metavar="JSON", help="write every file's scores, flags, events and windows here, for a closer look")
     args = ap.parse_args()
+    if args.simulate is None and args.data is None and args.labels is None and NAB_DEV.is_dir():
+        args.data, args.labels = str(NAB_DEV / "data"), str(NAB_DEV / "windows.json")
     if (args.simulate is None) == (args.data is None or args.labels is None):
         ap.error("give --data and --labels, or --simulate N")
 

@@ -25,7 +25,6 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-SHARED = REPO.parent / "shared" / "datasets"
 RESULTS = REPO / "docs" / "results"
 
 
@@ -36,14 +35,12 @@ class Section:
     args: tuple[str, ...]  # after the interpreter
 
 
-NAB_DEV = ("--data", str(SHARED / "nab-dev" / "data"), "--labels", str(SHARED / "nab-dev" / "windows.json"))
-
 DETECTION = [
     Section("Real univariate streams (NAB, development split)",
             "The benchmark's own rules: per-reading score at the one corpus-wide threshold the benchmark's search "
             "picks, and the agent's alerts as deployed (every anomalous reading; episode onsets). 0 = never fires, "
             "100 = flags the first row of every window.",
-            ("bench/eval_nab.py", *NAB_DEV, "-q")),
+            ("bench/eval_nab.py", "-q")),
     Section("Industrial pump (SKAB, the subset in shared/)",
             "The benchmark's protocol (first 400 rows of each experiment learned, the rest scored), pooled F1, "
             "false- and missed-alarm rates.",

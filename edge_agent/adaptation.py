@@ -62,31 +62,50 @@ class LearnRequest:
 
 
 class History:
-    """The last ``capacity`` readings of one sensor, and whether each was flagged.
+    """The last ``capacity`` readings of one sensor, whether each was flagged, and its time.
 
-    A float array (~8 bytes a value): a deque of Python lists costs about ten times
-    that, which matters when every sensor of a site keeps an hour of readings to learn from.
+    Float arrays (~17 bytes a reading with its flag and time): a deque of Python lists
+    costs about ten times that, which matters when every sensor of a site keeps an hour of
+    readings to learn from. They start small and double as readings come, up to
+    ``capacity``: a sensor id that sends one reading (a typo, a flood) costs ~1 KB, not
+    the ~120 KB of a full history.
     """
 
-    __slots__ = ("_rows", "_flags", "_times", "_next", "_full")
+    __slots__ = ("_rows", "_flags", "_times", "_next", "_full", "capacity")
+
+    INITIAL = 64
 
     def __init__(self, capacity: int, n_fields: int) -> None:
-        self._rows = np.empty((capacity, n_fields), dtype=np.float64)
-        self._flags = np.zeros(capacity, dtype=bool)
-        self._times = np.full(capacity, np.nan)
+        self.capacity = capacity
+        size = min(self.INITIAL, capacity)
+        self._rows = np.empty((size, n_fields), dtype=np.float64)
+        self._flags = np.zeros(size, dtype=bool)
+        self._times = np.full(size, np.nan)
         self._next = 0
         self._full = False
 
     def append(self, values: Sequence[float], flagged: bool = False, at: float | None = None) -> None:
+        if self._next == len(self._rows) and not self._full:
+            self._grow()
         self._rows[self._next] = values
         self._flags[self._next] = flagged
         self._times[self._next] = np.nan if at is None else at
         self._next += 1
-        if self._next == len(self._rows):
+        if self._next == self.capacity:
             self._next, self._full = 0, True
 
+    def _grow(self) -> None:
+        size = min(2 * len(self._rows), self.capacity)
+        self._rows = np.concatenate([self._rows, np.empty((size - len(self._rows), self._rows.shape[1]))])
+        self._flags = np.concatenate([self._flags, np.zeros(size - len(self._flags), dtype=bool)])
+        self._times = np.concatenate([self._times, np.full(size - len(self._times), np.nan)])
+
+    @property
+    def nbytes(self) -> int:
+        return self._rows.nbytes + self._flags.nbytes + self._times.nbytes
+
     def __len__(self) -> int:
-        return len(self._rows) if self._full else self._next
+        return self.capacity if self._full else self._next
 
     def _ordered(self, a: np.ndarray, n: int | None) -> np.ndarray:
         ordered = np.concatenate([a[self._next:], a[: self._next]]) if self._full else a[: self._next]

@@ -192,8 +192,8 @@ class ScoringEngine:
             if stream.model is None:
                 results[i] = self._learn(reading, stream, values, requests)
                 continue
-            row = stream.context.row(values, reading_time(reading))
-            by_model.setdefault(id(stream.model), []).append((i, stream, values, row))
+            for row in stream.context.rows(values, reading_time(reading)):
+                by_model.setdefault(id(stream.model), []).append((i, stream, values, row))
         for group in by_model.values():
             model = group[0][1].model
             assert model is not None
@@ -202,8 +202,15 @@ class ScoringEngine:
             else:
                 raw, calibrated = model.score_features(np.array([row for *_, row in group], dtype=np.float64))
                 scores = list(zip(raw.tolist(), calibrated.tolist()))
+            # A reading scored in two contexts (see detector) is as strange as the less strange finds it.
+            best: dict[int, tuple[SensorStream, list[float], float, float, bool]] = {}
             for (i, stream, values, _), (raw_score, score) in zip(group, scores):
-                results[i] = self._decide(readings[i], stream, values, raw_score, score, requests)
+                if i not in best:
+                    best[i] = (stream, values, raw_score, score, False)
+                elif score < best[i][3]:
+                    best[i] = (stream, values, raw_score, score, True)  # the live context's row comes second
+            for i, (stream, values, raw_score, score, by_live) in best.items():
+                results[i] = self._decide(readings[i], stream, values, raw_score, score, requests, by_live)
 
     def _stream(self, reading: Reading) -> SensorStream | InvalidReading:
         stream = self._streams.get(reading.sensor_id)
@@ -251,7 +258,7 @@ class ScoringEngine:
 
     def _decide(
         self, reading: Reading, stream: SensorStream, values: list[float], raw: float, score: float,
-        requests: list[LearnRequest],
+        requests: list[LearnRequest], by_live: bool = False,
     ) -> Verdict:
         assert stream.model is not None
         at = reading_time(reading)
@@ -273,7 +280,7 @@ class ScoringEngine:
             raw_score=raw,
             event=event,
         )
-        stream.context.advance(values, flagged and not stream.adapting, at)
+        stream.context.advance(values, flagged and not stream.adapting, at, by_live)
         if event == NEW_NORMAL:
             stream.context.absorb()
         if adaptation is not None:

@@ -167,7 +167,13 @@ class _FieldWindow:
         self.folded = 0
         self.recent = 0.0
 
-    def push(self, x: float) -> None:
+    def step(self, x: float) -> None:
+        """The reading comes after the last one: the change and the repeats count from it."""
+        self.repeats = min(self.repeats + 1, MAX_REPEATS) if x == self.last else 0
+        self.last = x
+
+    def push(self, x: float, step: bool = True) -> None:
+        """Take the reading into the windows (and, with ``step``, make it the last one)."""
         if self.origin is None:
             self.origin = x
         y = x - self.origin
@@ -185,8 +191,8 @@ class _FieldWindow:
                 old = self.values.popleft()
                 self.s1 -= old
                 self.s2 -= old * old
-        self.repeats = min(self.repeats + 1, MAX_REPEATS) if x == self.last else 0
-        self.last = x
+        if step:
+            self.step(x)
 
     def _fold(self, y: float) -> None:
         self.folded += 1
@@ -248,13 +254,24 @@ class FeatureState:
     def update(self, values: Sequence[float], at: float | None = None) -> list[float]:
         """The reading's features (``at``: its time, epoch seconds), then take it into the state."""
         row = self._row(values, at)
+        self.take_in(values, at)
+        return row
+
+    def take_in(self, values: Sequence[float], at: float | None = None, step: bool = True) -> None:
+        """Take a reading into the windows, drift baselines and seasons; with ``step`` it is
+        also the last reading (what the next one's change and repeats count from)."""
         for win, x in zip(self._windows, values):
-            win.push(x)
+            win.push(x, step)
         if self._seasons is not None and at is not None:
             for profiles, x in zip(self._seasons, values):
                 for profile in profiles:
                     profile.push(x, at)
-        return row
+
+    def step(self, values: Sequence[float]) -> None:
+        """A reading kept out of the windows still follows the last one: the next reading's
+        change and repeats count from it."""
+        for win, x in zip(self._windows, values):
+            win.step(x)
 
     def peek(self, values: Sequence[float], at: float | None = None) -> list[float]:
         return self._row(values, at)

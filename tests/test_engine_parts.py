@@ -112,14 +112,36 @@ def test_refits_come_by_time_once_a_model_knows_enough() -> None:
     assert due == [360, 720]  # every hour at a reading every 10 s
 
 
-def test_a_flagged_reading_stays_out_of_the_context_until_its_change_is_accepted() -> None:
+def test_a_flagged_reading_stays_out_of_the_clean_context_until_its_change_is_accepted() -> None:
     context = SensorContext(FeatureSpec(("value",), ("value", "delta", "mean:3")))
-    for x in (1.0, 1.0, 1.0):
-        context.advance([x], flagged=False)
+    for _ in range(10):
+        context.advance([1.0], flagged=False)
     context.advance([9.0], flagged=True)
-    assert context.row([1.0]) == [1.0, 0.0, 1.0]  # the spike is not this reading's context
+    # clean (the spike is not in its level; the change is counted from it), and live with it
+    assert context.rows([1.0]) == [[1.0, -8.0, 1.0], [1.0, -8.0, pytest.approx(11.0 / 3)]]
     context.absorb()
-    assert context.row([9.0])[1] == 0.0  # accepted: the new level is the context now
+    assert context.rows([9.0]) == [[9.0, 0.0, pytest.approx(19.0 / 3)]]  # accepted: one context, with the new level
+
+
+def test_a_held_stretch_ends_in_the_context_that_explains_the_next_reading() -> None:
+    spec = FeatureSpec(("value",), ("value", "mean:3"))
+
+    def after(by_live: bool) -> list[list[float]]:
+        context = SensorContext(spec)
+        for _ in range(5):
+            context.advance([1.0], flagged=False)
+        context.advance([5.0], flagged=True)
+        context.advance([1.0], flagged=False, by_live=by_live)
+        return context.rows([1.0])
+
+    assert after(by_live=False) == [[1.0, 1.0]]  # a glitch: the clean context goes on
+    assert after(by_live=True) == [[1.0, pytest.approx(7.0 / 3)]]  # a change that had crept in: the live one does
+    long = SensorContext(spec, hold=2)
+    for _ in range(5):
+        long.advance([1.0], flagged=False)
+    for _ in range(2):  # as long as it may hold: taken in
+        long.advance([5.0], flagged=True)
+    assert long.rows([5.0]) == [[5.0, 5.0]]
 
 
 def test_season_compares_a_reading_with_the_same_time_of_day_a_cycle_before() -> None:
@@ -167,3 +189,17 @@ def test_durations_are_read_with_units_and_named_when_wrong() -> None:
     with pytest.raises(ConfigError, match="decision.new_normal_after"):
         load_config(None, ["decision.new_normal_after=-5"], {})
     assert Duration.parse("1.5h") == 5400.0
+
+
+def test_a_history_grows_as_readings_come_and_keeps_order_across_growth() -> None:
+    from edge_agent.adaptation import History
+
+    h = History(capacity=300, n_fields=1)
+    h.append([0.0], at=0.0)
+    assert h.nbytes < 2000  # one reading costs little: no full buffer up front
+    for i in range(1, 1000):
+        h.append([float(i)], flagged=i % 7 == 0, at=float(i))
+    assert len(h) == 300 and h.latest().ravel().tolist() == [float(i) for i in range(700, 1000)]
+    assert h.latest_times(3).tolist() == [997.0, 998.0, 999.0]
+    assert h.latest_flags().tolist() == [i % 7 == 0 for i in range(700, 1000)]
+    assert h.nbytes == 300 * (8 + 1 + 8)
