@@ -38,7 +38,8 @@ def load_models(cfg: AgentConfig, base: Path | None = None) -> dict[str, SensorM
     models = {}
     forests: dict[str, Forest] = {}
     for name in names:
-        models[name] = load_model(directory / name, cfg.models.pinned_sha256.get(name), forests)
+        models[name] = load_model(directory / name, cfg.models.pinned_sha256.get(name), forests,
+                                  pinned_manifest_sha256=cfg.models.pinned_manifest_sha256.get(name))
         if models[name].name != name:
             log.info("model directory %s holds model %r", directory / name, models[name].name)
     return models

@@ -74,6 +74,7 @@ class ModelsConfig:
     default: str | None = _f("default", "Model for sensors no 'assign' pattern matches, and for /predict without sensor_id.")
     assign: dict[str, str] = _f({}, "Sensor-id glob pattern -> model name; the first matching pattern wins.")
     pinned_sha256: dict[str, str] = _f({}, "Model name -> expected sha256 of its model file; overrides the manifest's value.")
+    pinned_manifest_sha256: dict[str, str] = _f({}, "Model name -> expected sha256 of its manifest.json (sha256sum models/NAME/manifest.json); the manifest holds the calibration, ranges, features and imputes, and names the forest's sha256.")
 
 
 @dataclass
@@ -527,9 +528,10 @@ def _check_rules(cfg: AgentConfig, problems: list[Problem]) -> None:
         if reason:
             add(f"topics.{name}", template, reason)
 
-    for model, digest in cfg.models.pinned_sha256.items():
-        if not _SHA256.match(digest):
-            add(f"models.pinned_sha256[{model!r}]", digest, "a sha256 digest of 64 hexadecimal characters")
+    for key in ("pinned_sha256", "pinned_manifest_sha256"):
+        for model, digest in getattr(cfg.models, key).items():
+            if not _SHA256.match(digest):
+                add(f"models.{key}[{model!r}]", digest, "a sha256 digest of 64 hexadecimal characters")
 
     if clean("learning.features"):
         features = cfg.learning.features
