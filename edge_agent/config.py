@@ -117,7 +117,9 @@ class HTTPConfig:
     max_body_bytes: int = _f(65536, "Largest request body accepted (413 beyond).", min=16, max=64 * 1024 * 1024)
     read_timeout: float = _f(10.0, "Seconds a client may take to send its request.", min=0.1, max=600)
     token_env: str = _f("EDGE_AGENT_HTTP_TOKEN", "Environment variable holding the bearer token POST /predict requires (unset or empty: no token required).")
-    token_file: str | None = _f(None, "File holding that token (used when the environment variable is unset). /metrics, /healthz and /readyz stay open.")
+    token_file: str | None = _f(None, "File holding that token (used when the environment variable is unset). /healthz and /readyz stay open.")
+    metrics_token: bool = _f(False, "Require the token for /metrics too (it names every sensor, its state and its model hashes); Prometheus sends it with authorization: {credentials_file: ...}.")
+    sensor_series: int = _f(1000, "Sensors given /metrics series of their own (readings, anomalies, episodes, score, state, learning), the first to send; the readings of the rest count in sensor=\"_other\". Rendering costs about 0.1 ms a sensor.", min=0, max=10_000_000)
 
 
 @dataclass
