@@ -30,6 +30,7 @@ import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
+from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from edge_agent.config import AgentConfig, ConfigError, Problem, client_id, mqtt_password
 from edge_agent.domain import InvalidReading, Reading, Verdict, clip
@@ -72,6 +73,10 @@ def packet_size(topic: bytes, payload: bytes, v5: bool) -> int:
     length_bytes = 1 if remaining < 128 else 2 if remaining < 16_384 else 3 if remaining < 2_097_152 else 4
     return 1 + length_bytes + remaining
 
+
+# Retained messages already counted, remembered (by a hash of topic and payload) so a
+# reconnect's replay of them is acknowledged without a count or a report each time.
+RETAINED_MEMORY = 100_000
 
 _PUBLISH = 0x30
 # A PUBLISH's topic (2 + up to 65,535 bytes) and packet id: what is kept of one too large to read.
@@ -145,6 +150,8 @@ class MQTTTransport:
         self.metrics = metrics
         self._submit: Callable[[Reading | InvalidReading], None] | None = None
         self._subscriptions = list(parser.subscriptions)
+        self._sensor_filters = len(self._subscriptions)  # the first ones; listeners' follow
+        self._retained_seen: set[int] = set()
         agent = cfg.agent_id
         self._verdict_topic = TopicTemplate(cfg.topics.verdicts)
         self._alert_topic = TopicTemplate(cfg.topics.alerts)
@@ -286,7 +293,10 @@ class MQTTTransport:
         )
         self._publish(self.status_topic, "online", retain=True)
         # Subscribe on every connect: a broker that lost the session has lost these too.
-        client.subscribe([(f, 1) for f in self._subscriptions])
+        # MQTT 5: retained readings are sent when a subscription is made, not again when a
+        # resumed session already has it (retain handling 1). 3.1.1 gets them every time.
+        sensors = SubscribeOptions(qos=1, retainHandling=SubscribeOptions.RETAIN_SEND_IF_NEW_SUB) if self._v5 else 1
+        client.subscribe([(f, sensors if i < self._sensor_filters else 1) for i, f in enumerate(self._subscriptions)])
         for verdict, redelivered in held:
             # Their readings came in on a connection that is gone; the broker redelivers
             # them and the engine marks those verdicts as duplicates.
@@ -341,7 +351,15 @@ class MQTTTransport:
             item = InvalidReading("too_large", f"message is {oversized} bytes, over the {client.incoming_limit} the agent "
                                   "reads (it was skipped, not read into memory)", topic, None, token)
         elif message.retain:
-            # A retained reading is an old one replayed on subscribe, not a new measurement.
+            # A retained reading is an old one replayed on subscribe, not a new measurement:
+            # counted and reported the first time, acknowledged quietly on later replays.
+            seen = hash((topic, message.payload))
+            if seen in self._retained_seen:
+                if token is not None:
+                    client.ack(token.mid, token.qos)
+                return
+            if len(self._retained_seen) < RETAINED_MEMORY:
+                self._retained_seen.add(seen)
             item = InvalidReading("retained", "retained messages are old readings and are not scored", topic, None, token)
         else:
             item = self.parser.parse(topic, message.payload, time.time(), ack=token, redelivered=bool(message.dup))
