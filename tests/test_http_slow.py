@@ -94,7 +94,7 @@ def test_300_slow_connections_leave_predict_and_healthz_answered(models_dir: Pat
         attacker.join(10)
         api.stop()
     answered = sum(s == 200 for s in predict) / len(predict)
-    print(f"{SLOW} slow connections ({reopened[0]} reopened after being cut): {sum(s == 200 for s in predict)} of "
+    print(f"FIGURE: {SLOW} slow connections ({reopened[0]} reopened after being cut): {sum(s == 200 for s in predict)} of "
           f"{len(predict)} /predict and {sum(s == 200 for s in health)} of {len(health)} /healthz answered")
     assert len(predict) >= 100 and len(health) >= 20
     assert answered >= 0.99, f"{answered:.1%} of {len(predict)} /predict answered; statuses {sorted(set(predict))}"
