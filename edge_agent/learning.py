@@ -22,7 +22,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from urllib.parse import quote, unquote
+from urllib.parse import unquote
 
 from edge_agent.domain import clip
 from edge_agent.engine import LearnRequest, ScoringEngine
@@ -62,21 +62,25 @@ def _remove(path: Path) -> None:
 def _settle_leftovers(root: Path) -> None:
     """Finish or undo what a kill interrupted: a save is complete only once <hash> exists.
 
-    <hash>.new (a save in progress) and temporary files are removed; <hash>.old is the
-    previous model, put back when the kill came between the two renames of a save.
+    <hash>.new (a save in progress) is removed; <hash>.old is the previous model, put
+    back when the kill came between the two renames of a save. (Temporary files a kill
+    leaves inside a folder are never read: loads open only the files the manifest names.)
     """
     for entry in sorted(root.iterdir()):
         name = entry.name
-        if name.endswith(_REPLACED) and _HASHED.fullmatch(name[: -len(_REPLACED)]):
-            final = root / name[: -len(_REPLACED)]
-            if final.exists():
+        try:
+            if name.endswith(_REPLACED) and _HASHED.fullmatch(name[: -len(_REPLACED)]):
+                final = root / name[: -len(_REPLACED)]
+                if final.exists():
+                    _remove(entry)
+                else:
+                    entry.rename(final)
+                    log.info("put back the learned model %s that an interrupted save had set aside", final.name)
+            elif name.endswith(_STAGING) and _HASHED.fullmatch(name[: -len(_STAGING)]):
                 _remove(entry)
-            else:
-                entry.rename(final)
-                log.info("put back the learned model %s that an interrupted save had set aside", final.name)
-        elif (name.endswith(_STAGING) and _HASHED.fullmatch(name[: -len(_STAGING)])) or name.startswith(".tmp-"):
-            _remove(entry)
-            log.debug("removed %s, left by an interrupted save", name)
+                log.debug("removed %s, left by an interrupted save", name)
+        except OSError as e:  # a read-only state dir: the leftover is still never loaded as a sensor
+            log.warning("could not settle %s, left by an interrupted save: %s", name, e)
 
 
 def _migrate(root: Path, folder: Path) -> tuple[str, SensorModel] | None:

@@ -10,12 +10,11 @@ import time
 from pathlib import Path
 from urllib.parse import quote
 
-import numpy as np
 import pytest
 
 from edge_agent.domain import Reading
 from edge_agent.engine import LearningPlan, ScoringEngine
-from edge_agent.learning import LEARNED_DIR, Learner, load_learned, model_dir, save_learned
+from edge_agent.learning import LEARNED_DIR, Learner, load_learned, model_dir
 from edge_agent.model import MANIFEST, MANIFEST_DIGEST, ModelError, load_model, save_model
 
 SHIPPED = Path(__file__).resolve().parents[1] / "models"
@@ -113,7 +112,6 @@ def test_a_failed_save_keeps_the_fitted_model_scoring(tmp_path: Path, caplog: py
 
 def test_models_saved_under_the_old_quoted_names_are_migrated(tmp_path: Path) -> None:
     engine = _learn(tmp_path, ["pump/1", "pump-2"])
-    old_root = tmp_path / "old"
     for s in ("pump/1", "pump-2"):
         legacy = tmp_path / LEARNED_DIR / quote(s, safe="-_")
         model_dir(tmp_path, s).rename(legacy)
@@ -121,7 +119,6 @@ def test_models_saved_under_the_old_quoted_names_are_migrated(tmp_path: Path) ->
     # The old learner's leftovers and the debris of the "." attack are not sensors.
     (tmp_path / LEARNED_DIR / "pump-3.new").mkdir()
     (tmp_path / LEARNED_DIR / "forest.npz").write_bytes(b"x")
-    del old_root
 
     restored = load_learned(tmp_path)
     assert sorted(restored) == ["pump-2", "pump/1"]
