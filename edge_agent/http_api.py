@@ -14,7 +14,8 @@ it; /metrics too with http.metrics_token; /healthz and /readyz stay open for pro
 Slow clients cannot hold the server: a request must arrive within http.read_timeout,
 and when all connections are taken a new one sheds the connection that has waited
 longest for its request (a client dripping bytes, or an idle keep-alive), so real
-calls and health probes get through however many slow ones there are.
+calls and health probes get through however many slow ones there are; when every
+connection is busy answering, PROBE_RESERVE more serve /healthz and /readyz alone.
 """
 
 from __future__ import annotations
@@ -48,6 +49,10 @@ Readiness = Callable[[], tuple[bool, str]]
 # (a 503 when every connection is busy answering). A Pi's default limit is 1024
 # descriptors and MQTT and model files need some too.
 MAX_CONNECTIONS = 256
+# Connections beyond MAX_CONNECTIONS kept for health probes, used only when every
+# connection is busy answering (nothing to shed): they serve /healthz and /readyz alone.
+PROBE_RESERVE = 16
+PROBES = ("/healthz", "/readyz")
 MAX_HEAD_BYTES = 16 * 1024
 MAX_HEADERS = 100
 # After a response that ends the connection the server stops sending but keeps
@@ -349,6 +354,7 @@ class _Server:
         self.loop = loop
         self.connections: set[_Connection] = set()
         self.accepted = 0
+        self.probes = 0  # connections admitted from PROBE_RESERVE
 
     def shed_slowest(self) -> bool:
         """Make room for a new connection: drop the one waiting longest for a request (False: all busy)."""
@@ -375,6 +381,7 @@ class _Connection(asyncio.Protocol):
         self.buf = bytearray()
         self.request: Request | None = None  # head parsed, waiting for the body
         self.accepted = False
+        self.probe_only = False  # admitted from PROBE_RESERVE: /healthz and /readyz only
         self.closing = False  # a final response is out; input is discarded
         self.eof = False
         self.busy = False  # a response is being produced off the loop (/metrics)
@@ -392,10 +399,14 @@ class _Connection(asyncio.Protocol):
         self.transport = transport
         self.server.connections.add(self)
         if self.server.accepted >= self.api.max_connections and not self.server.shed_slowest():
-            self._finish(error_response(503, "too many connections; retry later"), "other")
-            return
-        self.accepted = True
-        self.server.accepted += 1
+            if self.server.probes >= PROBE_RESERVE:
+                self._finish(error_response(503, "too many connections; retry later"), "other")
+                return
+            self.probe_only = True
+            self.server.probes += 1
+        else:
+            self.accepted = True
+            self.server.accepted += 1
         self.waiting_since = self.loop.time()
         self._arm(self.waiting_since + self.api.cfg.read_timeout)
 
@@ -409,6 +420,9 @@ class _Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.server.connections.discard(self)
+        if self.probe_only:
+            self.server.probes -= 1
+            self.probe_only = False
         if self.accepted:
             self.server.accepted -= 1
             self.accepted = False
@@ -523,6 +537,8 @@ class _Connection(asyncio.Protocol):
             raise HttpError(404, f"no such endpoint {req.path[:100]!r}; try POST /predict, GET /metrics, /healthz or /readyz")
         if req.method not in allowed:
             raise HttpError(405, f"method {req.method[:20]} not allowed on {path}; use {' or '.join(allowed)}", allow=", ".join(allowed))
+        if self.probe_only and path not in PROBES:
+            raise HttpError(503, "too many connections, all busy: only /healthz and /readyz are answered now; retry later")
         if path == "/predict":
             check_bearer(self.api.token, req.authorization)
             return self._predict(req, body)

@@ -99,3 +99,34 @@ def test_300_slow_connections_leave_predict_and_healthz_answered(models_dir: Pat
     assert len(predict) >= 100 and len(health) >= 20
     assert answered >= 0.99, f"{answered:.1%} of {len(predict)} /predict answered; statuses {sorted(set(predict))}"
     assert all(s == 200 for s in health), f"/healthz: {health}"
+
+
+class _SlowCollector:
+    """A registry collector that takes a while: /metrics connections stay busy answering."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+
+    def collect(self):  # type: ignore[no-untyped-def]
+        time.sleep(self.seconds)
+        return iter(())
+
+
+def test_probes_are_answered_when_every_connection_is_busy(models_dir: Path) -> None:
+    registry = CollectorRegistry()
+    registry.register(_SlowCollector(1.5))  # type: ignore[arg-type]
+    engine = ScoringEngine({"default": load_model(models_dir / "default")}, default="default")
+    api = HttpApi(HTTPConfig(host="127.0.0.1", port=0), engine.predict, lambda: (True, ""), registry, max_connections=2)
+    address = api.start()
+    busy = [socket.create_connection(address, timeout=5) for _ in range(2)]
+    try:
+        for sock in busy:  # both connections wait for a render: nothing to shed
+            sock.sendall(b"GET /metrics HTTP/1.1\r\n\r\n")
+        time.sleep(0.3)
+        assert _call(address, "GET", "/healthz") == 200
+        assert _call(address, "GET", "/readyz") == 200
+        assert _call(address, "POST", "/predict", json.dumps({"value": 0.9}).encode()) == 503
+    finally:
+        for sock in busy:
+            sock.close()
+        api.stop()
