@@ -28,7 +28,8 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from edge_agent.domain import Reading  # noqa: E402
-from edge_agent.engine import Decision, History, LearningPlan, ScoringEngine  # noqa: E402
+from edge_agent.adaptation import History
+from edge_agent.engine import Decision, LearningPlan, ScoringEngine  # noqa: E402
 from edge_agent.features import DEFAULT_TRANSFORMS, FeatureSpec  # noqa: E402
 from edge_agent.model import load_model, save_model  # noqa: E402
 from edge_agent.replay import learn_and_score  # noqa: E402
@@ -72,7 +73,7 @@ def shipped_us_per_reading(values: np.ndarray) -> float:
     batch = readings(values)
     started = time.perf_counter()
     for r in batch:
-        engine.score([r])
+        engine.score([r]).results
     return (time.perf_counter() - started) / len(batch) * 1e6
 
 

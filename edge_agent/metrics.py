@@ -20,6 +20,8 @@ class _SensorChildren:
     readings: Counter
     anomalies: Counter
     episodes: Counter
+    ended: Counter
+    new_normals: Counter
     state: Gauge
     score: Gauge
     learning: Gauge
@@ -43,7 +45,9 @@ class AgentMetrics:
         self._other: _SensorChildren | None = None
         self.readings = Counter("edge_agent_readings", "Readings scored, per sensor.", ["sensor"], registry=registry)
         self.anomalies = Counter("edge_agent_anomalies", "Readings flagged as anomalous, per sensor.", ["sensor"], registry=registry)
-        self.episodes = Counter("edge_agent_anomaly_episodes", "Anomalous episodes begun (verdicts marked onset), per sensor.", ["sensor"], registry=registry)
+        self.episodes = Counter("edge_agent_anomaly_episodes", "Anomalous episodes begun (verdicts with event onset), per sensor.", ["sensor"], registry=registry)
+        self.episodes_ended = Counter("edge_agent_anomaly_episodes_ended", "Anomalous episodes over (event end: a reading normal again), per sensor.", ["sensor"], registry=registry)
+        self.new_normals = Counter("edge_agent_new_normals", "Anomalous episodes that lasted decision.new_normal_after and became the sensor's normal (event new_normal), per sensor.", ["sensor"], registry=registry)
         self.anomaly_state = Gauge("anomaly_score", "Latest verdict per sensor: 1 anomalous, 0 normal.", ["sensor"], registry=registry)
         self.score = Gauge("edge_agent_score", "Latest calibrated anomaly score per sensor (0..1, higher is stranger).", ["sensor"], registry=registry)
         self.learning = Gauge("edge_agent_learning", "1 while a sensor learns its own model (its verdicts are never anomalous).", ["sensor"], registry=registry)
@@ -73,11 +77,7 @@ class AgentMetrics:
                     self._record_other(v)
                     continue
                 children = self._per_sensor[v.sensor_id] = self._children(v.sensor_id)
-            children.readings.inc()
-            if v.anomaly:
-                children.anomalies.inc()
-            if v.onset:
-                children.episodes.inc()
+            _count(children, v)
             children.state.set(v.anomaly)
             children.score.set(v.score)
             children.learning.set(1 if v.learning else 0)
@@ -85,19 +85,31 @@ class AgentMetrics:
     def _children(self, sensor: str) -> _SensorChildren:
         return _SensorChildren(
             self.readings.labels(sensor), self.anomalies.labels(sensor), self.episodes.labels(sensor),
+            self.episodes_ended.labels(sensor), self.new_normals.labels(sensor),
             self.anomaly_state.labels(sensor), self.score.labels(sensor), self.learning.labels(sensor),
         )
 
     def _record_other(self, v: Verdict) -> None:
+        """A sensor beyond sensor_series: its counters summed under sensor="_other", no gauges."""
         if self._other is None:
             sensor = OTHER_SENSORS
-            self._other = _SensorChildren(self.readings.labels(sensor), self.anomalies.labels(sensor),
-                                          self.episodes.labels(sensor), None, None, None)  # type: ignore[arg-type]
-        self._other.readings.inc()
-        if v.anomaly:
-            self._other.anomalies.inc()
-        if v.onset:
-            self._other.episodes.inc()
+            self._other = _SensorChildren(
+                self.readings.labels(sensor), self.anomalies.labels(sensor), self.episodes.labels(sensor),
+                self.episodes_ended.labels(sensor), self.new_normals.labels(sensor), None, None, None,  # type: ignore[arg-type]
+            )
+        _count(self._other, v)
 
     def record_invalid(self, invalid: InvalidReading) -> None:
         self.invalid.labels(invalid.reason).inc()
+
+
+def _count(children: _SensorChildren, v: Verdict) -> None:
+    children.readings.inc()
+    if v.anomaly:
+        children.anomalies.inc()
+    if v.event == "onset":
+        children.episodes.inc()
+    elif v.event == "end":
+        children.ended.inc()
+    elif v.event == "new_normal":
+        children.new_normals.inc()

@@ -34,6 +34,7 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from edge_agent.config import AgentConfig, ConfigError, Problem, client_id, mqtt_password
 from edge_agent.domain import InvalidReading, Reading, Verdict, clip
+from edge_agent.episodes import NEW_NORMAL
 from edge_agent.ingest import PayloadParser
 from edge_agent.metrics import AgentMetrics
 from edge_agent.topics import TopicTemplate, render
@@ -443,7 +444,7 @@ class MQTTTransport:
             body["redelivered"] = True
         payload = json.dumps(body, separators=(",", ":"))
         sensor = verdict.sensor_id
-        alert = verdict.anomaly and not verdict.duplicate
+        alert = (verdict.anomaly or verdict.event == NEW_NORMAL) and not verdict.duplicate
         topic = self._verdict_topic.render(agent_id=self._agent_id, sensor_id=sensor)
         alert_topic = self._alert_topic.render(agent_id=self._agent_id, sensor_id=sensor) if alert else ""
         size = max(self._size(topic, payload), self._size(alert_topic, payload) if alert else 0)

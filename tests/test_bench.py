@@ -27,7 +27,7 @@ def test_eval_skab_prints_both_rows_and_the_healthy_share(tmp_path: Path) -> Non
     protocol = next(line for line in out.splitlines() if "scikit-learn model of the first 400 rows" in line)
     f1 = float(protocol.split("|")[2].strip(" *"))
     assert f1 > 0.9  # a 25-noise-width pressure step is found
-    assert "learning on the device, numpy fitter, refit every 3600 rows" in out
+    assert "learning on the device, numpy fitter, refit every 1h" in out
     assert "anomaly-free recording, learned as an unknown sensor (learning.rows 300" in out
     assert "each field alone:" in out
 

@@ -49,7 +49,7 @@ def test_metrics_stay_open_by_default() -> None:
 def test_sensors_beyond_the_bound_are_counted_together_not_given_series() -> None:
     registry = CollectorRegistry()
     metrics = AgentMetrics(registry, sensor_series=3)
-    metrics.record_verdicts([Verdict(f"s{i}", {"value": 1.0}, 0, 0.9, int(i == 7), "m", "1", onset=i == 7) for i in range(10)])
+    metrics.record_verdicts([Verdict(f"s{i}", {"value": 1.0}, 0, 0.9, int(i == 7), "m", "1", event="onset" if i == 7 else None) for i in range(10)])
     metrics.record_verdicts([Verdict("s1", {"value": 1.0}, 0, 0.1, 0, "m", "1")])
     text = generate_latest(registry).decode()
     assert {f'edge_agent_readings_total{{sensor="s{i}"}}' in text for i in range(3, 10)} == {False}

@@ -41,10 +41,11 @@ def _readings(sensor: str, n: int, start: int = 0) -> list[Reading]:
 
 def _learn(state: Path, sensors: list[str], rows: int = 60, learned: dict | None = None) -> ScoringEngine:
     learner = Learner(state)
-    engine = ScoringEngine({}, learning=LearningPlan(rows=rows), learner=learner, learned=learned)
+    engine = ScoringEngine({}, learning=LearningPlan(rows=rows), learned=learned)
     learner.attach(engine)
     for s in sensors:
-        engine.score(_readings(s, rows))
+        for request in engine.score(_readings(s, rows)).learn_requests:  # as the pipeline hands them over
+            learner(request)
     deadline = time.monotonic() + 30
     while not all(s in engine.learned for s in sensors):
         assert time.monotonic() < deadline, f"not learned: {[s for s in sensors if s not in engine.learned]}"
@@ -72,7 +73,7 @@ def test_a_hostile_sensor_id_learns_reloads_and_leaves_other_models_untouched(tm
     names = {p.name for p in (tmp_path / LEARNED_DIR).iterdir()}
     assert names == {hashlib.sha256(s.encode()).hexdigest() for s in ("pump-a", "pump-b", hostile)}
     engine = _learn(tmp_path, [], learned=restored)
-    [v] = engine.score(_readings(hostile, 1, start=100))
+    [v] = engine.score(_readings(hostile, 1, start=100)).results
     assert not v.learning and v.model == f"learned:{hostile}"  # type: ignore[union-attr]
 
 
@@ -105,7 +106,7 @@ def test_a_failed_save_keeps_the_fitted_model_scoring(tmp_path: Path, caplog: py
     (state / LEARNED_DIR).write_text("not a folder")  # every save fails with an OSError
     with caplog.at_level(logging.ERROR):
         engine = _learn(state, ["boiler"])
-    [v] = engine.score(_readings("boiler", 1, start=100))
+    [v] = engine.score(_readings("boiler", 1, start=100)).results
     assert not v.learning and v.model == "learned:boiler"  # type: ignore[union-attr]
     assert "could not save" in caplog.text
 
