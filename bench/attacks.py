@@ -60,6 +60,9 @@ ATTACKS: list[tuple[str, str, list[str]]] = [
      ["tests/test_poison.py::test_a_huge_topic_is_reported_cut_short"]),
     ("300 HTTP connections dripping a byte every 0.5 s, reopened when cut", "≥ 99 % of /predict and 100 % of /healthz answered",
      ["tests/test_http_slow.py::test_300_slow_connections_leave_predict_and_healthz_answered"]),
+    ("Every connection busy answering (slow /metrics renders), then probes and /predict",
+     "/healthz and /readyz answered from 16 connections kept for probes; /predict a 503",
+     ["tests/test_http_slow.py::test_probes_are_answered_when_every_connection_is_busy"]),
     ("Anonymous /metrics scrape with http.metrics_token on", "401 without the token; probes stay open",
      ["tests/test_exposure.py::test_metrics_require_the_token_when_told_and_probes_stay_open"]),
     ("10,000 sensors on /metrics", "series of their own for the first http.sensor_series, the rest under sensor=\"_other\"",
@@ -132,7 +135,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--print", action="store_true", help="print the table instead of writing docs/results/attacks.md")
     args = parser.parse_args()
-    extra = {ATTACKS[11][0]: f"one render at 10,000 sensors: {render_cost(10_000, 10_000)} with a series each; "
+    extra = {next(a for a, _, _ in ATTACKS if a.startswith("10,000 sensors")): f"one render at 10,000 sensors: {render_cost(10_000, 10_000)} with a series each; "
                              f"{render_cost(10_000, 1000)} with the default bound of 1,000"}
     text = table(run_tests(), extra)
     if args.print:
