@@ -93,7 +93,7 @@ def main() -> int:
     for fields in (1, 8):
         h = History(max(plan.rows, plan.refit_rows), fields)
         print(f"\nrefit history of a {fields}-field learned sensor (refit_rows {plan.refit_rows}): "
-              f"{h.nbytes} bytes when full", end="")
+              f"{h.capacity * (8 * fields + 1 + 8)} bytes when full", end="")
     spec = FeatureSpec(fields=("value",), transforms=DEFAULT_TRANSFORMS)
     model = learn_model(spec, np.random.default_rng(2).normal(size=(plan.refit_rows, 1)), "bench", "1")
     with tempfile.TemporaryDirectory() as folder:

@@ -167,6 +167,14 @@ class _FieldWindow:
         self.folded = 0
         self.recent = 0.0
 
+    def copy(self) -> _FieldWindow:
+        twin = _FieldWindow.__new__(_FieldWindow)
+        for name in self.__slots__:
+            setattr(twin, name, getattr(self, name))
+        twin.values = self.values.copy()
+        twin.baselines = list(self.baselines)
+        return twin
+
     def step(self, x: float) -> None:
         """The reading comes after the last one: the change and the repeats count from it."""
         self.repeats = min(self.repeats + 1, MAX_REPEATS) if x == self.last else 0
@@ -210,6 +218,11 @@ class _SeasonProfile:
         # rows: cycle number this phase was last seen in, its sum and count there, the
         # previous cycle's mean (NaN: not seen in the cycle before)
         self.cells = np.full((4, SEASON_BUCKETS), np.nan)
+
+    def copy(self) -> _SeasonProfile:
+        twin = _SeasonProfile.__new__(_SeasonProfile)
+        twin.period, twin.cells = self.period, self.cells.copy()
+        return twin
 
     def _where(self, at: float) -> tuple[int, float]:
         cycle, phase = divmod(at, self.period)
@@ -256,6 +269,14 @@ class FeatureState:
         row = self._row(values, at)
         self.take_in(values, at)
         return row
+
+    def copy(self) -> FeatureState:
+        """An independent state that has seen what this one has (cheaper than copy.deepcopy)."""
+        twin = FeatureState.__new__(FeatureState)
+        twin.spec, twin._plan, twin._width = self.spec, self._plan, self._width
+        twin._windows = [w.copy() for w in self._windows]
+        twin._seasons = None if self._seasons is None else [[p.copy() for p in ps] for ps in self._seasons]
+        return twin
 
     def take_in(self, values: Sequence[float], at: float | None = None, step: bool = True) -> None:
         """Take a reading into the windows, drift baselines and seasons; with ``step`` it is
