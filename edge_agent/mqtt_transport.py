@@ -286,7 +286,15 @@ class MQTTTransport:
             # A retained reading is an old one replayed on subscribe, not a new measurement.
             item = InvalidReading("retained", "retained messages are old readings and are not scored", topic, None, token)
         else:
-            item = self.parser.parse(topic, message.payload, time.time(), ack=token, redelivered=bool(message.dup))
+            items = self.parser.parse_message(topic, message.payload, time.time(), ack=token, redelivered=bool(message.dup))
+            if not items:  # nothing in it to score (see PayloadParser.parse_message)
+                if token is not None:
+                    client.ack(token.mid, token.qos)
+                return
+            assert self._submit is not None
+            for item in items[:-1]:
+                self._submit(item)
+            item = items[-1]  # the one carrying the acknowledgement
         assert self._submit is not None
         self._submit(item)
 
