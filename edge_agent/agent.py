@@ -13,7 +13,7 @@ from types import FrameType
 
 from prometheus_client import CollectorRegistry
 
-from edge_agent.config import AgentConfig, http_token
+from edge_agent.config import AgentConfig, client_id, http_token
 from edge_agent.domain import InvalidReading, Reading
 from edge_agent.engine import Decision, LearningPlan, ScoringEngine
 from edge_agent.forest import Forest
@@ -25,6 +25,7 @@ from edge_agent.model import SensorModel, load_model
 from edge_agent.mqtt_transport import MQTTTransport
 from edge_agent.partition import PartitionFilter
 from edge_agent.pipeline import Pipeline, VerdictSink
+from edge_agent.session import record_path
 
 log = logging.getLogger(__name__)
 
@@ -105,6 +106,7 @@ class Agent:
             self.learner.attach(self.engine)
         self.parser = PayloadParser(cfg.sources, cfg.max_payload_bytes)
         self.transport = MQTTTransport(cfg, self.parser, self.metrics, environment)
+        self.transport.subscriptions_file = record_path(state_dir(cfg, base), client_id(cfg))
         sink: VerdictSink = self.transport
         if cfg.homeassistant.enabled:
             # Imported only here: off by default, and its imports cost ~0.6 MB of a 50 MB budget.
