@@ -81,6 +81,30 @@ def state_dir(cfg: AgentConfig, base: Path | None) -> Path:
     return path if path.is_absolute() or base is None else base / path
 
 
+class GapReport:
+    """Counts and logs gaps in sensors' sequence numbers: readings a broker dropped without a word."""
+
+    LOG_EVERY = 10.0  # seconds between two log lines about one sensor
+
+    def __init__(self, metrics: AgentMetrics) -> None:
+        self.metrics = metrics
+        self._logged: dict[str, tuple[float, int]] = {}  # sensor -> (last line at, missed since)
+
+    def __call__(self, sensor: str, missed: int, last: int, seq: int) -> None:
+        self.metrics.readings_missed.labels(sensor).inc(missed)
+        now = time.monotonic()
+        at, since = self._logged.get(sensor, (-self.LOG_EVERY, 0))
+        since += missed
+        if now - at >= self.LOG_EVERY:
+            log.warning(
+                "sensor %s: %d reading(s) never arrived (seq %d after %d); the broker may be dropping: "
+                "raise its max_queued_messages, see docs/broker.md", sensor, since, seq, last,
+            )
+            at, since = now, 0
+        if len(self._logged) < 10_000 or sensor in self._logged:
+            self._logged[sensor] = (at, since)
+
+
 class Agent:
     """One agent process: ``start`` it, then ``stop`` it (or ``run`` until a signal)."""
 
@@ -105,6 +129,7 @@ class Agent:
         if self.learner is not None:
             self.learner.attach(self.engine)
         self.parser = PayloadParser(cfg.sources, cfg.max_payload_bytes)
+        self.parser.on_gap = GapReport(self.metrics)
         self.transport = MQTTTransport(cfg, self.parser, self.metrics, environment)
         self.transport.subscriptions_file = record_path(state_dir(cfg, base), client_id(cfg))
         sink: VerdictSink = self.transport

@@ -62,6 +62,7 @@ class SourceConfig:
     rates: list[str] | None = _f(None, "Fields (from fields or optional_fields) that are rising counters, e.g. an energy total: scored as their rise per second, named <field>_rate.")
     each: str | None = _f(None, "A pattern (* and ?) for payload keys whose objects are sensors of their own, e.g. DS18B20* or temperature:*; fields are looked up inside each.")
     each_in: str | None = _f(None, "Dotted path of the object whose keys `each` matches (e.g. params); unset: the payload itself.")
+    seq_field: str | None = _f(None, "Payload key holding a per-sensor sequence number (an integer rising by one a reading); a gap is counted in edge_agent_readings_missed_total and logged: evidence that the broker dropped readings (docs/broker.md).")
     exclude: list[str] | None = _f(None, "Topic filters this source skips: messages on them are acknowledged and neither scored nor reported (e.g. +/sensor/uptime/state).")
     sensor_id: str | None = _f(None, "Sensor id template: {sensor}, {levelN} (topic level N, from 1), {key} (the key `each` matched), {item.PATH}, {payload.PATH}. Unset: {sensor}, or {sensor}-{key} with `each`.")
 

@@ -33,7 +33,7 @@ import json
 import math
 import re
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from itertools import accumulate
@@ -172,6 +172,7 @@ class _Fleet:
     each_in: _Field | None = None  # where those keys are (None: the payload itself)
     id_parts: tuple[str, ...] | None = None  # sensor id template: literal, name, literal, ...
     exclude: tuple[str, ...] = ()  # topic filters whose messages this source skips
+    seq: _Field | None = None  # a per-sensor sequence number: gaps are evidence of drops
 
 
 @dataclass(frozen=True, slots=True)
@@ -216,7 +217,8 @@ def _compile_fleet(where: str, source: SourceConfig) -> _Fleet | None:
     each_in = getattr(source, "each_in", None)
     template = getattr(source, "sensor_id", None)
     exclude = tuple(getattr(source, "exclude", None) or ())
-    if optional_names is None and not rates and each is None and each_in is None and template is None and not exclude:
+    seq = getattr(source, "seq_field", None)
+    if optional_names is None and not rates and each is None and each_in is None and template is None and not exclude and seq is None:
         return None
     optional = tuple(_Field.compile(name, f"{where}.optional_fields entry") for name in optional_names or ())
     known = {f.name for f in optional} | set(source.fields or ())
@@ -240,6 +242,7 @@ def _compile_fleet(where: str, source: SourceConfig) -> _Fleet | None:
         each_in=_Field.compile(each_in, f"{where}.each_in") if each_in is not None else None,
         id_parts=parts,
         exclude=exclude,
+        seq=_Field.compile(seq, f"{where}.seq_field") if seq is not None else None,
     )
 
 
@@ -333,6 +336,9 @@ class PayloadParser:
         self._max_tracked = max_tracked
         self._known: OrderedDict[str, dict[str, float]] = OrderedDict()  # sensor -> last known values
         self._counters: OrderedDict[tuple[str, str], _Counter] = OrderedDict()  # (sensor, field) -> last reading
+        self._seq: OrderedDict[str, int] = OrderedDict()  # sensor -> last sequence number
+        #: Called with (sensor id, readings missing, last seq, this seq) when a sequence has a gap.
+        self.on_gap: Callable[[str, int, int, int], None] | None = None
 
     def parse(
         self, topic: str, payload: bytes, received_at: float, ack: Any = None, redelivered: bool = False
@@ -467,12 +473,15 @@ class PayloadParser:
                     (key, item) for key, item in container.items()
                     if type(item) is dict and fnmatch.fnmatchcase(key, fleet.each)
                 ] if type(container) is dict else []
+        seq = fleet.seq.lookup(obj) if fleet.seq is not None and obj is not None else None
         out: list[Reading | InvalidReading] = []
         for key, item in items:
             sensor: str | None = None
             try:
                 sensor = _render_id(fleet, level, topic, key, item, obj)
                 values = scalar if scalar is not None else self._fleet_values(source, item)
+                if type(seq) is int:
+                    self._sequence(sensor, seq, redelivered)
                 values = self._track(source, sensor, values, ts if ts is not None else received_at)
                 if fleet.optional:
                     sensor = f"{sensor}{FIELD_SET_MARK}{','.join(values)}"
@@ -542,6 +551,15 @@ class PayloadParser:
         if pending is not None:
             raise _Rejected(RATE_PENDING, pending)
         return values
+
+    def _sequence(self, sensor: str, seq: int, redelivered: bool) -> None:
+        """Note a sensor's sequence number; report a gap (readings that never arrived)."""
+        last = self._seq.get(sensor)
+        if last is not None and seq <= last and redelivered:
+            return  # a reading the broker sent again
+        self._remember(self._seq, sensor, seq)  # lower than before: the device restarted its count
+        if last is not None and seq > last + 1 and self.on_gap is not None:
+            self.on_gap(sensor, seq - last - 1, last, seq)
 
     def _remember(self, table: OrderedDict[Any, Any], key: Any, value: Any) -> None:
         table[key] = value

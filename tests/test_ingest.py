@@ -530,3 +530,15 @@ def test_bad_fleet_source_is_refused_up_front(source: SourceConfig, needle: str)
     with pytest.raises(ValueError, match="sources\\[0\\]") as info:
         PayloadParser([source], 1024)
     assert needle in str(info.value)
+
+
+def test_sequence_gaps_are_reported_resets_and_redeliveries_are_not() -> None:
+    parser = _fleet_parser(topic="sensors/+", seq_field="seq")
+    gaps: list[tuple[str, int, int, int]] = []
+    parser.on_gap = lambda *gap: gaps.append(gap)
+    for seq in (1, 2, 5, 6, 6, 1, 2):
+        [r] = parser.parse_message("sensors/p", json.dumps({"value": 1, "seq": seq}).encode(), 0.0)
+        assert isinstance(r, Reading) and r.sensor_id == "p"
+    assert parser.parse_message("sensors/p", b'{"value": 1, "seq": 1}', 0.0, redelivered=True)  # older, sent again
+    [r] = parser.parse_message("sensors/p", b'{"value": 1, "seq": 4}', 0.0)
+    assert gaps == [("p", 2, 2, 5), ("p", 1, 2, 4)]
