@@ -241,8 +241,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--anomaly-rate", type=float, default=0.005, help="anomalies injected per reading of a sensor (default 0.005: one every few minutes per sensor)")
     p.add_argument("--duration", type=float, default=None, help="stop after this many seconds (default: until Ctrl-C)")
     p.add_argument("--http-port", type=int, default=8000)
-    p.add_argument("--broker", choices=["auto", "configured", "mosquitto", "embedded"], default="auto",
-                   help="which broker to use (auto: the configured one if reachable, else a local mosquitto, else an embedded one)")
+    p.add_argument("--broker", choices=["own", "configured", "mosquitto", "embedded", "auto"], default="own",
+                   help="own (default; auto is the same): a broker of its own, mosquitto if installed, else an embedded one; "
+                        "configured: the config's broker. Either way the demo leaves no session and no retained message behind")
+    p.add_argument("--broker-port", type=int, default=None, metavar="PORT", help="port of the demo's own broker (default: a free one)")
     p.set_defaults(func=cmd_demo)
     return parser
 

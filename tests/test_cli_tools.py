@@ -6,7 +6,9 @@ import csv
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -200,3 +202,75 @@ def test_progress_shows_only_on_a_terminal() -> None:
     Progress(10, "x", quiet=True, stream=quiet).update(5)
     assert quiet.getvalue() == ""
     assert "s left" in Progress(100, "x", stream=Tty()).line(25, 10.0)
+
+
+def _demo_config(tmp_path: Path, broker: Any) -> Path:
+    """The shipped config.yaml pointed at ``broker``, its models where the repository has them."""
+    import yaml
+
+    data = yaml.safe_load((REPO / "config.yaml").read_text())
+    data["mqtt"] = {**data.get("mqtt", {}), "host": broker.host, "port": broker.port}
+    data["models"]["dir"] = str(REPO / "models")
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def _run_demo(config: Path, cwd: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+    from brokers import free_port
+
+    return subprocess.run(
+        [sys.executable, "-m", "edge_agent.cli", "demo", "--config", str(config), "--duration", "3", "--rate", "5",
+         "--http-port", str(free_port()), *extra],
+        capture_output=True, text=True, timeout=60, cwd=cwd,
+    )
+
+
+@pytest.mark.broker
+def test_demo_on_the_configured_broker_leaves_no_session_and_no_retained_message(tmp_path: Path) -> None:
+    import paho.mqtt.client as paho
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    from brokers import MOSQUITTO, MosquittoBroker
+
+    if MOSQUITTO is None:
+        pytest.skip("needs mosquitto: its $SYS counters tell the sessions it keeps")
+    broker = MosquittoBroker(extra_config="sys_interval 1")
+    broker.start()
+    try:
+        r = _run_demo(_demo_config(tmp_path, broker), tmp_path, "--broker", "configured")
+        assert r.returncode == 0, r.stderr
+        assert len([line for line in r.stdout.splitlines() if " score " in line]) >= 8, r.stdout
+        assert "left no trace" in r.stdout and "1 retained message(s) cleared" in r.stdout, r.stdout
+        time.sleep(2.5)  # $SYS is refreshed every second here
+
+        seen: list[Any] = []
+        client = paho.Client(CallbackAPIVersion.VERSION2, client_id="inspector")
+        client.on_message = lambda c, u, m: seen.append(m)
+        client.on_connect = lambda c, u, f, rc, p: c.subscribe([("#", 0), ("$SYS/broker/clients/disconnected", 0)])
+        client.connect(broker.host, broker.port)
+        client.loop_start()
+        time.sleep(1.0)
+        client.disconnect()
+        client.loop_stop()
+    finally:
+        broker.close()
+    retained = [m.topic for m in seen if m.retain and not m.topic.startswith("$SYS")]
+    assert retained == []
+    disconnected = [int(m.payload) for m in seen if m.topic == "$SYS/broker/clients/disconnected"]
+    assert disconnected and disconnected[-1] == 0  # no persistent session is left waiting for the agent
+
+
+@pytest.mark.broker
+def test_demo_by_default_starts_its_own_broker_on_the_port_asked_and_leaves_the_configured_one_alone(
+    tmp_path: Path, broker: Any, collect: Any
+) -> None:
+    from brokers import free_port
+
+    watcher = collect(["#"])
+    port = free_port()
+    r = _run_demo(_demo_config(tmp_path, broker), tmp_path, "--broker-port", str(port))
+    assert r.returncode == 0, r.stderr
+    assert f"of its own on 127.0.0.1:{port}" in r.stdout
+    assert len([line for line in r.stdout.splitlines() if " score " in line]) >= 8, r.stdout
+    assert watcher.messages == []  # not one message on the configured broker
