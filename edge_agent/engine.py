@@ -182,8 +182,10 @@ class ScoringEngine:
             model = self._assigned(sensor_id)
             if model is not None:
                 return model
-            if stream is not None or self.learning is not None:
+            if stream is not None:
                 raise UnknownSensor(f"sensor {sensor_id!r} is still learning its model")
+            if self.learning is not None:
+                raise UnknownSensor(f"sensor {sensor_id!r} is unknown: no reading of it has arrived and no models.assign pattern matches it")
         if self.default is None:
             raise UnknownSensor(f"no model for sensor {sensor_id!r}: no models.assign pattern matches and models.default is unset")
         return self.models[self.default]

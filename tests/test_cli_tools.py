@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import subprocess
 import sys
 import time
@@ -274,3 +275,34 @@ def test_demo_by_default_starts_its_own_broker_on_the_port_asked_and_leaves_the_
     assert f"of its own on 127.0.0.1:{port}" in r.stdout
     assert len([line for line in r.stdout.splitlines() if " score " in line]) >= 8, r.stdout
     assert watcher.messages == []  # not one message on the configured broker
+
+
+def test_version_is_printed() -> None:
+    r = subprocess.run([sys.executable, "-m", "edge_agent.cli", "--version"], capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0 and re.fullmatch(r"edge-agent \d+\.\d+\S*\n", r.stdout), (r.stdout, r.stderr)
+
+
+def test_train_without_scikit_learn_names_the_extra_to_install(tmp_path: Path) -> None:
+    src = normal_csv(tmp_path / "n.csv", n=300)
+    # sklearn as if not installed: importing it raises ModuleNotFoundError.
+    code = ("import sys; sys.modules['sklearn'] = None; from edge_agent.cli import main; "
+            f"sys.exit(main(['train', '--input', {str(src)!r}, '--out', {str(tmp_path / 'm')!r}]))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 1, r.stderr
+    assert "pip install 'edge-anomaly-agent[train]'" in r.stderr and "Traceback" not in r.stderr
+    assert not (tmp_path / "m").exists()
+
+
+def test_replay_plot_uses_time_when_the_file_has_timestamps(tmp_path: Path) -> None:
+    from edge_agent.plot import _x_axis
+    from edge_agent.table import read_table
+
+    timed = normal_csv(tmp_path / "t.csv", n=400)  # a timestamp column, one reading a second
+    x, is_time = _x_axis(read_table(timed), 400)
+    assert is_time and x[1] - x[0] == pytest.approx(1 / 86400)
+    untimed = tmp_path / "u.csv"
+    untimed.write_text("value\n" + "\n".join("1.0" for _ in range(10)) + "\n")
+    assert _x_axis(read_table(untimed), 10)[1] is False
+    png = tmp_path / "t.png"
+    assert main(["replay", str(timed), "--out", str(tmp_path / "o.csv"), "--learn-rows", "100", "--plot", str(png), "-q"]) == 0
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

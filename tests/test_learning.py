@@ -64,6 +64,8 @@ def test_a_sensor_learns_then_scores(tmp_path: Path) -> None:
     assert first[-1].model_version == "200/200"  # type: ignore[union-attr]
     with pytest.raises(UnknownSensor, match="still learning"):
         engine.predict({"value": 20.0}, "boiler")
+    with pytest.raises(UnknownSensor, match="'never-seen' is unknown"):  # not "still learning": nothing is
+        engine.predict({"value": 20.0}, "never-seen")
     _wait_for_model(engine, "boiler")
     later = engine.score(_readings("boiler", list(20 + rng.normal(0, 0.2, 50)) + [35.0], start=200))
     assert not any(v.learning for v in later)  # type: ignore[union-attr]
