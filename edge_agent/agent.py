@@ -153,9 +153,11 @@ class Agent:
         self.intake: Callable[[Reading | InvalidReading], None] = self.pipeline.submit
         if cfg.partition.count > 1:
             # Other agents' sensors are acknowledged unscored, on the network thread, before the hand-over.
-            self.intake = PartitionFilter(
+            partition = PartitionFilter(
                 cfg.partition, self.pipeline.submit, lambda item: self.transport.publish_error(item, report=False), self.registry
             )
+            self.parser.owns = partition.owns
+            self.intake = partition
         self.http = (
             HttpApi(cfg.http, self.engine.predict, self.readiness, self.registry,
                     token=http_token(cfg, environment))

@@ -542,3 +542,45 @@ def test_sequence_gaps_are_reported_resets_and_redeliveries_are_not() -> None:
     assert parser.parse_message("sensors/p", b'{"value": 1, "seq": 1}', 0.0, redelivered=True)  # older, sent again
     [r] = parser.parse_message("sensors/p", b'{"value": 1, "seq": 4}', 0.0)
     assert gaps == [("p", 2, 2, 5), ("p", 1, 2, 4)]
+
+
+_FLEET_SOURCES = [
+    SourceConfig(topic="z/{sensor}", optional_fields=["t", "h", "e"], rates=["e"], seq_field="seq"),
+    SourceConfig(topic="tele/{sensor}/SENSOR", each="D*", fields=["Temperature"], sensor_id="{sensor}-{item.Id}-{payload.Time}"),
+    SourceConfig(topic="+/events/rpc", each="*:*", each_in="params", optional_fields=["apower", "a.total"], sensor_id="{level1}-{key}"),
+    SourceConfig(topic="+/sensor/+/state", sensor_id="{level1}.{level3}.{level9}", exclude=["+/sensor/uptime/state"]),
+]
+_FLEET_JSON = st.recursive(
+    st.one_of(st.none(), st.booleans(), st.integers(), st.floats(), st.text(max_size=8)),
+    lambda children: st.one_of(st.lists(children, max_size=3),
+                               st.dictionaries(st.sampled_from(["t", "h", "e", "seq", "Id", "Time", "D1", "D2", "params", "x:0",
+                                                                "apower", "a", "total", "Temperature"]), children, max_size=5)),
+    max_leaves=20,
+)
+
+
+@settings(max_examples=600, deadline=None)
+@given(
+    topic=st.sampled_from(["z/a", "z/b", "tele/t/SENSOR", "dev/events/rpc", "n/sensor/x/state", "n/sensor/uptime/state", "q"]),
+    payloads=st.lists(st.one_of(_FLEET_JSON.map(lambda v: json.dumps(v).encode()), st.binary(max_size=40)), max_size=4),
+    redelivered=st.booleans(),
+)
+def test_fleet_parsing_is_total(topic: str, payloads: list[bytes], redelivered: bool) -> None:
+    parser = PayloadParser(_FLEET_SOURCES, 4096, max_tracked=2)
+    parser.on_gap = lambda *gap: None
+    for payload in payloads:
+        items = parser.parse_message(topic, payload, 1000.0, ack="token", redelivered=redelivered)
+        assert [i.ack for i in items].count("token") == (1 if items else 0) and items[-1:] == [i for i in items if i.ack]
+        for item in items:
+            if isinstance(item, InvalidReading):
+                assert item.reason in REASONS and len(item.detail) <= MAX_DETAIL
+            else:
+                assert item.values and all(math.isfinite(v) for v in item.values.values())
+                assert "/" not in item.sensor_id and "+" not in item.sensor_id
+
+
+def test_the_ack_rides_on_a_reading_this_agent_keeps() -> None:
+    parser = _fleet_parser(topic="tele/{sensor}/SENSOR", each="DS18B20*", fields=["Temperature"])
+    parser.owns = lambda sensor_id: sensor_id.endswith("-1")  # DS18B20-2 belongs to another agent of the partition
+    items = _all(parser, "tele/ds/SENSOR", {"DS18B20-1": {"Temperature": 1}, "DS18B20-2": {"Temperature": 2}})
+    assert [(i.sensor_id, i.ack) for i in items] == [("ds-DS18B20-2", None), ("ds-DS18B20-1", "token")]
