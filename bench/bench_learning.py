@@ -28,7 +28,8 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from edge_agent.domain import Reading  # noqa: E402
-from edge_agent.engine import Decision, History, LearningPlan, ScoringEngine  # noqa: E402
+from edge_agent.adaptation import History
+from edge_agent.engine import Decision, LearningPlan, ScoringEngine  # noqa: E402
 from edge_agent.features import DEFAULT_TRANSFORMS, FeatureSpec  # noqa: E402
 from edge_agent.model import load_model, save_model  # noqa: E402
 from edge_agent.replay import learn_and_score  # noqa: E402
@@ -57,7 +58,7 @@ def readings(values: np.ndarray) -> list[Reading]:
 
 def learned_us_per_reading(plan: LearningPlan, values: np.ndarray) -> float:
     """Mean time per reading after the first fit and before the first refit is due."""
-    first, last = plan.rows + 100, plan.rows + plan.refit_every - 100 if plan.refit_every else plan.rows + 3500
+    first, last = plan.rows + 100, plan.rows + int(plan.refit_every) - 100 if plan.refit_every else plan.rows + 3500
     started = 0.0
     for i, _ in enumerate(learn_and_score(readings(values), plan, Decision())):
         if i == first:
@@ -72,7 +73,7 @@ def shipped_us_per_reading(values: np.ndarray) -> float:
     batch = readings(values)
     started = time.perf_counter()
     for r in batch:
-        engine.score([r])
+        engine.score([r]).results
     return (time.perf_counter() - started) / len(batch) * 1e6
 
 
@@ -92,7 +93,7 @@ def main() -> int:
     for fields in (1, 8):
         h = History(max(plan.rows, plan.refit_rows), fields)
         print(f"\nrefit history of a {fields}-field learned sensor (refit_rows {plan.refit_rows}): "
-              f"{h._rows.nbytes + h._flags.nbytes} bytes", end="")
+              f"{h.nbytes} bytes when full", end="")
     spec = FeatureSpec(fields=("value",), transforms=DEFAULT_TRANSFORMS)
     model = learn_model(spec, np.random.default_rng(2).normal(size=(plan.refit_rows, 1)), "bench", "1")
     with tempfile.TemporaryDirectory() as folder:
@@ -100,7 +101,7 @@ def main() -> int:
         on_disk = sum(p.stat().st_size for p in Path(folder).iterdir())
     print(f"\na learned one-field model on disk (manifest and forest): {on_disk} bytes\n")
 
-    values = np.random.default_rng(1).normal(size=plan.rows + plan.refit_every + 100)
+    values = np.random.default_rng(1).normal(size=plan.rows + int(plan.refit_every) + 100)  # a reading a second
     no_refits = dataclasses.replace(plan, refit_every=0)
     no_drift = dataclasses.replace(plan, features=WITHOUT_DRIFT)
     on, off, plain, shipped = [], [], [], []

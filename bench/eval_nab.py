@@ -1,15 +1,17 @@
 """NAB-style scoring of univariate streams, through the agent's learning path.
 
 Usage:
+  python bench/eval_nab.py                      # ../shared/datasets/nab-dev, the benchmark's dev split
   python bench/eval_nab.py --data NAB/data --labels NAB/labels/combined_windows.json
   python bench/eval_nab.py --simulate 12        # a corpus of simulator streams in NAB's layout
 
 Every CSV (``timestamp,value``) is one sensor the agent has no model for: it learns
 from the file's probationary period (15 % of its rows, at most 750, as NAB has it),
 then is scored and refitted as the ``learning.*`` settings say (``--set`` overrides
-them, as for edge-agent). Two sets of detections are scored from the same run: the
-verdicts' ``anomaly`` flags (every anomalous reading) and their ``onset`` marks (the
-first reading of each anomalous episode).
+them, as for edge-agent). Three things are scored from the same run: the verdicts'
+``anomaly`` flags (every anomalous reading), their ``onset`` events (the first reading of
+each anomalous episode: the agent's alerts as deployed), and the per-reading ``score`` at
+the one corpus-wide threshold the benchmark's own search would pick (``sweep``).
 
 Scoring follows the Numenta Anomaly Benchmark: within each labelled window only the
 earliest detection counts, weighted by a scaled sigmoid of its position (earlier is
@@ -58,6 +60,7 @@ PROFILES = {
     "reward_low_FN_rate": (1.0, 2.0, 0.11),
 }
 PROBATION_SHARE, PROBATION_MAX = 0.15, 750
+NAB_DEV = REPO.parent / "shared" / "datasets" / "nab-dev"
 WINDOW_SHARE = 0.10
 NAB_TIME = "%Y-%m-%d %H:%M:%S"
 
@@ -124,6 +127,85 @@ def score_file(detections: Sequence[int], windows: Sequence[tuple[int, int]]) ->
     return FileScore(hits, false_positives)
 
 
+def row_weights(n_rows: int, windows: Sequence[tuple[int, int]]) -> tuple[list[int | None], list[float]]:
+    """Per row: the window it lies in (None outside every window, or in the probationary
+    period) and its weight as a detection: the scaled true-positive weight inside a
+    window, the false-positive sigmoid weight outside (NaN in the probationary period)."""
+    start = probation(n_rows)
+    windows = [w for w in windows if w[1] >= start]
+    where: list[int | None] = [None] * n_rows
+    weight = [math.nan] * n_rows
+    k = 0
+    for i in range(start, n_rows):
+        while k < len(windows) and windows[k][1] < i:
+            k += 1
+        if k < len(windows) and windows[k][0] <= i:
+            a, b = windows[k]
+            where[i] = k
+            weight[i] = scaled_sigmoid(-(b - i + 1) / (b - a + 1)) / EARLIEST
+        elif k > 0:
+            a, b = windows[k - 1]
+            weight[i] = scaled_sigmoid((i - b) / max(1, b - a))
+        else:
+            weight[i] = -1.0
+    return where, weight
+
+
+@dataclass
+class Sweep:
+    """The corpus-wide threshold the benchmark picks for a score, and what it gives."""
+
+    threshold: float
+    normalised: float
+    detected: int
+    false_positives: int
+
+
+def sweep(files: Sequence[tuple[Sequence[float], Sequence[tuple[int, int]]]], tp: float, fn: float, fp: float) -> Sweep:
+    """NAB's threshold search, exactly: one threshold for every file (a row whose score
+    reaches it is a detection), the one that maximises the corpus's total score.
+
+    Rows are taken in falling score order; each one added as a detection either moves its
+    window's earliest detection (inside a window) or adds a false positive (outside), so
+    every threshold's total is known in one pass over the sorted rows.
+    """
+    rows: list[tuple[float, int, int]] = []  # (score, file, row)
+    layout = []
+    windows_total = 0
+    for f, (scores, windows) in enumerate(files):
+        where, weight = row_weights(len(scores), windows)
+        windows_total += sum(1 for w in windows if w[1] >= probation(len(scores)))
+        layout.append((where, weight))
+        rows.extend((float(s), f, i) for i, s in enumerate(scores) if not math.isnan(weight[i]))
+    rows.sort(key=lambda r: -r[0])
+    earliest: dict[tuple[int, int], int] = {}
+    total = -fn * windows_total
+    best = Sweep(math.inf, 0.0, 0, 0)
+    best_total = total
+    detected = false_pos = 0
+    for j, (score, f, i) in enumerate(rows):
+        where, weight = layout[f]
+        k = where[i]
+        if k is None:
+            total += fp * weight[i]
+            false_pos += 1
+        else:
+            before = earliest.get((f, k))
+            if before is None:
+                total += tp * weight[i] + fn
+                earliest[(f, k)] = i
+                detected += 1
+            elif i < before:
+                total += tp * (weight[i] - weight[before])
+                earliest[(f, k)] = i
+        if (j + 1 == len(rows) or rows[j + 1][0] < score) and total > best_total:
+            best_total = total
+            best = Sweep(score, 0.0, detected, false_pos)
+    null, perfect = -fn * windows_total, tp * windows_total
+    best.normalised = 100 * (best_total - null) / (perfect - null) if perfect != null else 0.0
+    return best
+
+
 def window_rows(timestamps: Sequence[float | None], spans: Sequence[tuple[float, float]]) -> list[tuple[int, int]]:
     """Labelled windows (start and end timestamps) as inclusive row ranges."""
     out = []
@@ -179,7 +261,10 @@ def main() -> int:
     ap.add_argument("--set", dest="overrides", action="append", default=[], help="learning.* or decision.* overrides")
     ap.add_argument("--per-file", action="store_true", help="also print each file's standard score")
     ap.add_argument("--quiet", "-q", action="store_true", help="no progress line")
+    ap.add_argument("--dump", metavar="JSON", help="write every file's scores, flags, events and windows here, for a closer look")
     args = ap.parse_args()
+    if args.simulate is None and args.data is None and args.labels is None and NAB_DEV.is_dir():
+        args.data, args.labels = str(NAB_DEV / "data"), str(NAB_DEV / "windows.json")
     if (args.simulate is None) == (args.data is None or args.labels is None):
         ap.error("give --data and --labels, or --simulate N")
 
@@ -193,6 +278,8 @@ def main() -> int:
         cfg = load_config(None, args.overrides, {})
         decision = decision_of(cfg)
         scores: dict[str, dict[str, FileScore]] = {"anomaly": {}, "onset": {}}
+        per_reading: list[tuple[list[float], list[tuple[int, int]]]] = []
+        dump: dict[str, dict[str, object]] = {}
         progress = Progress(len(labels), "NAB files", quiet=args.quiet)
         skipped: list[str] = []
         for done, name in enumerate(sorted(labels)):
@@ -206,6 +293,9 @@ def main() -> int:
                 continue
             spans = [(_parse_nab_time(a), _parse_nab_time(b)) for a, b in labels[name]]
             windows = window_rows(table.timestamps, spans)
+            per_reading.append(([v.score for v in verdicts], windows))
+            dump[name] = {"score": [v.score for v in verdicts], "anomaly": [v.anomaly for v in verdicts],
+                          "event": [v.event for v in verdicts], "windows": windows, "value": table.values[:, 0].tolist()}
             scores["anomaly"][name] = score_file([v.anomaly for v in verdicts], windows)
             scores["onset"][name] = score_file([int(v.onset) for v in verdicts], windows)
             if args.per_file:
@@ -213,6 +303,8 @@ def main() -> int:
                 print(f"{name}: windows {len(windows)}, detected {sum(w is not None for w in s.window_hits)}, "
                       f"flags outside windows {len(s.false_positives)}, onsets outside {len(scores['onset'][name].false_positives)}")
         progress.close()
+    if args.dump:
+        Path(args.dump).write_text(json.dumps(dump))
     skipped_note = report_skipped("eval_nab", skipped)
     if len(skipped) == len(labels):
         print(f"no usable files among the {len(labels)} that {labels_path} names", file=sys.stderr)
@@ -230,6 +322,10 @@ def main() -> int:
         outside = sum(len(s.false_positives) for s in files)
         cells = [f"{normalised(files, *weights):.1f}" for weights in PROFILES.values()]
         print(f"| {label} | {windows_total} | {detected} | {outside} | " + " | ".join(cells) + " |")
+    swept = {profile: sweep(per_reading, *weights) for profile, weights in PROFILES.items()}
+    std = swept["standard"]
+    print(f"| per-reading score, best corpus threshold ({std.threshold:.4f} standard) | {sum(1 for _, w in per_reading for _ in w)} "
+          f"| {std.detected} | {std.false_positives} | " + " | ".join(f"{s.normalised:.1f}" for s in swept.values()) + " |")
     print("\nscores: 0 = a detector that never fires, 100 = one that flags the first row of every window")
     return 0
 

@@ -29,6 +29,7 @@ sys.path.insert(0, str(REPO))
 
 from edge_agent.agent import decision_of, learning_plan  # noqa: E402
 from edge_agent.config import load_config  # noqa: E402
+from edge_agent.durations import Duration  # noqa: E402
 from edge_agent.domain import Reading, Verdict  # noqa: E402
 from edge_agent.replay import learn_and_score  # noqa: E402
 from eval_nab import learning_rows  # noqa: E402  (bench/, the script's own folder)
@@ -85,7 +86,7 @@ def main() -> int:
     decision = decision_of(cfg)
 
     print(f"anomaly-free streams: {args.files} of each shape x {args.rows} rows, seed {args.seed}; "
-          f"learning from the first {plan.rows} rows, refit every {plan.refit_every}; decision {decision}\n")
+          f"learning from the first {plan.rows} rows, refit every {Duration(plan.refit_every)}; decision {decision}\n")
     print("| shape | readings scored | flagged | alarm episodes | episodes per 1,000 readings |")
     print("|---|---|---|---|---|")
     totals = [0, 0, 0]

@@ -120,7 +120,7 @@ def main() -> int:
         engine = build_engine(cfg, load_models(cfg, Path(args.config).resolve().parent))
         verdicts = []
         for start in range(0, len(as_readings), 256):
-            verdicts += [v for v in engine.score(as_readings[start:start + 256]) if isinstance(v, Verdict)]
+            verdicts += [v for v in engine.score(as_readings[start:start + 256]).results if isinstance(v, Verdict)]
     assert len(verdicts) == len(readings)
 
     # Per sensor: each scored reading's injection and alert, in stream order (learning readings left out).

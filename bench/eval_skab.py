@@ -28,6 +28,7 @@ sys.path.insert(0, str(REPO))
 
 from edge_agent.agent import decision_of, learning_plan  # noqa: E402
 from edge_agent.config import load_config  # noqa: E402
+from edge_agent.durations import Duration  # noqa: E402
 from edge_agent.engine import Decision, LearningPlan  # noqa: E402
 from edge_agent.progress import Progress  # noqa: E402
 from edge_agent.replay import ReplayRow, replay, replay_learning  # noqa: E402
@@ -88,7 +89,7 @@ def main() -> int:
     if len(skipped) == len(files):
         print(f"no usable SKAB files under {args.data}", file=sys.stderr)
         return 2
-    refits = f"refit every {plan.refit_every} rows" if plan.refit_every else "no refits"
+    refits = f"refit every {Duration(plan.refit_every)}" if plan.refit_every else "no refits"
     healthy = Path(args.data) / "anomaly-free" / "anomaly-free.csv"
     healthy_line = ""
     table = read_table(healthy) if healthy.is_file() else None

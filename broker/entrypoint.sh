@@ -18,7 +18,7 @@ newline='
 check() {
     # $1: variable name, $2: its value
     if [ -z "$2" ]; then
-        echo "entrypoint: $1 is not set (see README, Security: the broker has no anonymous access)" >&2
+        echo "entrypoint: $1 is not set (see docs/operations.md, Security: the broker has no anonymous access)" >&2
         exit 2
     fi
     case "$2" in

@@ -48,20 +48,27 @@ def load_models(cfg: AgentConfig, base: Path | None = None) -> dict[str, SensorM
 def decision_of(cfg: AgentConfig) -> Decision:
     """How scores become anomalies (``decision.*``)."""
     d = cfg.decision
-    return Decision(d.threshold, d.k, d.n, d.clear_threshold)
+    return Decision(d.threshold, d.k, d.n, d.clear_threshold, float(d.new_normal_after))
 
 
 def learning_plan(cfg: AgentConfig, rows: int | None = None) -> LearningPlan:
-    """How sensors without a model learn (``rows`` overrides learning.rows, as replay --learn-rows does)."""
+    """How sensors without a model learn. ``rows`` (replay --learn-rows, the benchmarks'
+    protocols) makes a sensor learn from exactly that many readings, whatever learning.period says."""
     c = cfg.learning
-    return LearningPlan(c.rows if rows is None else rows, c.refit_every, c.refit_rows, c.stale_share, c.leave_out_outliers,
-                        tuple(c.features))
+    return LearningPlan(
+        period=float(c.period) if rows is None else float("inf"),
+        rows=c.rows if rows is None else rows,
+        refit_every=float(c.refit_every),
+        refit_rows=c.refit_rows,
+        stale_share=c.stale_share,
+        leave_out_outliers=c.leave_out_outliers,
+        features=tuple(c.features),
+    )
 
 
 def build_engine(
     cfg: AgentConfig,
     models: Mapping[str, SensorModel],
-    learner: Learner | None = None,
     learned: Mapping[str, SensorModel] | None = None,
 ) -> ScoringEngine:
     return ScoringEngine(
@@ -71,7 +78,6 @@ def build_engine(
         decision=decision_of(cfg),
         max_sensors=cfg.pipeline.max_sensors,
         learning=learning_plan(cfg) if cfg.learning.enabled else None,
-        learner=learner,
         learned=learned,
     )
 
@@ -125,7 +131,7 @@ class Agent:
             learned = load_learned(directory)
             self.metrics.record_models(learned.values())
             self.learner = Learner(directory, on_learned=lambda sensor, model: self.metrics.record_models([model]))
-        self.engine = build_engine(cfg, models, self.learner, learned)
+        self.engine = build_engine(cfg, models, learned)
         if self.learner is not None:
             self.learner.attach(self.engine)
         self.parser = PayloadParser(cfg.sources, cfg.max_payload_bytes)
@@ -145,6 +151,7 @@ class Agent:
             self.engine,
             sink,
             self.metrics,
+            learner=self.learner,
             queue_size=cfg.pipeline.queue_size,
             max_batch=cfg.pipeline.max_batch,
             error_log_interval=cfg.pipeline.error_log_interval,

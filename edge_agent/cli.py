@@ -81,9 +81,9 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
 
 def cmd_config_reference(args: argparse.Namespace) -> int:
-    from edge_agent.config import config_reference_markdown
+    from edge_agent.config import config_reference_markdown, config_reference_page
 
-    print(config_reference_markdown())
+    sys.stdout.write(config_reference_page() if args.page else config_reference_markdown())
     return 0
 
 
@@ -171,6 +171,7 @@ def _learned_rows(
 
 def cmd_replay(args: argparse.Namespace) -> int:
     from edge_agent.agent import learning_plan
+    from edge_agent.durations import Duration
     from edge_agent.model import ModelError, load_model
     from edge_agent.replay import replay, write_replay
     from edge_agent.table import TableError, read_table
@@ -192,7 +193,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
             if rows is None:
                 return EXIT_USAGE
             described = f"a model learned from the first {plan.rows} rows" + (
-                f", refitted every {plan.refit_every} rows" if plan.refit_every else "")
+                f", refitted every {Duration(plan.refit_every)} of the file's time" if plan.refit_every else "")
         else:
             model_dir = Path(args.model)
             model = load_model(model_dir, cfg.models.pinned_sha256.get(model_dir.name))
@@ -297,6 +298,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_check_config)
 
     p = sub.add_parser("config-reference", help="print every config key, its type, default and meaning (markdown)")
+    p.add_argument("--page", action="store_true",
+                   help="the whole of docs/configuration.md: edge-agent config-reference --page > docs/configuration.md")
     p.set_defaults(func=cmd_config_reference)
 
     p = sub.add_parser("train", help="fit a model on normal readings from a CSV")

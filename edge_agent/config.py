@@ -15,6 +15,7 @@ from typing import Any, Union, get_args, get_origin, get_type_hints
 
 import yaml
 
+from edge_agent.durations import Duration
 from edge_agent.features import DEFAULT_TRANSFORMS, parse_transform
 from edge_agent.topics import TopicTemplate, sensor_id_parts, validate_filter, validate_source_pattern, validate_topic_name
 
@@ -89,13 +90,15 @@ class DecisionConfig:
     k: int = _f(1, "Alert when at least k of the last n readings of a sensor are over the threshold.", min=1, max=1000)
     n: int = _f(1, "Window for the k-of-n rule.", min=1, max=1000)
     clear_threshold: float | None = _f(None, "Hysteresis: a sensor in alert stays anomalous while its score is at least this (at most threshold), so a score hovering at the threshold does not flap; null: none.", min=0.0, max=1.0)
+    new_normal_after: Duration = _f(Duration.parse("1h"), "An anomalous episode that lasts this long (by the readings' own timestamps, else their arrival) is the sensor's new normal: one verdict with event new_normal goes to the alerts topic, the alert ends, and a sensor that learns refits on its recent readings, flagged ones included. A sensor scored by an assigned model keeps alerting while the change lasts. 0: never.", min=0.0, max=365 * 86400.0)
 
 
 @dataclass
 class LearningConfig:
     enabled: bool = _f(True, "Sensors that no models.assign pattern matches learn a model of their own from their first readings (else models.default scores them).")
-    rows: int = _f(3600, "Readings a sensor learns from before it is scored (its verdicts say learning until then); they should cover its normal ups and downs. With refits on, a model that knows fewer than refit_rows readings is refitted as soon as as many new ones have come, doubling what it knows.", min=50, max=1_000_000)
-    refit_every: int = _f(3600, "Refit a learned model every this many readings on its most recent refit_rows, to follow slow drift (0: never refit; the first model stays).", min=0, max=100_000_000)
+    period: Duration = _f(Duration.parse("1h"), "How long a new sensor learns before it is scored (by its readings' own timestamps, else their arrival; its verdicts say learning until then), and at least 50 readings; it should cover the sensor's normal ups and downs.", min=0.0, max=365 * 86400.0)
+    rows: int = _f(3600, "At most this many readings to learn from: a sensor that reports fast is scored once it has them, before period is over. With refits on, a model that knows fewer than refit_rows readings is refitted as soon as as many new ones have come, doubling what it knows.", min=50, max=1_000_000)
+    refit_every: Duration = _f(Duration.parse("1h"), "Refit a learned model this often (by the readings' clocks) on its most recent refit_rows readings, to follow slow change; 0: never (the first model stays, except after a new normal).", min=0.0, max=365 * 86400.0)
     refit_rows: int = _f(7200, "Readings a refit learns from: the most recent ones, without those flagged (unless the model is stale, see stale_share).", min=50, max=1_000_000)
     stale_share: float = _f(0.5, "When more than this share of the readings since the last fit were flagged, the sensor has moved to a new normal: the refit learns from the flagged readings too (1: never).", min=0.0, max=1.0)
     features: list[str] = _f(list(DEFAULT_TRANSFORMS), "Streaming features a sensor learns on, per field: value, delta, repeats, mean:N, mean_dev:N, std:N, drift:N (N readings). drift:N is watched by the range check only. A sensor keeps the features it first learned on until its learned model is deleted from state_dir.")
@@ -318,6 +321,11 @@ def _describe(tp: Any, meta: Mapping[str, Any]) -> str:
     origin = get_origin(inner)
     if inner is bool:
         text = "true or false"
+    elif inner is Duration:
+        low, high = meta.get("min"), meta.get("max")
+        text = "a duration such as 90s, 30m, 1h, 2d or 1w (or seconds)"
+        if low is not None and high is not None:
+            text += f" from {Duration(low)} to {Duration(high)}"
     elif inner is int:
         text = "an integer" + _range_text(meta)
     elif inner is float:
@@ -421,6 +429,12 @@ def _convert(raw: Any, tp: Any, meta: Mapping[str, Any], path: str, problems: li
         return result if len(result) == len(raw) else _INVALID
     if inner is bool:
         return raw if isinstance(raw, bool) else bad()
+    if inner is Duration:
+        try:
+            duration = Duration.parse(raw)
+        except ValueError:
+            return bad()
+        return duration if _in_range(duration, meta) else bad()
     if inner is int:
         # 5.0 is refused too: a float where a count belongs is more likely a mistake than intent.
         ok = isinstance(raw, int) and not isinstance(raw, bool) and _in_range(raw, meta)
@@ -632,6 +646,8 @@ _NULL_WORDS = ("", "~", "null", "Null", "NULL")
 
 def _to_raw(value: Any) -> Any:
     """A default value as the plain data YAML would have produced."""
+    if isinstance(value, Duration):
+        return str(value)
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         return dataclasses.asdict(value)
     if isinstance(value, list):
@@ -837,7 +853,7 @@ def _type_name(tp: Any) -> str:
     elif origin is dict:
         name = f"map of {_type_name(get_args(inner)[0])} to {_type_name(get_args(inner)[1])}"
     else:
-        name = {bool: "bool", int: "int", float: "float", str: "string"}.get(inner, "mapping")
+        name = {bool: "bool", int: "int", float: "float", str: "string", Duration: "duration"}.get(inner, "mapping")
     return f"{name} or null" if optional else name
 
 
@@ -865,7 +881,7 @@ def _reference_rows(cls: type, prefix: str) -> list[tuple[str, str, str, str]]:
 
 
 def config_reference_markdown() -> str:
-    """A markdown table of every configuration key (path, type, default, description), for the README."""
+    """A markdown table of every configuration key (path, type, default, description), for docs/configuration.md."""
 
     def cell(text: str) -> str:
         return text.replace("|", "\\|").replace("\n", " ")
@@ -874,3 +890,27 @@ def config_reference_markdown() -> str:
     for path, type_name, default, doc in _reference_rows(AgentConfig, ""):
         lines.append(f"| `{cell(path)}` | {cell(type_name)} | `{cell(default)}` | {cell(doc)} |")
     return "\n".join(lines) + "\n"
+
+
+_REFERENCE_PAGE_HEAD = """\
+# Configuration
+
+<!-- Generated by `edge-agent config-reference --page > docs/configuration.md`: do not edit by hand. -->
+
+Every key is optional. Precedence, lowest first: the defaults below < the YAML file
+(`--config config.yaml`) < `EDGE_AGENT__SECTION__KEY` environment variables (`__` separates
+levels, names are case-insensitive, list items by index: `EDGE_AGENT__SOURCES__0__TOPIC`) <
+`--set section.key=value` (later ones win). Unknown keys are errors. An invalid config exits
+with status 2 and one line per problem, naming the key path, the value and what was expected;
+`edge-agent check-config --config config.yaml` validates it and loads the models, exiting
+0, 1 (a model is not valid) or 2 (the config is not). Secrets are never read from the YAML: the
+broker password comes from `EDGE_AGENT_MQTT_PASSWORD` (`mqtt.password_env`) or
+`mqtt.password_file`, the HTTP token from `EDGE_AGENT_HTTP_TOKEN` (`http.token_env`) or
+`http.token_file`.
+
+"""
+
+
+def config_reference_page() -> str:
+    """docs/configuration.md: how the config is read, then the reference table (``edge-agent config-reference --page``)."""
+    return _REFERENCE_PAGE_HEAD + config_reference_markdown()

@@ -60,7 +60,14 @@ class Verdict:
     learning: bool = False
     raw_score: float | None = None
     duplicate: bool = False
-    onset: bool = False  # the first anomalous reading of an episode (the sensor was not anomalous before)
+    # What this reading does to the sensor's anomalous episode (see edge_agent.episodes):
+    # "onset" (its first anomalous reading), "end" (the first normal one after it) or
+    # "new_normal" (the episode lasted so long that its level is the normal now).
+    event: str | None = None
+
+    @property
+    def onset(self) -> bool:
+        return self.event == "onset"
 
     def to_payload(self) -> dict[str, Any]:
         """The JSON object published on the verdicts and alerts topics."""
@@ -80,6 +87,8 @@ class Verdict:
             payload["learning"] = True
         if self.duplicate:
             payload["duplicate"] = True
-        if self.onset:
-            payload["onset"] = True
+        if self.event is not None:
+            payload["event"] = self.event
+            if self.onset:
+                payload["onset"] = True  # the field before events had names; kept for existing consumers
         return payload

@@ -41,7 +41,14 @@ DEFAULT_TRANSFORMS = ("value", "delta", "repeats", "mean:30", "std:10", "drift:6
 # name -> whether it takes a window size
 TRANSFORMS = {
     "value": False, "delta": False, "repeats": False, "mean": True, "mean_dev": True, "std": True, "drift": True,
+    "season": True,
 }
+# season:P (P a duration, 1d or 1w): the reading less the sensor's mean level at the same
+# phase of the previous cycle of length P, by the readings' timestamps (so a value normal
+# at noon and wrong at 3 a.m. stands out). A cycle is cut into SEASON_BUCKETS phases; the
+# feature is NaN until the phase has a previous cycle, and for readings without a time.
+SEASON_BUCKETS = 96
+SEASONS = {"1d": 86400, "1w": 7 * 86400}
 # A frozen sensor repeats its last value; counting stops here so the feature stays bounded.
 MAX_REPEATS = 100
 # drift:N compares the mean of a sensor's last DRIFT_RECENT readings with its baseline: the
@@ -60,6 +67,10 @@ def parse_transform(name: str) -> tuple[str, int]:
     kind, _, arg = name.partition(":")
     if kind not in TRANSFORMS:
         raise ValueError(f"unknown feature transform {name!r}; known: {', '.join(TRANSFORMS)}")
+    if kind == "season":
+        if arg not in SEASONS:
+            raise ValueError(f"feature transform {name!r} needs a cycle of {' or '.join(SEASONS)}, as in season:1d")
+        return kind, SEASONS[arg]
     if TRANSFORMS[kind]:
         if not arg.isdigit() or int(arg) < 2:
             raise ValueError(f"feature transform {name!r} needs a window of at least 2, as in {kind}:10")
@@ -105,6 +116,11 @@ class FeatureSpec:
         return [i for i, (_, t) in enumerate(self.columns) if parse_transform(t)[0] not in GUARD_ONLY]
 
     @property
+    def seasonal(self) -> list[int]:
+        """Indices of the season:P features (defined only once a cycle has passed)."""
+        return [i for i, (_, t) in enumerate(self.columns) if parse_transform(t)[0] == "season"]
+
+    @property
     def baselines(self) -> dict[int, int]:
         """Feature index -> baseline memory of every drift:N feature."""
         parsed = [parse_transform(t) for _, t in self.columns]
@@ -123,7 +139,7 @@ class FeatureSpec:
 
 def _recent_window(kind: str, w: int) -> int:
     """Readings, the current one included, a transform reads from the recent window."""
-    return DRIFT_RECENT if kind == "drift" else w
+    return DRIFT_RECENT if kind == "drift" else 0 if kind == "season" else w
 
 
 class _FieldWindow:
@@ -151,7 +167,13 @@ class _FieldWindow:
         self.folded = 0
         self.recent = 0.0
 
-    def push(self, x: float) -> None:
+    def step(self, x: float) -> None:
+        """The reading comes after the last one: the change and the repeats count from it."""
+        self.repeats = min(self.repeats + 1, MAX_REPEATS) if x == self.last else 0
+        self.last = x
+
+    def push(self, x: float, step: bool = True) -> None:
+        """Take the reading into the windows (and, with ``step``, make it the last one)."""
         if self.origin is None:
             self.origin = x
         y = x - self.origin
@@ -169,8 +191,8 @@ class _FieldWindow:
                 old = self.values.popleft()
                 self.s1 -= old
                 self.s2 -= old * old
-        self.repeats = min(self.repeats + 1, MAX_REPEATS) if x == self.last else 0
-        self.last = x
+        if step:
+            self.step(x)
 
     def _fold(self, y: float) -> None:
         self.folded += 1
@@ -178,10 +200,46 @@ class _FieldWindow:
             self.baselines[i] += (y - self.baselines[i]) / min(self.folded, n)
 
 
+class _SeasonProfile:
+    """A field's mean level per phase of a cycle: this cycle's running sums, the last one's means."""
+
+    __slots__ = ("period", "cells")
+
+    def __init__(self, period: int) -> None:
+        self.period = period
+        # rows: cycle number this phase was last seen in, its sum and count there, the
+        # previous cycle's mean (NaN: not seen in the cycle before)
+        self.cells = np.full((4, SEASON_BUCKETS), np.nan)
+
+    def _where(self, at: float) -> tuple[int, float]:
+        cycle, phase = divmod(at, self.period)
+        return min(int(phase * SEASON_BUCKETS / self.period), SEASON_BUCKETS - 1), cycle
+
+    def expected(self, at: float) -> float:
+        """The previous cycle's mean at this phase (NaN if there is none)."""
+        b, cycle = self._where(at)
+        seen = self.cells[0, b]
+        if seen == cycle:
+            return float(self.cells[3, b])
+        if seen == cycle - 1:  # this phase has not come round in this cycle yet: its sums are last cycle's
+            return float(self.cells[1, b] / self.cells[2, b])
+        return NAN
+
+    def push(self, x: float, at: float) -> None:
+        b, cycle = self._where(at)
+        cells = self.cells
+        seen = cells[0, b]
+        if seen != cycle:
+            cells[3, b] = cells[1, b] / cells[2, b] if seen == cycle - 1 else NAN
+            cells[0, b], cells[1, b], cells[2, b] = cycle, 0.0, 0.0
+        cells[1, b] += x
+        cells[2, b] += 1.0
+
+
 class FeatureState:
     """One sensor's history; ``update`` advances it, ``peek`` scores without advancing."""
 
-    __slots__ = ("spec", "_plan", "_windows", "_width")
+    __slots__ = ("spec", "_plan", "_windows", "_width", "_seasons")
 
     def __init__(self, spec: FeatureSpec) -> None:
         self.spec = spec
@@ -190,25 +248,55 @@ class FeatureState:
         self._width = max([_recent_window(kind, w) - 1 for kind, w in self._plan if w] + [0])
         memories = tuple(w for kind, w in self._plan if kind == "drift")
         self._windows = [_FieldWindow(self._width, memories) for _ in spec.fields]
+        periods = [w for kind, w in self._plan if kind == "season"]
+        self._seasons = [[_SeasonProfile(p) for p in periods] for _ in spec.fields] if periods else None
 
-    def update(self, values: Sequence[float]) -> list[float]:
-        row = self._row(values)
-        for win, x in zip(self._windows, values):
-            win.push(x)
+    def update(self, values: Sequence[float], at: float | None = None) -> list[float]:
+        """The reading's features (``at``: its time, epoch seconds), then take it into the state."""
+        row = self._row(values, at)
+        self.take_in(values, at)
         return row
 
-    def peek(self, values: Sequence[float]) -> list[float]:
-        return self._row(values)
-
-    def _row(self, values: Sequence[float]) -> list[float]:
-        row: list[float] = []
+    def take_in(self, values: Sequence[float], at: float | None = None, step: bool = True) -> None:
+        """Take a reading into the windows, drift baselines and seasons; with ``step`` it is
+        also the last reading (what the next one's change and repeats count from)."""
         for win, x in zip(self._windows, values):
+            win.push(x, step)
+        if self._seasons is not None and at is not None:
+            for profiles, x in zip(self._seasons, values):
+                for profile in profiles:
+                    profile.push(x, at)
+
+    def step(self, values: Sequence[float]) -> None:
+        """A reading kept out of the windows still follows the last one: the next reading's
+        change and repeats count from it."""
+        for win, x in zip(self._windows, values):
+            win.step(x)
+
+    def peek(self, values: Sequence[float], at: float | None = None) -> list[float]:
+        return self._row(values, at)
+
+    def rebase(self) -> None:
+        """Take the recent level as every drift baseline: a change accepted as the new normal
+        is no drift from it."""
+        for win in self._windows:
+            recent = min(len(win.values), DRIFT_RECENT - 1)
+            if recent and win.memories:
+                win.baselines = [win.recent / recent] * len(win.memories)
+
+    def _row(self, values: Sequence[float], at: float | None) -> list[float]:
+        row: list[float] = []
+        for j, (win, x) in enumerate(zip(self._windows, values)):
             origin = win.origin if win.origin is not None else x
             y = x - origin
-            drifts = 0
+            drifts = seasons = 0
             for kind, w in self._plan:
                 if kind == "value":
                     row.append(x)
+                elif kind == "season":
+                    assert self._seasons is not None
+                    row.append(NAN if at is None else x - self._seasons[j][seasons].expected(at))
+                    seasons += 1
                 elif kind == "drift":
                     row.append(_drift(win, y, drifts))
                     drifts += 1
@@ -251,9 +339,12 @@ def _window_stat(kind: str, win: _FieldWindow, y: float, w: int, origin: float) 
     return math.sqrt(var)
 
 
-def feature_matrix(spec: FeatureSpec, rows: np.ndarray) -> np.ndarray:
-    """Features of one sensor's readings in order (rows: n x len(fields)), as streamed."""
+def feature_matrix(spec: FeatureSpec, rows: np.ndarray, times: np.ndarray | None = None) -> np.ndarray:
+    """Features of one sensor's readings in order (rows: n x len(fields)), as streamed;
+    ``times``: each reading's time (epoch seconds; NaN or None: none)."""
     state = spec.new_state()
-    return np.array([state.update(r) for r in rows.tolist()], dtype=np.float64).reshape(
-        len(rows), len(spec.names)
-    )
+    if times is None:
+        out = [state.update(r) for r in rows.tolist()]
+    else:
+        out = [state.update(r, None if t != t else t) for r, t in zip(rows.tolist(), times.tolist())]
+    return np.array(out, dtype=np.float64).reshape(len(rows), len(spec.names))

@@ -17,7 +17,8 @@ from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import quote, unquote
 
-from edge_agent.engine import LearnRequest, ScoringEngine
+from edge_agent.adaptation import LearnRequest
+from edge_agent.engine import ScoringEngine
 from edge_agent.model import ModelError, SensorModel, load_model, save_model
 from edge_agent.training import TrainingError, learn_model
 
@@ -48,7 +49,7 @@ def load_learned(state_dir: Path) -> dict[str, SensorModel]:
 def fit_request(request: LearnRequest, version: str) -> SensorModel:
     """The model a learn request asks for (not saved): the live learner, replay and tests share it."""
     return learn_model(request.spec, request.values, name=f"learned:{request.sensor_id}", version=version, keep=request.keep,
-                       leave_out_outliers=request.leave_out_outliers)
+                       leave_out_outliers=request.leave_out_outliers, times=request.times)
 
 
 class Learner:
@@ -71,13 +72,13 @@ class Learner:
         self._thread.start()
 
     def __call__(self, request: LearnRequest) -> None:
-        """Called by the engine while it scores: enqueue and return at once."""
+        """Called with the fits a batch made due: enqueue and return at once."""
         try:
             self._queue.put_nowait(request)
         except queue.Full:
             log.warning("learner busy: %s learns again later", request.sensor_id)
             if self.engine is not None:
-                threading.Thread(target=self.engine.learning_failed, args=(request.sensor_id,), daemon=True).start()
+                self.engine.learning_failed(request.sensor_id)
 
     def stop(self, timeout: float = 5.0) -> None:
         if self._thread.is_alive():
@@ -96,7 +97,7 @@ class Learner:
                 log.error("could not learn a model for %s: %s", request.sensor_id, e)
                 self.engine.learning_failed(request.sensor_id)
                 continue
-            self.engine.install(request.sensor_id, model)
+            self.engine.install(request.sensor_id, model, learned_flagged=request.keep is None)
             if self.on_learned is not None:
                 self.on_learned(request.sensor_id, model)
             log.info("%s %s on %d readings", "refitted" if request.refit else "learned", model.name, len(request.values))

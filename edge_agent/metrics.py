@@ -20,6 +20,8 @@ class _SensorChildren:
     readings: Counter
     anomalies: Counter
     episodes: Counter
+    ended: Counter
+    new_normals: Counter
     state: Gauge
     score: Gauge
     learning: Gauge
@@ -32,7 +34,9 @@ class AgentMetrics:
         self.registry = registry
         self.readings = Counter("edge_agent_readings", "Readings scored, per sensor.", ["sensor"], registry=registry)
         self.anomalies = Counter("edge_agent_anomalies", "Readings flagged as anomalous, per sensor.", ["sensor"], registry=registry)
-        self.episodes = Counter("edge_agent_anomaly_episodes", "Anomalous episodes begun (verdicts marked onset), per sensor.", ["sensor"], registry=registry)
+        self.episodes = Counter("edge_agent_anomaly_episodes", "Anomalous episodes begun (verdicts with event onset), per sensor.", ["sensor"], registry=registry)
+        self.episodes_ended = Counter("edge_agent_anomaly_episodes_ended", "Anomalous episodes over (event end: a reading normal again), per sensor.", ["sensor"], registry=registry)
+        self.new_normals = Counter("edge_agent_new_normals", "Anomalous episodes that lasted decision.new_normal_after and became the sensor's normal (event new_normal), per sensor.", ["sensor"], registry=registry)
         self.anomaly_state = Gauge("anomaly_score", "Latest verdict per sensor: 1 anomalous, 0 normal.", ["sensor"], registry=registry)
         self.score = Gauge("edge_agent_score", "Latest calibrated anomaly score per sensor (0..1, higher is stranger).", ["sensor"], registry=registry)
         self.learning = Gauge("edge_agent_learning", "1 while a sensor learns its own model (its verdicts are never anomalous).", ["sensor"], registry=registry)
@@ -63,6 +67,8 @@ class AgentMetrics:
                     self.readings.labels(v.sensor_id),
                     self.anomalies.labels(v.sensor_id),
                     self.episodes.labels(v.sensor_id),
+                    self.episodes_ended.labels(v.sensor_id),
+                    self.new_normals.labels(v.sensor_id),
                     self.anomaly_state.labels(v.sensor_id),
                     self.score.labels(v.sensor_id),
                     self.learning.labels(v.sensor_id),
@@ -70,8 +76,12 @@ class AgentMetrics:
             children.readings.inc()
             if v.anomaly:
                 children.anomalies.inc()
-            if v.onset:
+            if v.event == "onset":
                 children.episodes.inc()
+            elif v.event == "end":
+                children.ended.inc()
+            elif v.event == "new_normal":
+                children.new_normals.inc()
             children.state.set(v.anomaly)
             children.score.set(v.score)
             children.learning.set(1 if v.learning else 0)

@@ -46,6 +46,11 @@ CALIBRATION_SCORES = (0.0, 0.2, 0.3, 0.4, 0.5)
 # maximum of a large training set (the shipped vibration model: 0.724 -> 0.751 raw), where
 # the maximum was already rare enough.
 THRESHOLD_RISK = 1e-4
+# A sensor that reports slower than one reading a minute may take a larger risk per reading
+# for the same false flags per week: the risk is one reading in a week's worth of its
+# readings, from THRESHOLD_RISK (a reading a minute or faster) up to MAX_THRESHOLD_RISK.
+FALSE_FLAG_PERIOD = 7 * 86400.0
+MAX_THRESHOLD_RISK = 1e-3
 TAIL_SHARE = 0.05
 MIN_TAIL_SCORES = 5
 
@@ -96,10 +101,10 @@ class Calibration:
     score: tuple[float, ...]
 
     @classmethod
-    def fit(cls, training_raw: np.ndarray) -> Calibration:
+    def fit(cls, training_raw: np.ndarray, risk: float = THRESHOLD_RISK) -> Calibration:
         q = np.quantile(training_raw, CALIBRATION_LEVELS)
         knots = list(np.maximum.accumulate(q))
-        knots[-1] = max(knots[-1], tail_quantile(training_raw, THRESHOLD_RISK))
+        knots[-1] = max(knots[-1], tail_quantile(training_raw, risk))
         # Strictly increasing knots keep np.interp well defined on constant data.
         for i in range(1, len(knots)):
             if knots[i] <= knots[i - 1]:
@@ -134,6 +139,9 @@ RANGE_MARGIN = 1.0
 # The level of a wandering field may leave its training range by up to this many
 # ranges before it counts: a warm-up drifts, a broken sensor reading 50 instead of 1 jumps.
 WANDERING_MARGIN = 10.0
+
+# A season:P feature is range-checked only when training saw it defined on this many readings.
+MIN_SEASONAL_ROWS = 100
 
 
 # At most this many training readings per side of a feature are left out of its range as
@@ -316,6 +324,18 @@ class SensorModel:
         return raw, np.maximum(self.calibration(raw), self.range_guard.score(x, threshold))
 
 
+def threshold_risk(times: np.ndarray | None) -> float:
+    """The chance per reading that a normal one is flagged: one in a week of the sensor's
+    readings (their median interval), between THRESHOLD_RISK and MAX_THRESHOLD_RISK."""
+    if times is None:
+        return THRESHOLD_RISK
+    gaps = np.diff(times[~np.isnan(times)])
+    gaps = gaps[gaps > 0]
+    if not len(gaps):
+        return THRESHOLD_RISK
+    return float(min(max(float(np.median(gaps)) / FALSE_FLAG_PERIOD, THRESHOLD_RISK), MAX_THRESHOLD_RISK))
+
+
 def build_model(
     name: str,
     version: str,
@@ -325,6 +345,7 @@ def build_model(
     training: Mapping[str, Any],
     wandering_levels: np.ndarray | None = None,
     all_features: np.ndarray | None = None,
+    risk: float = THRESHOLD_RISK,
 ) -> SensorModel:
     """Assemble a model from a fitted forest and the training feature matrix it saw
     (every feature: the forest takes ``spec.forest_columns`` of them).
@@ -341,7 +362,7 @@ def build_model(
     impute = np.where(np.isnan(impute), 0.0, impute)
     x = np.where(np.isnan(features), impute, features)
     forest_x = x[:, spec.forest_columns]
-    calibration = Calibration.fit(forest.anomaly_score(forest_x))
+    calibration = Calibration.fit(forest.anomaly_score(forest_x), risk)
     margin = np.full(x.shape[1], range_margin(len(x)))
     if wandering_levels is not None:
         margin[np.asarray(wandering_levels, dtype=bool)] = WANDERING_MARGIN
@@ -349,6 +370,10 @@ def build_model(
     for i, memory in baselines.items():
         defined = int(np.count_nonzero(~np.isnan(features[:, i])))
         margin[i] = range_margin(defined) if defined >= memory else math.inf
+    for i in spec.seasonal:
+        # A season's range from less than a few hours of readings with a previous cycle says little.
+        defined = int(np.count_nonzero(~np.isnan(features[:, i])))
+        margin[i] = range_margin(defined) if defined >= MIN_SEASONAL_ROWS else math.inf
     guard = RangeGuard.fit(x, margin).without_lone_extremes(x)
     if baselines:
         guard = guard.symmetric(list(baselines))

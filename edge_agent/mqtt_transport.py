@@ -33,6 +33,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from edge_agent.config import AgentConfig, ConfigError, Problem, client_id, mqtt_password
+from edge_agent.episodes import NEW_NORMAL
 from edge_agent.domain import InvalidReading, Reading, Verdict
 from edge_agent.ingest import PayloadParser
 from edge_agent.metrics import AgentMetrics
@@ -398,7 +399,7 @@ class MQTTTransport:
             body["redelivered"] = True
         payload = json.dumps(body, separators=(",", ":"))
         sensor = verdict.sensor_id
-        if verdict.anomaly and not verdict.duplicate:
+        if (verdict.anomaly or verdict.event == NEW_NORMAL) and not verdict.duplicate:
             self._publish(self._alert_topic.render(agent_id=self._agent_id, sensor_id=sensor), payload)
         # Alert first: the broker handles one connection's packets in order, so the verdict's
         # PUBACK, which acknowledges the reading, means it has the alert too.

@@ -18,11 +18,11 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
 from edge_agent.domain import InvalidReading, Reading, Verdict
-from edge_agent.engine import ScoringEngine
+from edge_agent.engine import LearnRequest, Scored, ScoringEngine
 from edge_agent.metrics import AgentMetrics
 
 log = logging.getLogger(__name__)
@@ -87,8 +87,11 @@ class Pipeline:
         max_batch: int = 512,
         error_log_interval: float = 1.0,
         error_report_rate: float = 100.0,
+        learner: Callable[[LearnRequest], None] | None = None,
     ) -> None:
+        """``learner`` takes the fits scoring makes due (without waiting for them); None: no sensor learns."""
         self.engine = engine
+        self.learner = learner
         self.sink = sink
         self.metrics = metrics
         self.max_batch = max_batch
@@ -168,7 +171,11 @@ class Pipeline:
         """Score one batch in order and hand every result to the sink."""
         readings = [item for item in batch if isinstance(item, Reading)]
         started = time.perf_counter()
-        results = self.engine.score(readings) if readings else []
+        scored = self.engine.score(readings) if readings else Scored([], [])
+        results = scored.results
+        if self.learner is not None:
+            for request in scored.learn_requests:
+                self.learner(request)
         if readings:
             self.metrics.latency.observe(time.perf_counter() - started)
             self.metrics.batch_size.observe(len(readings))

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edge_agent.domain import InvalidReading, Reading, Verdict
-from edge_agent.engine import Decision, LearningPlan, LearnRequest, ScoringEngine
+from edge_agent.engine import Decision, LearningPlan, ScoringEngine
 from edge_agent.model import SensorModel
 from edge_agent.table import SensorTable
 from edge_agent.learning import fit_request
@@ -51,7 +51,7 @@ def replay(
     batch: list[Reading] = []
 
     def flush() -> None:
-        for reading, result in zip(batch, engine.score(batch)):
+        for reading, result in zip(batch, engine.score(batch).results):
             if isinstance(result, InvalidReading):
                 raise ValueError(f"{table.path}: row for sensor {reading.sensor_id!r}: {result.reason}: {result.detail}")
             out.append(ReplayRow(result, learning=len(out) < learn_rows))
@@ -72,24 +72,22 @@ def learn_and_score(
 ) -> Iterator[tuple[Reading, Verdict | InvalidReading]]:
     """Score readings as the live agent scores sensors it has no model for.
 
-    Each sensor learns from its first ``plan.rows`` readings, is scored, and is
-    refitted as ``plan`` says, with the device's numpy fitter. Fits happen in line,
-    right after the reading that makes one due (the live agent fits on a background
-    thread, so there a few more readings may meet the previous model).
+    Each sensor learns as ``plan`` says, is scored, and is refitted, with the device's
+    numpy fitter. Fits happen in line, right after the reading that makes one due (the
+    live agent fits on a background thread, so there a few more readings may meet the
+    previous model).
     """
-    requests: list[LearnRequest] = []
-    engine = ScoringEngine({}, decision=decision, max_sensors=1_000_000, learning=plan, learner=requests.append)
+    engine = ScoringEngine({}, decision=decision, max_sensors=1_000_000, learning=plan)
     for reading in readings:
-        [result] = engine.score([reading])
-        yield reading, result
-        while requests:
-            request = requests.pop(0)
+        scored = engine.score([reading])
+        yield reading, scored.results[0]
+        for request in scored.learn_requests:
             try:
                 model = fit_request(request, version=f"reading-{reading.received_at:.0f}")
             except TrainingError:
                 engine.learning_failed(request.sensor_id)
                 continue
-            engine.install(request.sensor_id, model)
+            engine.install(request.sensor_id, model, learned_flagged=request.keep is None)
 
 
 def replay_learning(

@@ -12,7 +12,7 @@ import numpy as np
 
 from edge_agent.features import DEFAULT_TRANSFORMS, FeatureSpec, feature_matrix, parse_transform
 from edge_agent.forest import Forest
-from edge_agent.model import SensorModel, build_model
+from edge_agent.model import SensorModel, build_model, threshold_risk
 from edge_agent.table import SensorTable, groups
 
 # A field whose consecutive training readings correlate more than this wanders
@@ -53,13 +53,13 @@ def numpy_fitter(x: np.ndarray, trees: int, max_samples: int, seed: int) -> tupl
 
 def training_features(
     spec: FeatureSpec, values: np.ndarray, group_rows: Mapping[str, np.ndarray], keep: np.ndarray,
-    progress: Callable[[int], None] | None = None,
+    progress: Callable[[int], None] | None = None, times: np.ndarray | None = None,
 ) -> np.ndarray:
     """Features of every group as streamed, keeping the rows ``keep`` marks (normal ones)."""
     parts = []
     done = 0
     for rows in group_rows.values():
-        feats = feature_matrix(spec, values[rows])
+        feats = feature_matrix(spec, values[rows], None if times is None else times[rows])
         parts.append(feats[keep[rows]])
         done += len(rows)
         if progress is not None:
@@ -89,8 +89,10 @@ def train_model(
     spec = FeatureSpec(fields=tuple(table.fields), transforms=tuple(transforms))
     record = training_record(table.path, sorted(s for s in group_rows if s), sklearn_fitter, trees, max_samples, seed, command)
     try:
+        times = np.array([np.nan if t is None else t for t in table.timestamps], dtype=np.float64)
         return fit_model(
-            spec, table.values, group_rows, keep, name, version, sklearn_fitter, record, trees, max_samples, seed, progress
+            spec, table.values, group_rows, keep, name, version, sklearn_fitter, record, trees, max_samples, seed, progress,
+            times=times,
         )
     except TrainingError as e:
         raise TrainingError(f"{table.path}: {e}") from None
@@ -110,6 +112,7 @@ def fit_model(
     seed: int = 0,
     progress: Callable[[int], None] | None = None,
     leave_out_outliers: bool = False,
+    times: np.ndarray | None = None,
 ) -> tuple[SensorModel, Any]:
     """Features as streamed, forest, calibration and ranges: a model from readings in order.
 
@@ -117,7 +120,7 @@ def fit_model(
     hold anomalies nobody marked), a first forest finds the rows it isolates far more
     easily than the rest (see ``outlier_rows``), and the model is fitted again without them.
     """
-    features = training_features(spec, values, group_rows, keep, progress)
+    features = training_features(spec, values, group_rows, keep, progress, times)
     cols = spec.forest_columns  # a drift baseline is NaN for its first N readings: it must not cost the forest rows
 
     def complete(rows: np.ndarray) -> np.ndarray:
@@ -149,6 +152,7 @@ def fit_model(
         training={**record, "rows": len(features), "wandering_fields": sorted(wandering)},
         wandering_levels=wandering_levels,
         all_features=all_features,
+        risk=threshold_risk(times),
     )
     return model, estimator
 
@@ -162,7 +166,7 @@ def outlier_rows(raw: np.ndarray) -> np.ndarray:
 
 def learn_model(
     spec: FeatureSpec, values: np.ndarray, name: str, version: str, seed: int = 0, keep: np.ndarray | None = None,
-    leave_out_outliers: bool = False,
+    leave_out_outliers: bool = False, times: np.ndarray | None = None,
 ) -> SensorModel:
     """A model for one sensor from its own readings, fitted with numpy (on the device).
 
@@ -174,7 +178,7 @@ def learn_model(
     keep = np.ones(len(values), dtype=bool) if keep is None else np.asarray(keep, dtype=bool)
     model, _ = fit_model(
         spec, values, {name: np.arange(len(values))}, keep, name, version, numpy_fitter, record, seed=seed,
-        leave_out_outliers=leave_out_outliers,
+        leave_out_outliers=leave_out_outliers, times=times,
     )
     return model
 

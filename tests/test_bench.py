@@ -27,7 +27,7 @@ def test_eval_skab_prints_both_rows_and_the_healthy_share(tmp_path: Path) -> Non
     protocol = next(line for line in out.splitlines() if "scikit-learn model of the first 400 rows" in line)
     f1 = float(protocol.split("|")[2].strip(" *"))
     assert f1 > 0.9  # a 25-noise-width pressure step is found
-    assert "learning on the device, numpy fitter, refit every 3600 rows" in out
+    assert "learning on the device, numpy fitter, refit every 1h" in out
     assert "anomaly-free recording, learned as an unknown sensor (learning.rows 300" in out
     assert "each field alone:" in out
 
@@ -131,6 +131,30 @@ def test_nab_scoring_weighs_detections_as_the_benchmark_does() -> None:
     assert len(eval_nab.score_file([0] * 200, [(0, 20), (100, 110)]).window_hits) == 1
     tp, fn, fp = eval_nab.PROFILES["standard"]
     assert s.raw(tp, fn, fp) == pytest.approx(s.window_hits[0] - 1.0 + 0.11 * sum(s.false_positives))
+
+
+def test_nab_threshold_search_finds_the_best_corpus_threshold() -> None:
+    sys.path.insert(0, str(REPO / "bench"))
+    import eval_nab
+
+    rng = np.random.default_rng(9)
+    for _ in range(50):  # with 0/1 scores, the search at threshold 1 is the fixed-detections score
+        files = []
+        for _ in range(3):
+            n = int(rng.integers(80, 300))
+            a = int(rng.integers(20, n - 30))
+            files.append(((rng.random(n) < 0.03).astype(float).tolist(), [(a, a + int(rng.integers(3, 20)))]))
+        for weights in eval_nab.PROFILES.values():
+            found = eval_nab.sweep(files, *weights)
+            fixed = eval_nab.normalised([eval_nab.score_file(d, w) for d, w in files], *weights)
+            assert found.normalised == pytest.approx(max(fixed, 0.0))
+            assert found.threshold == (1.0 if fixed > 0 else np.inf)
+    # graded scores: the search picks the threshold that catches the window's start and
+    # leaves the lower false positive out
+    scores = [0.0] * 100
+    scores[60], scores[80], scores[90] = 0.9, 0.5, 0.95
+    found = eval_nab.sweep([(scores, [(60, 70)])], *eval_nab.PROFILES["standard"])
+    assert (found.threshold, found.detected, found.false_positives) == (0.9, 1, 1)
 
 
 def test_eval_nab_scores_a_simulated_corpus_in_nab_layout() -> None:

@@ -78,7 +78,8 @@ def test_replay_without_a_model_learns_and_refits_like_the_live_agent(tmp_path: 
     src.write_text("value\n" + "\n".join(f"{v:.4f}" for v in values) + "\n")
     out = tmp_path / "o.csv"
     assert main(["replay", str(src), "--out", str(out), "-c", str(cfg), "-q"]) == 0
-    assert "learned from the first 200 rows, refitted every 300 rows" in capsys.readouterr().out
+    # a file without timestamps is replayed one row a second
+    assert "learned from the first 200 rows, refitted every 5m of the file's time" in capsys.readouterr().out
     rows = list(csv.DictReader(out.open()))
     assert [r["phase"] for r in rows] == ["learn"] * 200 + ["score"] * 1300
     assert sum(int(r["anomaly"]) for r in rows[200:600]) <= 4

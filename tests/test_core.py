@@ -80,7 +80,7 @@ def test_the_forest_never_sees_a_drift_feature_and_its_range_is_checked_only_onc
     assert low == -high and high > 0.2  # judged by size either way: a pause in the warming is no drift
     engine = ScoringEngine({"s": model}, default="s")
     verdicts = engine.score([Reading("p", {"value": float(v)}, float(i)) for i, v in enumerate(
-        np.concatenate([warming, 23.0 + rng.normal(0, 0.01, 1500)]))])
+        np.concatenate([warming, 23.0 + rng.normal(0, 0.01, 1500)]))]).results
     assert sum(v.anomaly for v in verdicts[3000:]) == 0  # type: ignore[union-attr]
     # 400 rows (SKAB's protocol) never fill a 600-reading baseline: the check stays off
     short = learn_model(spec, warming[:400, None], "s", "1")
@@ -198,7 +198,7 @@ def test_engine_flags_a_spike_and_not_normal_readings(engine: ScoringEngine) -> 
     rng = np.random.default_rng(5)
     readings = [_reading("vib", 0.9 + rng.normal(0, 0.03), i) for i in range(300)]
     readings.append(_reading("vib", 3.0, 300))
-    verdicts = engine.score(readings)
+    verdicts = engine.score(readings).results
     assert all(isinstance(v, Verdict) for v in verdicts)
     normal_flags = sum(v.anomaly for v in verdicts[20:300])  # type: ignore[union-attr]
     assert normal_flags <= 3
@@ -211,23 +211,23 @@ def test_batching_does_not_change_scores(models_dir: Path) -> None:
     readings = [_reading(f"s{i % 3}", 0.9 + rng.normal(0, 0.05), i) for i in range(200)]
     one_by_one = [ScoringEngine({"default": load_model(models_dir / "default")}, default="default")]
     batched = ScoringEngine({"default": load_model(models_dir / "default")}, default="default")
-    a = [one_by_one[0].score([r])[0] for r in readings]
-    b = batched.score(readings[:77]) + batched.score(readings[77:])
+    a = [one_by_one[0].score([r]).results[0] for r in readings]
+    b = batched.score(readings[:77]).results + batched.score(readings[77:]).results
     # One reading alone takes the plain-Python path, a batch the numpy one: equal to the last bits.
     assert [v.score for v in a] == pytest.approx([v.score for v in b], abs=1e-12)  # type: ignore[union-attr]
     assert [v.anomaly for v in a] == [v.anomaly for v in b]  # type: ignore[union-attr]
 
 
 def test_assignment_patterns_pick_the_model(engine: ScoringEngine) -> None:
-    [v] = engine.score([_reading("room-1", 0, 1, temperature=21.0, humidity=45.0)])
+    [v] = engine.score([_reading("room-1", 0, 1, temperature=21.0, humidity=45.0)]).results
     assert isinstance(v, Verdict) and v.model == "climate" and v.values == {"temperature": 21.0, "humidity": 45.0}
-    [bad] = engine.score([_reading("room-2", 0, 2, temperature=21.0)])
+    [bad] = engine.score([_reading("room-2", 0, 2, temperature=21.0)]).results
     assert isinstance(bad, InvalidReading) and bad.reason == "missing_field" and "humidity" in bad.detail
 
 
 def test_unknown_sensor_without_default_is_rejected(models_dir: Path) -> None:
     engine = ScoringEngine({"climate": load_model(models_dir / "climate")}, assign=[("room-*", "climate")])
-    [r] = engine.score([_reading("boiler", 1.0, 1)])
+    [r] = engine.score([_reading("boiler", 1.0, 1)]).results
     assert isinstance(r, InvalidReading) and r.reason == "no_model"
     with pytest.raises(UnknownSensor):
         engine.predict({"value": 1.0}, "boiler")
@@ -235,27 +235,27 @@ def test_unknown_sensor_without_default_is_rejected(models_dir: Path) -> None:
 
 def test_sensor_cap_rejects_new_sensors_only(models_dir: Path) -> None:
     engine = ScoringEngine({"default": load_model(models_dir / "default")}, default="default", max_sensors=2)
-    out = engine.score([_reading(f"s{i}", 0.9, i) for i in range(4)] + [_reading("s0", 0.9, 9)])
+    out = engine.score([_reading(f"s{i}", 0.9, i) for i in range(4)] + [_reading("s0", 0.9, 9)]).results
     assert [type(r).__name__ for r in out] == ["Verdict", "Verdict", "InvalidReading", "InvalidReading", "Verdict"]
     assert out[2].reason == "too_many_sensors"  # type: ignore[union-attr]
 
 
 def test_redelivered_reading_gets_the_same_verdict_marked_duplicate(engine: ScoringEngine) -> None:
-    first = engine.score([_reading("s", 0.9, 1), _reading("s", 0.95, 2)])
-    again = engine.score([_reading("s", 0.95, 2)])[0]
+    first = engine.score([_reading("s", 0.9, 1), _reading("s", 0.95, 2)]).results
+    again = engine.score([_reading("s", 0.95, 2)]).results[0]
     assert isinstance(again, Verdict) and again.duplicate
     assert again.score == first[1].score  # type: ignore[union-attr]
     # Without a timestamp, equal values are a duplicate only when the transport says so.
     plain = Reading("p", {"value": 0.9}, 1.0)
-    engine.score([plain])
-    assert not engine.score([Reading("p", {"value": 0.9}, 2.0)])[0].duplicate  # type: ignore[union-attr]
-    assert engine.score([Reading("p", {"value": 0.9}, 3.0, redelivered=True)])[0].duplicate  # type: ignore[union-attr]
+    engine.score([plain]).results
+    assert not engine.score([Reading("p", {"value": 0.9}, 2.0)]).results[0].duplicate  # type: ignore[union-attr]
+    assert engine.score([Reading("p", {"value": 0.9}, 3.0, redelivered=True)]).results[0].duplicate  # type: ignore[union-attr]
 
 
 def test_k_of_n_flags_only_when_k_of_the_last_n_scores_cross_the_threshold(models_dir: Path) -> None:
     engine = ScoringEngine({"default": load_model(models_dir / "default")}, default="default", decision=Decision(0.5, 2, 3))
     values = [0.9] * 30 + [4.0, 0.9, 0.9, 0.9, 0.9, 5.0, 0.9, 6.0, 0.9, 0.9, 0.9, 0.9]
-    verdicts = engine.score([_reading("s", v, i) for i, v in enumerate(values)])
+    verdicts = engine.score([_reading("s", v, i) for i, v in enumerate(values)]).results
     over = [v.score >= 0.5 for v in verdicts]  # type: ignore[union-attr]
     expected = [int(sum(over[max(0, i - 2) : i + 1]) >= 2) for i in range(len(over))]
     assert [v.anomaly for v in verdicts] == expected  # type: ignore[union-attr]
@@ -267,11 +267,11 @@ def test_hysteresis_keeps_an_alert_while_the_score_stays_over_the_clear_threshol
     rng = np.random.default_rng(0)
     values = list(0.8 + rng.normal(0, 0.02, 40)) + [1.3] + list(1.0 + rng.normal(0, 0.02, 8)) + list(0.8 + rng.normal(0, 0.02, 40))
     readings = [_reading("s", float(v), i) for i, v in enumerate(values)]
-    plain = ScoringEngine({"m": model}, default="m").score(readings)
+    plain = ScoringEngine({"m": model}, default="m").score(readings).results
     scores = [v.score for v in plain]  # type: ignore[union-attr]
 
     held = ScoringEngine({"m": model}, default="m", decision=Decision(0.5, 1, 1, clear=0.2))
-    verdicts = held.score(readings[:45]) + held.score(readings[45:])  # the alert state carries across calls
+    verdicts = held.score(readings[:45]).results + held.score(readings[45:]).results  # the alert state carries across calls
     # an alert starts at the threshold and lasts until a score falls under 0.2
     expected, alerting = [], False
     for x in scores:
@@ -287,20 +287,20 @@ def test_onset_marks_the_first_anomalous_reading_of_each_episode(models_dir: Pat
     rng = np.random.default_rng(3)
     values = list(0.8 + rng.normal(0, 0.02, 40)) + [3.0, 3.1, 3.0] + list(0.8 + rng.normal(0, 0.02, 60)) + [4.0]
     readings = [Reading("s", {"value": float(v)}, float(i), ts=float(i), ts_raw=i) for i, v in enumerate(values)]
-    verdicts = engine.score(readings[:41]) + engine.score(readings[41:])  # an episode spanning two calls
+    verdicts = engine.score(readings[:41]).results + engine.score(readings[41:]).results  # an episode spanning two calls
     anomalies = [v.anomaly for v in verdicts]  # type: ignore[union-attr]
     onsets = [int(v.onset) for v in verdicts]  # type: ignore[union-attr]
     assert onsets == [int(a and not (i and anomalies[i - 1])) for i, a in enumerate(anomalies)]
     assert onsets[40] == 1 and onsets[41] == onsets[42] == 0 and onsets[-1] == 1
     assert verdicts[40].to_payload()["onset"] is True and "onset" not in verdicts[41].to_payload()  # type: ignore[union-attr]
-    [again] = engine.score([Reading("s", {"value": 4.0}, 500.0, ts=103.0, ts_raw=103, redelivered=True)])
+    [again] = engine.score([Reading("s", {"value": 4.0}, 500.0, ts=103.0, ts_raw=103, redelivered=True)]).results
     assert again.duplicate and again.onset  # type: ignore[union-attr]  # a redelivery repeats the original verdict
 
 
 def test_predict_is_the_seed_contract_and_leaves_state_alone(engine: ScoringEngine) -> None:
     assert engine.predict({"value": 0.95}).anomaly == 0
     assert engine.predict({"value": 50.0}).anomaly == 1
-    engine.score([_reading("s", 0.9, 1)])
+    engine.score([_reading("s", 0.9, 1)]).results
     before = engine.predict({"value": 0.91}, "s").score
     engine.predict({"value": 10.0}, "s")
     assert engine.predict({"value": 0.91}, "s").score == before

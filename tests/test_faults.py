@@ -1,7 +1,7 @@
 """Fault injection against a real Mosquitto: no reading the broker accepted is lost, hostile input is refused.
 
-Each scenario lives in bench/faults.py (``python bench/faults.py`` prints the same table for the
-README); here each one runs once and its numbers are asserted. The agent is a subprocess
+Each scenario lives in bench/faults.py (``python bench/faults.py`` prints the same table for
+docs/architecture.md); here each one runs once and its numbers are asserted. The agent is a subprocess
 (``edge-agent run --config config.yaml``) so it can be SIGKILLed; its models are the session's
 freshly trained ones, whose ``default`` model scores every sensor.
 """

@@ -171,7 +171,7 @@ def test_any_topic_and_payload_through_parser_and_engine(cfg: AgentConfig, model
     engine = build_engine(cfg, models)
     item = parser.parse(topic, payload, 1.0, ack=1)
     if isinstance(item, Reading):
-        (result,) = engine.score([item])
+        (result,) = engine.score([item]).results
         assert isinstance(result, (Verdict, InvalidReading))
         if isinstance(result, InvalidReading):
             assert result.reason in REASONS | ENGINE_REASONS and result.ack == 1

@@ -13,7 +13,7 @@ from sklearn.ensemble import IsolationForest
 from sklearn.metrics import roc_auc_score
 
 from edge_agent.domain import Reading, Verdict
-from edge_agent.engine import LearningPlan, ScoringEngine, UnknownSensor
+from edge_agent.engine import LearningPlan, Scored, ScoringEngine, UnknownSensor
 from edge_agent.features import DEFAULT_TRANSFORMS, MAX_REPEATS, FeatureSpec
 from edge_agent.forest import Forest
 from edge_agent.forest_fit import fit_forest
@@ -38,11 +38,27 @@ def test_numpy_fitter_is_reproducible_and_handles_constant_columns() -> None:
         fit_forest(np.array([[1.0], [np.nan]]))
 
 
+class _Dispatching:
+    """An engine whose learn requests go to a Learner, as the pipeline hands them over."""
+
+    def __init__(self, engine: ScoringEngine, learner: Learner) -> None:
+        self.engine, self.learner = engine, learner
+
+    def score(self, readings: list[Reading]) -> Scored:
+        scored = self.engine.score(readings)
+        for request in scored.learn_requests:
+            self.learner(request)
+        return scored
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.engine, name)
+
+
 def _engine(tmp_path: Path, rows: int = 200, refit_every: int = 0, learned: dict | None = None) -> tuple[ScoringEngine, Learner]:
     learner = Learner(tmp_path)
-    engine = ScoringEngine({}, learning=LearningPlan(rows=rows, refit_every=refit_every, refit_rows=300), learner=learner, learned=learned)
+    engine = ScoringEngine({}, learning=LearningPlan(rows=rows, refit_every=refit_every, refit_rows=300), learned=learned)
     learner.attach(engine)
-    return engine, learner
+    return _Dispatching(engine, learner), learner  # type: ignore[return-value]
 
 
 def _readings(sensor: str, values: list[float], start: int = 0) -> list[Reading]:
@@ -59,7 +75,7 @@ def _wait_for_model(engine: ScoringEngine, sensor: str, timeout: float = 10.0) -
 def test_a_sensor_learns_then_scores(tmp_path: Path) -> None:
     engine, learner = _engine(tmp_path)
     rng = np.random.default_rng(1)
-    first = engine.score(_readings("boiler", list(20 + rng.normal(0, 0.2, 200))))
+    first = engine.score(_readings("boiler", list(20 + rng.normal(0, 0.2, 200)))).results
     assert all(isinstance(v, Verdict) and v.learning and v.anomaly == 0 for v in first)
     assert first[-1].model_version == "200/200"  # type: ignore[union-attr]
     with pytest.raises(UnknownSensor, match="still learning"):
@@ -67,7 +83,7 @@ def test_a_sensor_learns_then_scores(tmp_path: Path) -> None:
     with pytest.raises(UnknownSensor, match="'never-seen' is unknown"):  # not "still learning": nothing is
         engine.predict({"value": 20.0}, "never-seen")
     _wait_for_model(engine, "boiler")
-    later = engine.score(_readings("boiler", list(20 + rng.normal(0, 0.2, 50)) + [35.0], start=200))
+    later = engine.score(_readings("boiler", list(20 + rng.normal(0, 0.2, 50)) + [35.0], start=200)).results
     assert not any(v.learning for v in later)  # type: ignore[union-attr]
     assert later[-1].anomaly == 1 and later[-1].model == "learned:boiler"  # type: ignore[union-attr]
     assert sum(v.anomaly for v in later[:-1]) <= 1  # type: ignore[union-attr]
@@ -76,7 +92,7 @@ def test_a_sensor_learns_then_scores(tmp_path: Path) -> None:
 
 def test_learned_models_survive_a_restart_and_tampering_is_refused(tmp_path: Path) -> None:
     engine, learner = _engine(tmp_path)
-    engine.score(_readings("pump/1", [1.0 + 0.01 * (i % 5) for i in range(200)]))
+    engine.score(_readings("pump/1", [1.0 + 0.01 * (i % 5) for i in range(200)])).results
     _wait_for_model(engine, "pump/1")
     learner.stop()
     manifest = json.loads((model_dir(tmp_path, "pump/1") / "manifest.json").read_text())
@@ -85,7 +101,7 @@ def test_learned_models_survive_a_restart_and_tampering_is_refused(tmp_path: Pat
     restored = load_learned(tmp_path)
     assert list(restored) == ["pump/1"]
     engine2, learner2 = _engine(tmp_path, learned=restored)
-    [v] = engine2.score(_readings("pump/1", [1.02], start=500))
+    [v] = engine2.score(_readings("pump/1", [1.02], start=500)).results
     assert not v.learning and v.model == "learned:pump/1"  # type: ignore[union-attr]
     learner2.stop()
 
@@ -97,13 +113,13 @@ def test_learned_models_survive_a_restart_and_tampering_is_refused(tmp_path: Pat
 def test_refit_swaps_in_a_new_model_without_blocking_scoring(tmp_path: Path) -> None:
     engine, learner = _engine(tmp_path, rows=100, refit_every=150)
     rng = np.random.default_rng(2)
-    engine.score(_readings("drifty", list(10 + rng.normal(0, 0.1, 100))))
+    engine.score(_readings("drifty", list(10 + rng.normal(0, 0.1, 100)))).results
     _wait_for_model(engine, "drifty")
     first = engine.learned["drifty"]
     # The level drifts slowly; the refit learns the new normal from unflagged readings.
     values = list(10 + np.linspace(0, 0.5, 400) + rng.normal(0, 0.1, 400))
     started = time.perf_counter()
-    engine.score(_readings("drifty", values, start=100))
+    engine.score(_readings("drifty", values, start=100)).results
     assert time.perf_counter() - started < 5  # fits happen on the learner's thread
     deadline = time.monotonic() + 10
     while engine.learned["drifty"] is first:
@@ -137,7 +153,7 @@ def test_learning_over_mqtt_is_visible_in_verdicts_and_metrics(start_agent, coll
 
 
 def test_history_keeps_the_newest_readings_in_order() -> None:
-    from edge_agent.engine import History
+    from edge_agent.adaptation import History
 
     h = History(capacity=4, n_fields=2)
     for i in range(3):
@@ -155,7 +171,7 @@ def test_history_keeps_the_newest_readings_in_order() -> None:
 
 
 def test_history_remembers_which_readings_were_flagged() -> None:
-    from edge_agent.engine import History
+    from edge_agent.adaptation import History
 
     h = History(capacity=3, n_fields=1)
     for i, flagged in enumerate([True, False, True, False]):
@@ -183,16 +199,19 @@ class _InlineLearner:
         assert self.engine is not None
         out = []
         for reading in readings:
-            out += self.engine.score([reading])
+            scored = self.engine.score([reading])
+            out += scored.results
+            for request in scored.learn_requests:
+                self(request)
             while self.pending:
                 r = self.pending.pop(0)
-                self.engine.install(r.sensor_id, fit_request(r, str(len(self.requests))))
+                self.engine.install(r.sensor_id, fit_request(r, str(len(self.requests))), learned_flagged=r.keep is None)
         return out  # type: ignore[return-value]
 
 
 def _inline(plan: LearningPlan) -> _InlineLearner:
     learner = _InlineLearner()
-    learner.engine = ScoringEngine({}, learning=plan, learner=learner)
+    learner.engine = ScoringEngine({}, learning=plan)
     return learner
 
 
@@ -242,7 +261,7 @@ def test_learning_told_to_leaves_unmarked_outliers_out_of_the_model() -> None:
     assert model.manifest["training"]["rows"] < 1000
     assert model.range_guard.high[0] < 6  # the normal's range, not the spikes'
     engine = ScoringEngine({"s": model}, default="s")
-    *_, spike = engine.score(_readings("x", list(rng.normal(0, 1, 50)) + [12.0]))
+    *_, spike = engine.score(_readings("x", list(rng.normal(0, 1, 50)) + [12.0])).results
     assert spike.anomaly == 1  # type: ignore[union-attr]
 
 
@@ -278,7 +297,7 @@ def test_a_slow_ramp_is_flagged_while_it_climbs_not_only_when_it_snaps_back() ->
     first_alert = {}
     for transforms in (DEFAULT_TRANSFORMS, tuple(t for t in DEFAULT_TRANSFORMS if not t.startswith("drift"))):
         model = learn_model(FeatureSpec(("value",), transforms), temp[:3600, None], "s", "1")
-        verdicts = ScoringEngine({"s": model}, default="s").score(_readings("x", list(temp)))
+        verdicts = ScoringEngine({"s": model}, default="s").score(_readings("x", list(temp))).results
         alerts = [i for i in range(3600, n) if verdicts[i].anomaly]  # type: ignore[union-attr]
         assert all(i >= start for i in alerts)  # no false alarm in the half hour before
         first_alert["drift" in " ".join(transforms)] = alerts[0] - start if alerts else None
@@ -296,11 +315,11 @@ def test_a_sensor_that_counts_may_repeat_itself_but_not_freeze() -> None:
     counts = rng.poisson(20 + 15 * np.sin(2 * np.pi * np.arange(3600) / 288)).astype(float)
     model = learn_model(FeatureSpec(("value",), DEFAULT_TRANSFORMS), counts[:604, None], "s", "1", leave_out_outliers=True)
     engine = ScoringEngine({"s": model}, default="s")
-    normal = engine.score(_readings("x", list(counts[604:])))
+    normal = engine.score(_readings("x", list(counts[604:]))).results
     runs = [i for i in range(2, len(normal)) if counts[604 + i] == counts[603 + i] == counts[602 + i]]
     assert len(runs) > 10  # three equal counts in a row happen, and are not alarms
     assert sum(v.anomaly for v in normal) <= 3  # type: ignore[union-attr]
-    frozen = engine.score(_readings("x", [counts[-1]] * 40))
+    frozen = engine.score(_readings("x", [counts[-1]] * 40)).results
     first = next(i for i, v in enumerate(frozen) if v.anomaly)  # type: ignore[union-attr]
     assert first <= 12 and all(v.anomaly for v in frozen[first:])  # type: ignore[union-attr]
     # the run length allowed: the one that gets as rare as one reading in 10,000
@@ -324,11 +343,11 @@ def test_a_repeat_unseen_while_learning_is_rare_not_stuck_but_a_frozen_sensor_is
     assert not np.any(learning[1:] == learning[:-1])
     model = learn_model(FeatureSpec(("value",), DEFAULT_TRANSFORMS), learning[:, None], "s", "1")
     engine = ScoringEngine({"s": model}, default="s")
-    verdicts = engine.score(_readings("x", list(later)))
+    verdicts = engine.score(_readings("x", list(later))).results
     repeats = [i for i in range(2, len(later)) if later[i] == later[i - 1] != later[i - 2]]
     assert len(repeats) > 10  # each one was flagged as a frozen sensor before
     assert sum(verdicts[i].anomaly for i in repeats) == 0  # type: ignore[union-attr]
-    frozen = engine.score(_readings("x", [later[-1]] * 10, start=len(later)))
+    frozen = engine.score(_readings("x", [later[-1]] * 10, start=len(later))).results
     assert [v.anomaly for v in frozen[:3]] == [0, 1, 1]  # type: ignore[union-attr]  # repeated once: rare; twice: stuck
 
 
@@ -344,7 +363,7 @@ def test_repeats_left_out_as_outliers_still_count_towards_what_is_normal() -> No
     model = learn_model(FeatureSpec(("value",), DEFAULT_TRANSFORMS), load[:604, None], "s", "1", leave_out_outliers=True)
     assert model.manifest["training"]["rows"] < 604  # the filter did leave rows out
     engine = ScoringEngine({"s": model}, default="s")
-    verdicts = engine.score(_readings("x", list(load[604:])))
+    verdicts = engine.score(_readings("x", list(load[604:]))).results
     repeats = [i for i in range(2, len(verdicts)) if load[604 + i] == load[603 + i] != load[602 + i]]
     assert len(repeats) > 30
     assert sum(verdicts[i].anomaly for i in repeats) == 0  # type: ignore[union-attr]

@@ -1,0 +1,99 @@
+"""Turning scores into alerts people can act on: anomalous episodes with an onset, an end,
+and a new normal when a change lasts.
+
+Pure and per sensor: ``judge`` reads a score and its time and says what this reading means.
+
+- A reading is *flagged* when its score reaches ``threshold``; a sensor *alerts* while at
+  least ``k`` of its last ``n`` readings are flagged (with ``clear``, an alert holds while
+  the score stays at least ``clear``).
+- The first alerting reading is the episode's **onset**; the first reading that no longer
+  alerts is its **end**.
+- An episode still alerting ``new_normal_after`` seconds after its onset (by the readings'
+  own clocks) has become the sensor's **new normal**: that reading is not anomalous, says
+  ``new_normal``, and the alert ends. Whoever owns the sensor's model then adapts it.
+
+>>> d = Decision(new_normal_after=60.0)
+>>> state = d.new_state()
+>>> [judge(d, state, s, t).event for s, t in [(0.1, 0), (0.9, 1), (0.8, 2), (0.2, 3)]]
+[None, 'onset', None, 'end']
+>>> [judge(d, state, 0.9, t).event for t in (10, 40, 70, 71)]
+['onset', None, 'new_normal', 'onset']
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+
+ONSET, END, NEW_NORMAL = "onset", "end", "new_normal"
+
+
+@dataclass(frozen=True)
+class Decision:
+    """How scores become alerts (``decision.*`` in the config)."""
+
+    threshold: float = 0.5
+    k: int = 1
+    n: int = 1
+    clear: float | None = None
+    new_normal_after: float = 3600.0  # seconds an episode may last before it is the new normal (0: never)
+
+    def new_state(self) -> EpisodeState:
+        return EpisodeState(deque(maxlen=self.n))
+
+
+@dataclass
+class EpisodeState:
+    """One sensor's recent flags and its open episode, if any."""
+
+    recent_flags: deque[bool]
+    alerting: bool = False
+    onset_at: float = 0.0
+    flagged_in_episode: int = 0
+    readings_in_episode: int = 0
+
+
+@dataclass(frozen=True)
+class Judgement:
+    flagged: bool  # the score reached the threshold (whatever the episode rules make of it)
+    anomaly: bool  # the sensor alerts with this reading
+    event: str | None = None  # ONSET, END, NEW_NORMAL or None
+    episode_readings: int = field(default=0, compare=False)  # readings the ending episode held (END, NEW_NORMAL)
+
+    @property
+    def onset(self) -> bool:
+        return self.event == ONSET
+
+
+def judge(decision: Decision, state: EpisodeState, score: float, at: float, can_adapt: bool = True) -> Judgement:
+    """What a reading's ``score`` at time ``at`` means for its sensor; advances ``state``.
+
+    ``can_adapt``: whether the sensor's model can take a new normal in (a learned one);
+    a fixed model keeps alerting for as long as the change lasts.
+    """
+    flagged = score >= decision.threshold
+    state.recent_flags.append(flagged)
+    alert = sum(state.recent_flags) >= decision.k
+    if not alert and state.alerting and decision.clear is not None:
+        alert = score >= decision.clear
+    if alert and not state.alerting:
+        state.alerting, state.onset_at = True, at
+        state.flagged_in_episode, state.readings_in_episode = int(flagged), 1
+        return Judgement(flagged, True, ONSET)
+    if not state.alerting:
+        return Judgement(flagged, False)
+    if not alert:
+        return _close(state, flagged, END)
+    state.readings_in_episode += 1
+    state.flagged_in_episode += flagged
+    if can_adapt and decision.new_normal_after and at - state.onset_at >= decision.new_normal_after:
+        state.recent_flags.clear()
+        return _close(state, flagged, NEW_NORMAL)
+    return Judgement(flagged, True)
+
+
+def _close(state: EpisodeState, flagged: bool, event: str) -> Judgement:
+    readings = state.readings_in_episode
+    state.alerting = False
+    state.flagged_in_episode = state.readings_in_episode = 0
+    return Judgement(flagged, False, event, readings)

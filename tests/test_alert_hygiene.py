@@ -1,0 +1,128 @@
+"""Alerts people can trust, with the default configuration, on the live learning path.
+
+Each stream is one sensor reporting once a minute with its own timestamps; it learns as a
+sensor without an assigned model does (``learn_and_score``: the live engine, fits in line).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+
+import numpy as np
+import pytest
+
+from edge_agent.agent import decision_of, learning_plan
+from edge_agent.config import load_config
+from edge_agent.domain import Reading, Verdict
+from edge_agent.replay import learn_and_score
+
+MINUTE = 60.0
+DAY = 1440  # readings a day at one a minute
+START = 1_767_225_600.0  # 2026-01-01 00:00 UTC
+
+
+def _verdicts(values: Sequence[float], *overrides: str) -> list[Verdict]:
+    cfg = load_config(None, list(overrides), {})
+    readings = (
+        Reading("s", {"value": float(v)}, received_at=START + i * MINUTE, ts=START + i * MINUTE, ts_raw=START + i * MINUTE)
+        for i, v in enumerate(values)
+    )
+    out = [v for _, v in learn_and_score(readings, learning_plan(cfg), decision_of(cfg))]
+    assert all(isinstance(v, Verdict) for v in out)
+    return out  # type: ignore[return-value]
+
+
+def _episodes(verdicts: Sequence[Verdict]) -> int:
+    return sum(1 for v in verdicts if v.event == "onset")
+
+
+def _noise(days: float, seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).normal(20.0, 0.5, int(days * DAY))
+
+
+def test_a_single_glitch_gives_one_short_alert() -> None:
+    values = _noise(4, seed=1)
+    at = 3 * DAY
+    values[at] += 12 * 0.5
+    verdicts = _verdicts(values)
+    alerted = [i for i, v in enumerate(verdicts) if v.anomaly and i >= at - 5]
+    assert at in alerted
+    assert len(alerted) <= 3 and max(alerted) <= at + 3, alerted
+    assert _episodes(verdicts[at - 5: at + 60]) == 1
+
+
+def test_a_permanent_level_shift_is_alerted_once_then_becomes_the_new_normal() -> None:
+    values = _noise(5, seed=2)
+    at = 3 * DAY
+    values[at:] += 10 * 0.5
+    verdicts = _verdicts(values)
+    after = verdicts[at:]
+    onset = next(i for i, v in enumerate(after) if v.onset)
+    assert onset <= 5
+    horizon = 60  # decision.new_normal_after: 1h at a reading a minute
+    assert [v.event for v in after].count("new_normal") == 1
+    new_normal = next(i for i, v in enumerate(after) if v.event == "new_normal")
+    assert new_normal <= onset + horizon + 1
+    assert sum(v.anomaly for v in after[new_normal:]) == 0  # adapted at once, no alert after it
+    assert not any(v.learning for v in after)  # and never blind: every reading scored
+
+
+def test_alerts_end_soon_after_a_dip() -> None:
+    values = _noise(4, seed=3)
+    at, length = 3 * DAY, 20
+    values[at:at + length] -= 8 * 0.5
+    verdicts = _verdicts(values)
+    alerted = [i for i, v in enumerate(verdicts) if v.anomaly and i >= at - 5]
+    assert alerted and alerted[0] <= at + 2
+    assert max(alerted) <= at + length + 10, max(alerted) - (at + length)
+    assert not any(v.event == "new_normal" for v in verdicts[at:])
+
+
+@pytest.mark.slow
+def test_a_noisy_daily_cycle_raises_at_most_one_episode_a_week() -> None:
+    t = np.arange(8 * DAY)
+    values = 20 + 5 * np.sin(2 * np.pi * t / DAY) + np.random.default_rng(4).normal(0, 0.5, len(t))
+    verdicts = _verdicts(values)
+    assert _episodes(verdicts[DAY:]) <= 1
+
+
+@pytest.mark.slow
+def test_a_slow_random_walk_raises_at_most_one_episode_a_week() -> None:
+    steps = np.random.default_rng(5).normal(0, 0.02, 8 * DAY)
+    verdicts = _verdicts(20 + np.cumsum(steps))
+    assert _episodes(verdicts[DAY:]) <= 1
+
+
+@pytest.mark.broker
+def test_a_new_normal_is_announced_once_on_the_alerts_topic_and_counted(start_agent, collect, sensor, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    agent = start_agent("learning.enabled=true", "learning.rows=100", "learning.refit_every=0",
+                        "decision.new_normal_after=30m", f"learning.state_dir={tmp_path}", "models.default=null")
+    aid = agent.cfg.agent_id
+    alerts = collect([f"edge/{aid}/alerts/#"])
+    verdicts = collect([f"edge/{aid}/verdicts/#"])
+    rng = np.random.default_rng(7)
+    values = list(20 + rng.normal(0, 0.2, 100))
+    for i, v in enumerate(values):  # a reading a minute, by the readings' own clock
+        sensor.send_json("sensors/oven", {"value": float(v), "ts": START + i * MINUTE})
+    verdicts.wait_count(f"edge/{aid}/verdicts/oven", 100)
+    import time
+
+    deadline = time.monotonic() + 10
+    while "oven" not in agent.engine.learned:
+        assert time.monotonic() < deadline, "no model was learned"
+        time.sleep(0.05)
+    shifted = list(25 + rng.normal(0, 0.2, 60))
+    for i, v in enumerate(shifted, start=100):
+        sensor.send_json("sensors/oven", {"value": float(v), "ts": START + i * MINUTE})
+    got = [json.loads(m.payload) for m in verdicts.wait_count(f"edge/{aid}/verdicts/oven", 160)][100:]
+    events = [v.get("event") for v in got]
+    assert events[0] == "onset" and events.count("onset") == 1
+    assert events.count("new_normal") == 1
+    turned = events.index("new_normal")
+    assert 29 <= turned <= 31  # 30 minutes of the readings' clock after the onset
+    assert all(v["anomaly"] == 1 for v in got[:turned]) and got[turned]["anomaly"] == 0
+    announced = [json.loads(m.payload) for m in alerts.wait_count(f"edge/{aid}/alerts/oven", turned + 1)]
+    assert [a.get("event") for a in announced].count("new_normal") == 1
+    assert agent.registry.get_sample_value("edge_agent_new_normals_total", {"sensor": "oven"}) == 1.0
+    assert agent.registry.get_sample_value("edge_agent_anomaly_episodes_total", {"sensor": "oven"}) == 1.0

@@ -1,0 +1,205 @@
+"""The scoring engine's parts, each on its own: episodes, duplicate memory, routing, adaptation,
+the sensor context, seasonal features and durations."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from edge_agent.adaptation import MIN_LEARNING_ROWS, LearningPlan, SensorAdaptation
+from edge_agent.config import ConfigError, load_config
+from edge_agent.dedup import RecentReadings
+from edge_agent.detector import SensorContext
+from edge_agent.domain import Reading, Verdict
+from edge_agent.durations import Duration
+from edge_agent.engine import ScoringEngine
+from edge_agent.episodes import Decision, judge
+from edge_agent.features import FeatureSpec, feature_matrix
+from edge_agent.model import MAX_THRESHOLD_RISK, THRESHOLD_RISK, threshold_risk
+from edge_agent.routing import ModelRouter, UnknownSensor
+from edge_agent.training import learn_model
+
+
+def _events(decision: Decision, scores_at: list[tuple[float, float]], can_adapt: bool = True) -> list[str | None]:
+    state = decision.new_state()
+    return [judge(decision, state, s, t, can_adapt).event for s, t in scores_at]
+
+
+def test_an_episode_has_one_onset_and_one_end() -> None:
+    d = Decision()
+    assert _events(d, [(0.1, 0), (0.7, 1), (0.9, 2), (0.6, 3), (0.2, 4), (0.3, 5)]) == [None, "onset", None, None, "end", None]
+
+
+def test_k_of_n_and_hysteresis_shape_the_episode() -> None:
+    assert _events(Decision(k=2, n=3), [(0.9, 0), (0.1, 1), (0.9, 2), (0.1, 3), (0.1, 4)]) == [None, None, "onset", "end", None]
+    # with clear 0.4, a score that hovers between 0.4 and the threshold holds the alert
+    assert _events(Decision(clear=0.4), [(0.9, 0), (0.45, 1), (0.45, 2), (0.3, 3)]) == ["onset", None, None, "end"]
+    assert _events(Decision(), [(0.9, 0), (0.45, 1)]) == ["onset", "end"]
+
+
+def test_a_lasting_episode_becomes_the_new_normal_by_the_readings_clock_only_where_the_model_can_adapt() -> None:
+    d = Decision(new_normal_after=600.0)
+    lasting = [(0.9, float(t)) for t in range(0, 1200, 60)]
+    events = _events(d, lasting)
+    assert events[0] == "onset" and events[10] == "new_normal" and events.count("new_normal") == 1
+    assert events[11] == "onset"  # a model that did not adapt flags the new level again
+    assert _events(d, lasting, can_adapt=False).count("new_normal") == 0
+    assert _events(Decision(new_normal_after=0.0), lasting).count("new_normal") == 0
+
+
+def test_a_reading_delivered_twice_in_one_batch_gets_its_first_verdict_again(models_dir) -> None:  # type: ignore[no-untyped-def]
+    from edge_agent.model import load_model
+
+    engine = ScoringEngine({"m": load_model(models_dir / "default")}, default="m")
+    readings = [Reading("s", {"value": 0.9 + 0.01 * (i % 3)}, float(i), ts=float(i), ts_raw=i) for i in range(40)]
+    batch = readings + readings[10:30]  # a gateway flushing the same readings again, in the same batch
+    results = engine.score(batch).results
+    firsts, again = results[:40], results[40:]
+    assert all(isinstance(v, Verdict) and v.duplicate for v in again)
+    assert [(v.score, v.anomaly) for v in again] == [(v.score, v.anomaly) for v in firsts[10:30]]  # type: ignore[union-attr]
+    assert not any(v.duplicate for v in firsts)  # type: ignore[union-attr]
+
+
+def test_duplicate_memory_is_bounded_and_keys_on_time_and_values() -> None:
+    memory = RecentReadings(capacity=3)
+    v = Verdict("s", {"value": 1.0}, 1, 0.2, 0, "m", "1")
+    for t in range(5):
+        memory.remember(Reading("s", {"value": 1.0}, 0.0, ts=float(t)), [1.0], v)
+    assert len(memory) == 3
+    assert memory.duplicate_of(Reading("s", {"value": 1.0}, 0.0, ts=4.0), [1.0]) is not None
+    assert memory.duplicate_of(Reading("s", {"value": 1.0}, 0.0, ts=0.0), [1.0]) is None  # forgotten
+    assert memory.duplicate_of(Reading("s", {"value": 2.0}, 0.0, ts=4.0), [2.0]) is None
+    # without a timestamp, only the transport's word makes a repeat a duplicate
+    memory.remember(Reading("s", {"value": 7.0}, 0.0), [7.0], v)
+    assert memory.duplicate_of(Reading("s", {"value": 7.0}, 1.0), [7.0]) is None
+    assert memory.duplicate_of(Reading("s", {"value": 7.0}, 1.0, redelivered=True), [7.0]) is not None
+
+
+def test_routing_takes_the_first_matching_pattern_then_the_learned_model_then_the_default(models_dir) -> None:  # type: ignore[no-untyped-def]
+    from edge_agent.model import load_model
+
+    a, b = load_model(models_dir / "default"), load_model(models_dir / "default")
+    router = ModelRouter({"a": a, "b": b}, assign=[("pump-*", "a"), ("*", "b")], default="b", learned={"x": a})
+    assert router.assigned("pump-1") is a and router.assigned("fan") is b
+    assert ModelRouter({"a": a}, learned={"x": b}).assigned("x") is b
+    with pytest.raises(UnknownSensor, match="models.default is unset"):
+        ModelRouter({"a": a}).default_model("y")
+    with pytest.raises(KeyError, match="not loaded"):
+        ModelRouter({"a": a}, assign=[("*", "zzz")])
+
+
+def test_a_sensor_learns_for_its_period_by_its_own_clock() -> None:
+    spec = FeatureSpec(("value",))
+    slow = SensorAdaptation(LearningPlan(period=3600.0, rows=3600), "s", spec)
+    # one reading every 5 minutes: an hour is 13 readings, too few; it learns until it has 50
+    requests = [slow.learning([float(i)], at=300.0 * i) for i in range(MIN_LEARNING_ROWS)]
+    assert [i for i, r in enumerate(requests) if r is not None] == [MIN_LEARNING_ROWS - 1]
+    fast = SensorAdaptation(LearningPlan(period=3600.0, rows=200), "f", spec)
+    # ten readings a second: rows caps it long before the hour is over
+    requests = [fast.learning([float(i)], at=0.1 * i) for i in range(300)]
+    first = next(i for i, r in enumerate(requests) if r is not None)
+    assert first == 199 and requests[first].times is not None and len(requests[first].values) == 200  # type: ignore[union-attr]
+    timely = SensorAdaptation(LearningPlan(period=3600.0, rows=100_000), "t", spec)
+    requests = [timely.learning([float(i)], at=10.0 * i) for i in range(400)]
+    assert next(i for i, r in enumerate(requests) if r is not None) == 360  # 3600 s at a reading every 10 s
+
+
+def test_refits_come_by_time_once_a_model_knows_enough() -> None:
+    spec = FeatureSpec(("value",))
+    plan = LearningPlan(period=0.0, rows=100, refit_every=3600.0, refit_rows=200)
+    a = SensorAdaptation(plan, "s", spec, known=200)
+    due = [i for i in range(1000) if a.scored([0.0], False, at=10.0 * i) and not a.settled()]
+    assert due == [360, 720]  # every hour at a reading every 10 s
+
+
+def test_a_flagged_reading_stays_out_of_the_clean_context_until_its_change_is_accepted() -> None:
+    context = SensorContext(FeatureSpec(("value",), ("value", "delta", "mean:3")))
+    for _ in range(10):
+        context.advance([1.0], flagged=False)
+    context.advance([9.0], flagged=True)
+    # clean (the spike is not in its level; the change is counted from it), and live with it
+    assert context.rows([1.0]) == [[1.0, -8.0, 1.0], [1.0, -8.0, pytest.approx(11.0 / 3)]]
+    context.absorb()
+    assert context.rows([9.0]) == [[9.0, 0.0, pytest.approx(19.0 / 3)]]  # accepted: one context, with the new level
+
+
+def test_a_held_stretch_ends_in_the_context_that_explains_the_next_reading() -> None:
+    spec = FeatureSpec(("value",), ("value", "mean:3"))
+
+    def after(by_live: bool) -> list[list[float]]:
+        context = SensorContext(spec)
+        for _ in range(5):
+            context.advance([1.0], flagged=False)
+        context.advance([5.0], flagged=True)
+        context.advance([1.0], flagged=False, by_live=by_live)
+        return context.rows([1.0])
+
+    assert after(by_live=False) == [[1.0, 1.0]]  # a glitch: the clean context goes on
+    assert after(by_live=True) == [[1.0, pytest.approx(7.0 / 3)]]  # a change that had crept in: the live one does
+    long = SensorContext(spec, hold=2)
+    for _ in range(5):
+        long.advance([1.0], flagged=False)
+    for _ in range(2):  # as long as it may hold: taken in
+        long.advance([5.0], flagged=True)
+    assert long.rows([5.0]) == [[5.0, 5.0]]
+
+
+def test_season_compares_a_reading_with_the_same_time_of_day_a_cycle_before() -> None:
+    spec = FeatureSpec(("value",), ("value", "season:1d"))
+    t = np.arange(0, 3 * 86400, 300.0)
+    daily = 10 + 5 * np.sin(2 * np.pi * t / 86400)
+    f = feature_matrix(spec, daily[:, None], t)
+    assert np.isnan(f[:288, 1]).all()  # no previous day yet
+    assert np.nanmax(np.abs(f[288:, 1])) < 0.2  # the cycle is explained
+    wrong = daily.copy()
+    wrong[2 * 288 + 36] = daily[2 * 288 + 36 + 144]  # noon's value at 3 a.m.
+    assert abs(feature_matrix(spec, wrong[:, None], t)[2 * 288 + 36, 1]) > 5
+    assert np.isnan(feature_matrix(spec, daily[:, None])[:, 1]).all()  # no timestamps: no season
+
+
+def test_a_value_normal_at_noon_is_found_at_three_in_the_morning() -> None:
+    spec = FeatureSpec(("value",), ("value", "delta", "mean:30", "std:10", "season:1d"))
+    rng = np.random.default_rng(3)
+    t = np.arange(0, 6 * 86400, 300.0)
+    values = 10 + 5 * np.sin(2 * np.pi * (t / 86400 - 0.25)) + rng.normal(0, 0.2, len(t))  # low at 00:00, high at 12:00
+    model = learn_model(spec, values[:4 * 288, None], "s", "1", times=t[:4 * 288])
+    engine = ScoringEngine({"s": model}, default="s")
+    readings = [Reading("x", {"value": float(v)}, float(ts), ts=float(ts), ts_raw=ts) for v, ts in zip(values, t)]
+    three_am = 5 * 288 + 36
+    readings[three_am] = Reading("x", {"value": 15.0}, float(t[three_am]), ts=float(t[three_am]), ts_raw=t[three_am])
+    verdicts = engine.score(readings).results
+    assert verdicts[three_am].anomaly == 1  # type: ignore[union-attr]
+    assert verdicts[5 * 288 + 144].anomaly == 0  # type: ignore[union-attr]  # 15 at noon is normal
+    assert sum(v.anomaly for v in verdicts[4 * 288:]) <= 3  # type: ignore[union-attr]
+
+
+def test_the_threshold_risk_is_a_week_of_the_sensors_readings() -> None:
+    assert threshold_risk(None) == THRESHOLD_RISK
+    assert threshold_risk(np.arange(0, 1000.0)) == THRESHOLD_RISK  # a reading a second: capped below
+    assert threshold_risk(np.arange(0, 300_000.0, 300.0)) == pytest.approx(300 / (7 * 86400))
+    assert threshold_risk(np.arange(0, 3_600_000.0, 3600.0)) == MAX_THRESHOLD_RISK
+
+
+def test_durations_are_read_with_units_and_named_when_wrong() -> None:
+    cfg = load_config(None, ["decision.new_normal_after=2d", "learning.period=90", "learning.refit_every=30m"], {})
+    assert cfg.decision.new_normal_after == 172800.0 and str(cfg.decision.new_normal_after) == "2d"
+    assert cfg.learning.period == 90.0 and cfg.learning.refit_every == 1800.0
+    with pytest.raises(ConfigError, match=r"learning.period.*'soon'.*duration such as 90s"):
+        load_config(None, ["learning.period=soon"], {})
+    with pytest.raises(ConfigError, match="decision.new_normal_after"):
+        load_config(None, ["decision.new_normal_after=-5"], {})
+    assert Duration.parse("1.5h") == 5400.0
+
+
+def test_a_history_grows_as_readings_come_and_keeps_order_across_growth() -> None:
+    from edge_agent.adaptation import History
+
+    h = History(capacity=300, n_fields=1)
+    h.append([0.0], at=0.0)
+    assert h.nbytes < 2000  # one reading costs little: no full buffer up front
+    for i in range(1, 1000):
+        h.append([float(i)], flagged=i % 7 == 0, at=float(i))
+    assert len(h) == 300 and h.latest().ravel().tolist() == [float(i) for i in range(700, 1000)]
+    assert h.latest_times(3).tolist() == [997.0, 998.0, 999.0]
+    assert h.latest_flags().tolist() == [i % 7 == 0 for i in range(700, 1000)]
+    assert h.nbytes == 300 * (8 + 1 + 8)
