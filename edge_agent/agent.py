@@ -39,7 +39,8 @@ def load_models(cfg: AgentConfig, base: Path | None = None) -> dict[str, SensorM
     models = {}
     forests: dict[str, Forest] = {}
     for name in names:
-        models[name] = load_model(directory / name, cfg.models.pinned_sha256.get(name), forests)
+        models[name] = load_model(directory / name, cfg.models.pinned_sha256.get(name), forests,
+                                  pinned_manifest_sha256=cfg.models.pinned_manifest_sha256.get(name))
         if models[name].name != name:
             log.info("model directory %s holds model %r", directory / name, models[name].name)
     return models
@@ -122,7 +123,7 @@ class Agent:
         self.cfg = cfg
         environment = dict(env if env is not None else os.environ)
         self.registry = CollectorRegistry()
-        self.metrics = AgentMetrics(self.registry)
+        self.metrics = AgentMetrics(self.registry, cfg.http.sensor_series)
         self.metrics.record_models(models.values())
         self.learner: Learner | None = None
         learned: dict[str, SensorModel] = {}
@@ -183,7 +184,12 @@ class Agent:
     def start(self) -> None:
         if self.http is not None:
             self.http_address = self.http.start()
-            log.info("HTTP API on http://%s:%d (/predict /metrics /healthz /readyz)", *self.http_address)
+            guarded = self.http.token is not None
+            log.info("HTTP API on http://%s:%d: /predict %s, /metrics %s, /healthz and /readyz open%s", *self.http_address,
+                     "needs the token" if guarded else "open (no token set)",
+                     "needs the token" if guarded and self.cfg.http.metrics_token else "open",
+                     "" if self.http_address[0] in ("127.0.0.1", "::1") else
+                     " to every network this host is on (http.host=127.0.0.1 keeps it on this machine)")
         self.pipeline.start()
         self.transport.start(self.intake)
 

@@ -196,7 +196,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
                 f", refitted every {Duration(plan.refit_every)} of the file's time" if plan.refit_every else "")
         else:
             model_dir = Path(args.model)
-            model = load_model(model_dir, cfg.models.pinned_sha256.get(model_dir.name))
+            model = load_model(model_dir, cfg.models.pinned_sha256.get(model_dir.name),
+                               pinned_manifest_sha256=cfg.models.pinned_manifest_sha256.get(model_dir.name))
             table = read_table(args.input, columns, prefer=model.fields)
             progress = Progress(len(table), f"replaying {Path(args.input).name}", quiet=args.quiet)
             rows = replay(table, model, decision, progress=progress.update)

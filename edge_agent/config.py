@@ -49,6 +49,7 @@ class MQTTConfig:
     keepalive: int = _f(30, "Keepalive interval in seconds.", min=5, max=3600)
     session_expiry: int = _f(86400, "Seconds the broker keeps the agent's session (and its queued readings) while disconnected.", min=0, max=4294967295)
     receive_maximum: int = _f(512, "Readings the broker may send before the agent acknowledges any (backpressure window).", min=1, max=65535)
+    broker_max_packet_size: int = _f(0, "Largest MQTT packet the broker takes, in bytes. MQTT 5 learns Mosquitto's max_packet_size from the CONNACK; set this under 3.1.1, or to Mosquitto's message_size_limit, which no CONNACK tells (0: MQTT's own limit). A verdict that would not fit is replaced by a short report on the errors topic and its reading is acknowledged; a broker that gets one disconnects the agent instead, again on every resend.", min=0, max=268_435_455)
     reconnect_min_delay: float = _f(1.0, "First reconnect delay in seconds.", min=0.1, max=3600)
     reconnect_max_delay: float = _f(30.0, "Cap on the reconnect backoff in seconds.", min=0.1, max=3600)
     tls: TLSConfig = field(default_factory=TLSConfig, metadata={"doc": "TLS settings."})
@@ -82,6 +83,7 @@ class ModelsConfig:
     default: str | None = _f("default", "Model for sensors no 'assign' pattern matches, and for /predict without sensor_id.")
     assign: dict[str, str] = _f({}, "Sensor-id glob pattern -> model name; the first matching pattern wins.")
     pinned_sha256: dict[str, str] = _f({}, "Model name -> expected sha256 of its model file; overrides the manifest's value.")
+    pinned_manifest_sha256: dict[str, str] = _f({}, "Model name -> expected sha256 of its manifest.json (sha256sum models/NAME/manifest.json); the manifest holds the calibration, ranges, features and imputes, and names the forest's sha256.")
 
 
 @dataclass
@@ -125,7 +127,9 @@ class HTTPConfig:
     max_body_bytes: int = _f(65536, "Largest request body accepted (413 beyond).", min=16, max=64 * 1024 * 1024)
     read_timeout: float = _f(10.0, "Seconds a client may take to send its request.", min=0.1, max=600)
     token_env: str = _f("EDGE_AGENT_HTTP_TOKEN", "Environment variable holding the bearer token POST /predict requires (unset or empty: no token required).")
-    token_file: str | None = _f(None, "File holding that token (used when the environment variable is unset). /metrics, /healthz and /readyz stay open.")
+    token_file: str | None = _f(None, "File holding that token (used when the environment variable is unset). /healthz and /readyz stay open.")
+    metrics_token: bool = _f(False, "Require the token for /metrics too (it names every sensor, its state and its model hashes); Prometheus sends it with authorization: {credentials_file: ...}.")
+    sensor_series: int = _f(1000, "Sensors given /metrics series of their own (readings, anomalies, episodes, score, state, learning), the first to send; the readings of the rest count in sensor=\"_other\". Rendering costs about 0.1 ms a sensor.", min=0, max=10_000_000)
 
 
 @dataclass
@@ -584,9 +588,10 @@ def _check_rules(cfg: AgentConfig, problems: list[Problem]) -> None:
         if reason:
             add(f"topics.{name}", template, reason)
 
-    for model, digest in cfg.models.pinned_sha256.items():
-        if not _SHA256.match(digest):
-            add(f"models.pinned_sha256[{model!r}]", digest, "a sha256 digest of 64 hexadecimal characters")
+    for key in ("pinned_sha256", "pinned_manifest_sha256"):
+        for model, digest in getattr(cfg.models, key).items():
+            if not _SHA256.match(digest):
+                add(f"models.{key}[{model!r}]", digest, "a sha256 digest of 64 hexadecimal characters")
 
     if clean("learning.features"):
         features = cfg.learning.features

@@ -13,8 +13,9 @@ strange of the two finds it:
   normal level fits the live context as soon as it did before, so holding the change out
   never makes the sensor look strange for longer.
 
-A stretch ends at the first reading that is not flagged; the context that found it normal
-goes on (the clean one after a glitch, the live one after a change that had crept in).
+A stretch ends with the first reading that is not flagged; both contexts then take in the
+next SETTLE readings, and the one that found them less strange goes on (the clean one after
+a glitch or a dip, the live one after a change that had crept in before it was flagged).
 One that outlasts ``hold`` readings (the longest feature window) is taken in: the live
 context becomes the context. When a change is accepted as the sensor's new normal, the
 live context is taken in at once (``absorb``) and its drift is measured from the new level.
@@ -29,16 +30,22 @@ from collections.abc import Sequence
 from edge_agent.features import DRIFT_RECENT, FeatureSpec, FeatureState
 
 
+# Readings after a held stretch over which its two contexts are compared before one goes on.
+SETTLE = 3
+
+
 class SensorContext:
     """A sensor's feature state, and while a flagged stretch is held out, the state with it."""
 
-    __slots__ = ("features", "live", "held", "hold")
+    __slots__ = ("features", "live", "held", "hold", "settling", "clean_sum", "live_sum")
 
     def __init__(self, spec: FeatureSpec, hold: int | None = None) -> None:
         self.features: FeatureState = spec.new_state()
         self.live: FeatureState | None = None  # the context with the held stretch taken in
         self.held = 0
         self.hold = max(spec.history, DRIFT_RECENT) if hold is None else hold
+        self.settling = 0  # normal readings since the stretch, while both contexts are kept
+        self.clean_sum = self.live_sum = 0.0
 
     @property
     def spec(self) -> FeatureSpec:
@@ -53,19 +60,40 @@ class SensorContext:
         clean = self.features.peek(values, at)
         return [clean] if self.live is None else [clean, self.live.peek(values, at)]
 
-    def advance(self, values: Sequence[float], flagged: bool, at: float | None = None, by_live: bool = False) -> None:
-        """Move the context on by one reading, flagged or not. ``by_live``: the reading was
-        judged in the live context (the clean one found it stranger)."""
-        if not flagged:
-            if self.live is not None:
-                # The stretch is over; the context that found this reading normal goes on.
-                if by_live:
-                    self.features = self.live
-                self.live, self.held = None, 0
-            self.features.update(values, at)
-            return
+    def advance(self, values: Sequence[float], flagged: bool, at: float | None = None,
+                scores: Sequence[float] = ()) -> None:
+        """Move the context on by one reading. ``flagged``: the reading was flagged (in the
+        context that found it less strange); ``scores``: its score in each context of ``rows``."""
         if self.live is None:
-            self.live = copy.deepcopy(self.features)
+            if flagged:
+                self.live = copy.deepcopy(self.features)
+                self.held, self.settling = 0, 0
+                self._hold(values, at)
+            else:
+                self.features.update(values, at)
+            return
+        if flagged:
+            self.settling = 0
+            self._hold(values, at)
+            return
+        # Normal again: keep both contexts for SETTLE readings, then go on in the one that
+        # found them less strange (the clean one after a glitch or a dip, the live one after
+        # a change that had crept in before it was flagged).
+        self.features.update(values, at)
+        self.live.update(values, at)
+        if self.settling == 0:
+            self.clean_sum = self.live_sum = 0.0
+        self.settling += 1
+        if len(scores) == 2:
+            self.clean_sum += scores[0]
+            self.live_sum += scores[1]
+        if self.settling >= SETTLE:
+            if self.live_sum < self.clean_sum:
+                self.features = self.live
+            self.live, self.held, self.settling = None, 0, 0
+
+    def _hold(self, values: Sequence[float], at: float | None) -> None:
+        assert self.live is not None
         self.live.update(values, at)
         self.features.step(values)  # the change and the repeats follow every reading
         self.held += 1
@@ -75,7 +103,7 @@ class SensorContext:
     def _take_in(self) -> None:
         if self.live is not None:
             self.features = self.live
-        self.live, self.held = None, 0
+        self.live, self.held, self.settling = None, 0, 0
 
     def absorb(self) -> None:
         """The held stretch is the new normal: take it in, and rebase drift on it."""

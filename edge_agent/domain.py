@@ -92,3 +92,10 @@ class Verdict:
             if self.onset:
                 payload["onset"] = True  # the field before events had names; kept for existing consumers
         return payload
+
+
+def clip(text: str | None, limit: int = 80) -> str | None:
+    """A topic or id as reports and logs show it: at most ``limit`` characters, saying how long it was."""
+    if text is None or len(text) <= limit:
+        return text
+    return f"{text[:limit]}...({len(text)} characters)"

@@ -203,14 +203,13 @@ class ScoringEngine:
                 raw, calibrated = model.score_features(np.array([row for *_, row in group], dtype=np.float64))
                 scores = list(zip(raw.tolist(), calibrated.tolist()))
             # A reading scored in two contexts (see detector) is as strange as the less strange finds it.
-            best: dict[int, tuple[SensorStream, list[float], float, float, bool]] = {}
-            for (i, stream, values, _), (raw_score, score) in zip(group, scores):
-                if i not in best:
-                    best[i] = (stream, values, raw_score, score, False)
-                elif score < best[i][3]:
-                    best[i] = (stream, values, raw_score, score, True)  # the live context's row comes second
-            for i, (stream, values, raw_score, score, by_live) in best.items():
-                results[i] = self._decide(readings[i], stream, values, raw_score, score, requests, by_live)
+            per_reading: dict[int, tuple[SensorStream, list[float], list[tuple[float, float]]]] = {}
+            for (i, stream, values, _), scored in zip(group, scores):
+                per_reading.setdefault(i, (stream, values, []))[2].append(scored)
+            for i, (stream, values, in_contexts) in per_reading.items():
+                raw_score, score = min(in_contexts, key=lambda rs: rs[1])
+                results[i] = self._decide(readings[i], stream, values, raw_score, score, requests,
+                                          [c for _, c in in_contexts])
 
     def _stream(self, reading: Reading) -> SensorStream | InvalidReading:
         stream = self._streams.get(reading.sensor_id)
@@ -258,7 +257,7 @@ class ScoringEngine:
 
     def _decide(
         self, reading: Reading, stream: SensorStream, values: list[float], raw: float, score: float,
-        requests: list[LearnRequest], by_live: bool = False,
+        requests: list[LearnRequest], context_scores: Sequence[float] = (),
     ) -> Verdict:
         assert stream.model is not None
         at = reading_time(reading)
@@ -280,7 +279,7 @@ class ScoringEngine:
             raw_score=raw,
             event=event,
         )
-        stream.context.advance(values, flagged and not stream.adapting, at, by_live)
+        stream.context.advance(values, flagged and not stream.adapting, at, context_scores)
         if event == NEW_NORMAL:
             stream.context.absorb()
         if adaptation is not None:

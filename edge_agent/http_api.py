@@ -9,7 +9,13 @@ documented 503s and a logged, counted 500 for a bug.
 
 With a token configured (http.token_env / http.token_file), POST /predict needs
 ``Authorization: Bearer <token>`` (compared in constant time) and answers 401 without
-it; /metrics, /healthz and /readyz stay open for probes and Prometheus.
+it; /metrics too with http.metrics_token; /healthz and /readyz stay open for probes.
+
+Slow clients cannot hold the server: a request must arrive within http.read_timeout,
+and when all connections are taken a new one sheds the connection that has waited
+longest for its request (a client dripping bytes, or an idle keep-alive), so real
+calls and health probes get through however many slow ones there are; when every
+connection is busy answering, PROBE_RESERVE more serve /healthz and /readyz alone.
 """
 
 from __future__ import annotations
@@ -39,9 +45,14 @@ log = logging.getLogger(__name__)
 Predict = Callable[[Mapping[str, float], str | None], Verdict]
 Readiness = Callable[[], tuple[bool, str]]
 
-# Connections served at once; the ones beyond get a 503 and are closed. A Pi's
-# default limit is 1024 descriptors and MQTT and model files need some too.
+# Connections served at once; beyond, the one waiting longest for its request is shed
+# (a 503 when every connection is busy answering). A Pi's default limit is 1024
+# descriptors and MQTT and model files need some too.
 MAX_CONNECTIONS = 256
+# Connections beyond MAX_CONNECTIONS kept for health probes, used only when every
+# connection is busy answering (nothing to shed): they serve /healthz and /readyz alone.
+PROBE_RESERVE = 16
+PROBES = ("/healthz", "/readyz")
 MAX_HEAD_BYTES = 16 * 1024
 MAX_HEADERS = 100
 # After a response that ends the connection the server stops sending but keeps
@@ -343,6 +354,17 @@ class _Server:
         self.loop = loop
         self.connections: set[_Connection] = set()
         self.accepted = 0
+        self.probes = 0  # connections admitted from PROBE_RESERVE
+
+    def shed_slowest(self) -> bool:
+        """Make room for a new connection: drop the one waiting longest for a request (False: all busy)."""
+        victim = min((c for c in self.connections if c.accepted and not c.busy and not c.closing),
+                     key=lambda c: c.waiting_since, default=None)
+        if victim is None:
+            return False
+        victim.shed()
+        self.api.shed.inc()
+        return True
 
     def new_connection(self) -> _Connection:
         return _Connection(self)
@@ -359,6 +381,7 @@ class _Connection(asyncio.Protocol):
         self.buf = bytearray()
         self.request: Request | None = None  # head parsed, waiting for the body
         self.accepted = False
+        self.probe_only = False  # admitted from PROBE_RESERVE: /healthz and /readyz only
         self.closing = False  # a final response is out; input is discarded
         self.eof = False
         self.busy = False  # a response is being produced off the loop (/metrics)
@@ -366,6 +389,7 @@ class _Connection(asyncio.Protocol):
         self.read_paused = False
         self.sent_continue = False
         self.deadline = 0.0
+        self.waiting_since = 0.0  # when it began waiting for its current request
         self.timer: asyncio.TimerHandle | None = None
 
     # -- asyncio.Protocol -------------------------------------------------
@@ -374,15 +398,31 @@ class _Connection(asyncio.Protocol):
         assert isinstance(transport, asyncio.Transport)
         self.transport = transport
         self.server.connections.add(self)
-        if self.server.accepted >= self.api.max_connections:
-            self._finish(error_response(503, "too many connections; retry later"), "other")
-            return
-        self.accepted = True
-        self.server.accepted += 1
-        self._arm(self.loop.time() + self.api.cfg.read_timeout)
+        if self.server.accepted >= self.api.max_connections and not self.server.shed_slowest():
+            if self.server.probes >= PROBE_RESERVE:
+                self._finish(error_response(503, "too many connections; retry later"), "other")
+                return
+            self.probe_only = True
+            self.server.probes += 1
+        else:
+            self.accepted = True
+            self.server.accepted += 1
+        self.waiting_since = self.loop.time()
+        self._arm(self.waiting_since + self.api.cfg.read_timeout)
+
+    def shed(self) -> None:
+        """Dropped to make room (see _Server.shed_slowest): its slot is free at once."""
+        self.server.accepted -= 1
+        self.accepted = False
+        self.closing = True
+        if self.transport is not None:
+            self.transport.abort()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.server.connections.discard(self)
+        if self.probe_only:
+            self.server.probes -= 1
+            self.probe_only = False
         if self.accepted:
             self.server.accepted -= 1
             self.accepted = False
@@ -497,9 +537,13 @@ class _Connection(asyncio.Protocol):
             raise HttpError(404, f"no such endpoint {req.path[:100]!r}; try POST /predict, GET /metrics, /healthz or /readyz")
         if req.method not in allowed:
             raise HttpError(405, f"method {req.method[:20]} not allowed on {path}; use {' or '.join(allowed)}", allow=", ".join(allowed))
+        if self.probe_only and path not in PROBES:
+            raise HttpError(503, "too many connections, all busy: only /healthz and /readyz are answered now; retry later")
         if path == "/predict":
             check_bearer(self.api.token, req.authorization)
             return self._predict(req, body)
+        if path == "/metrics" and self.api.cfg.metrics_token:
+            check_bearer(self.api.token, req.authorization)
         if path == "/healthz":
             return json_response(200, {"status": "ok"})
         if path == "/readyz":
@@ -560,7 +604,8 @@ class _Connection(asyncio.Protocol):
             return
         if self.transport is not None:
             self.transport.write(encode_response(resp, True, req.http10, head_only=req.method == "HEAD"))
-        self.deadline = self.loop.time() + self.api.cfg.read_timeout
+        self.waiting_since = self.loop.time()
+        self.deadline = self.waiting_since + self.api.cfg.read_timeout
 
     def _finish(self, resp: Response, path: str | None, http10: bool = False, head_only: bool = False) -> None:
         """Send a last response, stop sending, and discard input until the client closes (or linger ends)."""
@@ -647,6 +692,10 @@ class HttpApi:
         self.requests = Counter(
             "edge_agent_http_requests", "HTTP requests answered, by endpoint and status code.",
             ["path", "code"], registry=registry,
+        )
+        self.shed = Counter(
+            "edge_agent_http_connections_shed", "Connections dropped to make room for a new one (the one waiting longest for its request).",
+            registry=registry,
         )
         self._children: dict[tuple[str, int], Any] = {}  # labels() takes a lock and a lookup per call
         self.executor: concurrent.futures.ThreadPoolExecutor | None = None

@@ -27,11 +27,22 @@ class _SensorChildren:
     learning: Gauge
 
 
-class AgentMetrics:
-    """Every metric the agent exposes. Sensor labels are bounded by ``pipeline.max_sensors``."""
+# The sensor label of the readings of sensors beyond the ones given series of their own.
+OTHER_SENSORS = "_other"
 
-    def __init__(self, registry: CollectorRegistry) -> None:
+
+class AgentMetrics:
+    """Every metric the agent exposes.
+
+    The first ``sensor_series`` sensors get series of their own; the counters of the
+    rest are summed under sensor="_other" and they get no gauges. At 10,000 sensors
+    with series each, one /metrics render is megabytes and most of a second of CPU.
+    """
+
+    def __init__(self, registry: CollectorRegistry, sensor_series: int = 1000) -> None:
         self.registry = registry
+        self.sensor_series = sensor_series
+        self._other: _SensorChildren | None = None
         self.readings = Counter("edge_agent_readings", "Readings scored, per sensor.", ["sensor"], registry=registry)
         self.anomalies = Counter("edge_agent_anomalies", "Readings flagged as anomalous, per sensor.", ["sensor"], registry=registry)
         self.episodes = Counter("edge_agent_anomaly_episodes", "Anomalous episodes begun (verdicts with event onset), per sensor.", ["sensor"], registry=registry)
@@ -63,28 +74,43 @@ class AgentMetrics:
                 continue
             children = self._per_sensor.get(v.sensor_id)
             if children is None:
-                children = self._per_sensor[v.sensor_id] = _SensorChildren(
-                    self.readings.labels(v.sensor_id),
-                    self.anomalies.labels(v.sensor_id),
-                    self.episodes.labels(v.sensor_id),
-                    self.episodes_ended.labels(v.sensor_id),
-                    self.new_normals.labels(v.sensor_id),
-                    self.anomaly_state.labels(v.sensor_id),
-                    self.score.labels(v.sensor_id),
-                    self.learning.labels(v.sensor_id),
-                )
-            children.readings.inc()
-            if v.anomaly:
-                children.anomalies.inc()
-            if v.event == "onset":
-                children.episodes.inc()
-            elif v.event == "end":
-                children.ended.inc()
-            elif v.event == "new_normal":
-                children.new_normals.inc()
+                if len(self._per_sensor) >= self.sensor_series:
+                    self._record_other(v)
+                    continue
+                children = self._per_sensor[v.sensor_id] = self._children(v.sensor_id)
+            _count(children, v)
             children.state.set(v.anomaly)
             children.score.set(v.score)
             children.learning.set(1 if v.learning else 0)
 
+    def _children(self, sensor: str) -> _SensorChildren:
+        return _SensorChildren(
+            self.readings.labels(sensor), self.anomalies.labels(sensor), self.episodes.labels(sensor),
+            self.episodes_ended.labels(sensor), self.new_normals.labels(sensor),
+            self.anomaly_state.labels(sensor), self.score.labels(sensor), self.learning.labels(sensor),
+        )
+
+    def _record_other(self, v: Verdict) -> None:
+        """A sensor beyond sensor_series: its counters summed under sensor="_other", no gauges."""
+        if self._other is None:
+            sensor = OTHER_SENSORS
+            self._other = _SensorChildren(
+                self.readings.labels(sensor), self.anomalies.labels(sensor), self.episodes.labels(sensor),
+                self.episodes_ended.labels(sensor), self.new_normals.labels(sensor), None, None, None,  # type: ignore[arg-type]
+            )
+        _count(self._other, v)
+
     def record_invalid(self, invalid: InvalidReading) -> None:
         self.invalid.labels(invalid.reason).inc()
+
+
+def _count(children: _SensorChildren, v: Verdict) -> None:
+    children.readings.inc()
+    if v.anomaly:
+        children.anomalies.inc()
+    if v.event == "onset":
+        children.episodes.inc()
+    elif v.event == "end":
+        children.ended.inc()
+    elif v.event == "new_normal":
+        children.new_normals.inc()

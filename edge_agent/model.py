@@ -4,7 +4,10 @@ A model directory holds ``manifest.json`` (what the model expects and how to
 read its scores) and ``forest.npz`` (the Isolation Forest as plain arrays, read
 without pickle); ``train`` also leaves the scikit-learn estimator as
 ``model.joblib``. Every file is checked against the sha256 the manifest (or the
-operator's pin) names before it is read.
+operator's pin) names before it is read, and the manifest itself against
+``manifest.sha256`` (written beside it) and, when the operator pins it, against
+``models.pinned_manifest_sha256``: the manifest holds the calibration, ranges,
+features and imputes, so an unchecked manifest could silence every alarm.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import bisect
 import hashlib
 import json
 import math
+import os
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -22,10 +26,12 @@ from typing import Any
 
 import numpy as np
 
+from edge_agent.durable import fsync_dir, write_durably
 from edge_agent.features import MAX_REPEATS, FeatureSpec, parse_transform
 from edge_agent.forest import Forest
 
 MANIFEST = "manifest.json"
+MANIFEST_DIGEST = "manifest.sha256"
 FOREST_FILE = "forest.npz"
 ESTIMATOR_FILE = "model.joblib"
 FORMAT = "edge-agent-model/1"
@@ -400,7 +406,11 @@ def build_model(
 
 
 def save_model(model: SensorModel, directory: Path, estimator: Any = None) -> SensorModel:
-    """Write the model directory; returns the model with its file's sha256 filled in."""
+    """Write the model directory durably; returns the model with its file's sha256 filled in.
+
+    Each file is written under a temporary name, fsynced and renamed; the manifest's own
+    sha256 goes to ``manifest.sha256``, and the directory is fsynced last.
+    """
     directory.mkdir(parents=True, exist_ok=True)
     forest_path = directory / FOREST_FILE
     model.forest.save(forest_path)
@@ -410,21 +420,51 @@ def save_model(model: SensorModel, directory: Path, estimator: Any = None) -> Se
         import joblib  # training-side only
 
         joblib.dump(estimator, directory / ESTIMATOR_FILE)
+        with open(directory / ESTIMATOR_FILE, "rb+") as handle:
+            os.fsync(handle.fileno())
         manifest["estimator"] = {"file": ESTIMATOR_FILE, "sha256": sha256_file(directory / ESTIMATOR_FILE)}
-    (directory / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+    text = (json.dumps(manifest, indent=2) + "\n").encode()
+    write_durably(directory / MANIFEST, lambda handle: handle.write(text))
+    digest = f"{hashlib.sha256(text).hexdigest()}  {MANIFEST}\n".encode()
+    write_durably(directory / MANIFEST_DIGEST, lambda handle: handle.write(digest))
+    fsync_dir(directory)
     return SensorModel(
         model.name, model.version, manifest["forest"]["sha256"], model.spec, model.forest,
         model.impute, model.calibration, model.range_guard, manifest,
     )
 
 
-def _read_manifest(directory: Path) -> dict[str, Any]:
+def _read_manifest(directory: Path, pinned: str | None = None, require_digest: bool = False) -> dict[str, Any]:
+    """The manifest, read only after its bytes match the pinned sha256 and ``manifest.sha256``."""
     path = directory / MANIFEST
     if not path.is_file():
         raise ModelError(f"model {directory}: no {MANIFEST} (is this a model directory made by 'edge-agent train'?)")
     try:
-        manifest = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raw = path.read_bytes()
+    except OSError as e:
+        raise ModelError(f"model {directory}: cannot read {MANIFEST}: {e}") from None
+    actual = hashlib.sha256(raw).hexdigest()
+    if pinned is not None and actual != pinned.lower():
+        raise ModelError(
+            f"model {directory}: {MANIFEST} has sha256 {actual}, but the pinned value in the config "
+            f"(models.pinned_manifest_sha256) says {pinned.lower()}; refusing a manifest that may have been tampered with"
+        )
+    digest_path = directory / MANIFEST_DIGEST
+    if digest_path.is_file():
+        try:
+            recorded = digest_path.read_text(errors="replace").split()[0].lower() if digest_path.stat().st_size < 4096 else ""
+        except (OSError, IndexError):
+            recorded = ""
+        if recorded != actual:
+            raise ModelError(
+                f"model {directory}: {MANIFEST} has sha256 {actual}, but {MANIFEST_DIGEST} says {recorded[:64]!r}; "
+                "refusing a manifest that was edited or half-written after it was saved"
+            )
+    elif require_digest:
+        raise ModelError(f"model {directory}: no {MANIFEST_DIGEST} beside {MANIFEST}, so the manifest cannot be checked")
+    try:
+        manifest = json.loads(raw.decode())
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise ModelError(f"model {directory}: cannot read {MANIFEST}: {e}") from None
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise ModelError(f"model {directory}: {MANIFEST} is not of format {FORMAT!r}")
@@ -449,15 +489,20 @@ def _verified(directory: Path, entry: Any, pinned: str | None, what: str) -> Pat
 
 
 def load_model(
-    directory: Path | str, pinned_sha256: str | None = None, forests: dict[str, Forest] | None = None
+    directory: Path | str, pinned_sha256: str | None = None, forests: dict[str, Forest] | None = None,
+    pinned_manifest_sha256: str | None = None, require_digest: bool = False,
 ) -> SensorModel:
-    """Load a model directory, checking the forest file's sha256 before reading it.
+    """Load a model directory, checking the manifest's and the forest file's sha256 before reading them.
+
+    ``pinned_manifest_sha256`` (the operator's pin) and ``manifest.sha256`` cover the
+    manifest; ``require_digest`` refuses a manifest without the latter (learned models
+    always have one).
 
     ``forests`` (sha256 -> Forest) lets models whose forest files are identical share
     one copy in memory (the shipped ``default`` is the ``vibration`` forest).
     """
     directory = Path(directory)
-    manifest = _read_manifest(directory)
+    manifest = _read_manifest(directory, pinned_manifest_sha256, require_digest)
     forest_path = _verified(directory, manifest.get("forest"), pinned_sha256, "forest")
     sha = manifest["forest"]["sha256"]
     try:

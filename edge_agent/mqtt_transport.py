@@ -31,10 +31,11 @@ import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
+from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from edge_agent.config import AgentConfig, ConfigError, Problem, client_id, mqtt_password
+from edge_agent.domain import InvalidReading, Reading, Verdict, clip
 from edge_agent.episodes import NEW_NORMAL
-from edge_agent.domain import InvalidReading, Reading, Verdict
 from edge_agent.ingest import PayloadParser
 from edge_agent.metrics import AgentMetrics
 from edge_agent.session import SubscriptionRecord
@@ -62,6 +63,56 @@ def max_packet_size(max_payload_bytes: int) -> int:
     read, say, 256 MB into memory.
     """
     return min(MQTT_MAX_PACKET, max(4 * max_payload_bytes, 2**20) + 65_536)
+
+
+# Characters of a topic, sensor id or detail an error report carries: a 65,000-character
+# topic must not become a 65 KB report.
+REPORT_CHARS = 200
+
+
+def packet_size(topic: bytes, payload: bytes, v5: bool) -> int:
+    """Bytes of a QoS 1 PUBLISH packet without properties, as the broker counts them against its maximum."""
+    remaining = 2 + len(topic) + 2 + (1 if v5 else 0) + len(payload)
+    length_bytes = 1 if remaining < 128 else 2 if remaining < 16_384 else 3 if remaining < 2_097_152 else 4
+    return 1 + length_bytes + remaining
+
+
+# Retained messages already counted, remembered (by a hash of topic and payload) so a
+# reconnect's replay of them is acknowledged without a count or a report each time.
+RETAINED_MEMORY = 100_000
+
+_PUBLISH = 0x30
+# A PUBLISH's topic (2 + up to 65,535 bytes) and packet id: what is kept of one too large to read.
+_PUBLISH_HEAD = 2 + 65_535 + 2
+_SKIP_CHUNK = 65_536
+
+
+class BoundedClient(paho.Client):
+    """paho's client, never holding an incoming PUBLISH larger than ``incoming_limit`` whole.
+
+    MQTT 3.1.1 has no Maximum Packet Size, and paho reads every packet whole into one
+    growing bytes object (a 256 MB payload: peak RSS 47 -> 819 MiB). paho has no option
+    or hook for this, so this overrides its private ``_sock_recv``, which ``_packet_read``
+    calls once the packet's remaining length is known: past the limit it keeps only the
+    topic and packet id and throws the rest away as it arrives, in chunks. The message
+    then reaches ``on_message`` with a cut payload and ``oversized`` set to its true
+    length, to be reported as too_large and acknowledged (tests/test_poison.py checks
+    this against the paho version installed).
+    """
+
+    incoming_limit = MQTT_MAX_PACKET
+    oversized = 0  # remaining length of the PUBLISH being (or just) skipped; 0: none
+
+    def _sock_recv(self, bufsize: int) -> bytes:
+        packet = self._in_packet
+        if not packet["have_remaining"]:
+            self.oversized = 0  # a new packet begins
+        elif (packet["command"] & 0xF0) == _PUBLISH and packet["remaining_length"] > self.incoming_limit:
+            self.oversized = packet["remaining_length"]
+            if len(packet["packet"]) > _PUBLISH_HEAD:
+                packet["packet"] = packet["packet"][:_PUBLISH_HEAD]
+            bufsize = min(bufsize, _SKIP_CHUNK)
+        return super()._sock_recv(bufsize)  # type: ignore[misc]
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,6 +153,8 @@ class MQTTTransport:
         self.metrics = metrics
         self._submit: Callable[[Reading | InvalidReading], None] | None = None
         self._subscriptions = list(parser.subscriptions)
+        self._sensor_filters = len(self._subscriptions)  # the first ones; listeners' follow
+        self._retained_seen: set[int] = set()
         agent = cfg.agent_id
         self._verdict_topic = TopicTemplate(cfg.topics.verdicts)
         self._alert_topic = TopicTemplate(cfg.topics.alerts)
@@ -128,6 +181,10 @@ class MQTTTransport:
         # Where the session's filters are remembered (set by the agent; None: not remembered).
         self.subscriptions_file: Path | None = None
         self._record: SubscriptionRecord | None = None
+        self._v5 = cfg.mqtt.protocol == "5"
+        # The largest packet the broker takes: the config's, lowered by what a CONNACK says.
+        self.max_packet = cfg.mqtt.broker_max_packet_size or MQTT_MAX_PACKET
+        self._last_too_large_log = 0.0
 
         self.client = self._make_client(env)
 
@@ -136,13 +193,15 @@ class MQTTTransport:
     def _make_client(self, env: dict[str, str]) -> paho.Client:
         m = self.cfg.mqtt
         v5 = m.protocol == "5"
-        client = paho.Client(
+        client = BoundedClient(
             callback_api_version=CallbackAPIVersion.VERSION2,
             client_id=client_id(self.cfg),
             protocol=paho.MQTTv5 if v5 else paho.MQTTv311,
             clean_session=None if v5 else False,
             manual_ack=True,
         )
+        # MQTT 5 tells the broker this limit (it drops larger messages for us); 3.1.1 cannot.
+        client.incoming_limit = max_packet_size(self.cfg.max_payload_bytes)
         # Outgoing verdicts in flight at once; paho queues the rest (bounded by us, see _held).
         client.max_inflight_messages_set(OUTGOING_WINDOW)
         client.reconnect_delay_set(min_delay=m.reconnect_min_delay, max_delay=m.reconnect_max_delay)
@@ -233,6 +292,8 @@ class MQTTTransport:
             held = list(self._held)
             self._held.clear()
         self.last_error = ""
+        announced = getattr(properties, "MaximumPacketSize", None) if properties is not None else None
+        self.max_packet = min(self.cfg.mqtt.broker_max_packet_size or MQTT_MAX_PACKET, announced or MQTT_MAX_PACKET)
         self.metrics.broker_connected.set(1)
         self.metrics.verdicts_held.set(0)
         log.info(
@@ -245,7 +306,10 @@ class MQTTTransport:
             # The session may still hold filters of an earlier config: they would deliver old topics.
             client.unsubscribe(list(record.stale))
         # Subscribe on every connect: a broker that lost the session has lost these too.
-        client.subscribe([(f, 1) for f in self._subscriptions])
+        # MQTT 5: retained readings are sent when a subscription is made, not again when a
+        # resumed session already has it (retain handling 1). 3.1.1 gets them every time.
+        sensors = SubscribeOptions(qos=1, retainHandling=SubscribeOptions.RETAIN_SEND_IF_NEW_SUB) if self._v5 else 1
+        client.subscribe([(f, sensors if i < self._sensor_filters else 1) for i, f in enumerate(self._subscriptions)])
         for verdict, redelivered in held:
             # Their readings came in on a connection that is gone; the broker redelivers
             # them and the engine marks those verdicts as duplicates.
@@ -304,10 +368,22 @@ class MQTTTransport:
             if token is not None:  # queued for a filter the config no longer has: not a reading
                 client.ack(token.mid, token.qos)
             return
+        oversized = getattr(client, "oversized", 0)
         if topic is None:
             item = InvalidReading("unknown_topic", "topic is not valid UTF-8", None, None, token)
+        elif oversized:
+            item = InvalidReading("too_large", f"message is {oversized} bytes, over the {client.incoming_limit} the agent "
+                                  "reads (it was skipped, not read into memory)", topic, None, token)
         elif message.retain:
-            # A retained reading is an old one replayed on subscribe, not a new measurement.
+            # A retained reading is an old one replayed on subscribe, not a new measurement:
+            # counted and reported the first time, acknowledged quietly on later replays.
+            seen = hash((topic, message.payload))
+            if seen in self._retained_seen:
+                if token is not None:
+                    client.ack(token.mid, token.qos)
+                return
+            if len(self._retained_seen) < RETAINED_MEMORY:
+                self._retained_seen.add(seen)
             item = InvalidReading("retained", "retained messages are old readings and are not scored", topic, None, token)
         else:
             items = self.parser.parse_message(topic, message.payload, time.time(), ack=token, redelivered=bool(message.dup))
@@ -399,11 +475,43 @@ class MQTTTransport:
             body["redelivered"] = True
         payload = json.dumps(body, separators=(",", ":"))
         sensor = verdict.sensor_id
-        if (verdict.anomaly or verdict.event == NEW_NORMAL) and not verdict.duplicate:
-            self._publish(self._alert_topic.render(agent_id=self._agent_id, sensor_id=sensor), payload)
+        alert = (verdict.anomaly or verdict.event == NEW_NORMAL) and not verdict.duplicate
+        topic = self._verdict_topic.render(agent_id=self._agent_id, sensor_id=sensor)
+        alert_topic = self._alert_topic.render(agent_id=self._agent_id, sensor_id=sensor) if alert else ""
+        size = max(self._size(topic, payload), self._size(alert_topic, payload) if alert else 0)
+        if size > self.max_packet:
+            self._too_large(sensor, size, token)
+            return
+        if alert:
+            self._publish(alert_topic, payload)
         # Alert first: the broker handles one connection's packets in order, so the verdict's
         # PUBACK, which acknowledges the reading, means it has the alert too.
-        self._publish(self._verdict_topic.render(agent_id=self._agent_id, sensor_id=sensor), payload, token)
+        self._publish(topic, payload, token)
+
+    def _size(self, topic: str, payload: str) -> int:
+        return packet_size(topic.encode(), payload.encode(), self._v5)
+
+    def _too_large(self, sensor_id: str, size: int, token: AckToken | None) -> None:
+        """A verdict the broker would refuse (and disconnect for, again on every resend): report it instead.
+
+        The short report's PUBACK acknowledges the reading, so the broker does not redeliver
+        it; when even the report does not fit, the reading is acknowledged at once.
+        """
+        detail = f"its verdict takes {size} bytes; the broker takes packets of at most {self.max_packet}"
+        self.metrics.invalid.labels(reason="verdict_too_large").inc()
+        now = time.monotonic()
+        if now - self._last_too_large_log >= 1.0:
+            self._last_too_large_log = now
+            log.warning("reading of sensor %r not answered with a verdict: %s", clip(sensor_id), detail)
+        for chars in (REPORT_CHARS, 40, 0):  # the id cut shorter until the report fits
+            body = {"topic": None, "sensor_id": clip(sensor_id, chars) if chars else None, "reason": "verdict_too_large",
+                    "detail": detail, "ts": time.time()}
+            report = json.dumps(body, separators=(",", ":"))
+            if self._connected and self._size(self._errors_topic, report) <= self.max_packet:
+                self._publish(self._errors_topic, report, token)
+                return
+        if isinstance(token, AckToken) and token.generation == self._generation:
+            self.client.ack(token.mid, token.qos)
 
     def _hold(self, verdict: Verdict, redelivered: bool) -> None:
         limit = self.cfg.pipeline.held_verdicts
@@ -421,13 +529,15 @@ class MQTTTransport:
     def publish_error(self, invalid: InvalidReading, report: bool) -> None:
         if report and self._connected:
             body = {
-                "topic": invalid.topic,
-                "sensor_id": invalid.sensor_id,
+                "topic": clip(invalid.topic, REPORT_CHARS),
+                "sensor_id": clip(invalid.sensor_id, REPORT_CHARS),
                 "reason": invalid.reason,
-                "detail": invalid.detail,
+                "detail": clip(invalid.detail, REPORT_CHARS),
                 "ts": time.time(),
             }
-            self._publish(self._errors_topic, json.dumps(body, separators=(",", ":")))
+            report = json.dumps(body, separators=(",", ":"))
+            if self._size(self._errors_topic, report) <= self.max_packet:
+                self._publish(self._errors_topic, report)
         token = invalid.ack
         if isinstance(token, AckToken) and token.generation == self._generation:
             # Nothing will ever make a rejected message valid: acknowledge it now.

@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
-from edge_agent.domain import InvalidReading, Reading, Verdict
+from edge_agent.domain import InvalidReading, Reading, Verdict, clip
 from edge_agent.engine import LearnRequest, Scored, ScoringEngine
 from edge_agent.metrics import AgentMetrics
 
@@ -201,5 +201,5 @@ class Pipeline:
             report = self._error_reports.take(now)
         if suppressed is not None:
             more = f" (and {suppressed} more of this kind since the last line)" if suppressed else ""
-            log.warning("invalid message on %s: %s: %s%s", invalid.topic, invalid.reason, invalid.detail, more)
+            log.warning("invalid message on %s: %s: %s%s", clip(invalid.topic), invalid.reason, clip(invalid.detail, 200), more)
         self.sink.publish_error(invalid, report=report)

@@ -123,25 +123,29 @@ def test_a_flagged_reading_stays_out_of_the_clean_context_until_its_change_is_ac
     assert context.rows([9.0]) == [[9.0, 0.0, pytest.approx(19.0 / 3)]]  # accepted: one context, with the new level
 
 
-def test_a_held_stretch_ends_in_the_context_that_explains_the_next_reading() -> None:
-    spec = FeatureSpec(("value",), ("value", "mean:3"))
+def test_a_held_stretch_ends_in_the_context_that_explains_the_readings_after_it() -> None:
+    from edge_agent.detector import SETTLE
 
-    def after(by_live: bool) -> list[list[float]]:
+    spec = FeatureSpec(("value",), ("value", "mean:5"))
+
+    def after(live_explains: bool) -> list[list[float]]:
         context = SensorContext(spec)
         for _ in range(5):
             context.advance([1.0], flagged=False)
         context.advance([5.0], flagged=True)
-        context.advance([1.0], flagged=False, by_live=by_live)
+        for i in range(SETTLE):
+            assert len(context.rows([1.0])) == 2  # both contexts kept while the stretch settles
+            context.advance([1.0], flagged=False, scores=(0.45, 0.1) if live_explains else (0.1, 0.45))
         return context.rows([1.0])
 
-    assert after(by_live=False) == [[1.0, 1.0]]  # a glitch: the clean context goes on
-    assert after(by_live=True) == [[1.0, pytest.approx(7.0 / 3)]]  # a change that had crept in: the live one does
+    assert after(live_explains=False) == [[1.0, 1.0]]  # a glitch: the clean context goes on
+    assert after(live_explains=True) == [[1.0, pytest.approx(9.0 / 5)]]  # a change that had crept in: the live one
     long = SensorContext(spec, hold=2)
     for _ in range(5):
         long.advance([1.0], flagged=False)
     for _ in range(2):  # as long as it may hold: taken in
         long.advance([5.0], flagged=True)
-    assert long.rows([5.0]) == [[5.0, 5.0]]
+    assert long.rows([5.0]) == [[5.0, pytest.approx(17.0 / 5)]]
 
 
 def test_season_compares_a_reading_with_the_same_time_of_day_a_cycle_before() -> None:

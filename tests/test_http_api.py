@@ -438,23 +438,26 @@ def test_idle_keep_alive_connection_is_closed_quietly(addr: Address) -> None:
         assert time.monotonic() - start < READ_TIMEOUT + 2
 
 
-def test_excess_connections_get_503(models: dict[str, SensorModel]) -> None:
+def test_excess_connections_shed_the_one_waiting_longest(models: dict[str, SensorModel]) -> None:
     s = serve(ScoringEngine(models, default="t").predict, max_connections=2, read_timeout=5)
-    held = [http.client.HTTPConnection(*s.address, timeout=5) for _ in range(2)]
+    held = [socket.create_connection(s.address, timeout=5) for _ in range(2)]
     try:
-        for conn in held:
-            conn.request("GET", "/healthz")
-            assert conn.getresponse().read()
-        (resp,) = parse_responses(exchange(s.address, b"GET /healthz HTTP/1.1\r\n\r\n"))
-        assert resp.status == 503 and "connections" in resp.json()["error"]
-        held.pop().close()
-        deadline = time.monotonic() + 3
-        while call(s.address, "GET", "/healthz")[0] != 200:  # the freed slot is taken once the close is seen
-            assert time.monotonic() < deadline
-            time.sleep(0.02)
+        for sock in held:  # two keep-alive connections, idle after one request each: the first waits longest
+            sock.sendall(b"GET /healthz HTTP/1.1\r\n\r\n")
+            assert sock.recv(4096).startswith(b"HTTP/1.1 200")
+            time.sleep(0.05)
+        (resp,) = parse_responses(exchange(s.address, b"GET /healthz HTTP/1.1\r\nConnection: close\r\n\r\n"))
+        assert resp.status == 200
+        try:
+            assert held[0].recv(4096) == b""  # shed
+        except ConnectionResetError:
+            pass
+        held[1].sendall(b"GET /healthz HTTP/1.1\r\n\r\n")
+        assert held[1].recv(4096).startswith(b"HTTP/1.1 200")  # kept
+        assert s.registry.get_sample_value("edge_agent_http_connections_shed_total") == 1
     finally:
-        for conn in held:
-            conn.close()
+        for sock in held:
+            sock.close()
         s.api.stop()
 
 
