@@ -13,7 +13,7 @@ from types import FrameType
 
 from prometheus_client import CollectorRegistry
 
-from edge_agent.config import AgentConfig, http_token
+from edge_agent.config import AgentConfig, client_id, http_token
 from edge_agent.domain import InvalidReading, Reading
 from edge_agent.engine import Decision, LearningPlan, ScoringEngine
 from edge_agent.forest import Forest
@@ -25,6 +25,7 @@ from edge_agent.model import SensorModel, load_model
 from edge_agent.mqtt_transport import MQTTTransport
 from edge_agent.partition import PartitionFilter
 from edge_agent.pipeline import Pipeline, VerdictSink
+from edge_agent.session import record_path
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +88,30 @@ def state_dir(cfg: AgentConfig, base: Path | None) -> Path:
     return path if path.is_absolute() or base is None else base / path
 
 
+class GapReport:
+    """Counts and logs gaps in sensors' sequence numbers: readings a broker dropped without a word."""
+
+    LOG_EVERY = 10.0  # seconds between two log lines about one sensor
+
+    def __init__(self, metrics: AgentMetrics) -> None:
+        self.metrics = metrics
+        self._logged: dict[str, tuple[float, int]] = {}  # sensor -> (last line at, missed since)
+
+    def __call__(self, sensor: str, missed: int, last: int, seq: int) -> None:
+        self.metrics.readings_missed.labels(sensor).inc(missed)
+        now = time.monotonic()
+        at, since = self._logged.get(sensor, (-self.LOG_EVERY, 0))
+        since += missed
+        if now - at >= self.LOG_EVERY:
+            log.warning(
+                "sensor %s: %d reading(s) never arrived (seq %d after %d); the broker may be dropping: "
+                "raise its max_queued_messages, see docs/broker.md", sensor, since, seq, last,
+            )
+            at, since = now, 0
+        if len(self._logged) < 10_000 or sensor in self._logged:
+            self._logged[sensor] = (at, since)
+
+
 class Agent:
     """One agent process: ``start`` it, then ``stop`` it (or ``run`` until a signal)."""
 
@@ -111,7 +136,9 @@ class Agent:
         if self.learner is not None:
             self.learner.attach(self.engine)
         self.parser = PayloadParser(cfg.sources, cfg.max_payload_bytes)
+        self.parser.on_gap = GapReport(self.metrics)
         self.transport = MQTTTransport(cfg, self.parser, self.metrics, environment)
+        self.transport.subscriptions_file = record_path(state_dir(cfg, base), client_id(cfg))
         sink: VerdictSink = self.transport
         if cfg.homeassistant.enabled:
             # Imported only here: off by default, and its imports cost ~0.6 MB of a 50 MB budget.
@@ -134,9 +161,11 @@ class Agent:
         self.intake: Callable[[Reading | InvalidReading], None] = self.pipeline.submit
         if cfg.partition.count > 1:
             # Other agents' sensors are acknowledged unscored, on the network thread, before the hand-over.
-            self.intake = PartitionFilter(
+            partition = PartitionFilter(
                 cfg.partition, self.pipeline.submit, lambda item: self.transport.publish_error(item, report=False), self.registry
             )
+            self.parser.owns = partition.owns
+            self.intake = partition
         self.http = (
             HttpApi(cfg.http, self.engine.predict, self.readiness, self.registry,
                     token=http_token(cfg, environment))

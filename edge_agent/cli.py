@@ -1,4 +1,4 @@
-"""The ``edge-agent`` command: run, check-config, train, replay, demo."""
+"""The ``edge-agent`` command: run, check-config, train, replay, evaluate, demo."""
 
 from __future__ import annotations
 
@@ -10,9 +10,15 @@ import shlex
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from edge_agent.config import AgentConfig, ConfigError, LearningConfig, load_config
 from edge_agent.progress import Progress
+
+if TYPE_CHECKING:
+    from edge_agent.engine import Decision, LearningPlan
+    from edge_agent.replay import ReplayRow
+    from edge_agent.table import SensorTable
 
 EXIT_USAGE = 2
 EXIT_FAILURE = 1
@@ -102,6 +108,12 @@ def cmd_train(args: argparse.Namespace) -> int:
     except (TableError, TrainingError, ValueError) as e:
         print(f"edge-agent train: {e}", file=sys.stderr)
         return EXIT_USAGE
+    except ModuleNotFoundError as e:
+        if (e.name or "").split(".")[0] not in ("sklearn", "joblib"):
+            raise
+        print("edge-agent train: training needs scikit-learn and joblib, which are not installed: "
+              "pip install 'edge-anomaly-agent[train]' (from a checkout: pip install '.[train]')", file=sys.stderr)
+        return EXIT_FAILURE
     saved = save_model(model, out, estimator)
     print(f"trained {saved.name}@{saved.version} on {model.manifest['training']['rows']} rows, "
           f"fields {', '.join(saved.fields)}, {len(saved.spec.names)} features -> {out} (forest sha256 {saved.sha256})")
@@ -131,20 +143,44 @@ def _replay_learn_rows(learn_rows: int | None, configured: int, table_rows: int)
     return rows
 
 
+def _replay_setup(args: argparse.Namespace, command: str) -> tuple[AgentConfig, Decision, list[str] | None] | None:
+    """The config, decision rule and value columns of a replay; None (said why) for too few --learn-rows."""
+    from edge_agent.agent import decision_of
+
+    cfg = _load(args)
+    columns = [c.strip() for c in args.columns.split(",")] if args.columns else None
+    if args.learn_rows is not None and args.learn_rows < _min_learn_rows():
+        print(f"edge-agent {command}: --learn-rows {args.learn_rows} is too few; at least {_min_learn_rows()} (as for learning.rows)", file=sys.stderr)
+        return None
+    return cfg, decision_of(cfg), columns
+
+
+def _learned_rows(
+    args: argparse.Namespace, command: str, table: SensorTable, plan: LearningPlan, decision: Decision, progress: Progress
+) -> list[ReplayRow] | None:
+    """The table replayed as the live agent learns an unknown sensor; None (said why) when nothing is left to score."""
+    from edge_agent.replay import replay_learning
+
+    if plan.rows >= len(table):
+        flag = "--learn-rows" if args.learn_rows is not None else "learning.rows"
+        print(f"edge-agent {command}: {flag} {plan.rows} leaves nothing to score in {len(table)} rows "
+              "(lower it, or pass --model)", file=sys.stderr)
+        return None
+    return replay_learning(table, plan, decision, progress=progress.update)
+
+
 def cmd_replay(args: argparse.Namespace) -> int:
-    from edge_agent.agent import decision_of, learning_plan
+    from edge_agent.agent import learning_plan
     from edge_agent.durations import Duration
     from edge_agent.model import ModelError, load_model
-    from edge_agent.replay import replay, replay_learning, write_replay
+    from edge_agent.replay import replay, write_replay
     from edge_agent.table import TableError, read_table
     from edge_agent.training import TrainingError
 
-    cfg = _load(args)
-    decision = decision_of(cfg)
-    columns = [c.strip() for c in args.columns.split(",")] if args.columns else None
-    if args.learn_rows is not None and args.learn_rows < _min_learn_rows():
-        print(f"edge-agent replay: --learn-rows {args.learn_rows} is too few; at least {_min_learn_rows()} (as for learning.rows)", file=sys.stderr)
+    setup = _replay_setup(args, "replay")
+    if setup is None:
         return EXIT_USAGE
+    cfg, decision, columns = setup
     try:
         if args.model is None:
             # Like the live agent with a sensor no model is assigned to: learn, score, refit.
@@ -152,13 +188,10 @@ def cmd_replay(args: argparse.Namespace) -> int:
             # and would find any other file anomalous from its first row.
             table = read_table(args.input, columns)
             plan = learning_plan(cfg, rows=_replay_learn_rows(args.learn_rows, cfg.learning.rows, len(table)))
-            if plan.rows >= len(table):
-                flag = "--learn-rows" if args.learn_rows is not None else "learning.rows"
-                print(f"edge-agent replay: {flag} {plan.rows} leaves nothing to score in {len(table)} rows "
-                      "(lower it, or pass --model)", file=sys.stderr)
-                return EXIT_USAGE
             progress = Progress(len(table), f"replaying {Path(args.input).name}", quiet=args.quiet)
-            rows = replay_learning(table, plan, decision, progress=progress.update)
+            rows = _learned_rows(args, "replay", table, plan, decision, progress)
+            if rows is None:
+                return EXIT_USAGE
             described = f"a model learned from the first {plan.rows} rows" + (
                 f", refitted every {Duration(plan.refit_every)} of the file's time" if plan.refit_every else "")
         else:
@@ -188,14 +221,73 @@ def cmd_replay(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from edge_agent.agent import learning_plan
+    from edge_agent.evaluate import evaluate, read_labelled, report
+    from edge_agent.model import ModelError, load_model
+    from edge_agent.replay import replay, write_replay
+    from edge_agent.table import TableError
+    from edge_agent.training import TrainingError
+
+    setup = _replay_setup(args, "evaluate")
+    if setup is None:
+        return EXIT_USAGE
+    cfg, decision, columns = setup
+    try:
+        table = read_labelled(args.input, args.labels, columns)
+        progress = Progress(len(table), f"replaying {Path(args.input).name}", quiet=args.quiet)
+        if args.model is None:
+            plan = learning_plan(cfg, rows=_replay_learn_rows(args.learn_rows, cfg.learning.rows, len(table)))
+            learned = _learned_rows(args, "evaluate", table, plan, decision, progress)
+            if learned is None:
+                return EXIT_USAGE
+            rows = learned
+        else:
+            model_dir = Path(args.model)
+            rows = replay(table, load_model(model_dir, cfg.models.pinned_sha256.get(model_dir.name)), decision, progress=progress.update)
+        progress.close()
+    except (TableError, TrainingError, ModelError, ValueError) as e:
+        print(f"edge-agent evaluate: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    assert table.labels is not None
+    print(report(evaluate(rows, table.labels, table.timestamps), args.input))
+    if args.out:
+        write_replay(args.out, table, rows)
+    if args.plot:
+        from edge_agent.plot import plot_replay
+
+        try:
+            plot_replay(args.plot, table, rows, decision.threshold)
+        except RuntimeError as e:
+            print(f"edge-agent evaluate: {e}", file=sys.stderr)
+            return EXIT_FAILURE
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from edge_agent.demo import run_demo
 
     return run_demo(args)
 
 
+class _Version(argparse.Action):
+    """``--version``: the installed package's version, looked up only when asked (the agent's memory budget)."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str = argparse.SUPPRESS, default: str = argparse.SUPPRESS,
+                 help: str | None = None) -> None:  # noqa: A002 - argparse's name
+        super().__init__(option_strings, dest, nargs=0, default=default, help=help)
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: object,
+                 option_string: str | None = None) -> None:
+        from edge_agent import package_version
+
+        print(f"edge-agent {package_version('(not installed: running from a source tree)')}")
+        parser.exit()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="edge-agent", description="MQTT edge agent: scores sensor readings with an Isolation Forest.")
+    parser.add_argument("--version", action=_Version, help="print the version and exit")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("run", help="run the agent")
@@ -237,6 +329,19 @@ def build_parser() -> argparse.ArgumentParser:
     _config_args(p)
     p.set_defaults(func=cmd_replay)
 
+    p = sub.add_parser("evaluate", help="replay a labelled CSV and report F1, false alarms and delay per event")
+    p.add_argument("input", help="CSV: optional timestamp column, numeric value columns and a 0/1 label column")
+    p.add_argument("--labels", required=True, metavar="COLUMN", help="the label column: non-zero marks an anomalous row")
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--model", help="model directory (default: learn from the file's first rows, as replay does)")
+    group.add_argument("--learn-rows", type=int, help="learn from the first N rows (default as in replay); they are not counted")
+    p.add_argument("--columns", help="comma-separated value columns (default: every column but the label and the timestamp)")
+    p.add_argument("--out", "-o", help="also write the replayed rows as replay does")
+    p.add_argument("--plot", metavar="PNG", help="also draw the series, the score, the flagged and the labelled stretches")
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress line")
+    _config_args(p)
+    p.set_defaults(func=cmd_evaluate)
+
     p = sub.add_parser("demo", help="start a broker, the simulator and the agent, and show verdicts")
     p.add_argument("--config", "-c", default="config.yaml", help="agent config (default: ./config.yaml; built-in defaults if missing)")
     p.add_argument("--sensors", type=int, default=4, help="simulated sensors (default 4)")
@@ -245,8 +350,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--anomaly-rate", type=float, default=0.005, help="anomalies injected per reading of a sensor (default 0.005: one every few minutes per sensor)")
     p.add_argument("--duration", type=float, default=None, help="stop after this many seconds (default: until Ctrl-C)")
     p.add_argument("--http-port", type=int, default=8000)
-    p.add_argument("--broker", choices=["auto", "configured", "mosquitto", "embedded"], default="auto",
-                   help="which broker to use (auto: the configured one if reachable, else a local mosquitto, else an embedded one)")
+    p.add_argument("--broker", choices=["own", "configured", "mosquitto", "embedded", "auto"], default="own",
+                   help="own (default; auto is the same): a broker of its own, mosquitto if installed, else an embedded one; "
+                        "configured: the config's broker. Either way the demo leaves no session and no retained message behind")
+    p.add_argument("--broker-port", type=int, default=None, metavar="PORT", help="port of the demo's own broker (default: a free one)")
     p.set_defaults(func=cmd_demo)
     return parser
 

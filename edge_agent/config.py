@@ -8,7 +8,7 @@ import math
 import os
 import re
 import types
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Union, get_args, get_origin, get_type_hints
@@ -17,7 +17,7 @@ import yaml
 
 from edge_agent.durations import Duration
 from edge_agent.features import DEFAULT_TRANSFORMS, parse_transform
-from edge_agent.topics import TopicTemplate, validate_source_pattern, validate_topic_name
+from edge_agent.topics import TopicTemplate, sensor_id_parts, validate_filter, validate_source_pattern, validate_topic_name
 
 
 def _f(default: Any, doc: str, **bounds: Any) -> Any:
@@ -60,6 +60,13 @@ class SourceConfig:
     topic: str = _f("sensors/+", "Topic filter, or template with {sensor} marking the sensor-id level (e.g. tele/{sensor}/SENSOR). Without {sensor}, the last level is the sensor id.")
     fields: list[str] | None = _f(None, "Payload fields to score, dotted paths for nested JSON (e.g. DS18B20.Temperature). Unset: a bare number or the 'value' key.")
     ts_field: str = _f("ts", "Payload key holding the reading's own timestamp (epoch seconds or ISO-8601).")
+    optional_fields: list[str] | None = _f(None, "Fields scored when a message has them (a mixed fleet under one topic). The sensor id then ends in @ and the fields it has, e.g. plug-1@power,current: one model per device and field set. A field missing from a message keeps the device's last known value (partial updates).")
+    rates: list[str] | None = _f(None, "Fields (from fields or optional_fields) that are rising counters, e.g. an energy total: scored as their rise per second, named <field>_rate.")
+    each: str | None = _f(None, "A pattern (* and ?) for payload keys whose objects are sensors of their own, e.g. DS18B20* or temperature:*; fields are looked up inside each.")
+    each_in: str | None = _f(None, "Dotted path of the object whose keys `each` matches (e.g. params); unset: the payload itself.")
+    seq_field: str | None = _f(None, "Payload key holding a per-sensor sequence number (an integer rising by one a reading); a gap is counted in edge_agent_readings_missed_total and logged: evidence that the broker dropped readings (docs/broker.md).")
+    exclude: list[str] | None = _f(None, "Topic filters this source skips: messages on them are acknowledged and neither scored nor reported (e.g. +/sensor/uptime/state).")
+    sensor_id: str | None = _f(None, "Sensor id template: {sensor}, {levelN} (topic level N, from 1), {key} (the key `each` matched), {item.PATH}, {payload.PATH}. Unset: {sensor}, or {sensor}-{key} with `each`.")
 
 
 @dataclass
@@ -494,6 +501,41 @@ def _output_topic_error(text: str, per_sensor: bool) -> str | None:
     return None
 
 
+def _check_fleet_source(where: str, source: SourceConfig, clean: Callable[..., bool], add: Callable[[str, Any, str], None]) -> None:
+    """The rules of a source's fleet keys: optional fields, rates, each, sensor_id."""
+    required = source.fields or []
+    optional = source.optional_fields
+    if optional is not None and clean(f"{where}.optional_fields"):
+        if not optional:
+            add(f"{where}.optional_fields", optional, "at least one field, or leave it unset")
+        elif len(set(optional)) != len(optional):
+            add(f"{where}.optional_fields", optional, "each field once")
+        for j, name in enumerate(optional):
+            if "" in name.split("."):
+                add(f"{where}.optional_fields[{j}]", name, "a dotted path without empty parts, e.g. ENERGY.Power")
+            elif name in required:
+                add(f"{where}.optional_fields[{j}]", name, "a field not also in fields (it is required there)")
+    if source.rates is not None and clean(f"{where}.rates"):
+        known = set(required) | set(optional or [])
+        for j, name in enumerate(source.rates):
+            if name not in known:
+                add(f"{where}.rates[{j}]", name, f"one of the source's fields or optional_fields ({', '.join(sorted(known)) or 'none set'})")
+    for j, text in enumerate(source.exclude or []):
+        reason = validate_filter(text) if clean(f"{where}.exclude") else None
+        if reason:
+            add(f"{where}.exclude[{j}]", text, f"an MQTT topic filter ({reason})")
+    if source.each_in is not None and source.each is None and clean(f"{where}.each_in"):
+        add(f"{where}.each_in", source.each_in, "unset, or set together with each")
+    if source.sensor_id is not None and clean(f"{where}.sensor_id"):
+        try:
+            parts = sensor_id_parts(source.sensor_id)
+        except ValueError as exc:
+            add(f"{where}.sensor_id", source.sensor_id, f"a sensor id template ({exc})")
+        else:
+            if source.each is None and any(n == "key" or n.startswith("item.") for n in parts[1::2]):
+                add(f"{where}.sensor_id", source.sensor_id, "{key} and {item.PATH} only together with each")
+
+
 def _check_rules(cfg: AgentConfig, problems: list[Problem]) -> None:
     """Rules spanning fields; a rule is skipped when a field it reads was already reported."""
     reported = [p.path for p in problems]
@@ -538,6 +580,7 @@ def _check_rules(cfg: AgentConfig, problems: list[Problem]) -> None:
                 for j, name in enumerate(source.fields):
                     if "" in name.split("."):
                         add(f"sources[{i}].fields[{j}]", name, "a dotted path without empty parts, e.g. DS18B20.Temperature")
+            _check_fleet_source(f"sources[{i}]", source, clean, add)
 
     for name, per_sensor in (("verdicts", True), ("alerts", True), ("errors", False), ("status", False)):
         template = getattr(cfg.topics, name)

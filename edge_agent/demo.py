@@ -1,4 +1,11 @@
-"""``edge-agent demo``: a broker, the simulator and the agent on this machine, verdicts on screen."""
+"""``edge-agent demo``: a broker, the simulator and the agent on this machine, verdicts on screen.
+
+The demo leaves no trace. It starts a broker of its own (mosquitto, else an embedded one) on
+``--broker-port`` or a free port, unless told ``--broker configured``. On any broker it used,
+on the way out it ends the agent's session (a clean connect with its client id) and clears
+every retained message it published (its status, under ``edge/<demo id>/``); Home Assistant
+discovery is off, and learned models go to a temporary folder removed at exit.
+"""
 
 from __future__ import annotations
 
@@ -6,9 +13,11 @@ import argparse
 import json
 import logging
 import os
+import shutil
 import signal
 import socket
 import sys
+import tempfile
 import threading
 import time
 import uuid
@@ -20,9 +29,10 @@ import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 
 from edge_agent.agent import Agent, load_models
-from edge_agent.config import AgentConfig, load_config
+from edge_agent.config import AgentConfig, client_id, load_config, mqtt_password
 from edge_agent.local_broker import MOSQUITTO, EmbeddedBroker, MosquittoBroker
 from edge_agent.model import ModelError
+from edge_agent.topics import render
 
 log = logging.getLogger(__name__)
 
@@ -35,25 +45,68 @@ def reachable(host: str, port: int, timeout: float = 1.0) -> bool:
         return False
 
 
-def pick_broker(cfg: AgentConfig, choice: str) -> tuple[str, int, Any, str]:
+def pick_broker(cfg: AgentConfig, choice: str, port: int | None = None) -> tuple[str, int, Any, str]:
     """(host, port, broker to stop or None, description) for the --broker choice."""
-    host, port = cfg.mqtt.host, cfg.mqtt.port
-    if choice in ("auto", "configured") and reachable(host, port):
-        return host, port, None, f"the configured broker at {host}:{port}"
     if choice == "configured":
-        raise RuntimeError(f"the configured broker {host}:{port} is not reachable")
-    if choice in ("auto", "mosquitto") and MOSQUITTO is not None:
-        broker: Any = MosquittoBroker()
+        host, configured_port = cfg.mqtt.host, cfg.mqtt.port
+        if not reachable(host, configured_port):
+            raise RuntimeError(f"the configured broker {host}:{configured_port} is not reachable")
+        return host, configured_port, None, f"the configured broker at {host}:{configured_port}"
+    if port is not None and reachable("127.0.0.1", port, timeout=0.3):
+        raise RuntimeError(f"port {port} is in use: pick another with --broker-port, or use that broker with --broker configured")
+    if choice in ("own", "mosquitto") and MOSQUITTO is not None:
+        broker: Any = MosquittoBroker(port=port)
         broker.start()
-        return broker.host, broker.port, broker, f"a local mosquitto on {broker.host}:{broker.port}"
+        return broker.host, broker.port, broker, f"a mosquitto of its own on {broker.host}:{broker.port}"
     if choice == "mosquitto":
         raise RuntimeError("no mosquitto binary on this machine")
     try:
-        broker = EmbeddedBroker()
+        broker = EmbeddedBroker(port=port)
     except ImportError:
-        raise RuntimeError("no broker reachable, no mosquitto installed, and amqtt is missing: pip install '.[demo]'") from None
+        raise RuntimeError("no mosquitto installed and amqtt is missing: pip install '.[demo]', or use --broker configured") from None
     broker.start()
-    return broker.host, broker.port, broker, f"an embedded broker (amqtt) on {broker.host}:{broker.port}"
+    return broker.host, broker.port, broker, f"an embedded broker (amqtt) of its own on {broker.host}:{broker.port}"
+
+
+def clear_traces(cfg: AgentConfig, timeout: float = 5.0) -> tuple[int, bool]:
+    """End the agent's session and clear the retained status it leaves: (retained messages cleared, ok).
+
+    A connect with the agent's client id and a clean start discards the session the broker kept
+    for it (and the readings queued there); a zero-length retained message deletes a retained one.
+    """
+    v5 = cfg.mqtt.protocol == "5"
+    client = paho.Client(
+        CallbackAPIVersion.VERSION2, client_id=client_id(cfg), protocol=paho.MQTTv5 if v5 else paho.MQTTv311,
+        clean_session=None if v5 else True,
+    )
+    if cfg.mqtt.username is not None:
+        client.username_pw_set(cfg.mqtt.username, mqtt_password(cfg, os.environ))
+    retained: set[str] = set()
+    subscribed = threading.Event()
+    client.on_message = lambda c, u, m: retained.add(m.topic) if m.retain and m.payload else None
+    client.on_subscribe = lambda *a: subscribed.set()
+    # The agent retains only its status (Home Assistant discovery is off in the demo).
+    status = render(cfg.topics.status, agent_id=cfg.agent_id)
+    client.on_connect = lambda c, u, f, rc, p: c.subscribe(status, qos=1)
+    try:
+        if v5:
+            client.connect(cfg.mqtt.host, cfg.mqtt.port, clean_start=True)  # session expiry 0: ends at disconnect
+        else:
+            client.connect(cfg.mqtt.host, cfg.mqtt.port)
+        client.loop_start()
+        if not subscribed.wait(timeout):
+            return 0, False
+        time.sleep(0.5)  # retained messages follow the SUBACK
+        infos = [client.publish(topic, b"", qos=1, retain=True) for topic in sorted(retained)]
+        for info in infos:
+            info.wait_for_publish(timeout)
+        return len(infos), True
+    except (OSError, ValueError, RuntimeError) as e:
+        log.warning("could not clean up the demo's traces on %s:%d: %s", cfg.mqtt.host, cfg.mqtt.port, e)
+        return 0, False
+    finally:
+        client.disconnect()
+        client.loop_stop()
 
 
 class VerdictPrinter:
@@ -94,25 +147,35 @@ def run_demo(args: argparse.Namespace) -> int:
         logging.getLogger(noisy).setLevel(logging.CRITICAL)
     config_path = Path(args.config)
     cfg = load_config(config_path if config_path.exists() else None, [], os.environ)
+    choice = "own" if args.broker == "auto" else args.broker
     try:
-        host, port, broker, where = pick_broker(cfg, args.broker)
-    except RuntimeError as e:
+        host, port, broker, where = pick_broker(cfg, choice, args.broker_port)
+    except (RuntimeError, OSError) as e:
         print(f"edge-agent demo: {e}", file=sys.stderr)
         return 1
     demo_id = f"demo-{uuid.uuid4().hex[:4]}"
-    overrides = [f"agent_id={demo_id}", f"mqtt.host={host}", f"mqtt.port={port}", f"http.port={args.http_port}", "log_level=WARNING"]
+    scratch = Path(tempfile.mkdtemp(prefix="edge-demo-"))
+    overrides = [
+        f"agent_id={demo_id}", f"mqtt.host={host}", f"mqtt.port={port}", f"http.port={args.http_port}", "log_level=WARNING",
+        "mqtt.client_id=null", "mqtt.session_expiry=0", "homeassistant.enabled=false", f"learning.state_dir={scratch}",
+    ]
     if isinstance(broker, EmbeddedBroker):
         overrides.append("mqtt.protocol=3.1.1")  # amqtt speaks MQTT 3.1.1 only
-    cfg = load_config(config_path if config_path.exists() else None, overrides, os.environ)
-    base = config_path.resolve().parent if config_path.exists() else Path.cwd()
     try:
-        models = load_models(cfg, base)
+        cfg = load_config(config_path if config_path.exists() else None, overrides, os.environ)
+        base = config_path.resolve().parent if config_path.exists() else Path.cwd()
+        return _run(cfg, base, args, host, port, where, demo_id)
     except ModelError as e:
         print(f"edge-agent demo: cannot load model: {e}", file=sys.stderr)
+        return 1
+    finally:
         if broker is not None:
             broker.close()
-        return 1
+        shutil.rmtree(scratch, ignore_errors=True)
 
+
+def _run(cfg: AgentConfig, base: Path, args: argparse.Namespace, host: str, port: int, where: str, demo_id: str) -> int:
+    models = load_models(cfg, base)
     stop = threading.Event()
     previous = {s: signal.signal(s, _stopper(stop)) for s in (signal.SIGINT, signal.SIGTERM)}
     agent = Agent(cfg, models, base=base)
@@ -123,7 +186,7 @@ def run_demo(args: argparse.Namespace) -> int:
         http_host, http_port = agent.http_address or ("-", 0)
         verdicts = _filter(cfg.topics.verdicts, demo_id, "+")
         alerts = _filter(cfg.topics.alerts, demo_id, "#")
-        print(_banner(where, host, port, http_port, verdicts, alerts, args), flush=True)
+        print(_banner(where, host, port, http_port, verdicts, alerts, args, demo_id), flush=True)
         deadline = time.monotonic() + 10
         while not agent.readiness()[0] and time.monotonic() < deadline and not stop.is_set():
             time.sleep(0.05)
@@ -142,8 +205,9 @@ def run_demo(args: argparse.Namespace) -> int:
         if printer is not None:
             printer.close()
             print(f"\nstopped: {printer.count} verdicts shown, {printer.anomalies} anomalies", flush=True)
-        if broker is not None:
-            broker.close()
+        cleared, ok = clear_traces(cfg)
+        print(f"left no trace on {host}:{port}: session ended, {cleared} retained message(s) cleared" if ok
+              else f"could not clean up on {host}:{port}: the agent's session or its retained status may remain", flush=True)
         for s, h in previous.items():
             signal.signal(s, h)
     return 0
@@ -171,10 +235,11 @@ def _simulate(host: str, port: int, args: argparse.Namespace, stop: threading.Ev
     run(sim_args, stop)
 
 
-def _banner(where: str, host: str, port: int, http_port: int, verdicts: str, alerts: str, args: argparse.Namespace) -> str:
+def _banner(where: str, host: str, port: int, http_port: int, verdicts: str, alerts: str, args: argparse.Namespace, demo_id: str) -> str:
     return f"""
 edge-agent demo: {args.sensors} simulated sensors at {args.rate}/s each, scored live
   broker     {where}
+  agent      {demo_id}
   watch      mosquitto_sub -h {host} -p {port} -t '{alerts}' -v
   metrics    curl -s http://127.0.0.1:{http_port}/metrics | grep edge_agent_
   predict    curl -s -X POST http://127.0.0.1:{http_port}/predict -H 'Content-Type: application/json' -d '{{"value": 0.95}}'

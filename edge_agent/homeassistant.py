@@ -2,6 +2,10 @@
 
 For every sensor the agent scores, two retained discovery messages are published once
 (``<prefix>/binary_sensor/<agent>/<sensor>/config`` and ``<prefix>/sensor/<agent>/<sensor>/config``).
+A config holds only what identifies the entity (the sensor, the agent, the topics), never what
+changes as the sensor learns: the model and its version (``"37/3600"`` while learning) reach Home
+Assistant as attributes from the verdict topic. So a config is retained once per entity, not once
+per reading while the sensor learns (that was 103-106 retained messages per entity with rows: 100).
 Both entities read the sensor's verdict topic through a ``value_template`` and are available
 while the agent's retained status topic says ``online`` (its last will says ``offline``).
 They are grouped as one Home Assistant device per sensor. When Home Assistant announces
@@ -54,8 +58,11 @@ class DiscoveryMessage:
     payload: dict[str, Any]
 
 
-def discovery_messages(cfg: AgentConfig, sensor_id: str, model: str, model_version: str) -> list[DiscoveryMessage]:
-    """The binary_sensor and sensor discovery configs for one sensor (pure; used by tests too)."""
+def discovery_messages(cfg: AgentConfig, sensor_id: str) -> list[DiscoveryMessage]:
+    """The binary_sensor and sensor discovery configs for one sensor (pure; used by tests too).
+
+    They depend on the sensor's identity only; learning progress and model versions are attributes.
+    """
     prefix = cfg.homeassistant.discovery_prefix
     node = discovery_id(cfg.agent_id)
     obj = discovery_id(sensor_id)
@@ -76,8 +83,7 @@ def discovery_messages(cfg: AgentConfig, sensor_id: str, model: str, model_versi
             "identifiers": [base_id],
             "name": sensor_id,
             "manufacturer": ORIGIN_NAME,
-            "model": f"Isolation Forest '{model}'",
-            "sw_version": model_version,
+            "model": "anomaly detection (Isolation Forest)",
         },
         "origin": {"name": ORIGIN_NAME, "sw_version": package_version("unknown")},
         "qos": 1,
@@ -129,17 +135,16 @@ class HomeAssistantDiscovery:
         self.publish = publish
         self.status_topic = cfg.homeassistant.status_topic
         self._lock = threading.Lock()  # the worker announces, the network thread republishes
-        self._announced: dict[str, tuple[str, str]] = {}  # sensor id -> (model, model version)
+        self._announced: set[str] = set()  # sensor ids whose configs the broker has
 
     # -- VerdictSink (scoring worker) ------------------------------------------------------
 
     def publish_verdict(self, verdict: Verdict, reading: Reading) -> None:
-        key = (verdict.model, verdict.model_version)
         with self._lock:
-            known = self._announced.get(verdict.sensor_id) == key
-        if not known and self._announce(verdict.sensor_id, *key):
+            known = verdict.sensor_id in self._announced
+        if not known and self._announce(verdict.sensor_id):
             with self._lock:
-                self._announced[verdict.sensor_id] = key
+                self._announced.add(verdict.sensor_id)
         self.sink.publish_verdict(verdict, reading)
 
     def publish_error(self, invalid: InvalidReading, report: bool) -> None:
@@ -152,13 +157,13 @@ class HomeAssistantDiscovery:
         if payload.strip() != b"online":
             return
         with self._lock:
-            sensors = list(self._announced.items())
-        for sensor_id, (model, version) in sensors:
-            self._announce(sensor_id, model, version)
+            sensors = sorted(self._announced)
+        for sensor_id in sensors:
+            self._announce(sensor_id)
         log.info("Home Assistant is online: published discovery for %d sensors again", len(sensors))
 
-    def _announce(self, sensor_id: str, model: str, version: str) -> bool:
+    def _announce(self, sensor_id: str) -> bool:
         sent = True
-        for message in discovery_messages(self.cfg, sensor_id, model, version):
+        for message in discovery_messages(self.cfg, sensor_id):
             sent = self.publish(message.topic, json.dumps(message.payload, separators=(",", ":"))) and sent
         return sent

@@ -60,6 +60,7 @@ class AgentMetrics:
         self.queue_depth = Gauge("edge_agent_queue_depth", "Readings handed over and waiting to be scored.", registry=registry)
         self.verdicts_held = Gauge("edge_agent_verdicts_held", "Verdicts held while the broker is unreachable.", registry=registry)
         self._per_sensor: dict[str, _SensorChildren] = {}  # labels() costs a lock and a lookup per call
+        self.readings_missed = Counter("edge_agent_readings_missed", "Readings that never arrived, per sensor: gaps in a source's seq_field (evidence of a broker dropping, docs/broker.md).", ["sensor"], registry=registry)
         self.verdicts_dropped = Counter("edge_agent_verdicts_dropped", "Held verdicts dropped because pipeline.held_verdicts was exceeded.", registry=registry)
 
     def record_models(self, models: Iterable[SensorModel]) -> None:

@@ -24,6 +24,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as paho
@@ -37,6 +38,7 @@ from edge_agent.domain import InvalidReading, Reading, Verdict, clip
 from edge_agent.episodes import NEW_NORMAL
 from edge_agent.ingest import PayloadParser
 from edge_agent.metrics import AgentMetrics
+from edge_agent.session import SubscriptionRecord
 from edge_agent.topics import TopicTemplate, render
 
 log = logging.getLogger(__name__)
@@ -176,6 +178,9 @@ class MQTTTransport:
         self._last_refusal_log = 0.0
         self._refusing = False  # the broker refused a verdict and none has gone through since
         self.last_error: str = "not connected yet"
+        # Where the session's filters are remembered (set by the agent; None: not remembered).
+        self.subscriptions_file: Path | None = None
+        self._record: SubscriptionRecord | None = None
         self._v5 = cfg.mqtt.protocol == "5"
         # The largest packet the broker takes: the config's, lowered by what a CONNACK says.
         self.max_packet = cfg.mqtt.broker_max_packet_size or MQTT_MAX_PACKET
@@ -212,6 +217,7 @@ class MQTTTransport:
         client.on_message = self._on_message
         client.on_publish = self._on_publish
         client.on_subscribe = self._on_subscribe
+        client.on_unsubscribe = self._on_unsubscribe
         return client
 
     def _set_tls(self, client: paho.Client) -> None:
@@ -237,6 +243,8 @@ class MQTTTransport:
     def start(self, submit: Callable[[Reading | InvalidReading], None]) -> None:
         """Connect in the background (retrying with backoff) and start delivering readings."""
         self._submit = submit
+        if self.subscriptions_file is not None:
+            self._record = SubscriptionRecord(self.subscriptions_file, self._subscriptions)
         m = self.cfg.mqtt
         if m.protocol == "5":
             props = Properties(PacketTypes.CONNECT)
@@ -293,6 +301,10 @@ class MQTTTransport:
             "resumed" if flags.session_present else "new",
         )
         self._publish(self.status_topic, "online", retain=True)
+        record = self._record
+        if record is not None and record.stale:
+            # The session may still hold filters of an earlier config: they would deliver old topics.
+            client.unsubscribe(list(record.stale))
         # Subscribe on every connect: a broker that lost the session has lost these too.
         # MQTT 5: retained readings are sent when a subscription is made, not again when a
         # resumed session already has it (retain handling 1). 3.1.1 gets them every time.
@@ -312,6 +324,13 @@ class MQTTTransport:
             log.error("%s", self.last_error)
             return
         self._subscribed = True
+        if self._record is not None:
+            self._record.save()
+
+    def _on_unsubscribe(self, client: paho.Client, userdata: Any, mid: int, reasons: Any, properties: Any) -> None:
+        if self._record is not None and self._record.stale:
+            log.info("unsubscribed from filters no longer configured: %s", ", ".join(self._record.stale))
+            self._record.unsubscribed()  # the only UNSUBSCRIBE the agent sends
 
     def _on_connect_fail(self, client: paho.Client, userdata: Any) -> None:
         # paho calls this from inside its ``except OSError`` block: the exception says why
@@ -345,6 +364,10 @@ class MQTTTransport:
             # Mosquitto refuses such topics, other brokers may not; paho hands them over undecoded.
             topic = None
         item: Reading | InvalidReading
+        if topic is not None and self._record is not None and self._record.only_stale(topic):
+            if token is not None:  # queued for a filter the config no longer has: not a reading
+                client.ack(token.mid, token.qos)
+            return
         oversized = getattr(client, "oversized", 0)
         if topic is None:
             item = InvalidReading("unknown_topic", "topic is not valid UTF-8", None, None, token)
@@ -363,7 +386,15 @@ class MQTTTransport:
                 self._retained_seen.add(seen)
             item = InvalidReading("retained", "retained messages are old readings and are not scored", topic, None, token)
         else:
-            item = self.parser.parse(topic, message.payload, time.time(), ack=token, redelivered=bool(message.dup))
+            items = self.parser.parse_message(topic, message.payload, time.time(), ack=token, redelivered=bool(message.dup))
+            if not items:  # nothing in it to score (see PayloadParser.parse_message)
+                if token is not None:
+                    client.ack(token.mid, token.qos)
+                return
+            assert self._submit is not None
+            for item in items[:-1]:
+                self._submit(item)
+            item = items[-1]  # the one carrying the acknowledgement
         assert self._submit is not None
         self._submit(item)
 

@@ -8,6 +8,7 @@ matched by a filter whose first level is a wildcard (so ``#`` does not see ``$SY
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 #: MQTT topics are length-prefixed with two bytes (UTF-8 encoded length).
@@ -249,3 +250,126 @@ def render(template: str, **values: object) -> str:
     result. Hot paths should build a :class:`TopicTemplate` once and call its ``render``.
     """
     return TopicTemplate(template).render(**values)
+
+
+# --------------------------------------------------------------------------- overlapping filters
+
+
+def _split(f: str) -> tuple[list[str], bool]:
+    levels = f.split("/")
+    multi = levels[-1] == "#"
+    if multi:
+        levels.pop()
+    return levels, multi
+
+
+def _dollar_clash(a: str, b: str) -> bool:
+    """A filter starting with a wildcard never sees the ``$`` topics another one names."""
+    return (a[:1] in ("+", "#") and b[:1] == "$") or (b[:1] in ("+", "#") and a[:1] == "$")
+
+
+def filter_covers(a: str, b: str) -> bool:
+    """Whether every topic that filter ``b`` matches is matched by filter ``a`` too."""
+    if a == b:
+        return True
+    if _dollar_clash(a, b):
+        return False
+    la, ma = _split(a)
+    lb, mb = _split(b)
+    if len(lb) < len(la) or (not ma and (mb or len(lb) != len(la))):
+        return False
+    return all(x == "+" or (x == y and y != "+") for x, y in zip(la, lb))
+
+
+def filters_overlap(a: str, b: str) -> bool:
+    """Whether some topic is matched by both filters (a broker then sends it once per filter)."""
+    if _dollar_clash(a, b):
+        return False
+    la, ma = _split(a)
+    lb, mb = _split(b)
+    if not (ma or mb) and len(la) != len(lb):
+        return False
+    if ma and not mb and len(lb) < len(la):
+        return False
+    if mb and not ma and len(la) < len(lb):
+        return False
+    return all(x == "+" or y == "+" or x == y for x, y in zip(la, lb))
+
+
+def _generalize(a: str, b: str) -> str:
+    """The narrowest filter of this shape covering two overlapping filters."""
+    la, ma = _split(a)
+    lb, mb = _split(b)
+    common = [x if x == y else "+" for x, y in zip(la, lb)]
+    if ma or mb or len(la) != len(lb):
+        common.append("#")
+    return "/".join(common)
+
+
+def minimal_subscriptions(filters: tuple[str, ...] | list[str]) -> tuple[str, ...]:
+    """Filters covering the same topics with no two overlapping, in first-use order.
+
+    A broker delivers a message once for every subscription of the client that matches
+    it (Mosquitto does), so overlapping filters would deliver, and score, a reading twice.
+    A filter covered by another is dropped; two that only partly overlap are replaced by
+    the narrowest filter covering both (messages no source takes are then ignored).
+    """
+    result = list(dict.fromkeys(filters))
+    changed = True
+    while changed:
+        changed = False
+        for i, a in enumerate(result):
+            for j, b in enumerate(result):
+                if i == j or not filters_overlap(a, b):
+                    continue
+                if filter_covers(a, b):
+                    del result[j]
+                elif filter_covers(b, a):
+                    del result[i]
+                else:
+                    result[i] = _generalize(a, b)
+                    del result[j]
+                changed = True
+                break
+            if changed:
+                break
+    return tuple(result)
+
+
+# --------------------------------------------------------------------------- sensor id templates
+
+_ID_PLACEHOLDER = re.compile(r"\{([^{}]*)\}")
+_ID_NAME = re.compile(r"^(sensor|key|level[1-9][0-9]*|item\.[^{}]+|payload\.[^{}]+)$")
+
+
+def sensor_id_parts(template: str) -> list[str]:
+    """``template`` as literal, placeholder, literal, ... ; ``ValueError`` naming what is wrong.
+
+    Placeholders: ``{sensor}`` (the source topic's sensor level), ``{levelN}`` (the topic's
+    N-th level, from 1), ``{key}`` (the payload key a source's ``each`` matched),
+    ``{item.PATH}`` (a value inside that key's object) and ``{payload.PATH}`` (a value in
+    the whole payload).
+    """
+    if not isinstance(template, str) or not template.strip():
+        raise ValueError("sensor_id must be a non-empty template")
+    parts: list[str] = []
+    pos = 0
+    for match in _ID_PLACEHOLDER.finditer(template):
+        literal = template[pos : match.start()]
+        if "{" in literal or "}" in literal:
+            raise ValueError(f"unbalanced brace in sensor_id {template[:80]!r}")
+        name = match.group(1)
+        if not _ID_NAME.match(name) or ".." in name or name.endswith("."):
+            raise ValueError(
+                f"unknown placeholder {{{name[:40]}}} in sensor_id {template[:80]!r} "
+                "(known: {sensor}, {levelN}, {key}, {item.PATH}, {payload.PATH})"
+            )
+        parts += [literal, name]
+        pos = match.end()
+    tail = template[pos:]
+    if "{" in tail or "}" in tail:
+        raise ValueError(f"unbalanced brace in sensor_id {template[:80]!r}")
+    parts.append(tail)
+    if any(c in template for c in "+#/\0"):
+        raise ValueError(f"sensor_id {template[:80]!r} may not contain '/', '+', '#' (it becomes a topic level)")
+    return parts

@@ -76,8 +76,9 @@ class Publisher:
 
     def __init__(self, host: str, port: int, topic_prefix: str, qos: int, client_id: str,
                  username: str | None = None, password: str | None = None,
-                 keepalive: int = 30) -> None:
+                 keepalive: int = 30, seq: bool = False) -> None:
         self.host, self.port = host, port
+        self.seq: dict[str, int] | None = {} if seq else None  # sensor -> last sequence number sent
         self.topic_prefix = topic_prefix.rstrip("/")
         self.qos = qos
         self.keepalive = keepalive
@@ -134,7 +135,10 @@ class Publisher:
             raise BrokerError(f"MQTT broker at {self.host}:{self.port} did not accept the connection: {reason}")
 
     def publish(self, reading: SimReading) -> None:
-        payload = json.dumps(reading.to_payload(), separators=(",", ":"))
+        body = reading.to_payload()
+        if self.seq is not None:
+            body["seq"] = self.seq[reading.sensor_id] = self.seq.get(reading.sensor_id, 0) + 1
+        payload = json.dumps(body, separators=(",", ":"))
         info = self._client.publish(f"{self.topic_prefix}/{reading.sensor_id}", payload, qos=self.qos)
         # NO_CONN means queued for after the reconnect (QoS>0); anything else is a real loss.
         if info.rc in (mqtt.MQTT_ERR_SUCCESS, mqtt.MQTT_ERR_NO_CONN):
@@ -142,10 +146,19 @@ class Publisher:
                 self.published += 1
 
     def close(self, flush_timeout: float) -> None:
-        """Wait (bounded) for outstanding acknowledgements, then disconnect."""
+        """Wait for outstanding acknowledgements while they keep coming, then disconnect.
+
+        Gives up once ``flush_timeout`` seconds pass without a new acknowledgement: a slow
+        broker still working through a backlog is waited for, a gone one is not.
+        """
         if self.qos > 0:
             with self._cond:
-                self._cond.wait_for(lambda: self.acknowledged >= self.published, timeout=flush_timeout)
+                while self.acknowledged < self.published:
+                    before = self.acknowledged
+                    self._cond.wait_for(lambda: self.acknowledged != before or self.acknowledged >= self.published,
+                                        timeout=flush_timeout)
+                    if self.acknowledged == before:
+                        break
         self._closing = True
         with contextlib.suppress(Exception):
             self._client.disconnect()
@@ -242,6 +255,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"MQTT user name (password from ${PASSWORD_ENV})")
     p.add_argument("--connect-timeout", type=_positive_float, default=10.0,
                    help="seconds to wait for the broker (default: 10)")
+    p.add_argument("--flush-timeout", type=_positive_float, default=30.0, metavar="SEC",
+                   help="at the end, wait for the broker's acknowledgements while they keep coming; give up after "
+                        "SEC seconds without one and exit 3 naming the shortfall (default: 30)")
+    p.add_argument("--seq", action="store_true",
+                   help="add a per-sensor sequence number (seq) to each reading, so that gaps show drops "
+                        "(the agent's seq_field, docs/broker.md)")
     return p
 
 
@@ -291,7 +310,7 @@ def run(args: argparse.Namespace, stop: threading.Event) -> int:
         publisher = Publisher(
             args.host, args.port, args.topic_prefix, args.qos,
             client_id=args.client_id or f"edge-sim-{os.getpid()}",
-            username=args.username, password=os.environ.get(PASSWORD_ENV))
+            username=args.username, password=os.environ.get(PASSWORD_ENV), seq=args.seq)
         try:
             publisher.connect(args.connect_timeout)
         except BrokerError as exc:
@@ -330,11 +349,19 @@ def run(args: argparse.Namespace, stop: threading.Event) -> int:
     finally:
         if publisher is not None:
             try:
-                publisher.close(flush_timeout=5.0)
+                publisher.close(flush_timeout=args.flush_timeout)
             except KeyboardInterrupt:
                 pass
             stats.published, stats.acknowledged = publisher.published, publisher.acknowledged
     print(stats.summary(publishing, args.csv, args.qos), file=summary_out, flush=True)
+    if publishing:
+        confirmed = stats.acknowledged if args.qos > 0 else stats.published
+        if confirmed < stats.generated:
+            what = "acknowledged by the broker" if args.qos > 0 else "handed to the network"
+            print(f"edge-sim: error: {stats.generated - confirmed} of {stats.generated} readings were not {what} "
+                  f"(published {stats.published}, acknowledged {stats.acknowledged}; gave up after "
+                  f"{args.flush_timeout:g} s without an acknowledgement)", file=sys.stderr, flush=True)
+            return 3
     return 0
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+import tempfile
 import threading
 import time
 import uuid
@@ -178,6 +179,7 @@ def agent_overrides(broker: Any, models_dir: Path, prefix: str = "test") -> list
         "http.port=0",
         f"models.dir={models_dir}",
         "learning.enabled=false",  # every sensor is scored by the test's models at once (tests of learning turn it on)
+        f"learning.state_dir={tempfile.mkdtemp(prefix='agent-state-')}",  # the session record goes there too
         # amqtt, the last-resort broker, speaks MQTT 3.1.1 only.
         *(["mqtt.protocol=3.1.1"] if getattr(broker, "kind", "") == "embedded" else []),
     ]

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import subprocess
 import sys
+import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -201,3 +204,106 @@ def test_progress_shows_only_on_a_terminal() -> None:
     Progress(10, "x", quiet=True, stream=quiet).update(5)
     assert quiet.getvalue() == ""
     assert "s left" in Progress(100, "x", stream=Tty()).line(25, 10.0)
+
+
+def _demo_config(tmp_path: Path, broker: Any) -> Path:
+    """The shipped config.yaml pointed at ``broker``, its models where the repository has them."""
+    import yaml
+
+    data = yaml.safe_load((REPO / "config.yaml").read_text())
+    data["mqtt"] = {**data.get("mqtt", {}), "host": broker.host, "port": broker.port}
+    data["models"]["dir"] = str(REPO / "models")
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def _run_demo(config: Path, cwd: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+    from brokers import free_port
+
+    return subprocess.run(
+        [sys.executable, "-m", "edge_agent.cli", "demo", "--config", str(config), "--duration", "3", "--rate", "5",
+         "--http-port", str(free_port()), *extra],
+        capture_output=True, text=True, timeout=60, cwd=cwd,
+    )
+
+
+@pytest.mark.broker
+def test_demo_on_the_configured_broker_leaves_no_session_and_no_retained_message(tmp_path: Path) -> None:
+    import paho.mqtt.client as paho
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    from brokers import MOSQUITTO, MosquittoBroker
+
+    if MOSQUITTO is None:
+        pytest.skip("needs mosquitto: its $SYS counters tell the sessions it keeps")
+    broker = MosquittoBroker(extra_config="sys_interval 1")
+    broker.start()
+    try:
+        r = _run_demo(_demo_config(tmp_path, broker), tmp_path, "--broker", "configured")
+        assert r.returncode == 0, r.stderr
+        assert len([line for line in r.stdout.splitlines() if " score " in line]) >= 8, r.stdout
+        assert "left no trace" in r.stdout and "1 retained message(s) cleared" in r.stdout, r.stdout
+        time.sleep(2.5)  # $SYS is refreshed every second here
+
+        seen: list[Any] = []
+        client = paho.Client(CallbackAPIVersion.VERSION2, client_id="inspector")
+        client.on_message = lambda c, u, m: seen.append(m)
+        client.on_connect = lambda c, u, f, rc, p: c.subscribe([("#", 0), ("$SYS/broker/clients/disconnected", 0)])
+        client.connect(broker.host, broker.port)
+        client.loop_start()
+        time.sleep(1.0)
+        client.disconnect()
+        client.loop_stop()
+    finally:
+        broker.close()
+    retained = [m.topic for m in seen if m.retain and not m.topic.startswith("$SYS")]
+    assert retained == []
+    disconnected = [int(m.payload) for m in seen if m.topic == "$SYS/broker/clients/disconnected"]
+    assert disconnected and disconnected[-1] == 0  # no persistent session is left waiting for the agent
+
+
+@pytest.mark.broker
+def test_demo_by_default_starts_its_own_broker_on_the_port_asked_and_leaves_the_configured_one_alone(
+    tmp_path: Path, broker: Any, collect: Any
+) -> None:
+    from brokers import free_port
+
+    watcher = collect(["#"])
+    port = free_port()
+    r = _run_demo(_demo_config(tmp_path, broker), tmp_path, "--broker-port", str(port))
+    assert r.returncode == 0, r.stderr
+    assert f"of its own on 127.0.0.1:{port}" in r.stdout
+    assert len([line for line in r.stdout.splitlines() if " score " in line]) >= 8, r.stdout
+    assert watcher.messages == []  # not one message on the configured broker
+
+
+def test_version_is_printed() -> None:
+    r = subprocess.run([sys.executable, "-m", "edge_agent.cli", "--version"], capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0 and re.fullmatch(r"edge-agent \d+\.\d+\S*\n", r.stdout), (r.stdout, r.stderr)
+
+
+def test_train_without_scikit_learn_names_the_extra_to_install(tmp_path: Path) -> None:
+    src = normal_csv(tmp_path / "n.csv", n=300)
+    # sklearn as if not installed: importing it raises ModuleNotFoundError.
+    code = ("import sys; sys.modules['sklearn'] = None; from edge_agent.cli import main; "
+            f"sys.exit(main(['train', '--input', {str(src)!r}, '--out', {str(tmp_path / 'm')!r}]))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 1, r.stderr
+    assert "pip install 'edge-anomaly-agent[train]'" in r.stderr and "Traceback" not in r.stderr
+    assert not (tmp_path / "m").exists()
+
+
+def test_replay_plot_uses_time_when_the_file_has_timestamps(tmp_path: Path) -> None:
+    from edge_agent.plot import _x_axis
+    from edge_agent.table import read_table
+
+    timed = normal_csv(tmp_path / "t.csv", n=400)  # a timestamp column, one reading a second
+    x, is_time = _x_axis(read_table(timed), 400)
+    assert is_time and x[1] - x[0] == pytest.approx(1 / 86400)
+    untimed = tmp_path / "u.csv"
+    untimed.write_text("value\n" + "\n".join("1.0" for _ in range(10)) + "\n")
+    assert _x_axis(read_table(untimed), 10)[1] is False
+    png = tmp_path / "t.png"
+    assert main(["replay", str(timed), "--out", str(tmp_path / "o.csv"), "--learn-rows", "100", "--plot", str(png), "-q"]) == 0
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -66,7 +66,8 @@ def test_each_sensor_gets_a_retained_binary_sensor_and_score_sensor(start_agent,
         # Both entities of a sensor are one device in Home Assistant.
         assert anomaly["device"] == score["device"]
         assert anomaly["device"]["name"] == sensor_id
-        assert anomaly["device"]["sw_version"] == "t1"
+        # Nothing that changes as a model learns or refits is in a config (it would be re-published).
+        assert "sw_version" not in anomaly["device"] and "t1" not in json.dumps(anomaly)
     assert len(unique_ids) == 4
 
 
@@ -92,6 +93,33 @@ def test_discovery_is_published_again_when_home_assistant_comes_online(start_age
     time.sleep(0.3)
     assert announcements() == 8
     assert out.json(f"edge/{aid}/errors") == []
+
+
+def test_a_whole_learning_period_retains_at_most_two_configs_per_entity(start_agent, collect, sensor, tmp_path) -> None:
+    agent = start_agent(*HA, "learning.enabled=true", "learning.rows=50", "learning.refit_every=0", f"learning.state_dir={tmp_path}")
+    aid = agent.cfg.agent_id
+    out = collect(["homeassistant/#", f"edge/{aid}/verdicts/#"])
+    sent = 0
+    learned = False
+    while not learned and sent < 2000:
+        for name in ("pump-1", "pump-2"):
+            sensor.send_json(f"sensors/{name}", {"value": 0.9 + 0.01 * (sent % 7), "ts": 1000 + sent})
+        sent += 1
+        if sent >= 50 and sent % 10 == 0:
+            verdicts = out.json(f"edge/{aid}/verdicts/")
+            learned = {v["sensor_id"] for v in verdicts if not v.get("learning")} == {"pump-1", "pump-2"}
+    assert learned, f"no learned verdicts after {sent} readings a sensor"
+    verdicts = out.json(f"edge/{aid}/verdicts/")
+    # Learning progress reaches Home Assistant as an attribute of every verdict ...
+    assert [v["model_version"] for v in verdicts if v["sensor_id"] == "pump-1"][:3] == ["1/50", "2/50", "3/50"]
+    time.sleep(0.3)
+    per_entity: dict[str, int] = {}
+    for m in out.messages:
+        if m.topic.endswith("/config"):
+            per_entity[m.topic] = per_entity.get(m.topic, 0) + 1
+    # ... and the configs are published once each, over the whole period.
+    assert len(per_entity) == 4 and max(per_entity.values()) <= 2, per_entity
+    print(f"{sent} readings a sensor, learned; config messages per entity: {sorted(per_entity.values())}")
 
 
 def test_discovery_is_off_by_default(start_agent, collect, sensor) -> None:

@@ -26,6 +26,7 @@ SOURCES = [
     SourceConfig(topic="zigbee2mqtt/{sensor}", fields=["temperature", "humidity"]),
     SourceConfig(topic="tele/{sensor}/SENSOR", fields=["DS18B20.Temperature"], ts_field="Time"),
     SourceConfig(topic="dev/{sensor}/ms", ts_field="meta.time"),
+    SourceConfig(topic="meter/{sensor}", fields=["kwh"], rates=["kwh"]),
 ]
 
 
@@ -170,6 +171,7 @@ REJECTED: list[tuple[str, bytes, str, str]] = [
     ("sensors/a\nb", b"21.5", "bad_sensor_id", "unprintable"),
     ("sensors/+", b"21.5", "bad_sensor_id", "wildcard"),
     ("sensors/\ud800", b"21.5", "bad_sensor_id", "unprintable"),
+    ("meter/m1", b'{"kwh": 5}', "rate_pending", "'kwh'"),  # a counter's first value sets its baseline
 ]
 
 
@@ -424,3 +426,161 @@ def test_integer_beyond_python_digit_limit_is_rejected_not_raised() -> None:
         result = parser.parse("sensors/t1", payload, 0.0)
         assert isinstance(result, InvalidReading)
         assert result.reason in ("bad_json", "not_finite")
+
+
+# --- fleets: optional fields, rates, several sensors a message, ids from topic and payload ---
+
+def _fleet_parser(**source: Any) -> PayloadParser:
+    return PayloadParser([SourceConfig(**source)], 4096)
+
+
+def _all(parser: PayloadParser, topic: str, obj: Any, at: float = 1000.0) -> list[Reading | InvalidReading]:
+    payload = obj if isinstance(obj, bytes) else json.dumps(obj).encode()
+    return parser.parse_message(topic, payload, received_at=at, ack="token")
+
+
+def test_optional_fields_score_each_device_on_what_it_has_under_an_id_per_field_set() -> None:
+    parser = _fleet_parser(topic="zigbee2mqtt/{sensor}", optional_fields=["temperature", "humidity", "power", "current"])
+    [climate] = _all(parser, "zigbee2mqtt/bedroom", {"humidity": 51, "linkquality": 90, "battery": 97, "temperature": 20.8})
+    [plug] = _all(parser, "zigbee2mqtt/plug", {"state": "ON", "power": 12, "current": 0.05, "linkquality": 80})
+    assert isinstance(climate, Reading) and isinstance(plug, Reading)
+    assert (climate.sensor_id, climate.values) == ("bedroom@temperature,humidity", {"temperature": 20.8, "humidity": 51.0})
+    assert (plug.sensor_id, plug.values) == ("plug@power,current", {"power": 12.0, "current": 0.05})
+    [nothing] = _all(parser, "zigbee2mqtt/button", {"action": "single", "battery": 100, "linkquality": 40})
+    assert isinstance(nothing, InvalidReading) and nothing.reason == "missing_field" and "temperature" in nothing.detail
+
+
+def test_partial_updates_merge_with_the_last_known_fields() -> None:
+    parser = _fleet_parser(topic="{sensor}/events/rpc", each="switch:*", each_in="params",
+                           optional_fields=["apower", "voltage", "current"], ts_field="params.ts")
+    full = {"method": "NotifyStatus", "params": {"ts": 10.0, "switch:0": {"id": 0, "apower": 10, "voltage": 230, "current": 0.05}}}
+    partial = {"method": "NotifyStatus", "params": {"ts": 11.0, "switch:0": {"id": 0, "apower": 14}}}
+    [first] = _all(parser, "plug-1/events/rpc", full)
+    [second] = _all(parser, "plug-1/events/rpc", partial)
+    assert isinstance(second, Reading) and second.sensor_id == first.sensor_id == "plug-1-switch:0@apower,voltage,current"
+    assert second.values == {"apower": 14.0, "voltage": 230.0, "current": 0.05} and second.ts == 11.0
+    # A notification about other components only holds nothing to score: acknowledged and ignored.
+    assert _all(parser, "plug-1/events/rpc", {"method": "NotifyStatus", "params": {"ts": 12.0, "wifi": {"rssi": -61}}}) == []
+
+
+def test_several_sensors_in_one_message_get_an_id_each_and_the_last_carries_the_ack() -> None:
+    parser = _fleet_parser(topic="tele/{sensor}/SENSOR", each="DS18B20*", fields=["Temperature"], ts_field="Time")
+    readings = _all(parser, "tele/ds1820/SENSOR", {"Time": "2024-01-01T01:00:00+01:00",
+                                                   "DS18B20-1": {"Id": "01144D2D6EAA", "Temperature": 21.4},
+                                                   "DS18B20-2": {"Id": "3C01D607A1B2", "Temperature": 19.1}, "TempUnit": "C"})
+    assert [(r.sensor_id, r.values, r.ts, r.ack) for r in readings] == [
+        ("ds1820-DS18B20-1", {"Temperature": 21.4}, JAN_1_2024, None),
+        ("ds1820-DS18B20-2", {"Temperature": 19.1}, JAN_1_2024, "token"),
+    ]
+    by_probe = _fleet_parser(topic="tele/{sensor}/SENSOR", each="DS18B20*", fields=["Temperature"], sensor_id="{sensor}-{item.Id}")
+    assert [r.sensor_id for r in _all(by_probe, "tele/ds1820/SENSOR", {"DS18B20-1": {"Id": "01", "Temperature": 1}})] == ["ds1820-01"]
+    # A probe that lost its reading is rejected alone; the ack moves to the good one, answered last.
+    mixed = _all(parser, "tele/ds1820/SENSOR", {"DS18B20-1": {"Id": "01", "Temperature": 21.4}, "DS18B20-2": {"Id": "02"}})
+    assert [(type(r).__name__, r.sensor_id, r.ack) for r in mixed] == [
+        ("InvalidReading", "ds1820-DS18B20-2", None), ("Reading", "ds1820-DS18B20-1", "token")]
+
+
+def test_a_counter_is_scored_as_its_rate() -> None:
+    parser = _fleet_parser(topic="meter/{sensor}", optional_fields=["power", "energy"], rates=["energy"], ts_field="ts")
+    [first] = _all(parser, "meter/m", {"power": 100, "energy": 1.0, "ts": 1000})
+    assert isinstance(first, InvalidReading) and first.reason == "rate_pending"
+    [second] = _all(parser, "meter/m", {"power": 100, "energy": 1.5, "ts": 1010})
+    assert isinstance(second, Reading) and second.sensor_id == "m@power,energy_rate"
+    assert second.values == {"power": 100.0, "energy_rate": pytest.approx(0.05)}
+    [reset] = _all(parser, "meter/m", {"power": 100, "energy": 0.1, "ts": 1020})
+    assert isinstance(reset, InvalidReading) and "reset" in reset.detail
+
+
+def test_sensor_ids_from_topic_levels_and_payload_values() -> None:
+    esphome = _fleet_parser(topic="+/sensor/+/state", sensor_id="{level1}.{level3}")
+    [r] = _all(esphome, "pump-1/sensor/vibration_rms/state", b"0.93")
+    assert isinstance(r, Reading) and (r.sensor_id, r.values) == ("pump-1.vibration_rms", {"value": 0.93})
+    [bad] = _all(esphome, "pump-1/sensor/vibration_rms/state", b"nan")
+    assert isinstance(bad, InvalidReading) and (bad.reason, bad.sensor_id) == ("not_finite", "pump-1.vibration_rms")
+    by_payload = _fleet_parser(topic="gw/+", fields=["t"], sensor_id="{payload.dev}")
+    [p] = _all(by_payload, "gw/x", {"dev": "probe-9", "t": 1})
+    assert isinstance(p, Reading) and p.sensor_id == "probe-9"
+    [missing] = _all(by_payload, "gw/x", {"t": 1})
+    assert isinstance(missing, InvalidReading) and missing.reason == "bad_sensor_id" and "{payload.dev}" in missing.detail
+    [slash] = _all(by_payload, "gw/x", {"dev": "a/b", "t": 1})
+    assert isinstance(slash, InvalidReading) and slash.reason == "bad_sensor_id"
+
+
+def test_overlapping_sources_subscribe_once_and_the_first_source_scores() -> None:
+    parser = PayloadParser([SourceConfig(topic="zigbee2mqtt/{sensor}", fields=["temperature"]), SourceConfig(topic="zigbee2mqtt/#")], 1024)
+    assert parser.subscriptions == ("zigbee2mqtt/#",)
+    [r] = parser.parse_message("zigbee2mqtt/bedroom", b'{"temperature": 20}', 0.0)
+    assert isinstance(r, Reading) and r.sensor_id == "bedroom"
+    partly = PayloadParser([SourceConfig(topic="a/+/c"), SourceConfig(topic="a/b/+")], 1024)
+    assert partly.subscriptions == ("a/+/+",)
+    assert partly.parse_message("a/x/y", b"1", 0.0) == []  # brought by the merged filter, taken by no source
+
+
+@pytest.mark.parametrize(
+    ("source", "needle"),
+    [
+        (SourceConfig(optional_fields=["a"], rates=["b"]), "rates"),
+        (SourceConfig(fields=["a"], optional_fields=["a"]), "twice"),
+        (SourceConfig(each_in="params"), "each"),
+        (SourceConfig(sensor_id="{nope}"), "placeholder"),
+        (SourceConfig(sensor_id="a/{sensor}"), "'/'"),
+    ],
+)
+def test_bad_fleet_source_is_refused_up_front(source: SourceConfig, needle: str) -> None:
+    with pytest.raises(ValueError, match="sources\\[0\\]") as info:
+        PayloadParser([source], 1024)
+    assert needle in str(info.value)
+
+
+def test_sequence_gaps_are_reported_resets_and_redeliveries_are_not() -> None:
+    parser = _fleet_parser(topic="sensors/+", seq_field="seq")
+    gaps: list[tuple[str, int, int, int]] = []
+    parser.on_gap = lambda *gap: gaps.append(gap)
+    for seq in (1, 2, 5, 6, 6, 1, 2):
+        [r] = parser.parse_message("sensors/p", json.dumps({"value": 1, "seq": seq}).encode(), 0.0)
+        assert isinstance(r, Reading) and r.sensor_id == "p"
+    assert parser.parse_message("sensors/p", b'{"value": 1, "seq": 1}', 0.0, redelivered=True)  # older, sent again
+    [r] = parser.parse_message("sensors/p", b'{"value": 1, "seq": 4}', 0.0)
+    assert gaps == [("p", 2, 2, 5), ("p", 1, 2, 4)]
+
+
+_FLEET_SOURCES = [
+    SourceConfig(topic="z/{sensor}", optional_fields=["t", "h", "e"], rates=["e"], seq_field="seq"),
+    SourceConfig(topic="tele/{sensor}/SENSOR", each="D*", fields=["Temperature"], sensor_id="{sensor}-{item.Id}-{payload.Time}"),
+    SourceConfig(topic="+/events/rpc", each="*:*", each_in="params", optional_fields=["apower", "a.total"], sensor_id="{level1}-{key}"),
+    SourceConfig(topic="+/sensor/+/state", sensor_id="{level1}.{level3}.{level9}", exclude=["+/sensor/uptime/state"]),
+]
+_FLEET_JSON = st.recursive(
+    st.one_of(st.none(), st.booleans(), st.integers(), st.floats(), st.text(max_size=8)),
+    lambda children: st.one_of(st.lists(children, max_size=3),
+                               st.dictionaries(st.sampled_from(["t", "h", "e", "seq", "Id", "Time", "D1", "D2", "params", "x:0",
+                                                                "apower", "a", "total", "Temperature"]), children, max_size=5)),
+    max_leaves=20,
+)
+
+
+@settings(max_examples=600, deadline=None)
+@given(
+    topic=st.sampled_from(["z/a", "z/b", "tele/t/SENSOR", "dev/events/rpc", "n/sensor/x/state", "n/sensor/uptime/state", "q"]),
+    payloads=st.lists(st.one_of(_FLEET_JSON.map(lambda v: json.dumps(v).encode()), st.binary(max_size=40)), max_size=4),
+    redelivered=st.booleans(),
+)
+def test_fleet_parsing_is_total(topic: str, payloads: list[bytes], redelivered: bool) -> None:
+    parser = PayloadParser(_FLEET_SOURCES, 4096, max_tracked=2)
+    parser.on_gap = lambda *gap: None
+    for payload in payloads:
+        items = parser.parse_message(topic, payload, 1000.0, ack="token", redelivered=redelivered)
+        assert [i.ack for i in items].count("token") == (1 if items else 0) and items[-1:] == [i for i in items if i.ack]
+        for item in items:
+            if isinstance(item, InvalidReading):
+                assert item.reason in REASONS and len(item.detail) <= MAX_DETAIL
+            else:
+                assert item.values and all(math.isfinite(v) for v in item.values.values())
+                assert "/" not in item.sensor_id and "+" not in item.sensor_id
+
+
+def test_the_ack_rides_on_a_reading_this_agent_keeps() -> None:
+    parser = _fleet_parser(topic="tele/{sensor}/SENSOR", each="DS18B20*", fields=["Temperature"])
+    parser.owns = lambda sensor_id: sensor_id.endswith("-1")  # DS18B20-2 belongs to another agent of the partition
+    items = _all(parser, "tele/ds/SENSOR", {"DS18B20-1": {"Temperature": 1}, "DS18B20-2": {"Temperature": 2}})
+    assert [(i.sensor_id, i.ack) for i in items] == [("ds-DS18B20-2", None), ("ds-DS18B20-1", "token")]

@@ -80,6 +80,8 @@ def test_a_sensor_learns_then_scores(tmp_path: Path) -> None:
     assert first[-1].model_version == "200/200"  # type: ignore[union-attr]
     with pytest.raises(UnknownSensor, match="still learning"):
         engine.predict({"value": 20.0}, "boiler")
+    with pytest.raises(UnknownSensor, match="'never-seen' is unknown"):  # not "still learning": nothing is
+        engine.predict({"value": 20.0}, "never-seen")
     _wait_for_model(engine, "boiler")
     later = engine.score(_readings("boiler", list(20 + rng.normal(0, 0.2, 50)) + [35.0], start=200)).results
     assert not any(v.learning for v in later)  # type: ignore[union-attr]
@@ -412,3 +414,31 @@ def test_an_abrupt_step_seen_once_while_learning_stays_strange_and_one_seen_twic
         flagged[runs] = sum(v.anomaly for v in verdicts)  # type: ignore[union-attr]
     assert flagged[1] >= 4  # every later start and stop: 2 of each
     assert flagged[2] == 0
+
+
+@pytest.mark.broker
+def test_predict_over_http_tells_an_unknown_sensor_from_a_learning_one(start_agent, sensor, tmp_path: Path) -> None:
+    import json as _json
+    import urllib.error
+    import urllib.request
+
+    agent = start_agent("learning.enabled=true", f"learning.state_dir={tmp_path}", "models.default=null")
+    sensor.send_json("sensors/boiler", {"value": 20.0, "ts": 1})
+    host, port = agent.http_address
+
+    def predict(sensor_id: str) -> tuple[int, str]:
+        request = urllib.request.Request(f"http://{host}:{port}/predict", method="POST",
+                                         data=_json.dumps({"value": 20.0, "sensor_id": sensor_id}).encode(),
+                                         headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(request, timeout=5) as r:
+                return r.status, r.read().decode()
+        except urllib.error.HTTPError as e:
+            return e.code, e.read().decode()
+
+    deadline = time.monotonic() + 5
+    while "still learning" not in predict("boiler")[1]:
+        assert time.monotonic() < deadline, predict("boiler")
+        time.sleep(0.05)
+    status, body = predict("never-seen")
+    assert status == 404 and "'never-seen' is unknown" in body and "learning" not in body.replace("models.assign", "")

@@ -6,6 +6,7 @@ import csv
 import io
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -424,3 +425,38 @@ def test_cli_stops_cleanly_on_signal(mosquitto_port: int, sig: signal.Signals) -
     assert "published" in out and "stopped early" in out
     published = int(out.split("published ")[1].split()[0])
     assert published >= 4
+
+
+@pytest.mark.broker
+def test_cli_reports_readings_the_broker_never_acknowledged_and_exits_3() -> None:
+    from brokers import start_test_broker
+
+    broker = start_test_broker()
+    try:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "simulator.cli", "--host", broker.host, "--port", str(broker.port), "--sensors", "2",
+             "--rate", "100", "--count", "600", "--flush-timeout", "1", "--topic-prefix", "gone"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        time.sleep(1.0)
+        broker.stop()  # the broker goes away with readings still to come
+        out, err = proc.communicate(timeout=30)
+    finally:
+        broker.close()
+    assert proc.returncode == 3, (out, err)
+    match = re.search(r"error: (\d+) of 600 readings were not acknowledged by the broker", err)
+    assert match and 0 < int(match.group(1)) < 600, err
+
+
+@pytest.mark.broker
+def test_cli_seq_numbers_each_sensors_readings(mosquitto_port: int) -> None:
+    sub = _Collector(mosquitto_port, "seq/#")
+    try:
+        assert main(["--host", "127.0.0.1", "--port", str(mosquitto_port), "--sensors", "2", "--rate", "50",
+                     "--count", "6", "--topic-prefix", "seq", "--seq"]) == 0
+        messages = sub.wait_for(6)
+    finally:
+        sub.close()
+    by_sensor: dict[str, list[object]] = {}
+    for topic, payload, _ in messages:
+        by_sensor.setdefault(topic, []).append(payload["seq"])
+    assert sorted(by_sensor.values()) == [[1, 2, 3], [1, 2, 3]]

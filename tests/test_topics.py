@@ -273,3 +273,35 @@ def test_matching_never_raises(f: str, topic: str) -> None:
     assert isinstance(result, bool)
     if validate_source_pattern(f) is None:
         assert SourcePattern(f).matches(topic) is result
+
+
+# --- overlapping filters: a broker sends a message once per matching subscription ------------
+
+from edge_agent.topics import filter_covers, filters_overlap, minimal_subscriptions  # noqa: E402
+
+
+@pytest.mark.parametrize(
+    ("a", "b", "covers", "overlap"),
+    [
+        ("a/+", "a/b", True, True),
+        ("a/b", "a/+", False, True),
+        ("a/#", "a/+/c", True, True),
+        ("a/#", "a", True, True),
+        ("a/+", "a/#", False, True),
+        ("#", "$SYS/x", False, False),
+        ("+/x", "$SYS/x", False, False),
+        ("a/+/c", "a/b/+", False, True),
+        ("a/+", "b/+", False, False),
+        ("a/+", "a/+/+", False, False),
+        ("a/+/#", "a/b/c/d", True, True),
+    ],
+)
+def test_filter_cover_and_overlap_table(a: str, b: str, covers: bool, overlap: bool) -> None:
+    assert filter_covers(a, b) is covers
+    assert filters_overlap(a, b) is overlap and filters_overlap(b, a) is overlap
+
+
+def test_minimal_subscriptions_leave_no_two_overlapping() -> None:
+    assert minimal_subscriptions(["z/+", "z/#", "t/+/S"]) == ("z/#", "t/+/S")
+    assert minimal_subscriptions(["a/+/c", "a/b/+", "x"]) == ("a/+/+", "x")
+    assert minimal_subscriptions(["a/b", "a/b"]) == ("a/b",)
