@@ -17,8 +17,9 @@ A stretch ends with the first reading that is not flagged; both contexts then ta
 next SETTLE readings, and the one that found them less strange goes on (the clean one after
 a glitch or a dip, the live one after a change that had crept in before it was flagged).
 One that outlasts ``hold`` readings (the longest feature window) is taken in: the live
-context becomes the context, and it follows the stream, flagged readings and all, until
-the sensor has been normal for as long again. When a change is accepted as the sensor's new normal, the
+context becomes the context. (While a sensor is flagged, each reading is scored in both
+contexts: a sensor that has gone wrong costs about three times a normal one; see
+docs/results/performance.md.) When a change is accepted as the sensor's new normal, the
 live context is taken in at once (``absorb``) and its drift is measured from the new level.
 (River's anomaly filters keep a detector from learning what it flagged in the same way.)
 """
@@ -37,7 +38,7 @@ SETTLE = 3
 class SensorContext:
     """A sensor's feature state, and while a flagged stretch is held out, the state with it."""
 
-    __slots__ = ("features", "live", "held", "hold", "settling", "clean_sum", "live_sum", "following")
+    __slots__ = ("features", "live", "held", "hold", "settling", "clean_sum", "live_sum")
 
     def __init__(self, spec: FeatureSpec, hold: int | None = None) -> None:
         self.features: FeatureState = spec.new_state()
@@ -46,10 +47,6 @@ class SensorContext:
         self.hold = max(spec.history, DRIFT_RECENT) if hold is None else hold
         self.settling = 0  # normal readings since the stretch, while both contexts are kept
         self.clean_sum = self.live_sum = 0.0
-        # Readings to go before a flagged one is held again: after a stretch outlasted the
-        # hold, the context follows the stream (one context, one forest call a reading) until
-        # the sensor has been normal for a hold's length.
-        self.following = 0
 
     @property
     def spec(self) -> FeatureSpec:
@@ -69,16 +66,12 @@ class SensorContext:
         """Move the context on by one reading. ``flagged``: the reading was flagged (in the
         context that found it less strange); ``scores``: its score in each context of ``rows``."""
         if self.live is None:
-            if flagged and not self.following:
+            if flagged:
                 self.live = self.features.copy()
                 self.held, self.settling = 0, 0
                 self._hold(values, at)
-                return
-            if flagged:
-                self.following = self.hold
-            elif self.following:
-                self.following -= 1
-            self.features.update(values, at)
+            else:
+                self.features.update(values, at)
             return
         if flagged:
             self.settling = 0
@@ -112,7 +105,6 @@ class SensorContext:
         if self.live is not None:
             self.features = self.live
         self.live, self.held, self.settling = None, 0, 0
-        self.following = self.hold
 
     def absorb(self) -> None:
         """The held stretch is the new normal: take it in, and rebase drift on it."""

@@ -209,20 +209,6 @@ def test_a_history_grows_as_readings_come_and_keeps_order_across_growth() -> Non
     assert h.nbytes == 300 * (8 + 1 + 8)
 
 
-def test_after_a_stretch_outlasted_the_hold_the_context_follows_until_normal_for_as_long() -> None:
-    context = SensorContext(FeatureSpec(("value",), ("value", "mean:3")), hold=2)
-    for _ in range(5):
-        context.advance([1.0], flagged=False)
-    for _ in range(2):
-        context.advance([5.0], flagged=True)  # taken in
-    context.advance([6.0], flagged=True)
-    assert len(context.rows([6.0])) == 1  # followed, not held: one context, one forest call
-    for _ in range(2):
-        context.advance([6.0], flagged=False)
-    context.advance([20.0], flagged=True)
-    assert len(context.rows([6.0])) == 2  # normal for a hold's length: held again
-
-
 def test_a_copied_feature_state_goes_its_own_way() -> None:
     state = FeatureSpec(("value",), ("value", "delta", "mean:3", "drift:5", "season:1d")).new_state()
     for i in range(40):  # more than a day at a reading an hour: every feature defined
