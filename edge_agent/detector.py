@@ -30,7 +30,6 @@ from collections.abc import Sequence
 
 from edge_agent.features import DRIFT_RECENT, FeatureSpec, FeatureState
 
-
 # Readings after a held stretch over which its two contexts are compared before one goes on.
 SETTLE = 3
 

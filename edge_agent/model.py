@@ -52,11 +52,6 @@ CALIBRATION_SCORES = (0.0, 0.2, 0.3, 0.4, 0.5)
 # maximum of a large training set (the shipped vibration model: 0.724 -> 0.751 raw), where
 # the maximum was already rare enough.
 THRESHOLD_RISK = 1e-4
-# A sensor that reports slower than one reading a minute may take a larger risk per reading
-# for the same false flags per week: the risk is one reading in a week's worth of its
-# readings, from THRESHOLD_RISK (a reading a minute or faster) up to MAX_THRESHOLD_RISK.
-FALSE_FLAG_PERIOD = 7 * 86400.0
-MAX_THRESHOLD_RISK = 1e-3
 TAIL_SHARE = 0.05
 MIN_TAIL_SCORES = 5
 
@@ -107,10 +102,10 @@ class Calibration:
     score: tuple[float, ...]
 
     @classmethod
-    def fit(cls, training_raw: np.ndarray, risk: float = THRESHOLD_RISK) -> Calibration:
+    def fit(cls, training_raw: np.ndarray) -> Calibration:
         q = np.quantile(training_raw, CALIBRATION_LEVELS)
         knots = list(np.maximum.accumulate(q))
-        knots[-1] = max(knots[-1], tail_quantile(training_raw, risk))
+        knots[-1] = max(knots[-1], tail_quantile(training_raw, THRESHOLD_RISK))
         # Strictly increasing knots keep np.interp well defined on constant data.
         for i in range(1, len(knots)):
             if knots[i] <= knots[i - 1]:
@@ -330,18 +325,6 @@ class SensorModel:
         return raw, np.maximum(self.calibration(raw), self.range_guard.score(x, threshold))
 
 
-def threshold_risk(times: np.ndarray | None) -> float:
-    """The chance per reading that a normal one is flagged: one in a week of the sensor's
-    readings (their median interval), between THRESHOLD_RISK and MAX_THRESHOLD_RISK."""
-    if times is None:
-        return THRESHOLD_RISK
-    gaps = np.diff(times[~np.isnan(times)])
-    gaps = gaps[gaps > 0]
-    if not len(gaps):
-        return THRESHOLD_RISK
-    return float(min(max(float(np.median(gaps)) / FALSE_FLAG_PERIOD, THRESHOLD_RISK), MAX_THRESHOLD_RISK))
-
-
 def build_model(
     name: str,
     version: str,
@@ -351,7 +334,6 @@ def build_model(
     training: Mapping[str, Any],
     wandering_levels: np.ndarray | None = None,
     all_features: np.ndarray | None = None,
-    risk: float = THRESHOLD_RISK,
 ) -> SensorModel:
     """Assemble a model from a fitted forest and the training feature matrix it saw
     (every feature: the forest takes ``spec.forest_columns`` of them).
@@ -368,7 +350,7 @@ def build_model(
     impute = np.where(np.isnan(impute), 0.0, impute)
     x = np.where(np.isnan(features), impute, features)
     forest_x = x[:, spec.forest_columns]
-    calibration = Calibration.fit(forest.anomaly_score(forest_x), risk)
+    calibration = Calibration.fit(forest.anomaly_score(forest_x))
     margin = np.full(x.shape[1], range_margin(len(x)))
     if wandering_levels is not None:
         margin[np.asarray(wandering_levels, dtype=bool)] = WANDERING_MARGIN

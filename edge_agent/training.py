@@ -12,7 +12,7 @@ import numpy as np
 
 from edge_agent.features import DEFAULT_TRANSFORMS, FeatureSpec, feature_matrix, parse_transform
 from edge_agent.forest import Forest
-from edge_agent.model import SensorModel, build_model, threshold_risk
+from edge_agent.model import SensorModel, build_model
 from edge_agent.table import SensorTable, groups
 
 # A field whose consecutive training readings correlate more than this wanders
@@ -152,7 +152,6 @@ def fit_model(
         training={**record, "rows": len(features), "wandering_fields": sorted(wandering)},
         wandering_levels=wandering_levels,
         all_features=all_features,
-        risk=threshold_risk(times),
     )
     return model, estimator
 

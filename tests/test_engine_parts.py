@@ -15,7 +15,6 @@ from edge_agent.durations import Duration
 from edge_agent.engine import ScoringEngine
 from edge_agent.episodes import Decision, judge
 from edge_agent.features import FeatureSpec, feature_matrix
-from edge_agent.model import MAX_THRESHOLD_RISK, THRESHOLD_RISK, threshold_risk
 from edge_agent.routing import ModelRouter, UnknownSensor
 from edge_agent.training import learn_model
 
@@ -175,13 +174,6 @@ def test_a_value_normal_at_noon_is_found_at_three_in_the_morning() -> None:
     assert verdicts[three_am].anomaly == 1  # type: ignore[union-attr]
     assert verdicts[5 * 288 + 144].anomaly == 0  # type: ignore[union-attr]  # 15 at noon is normal
     assert sum(v.anomaly for v in verdicts[4 * 288:]) <= 3  # type: ignore[union-attr]
-
-
-def test_the_threshold_risk_is_a_week_of_the_sensors_readings() -> None:
-    assert threshold_risk(None) == THRESHOLD_RISK
-    assert threshold_risk(np.arange(0, 1000.0)) == THRESHOLD_RISK  # a reading a second: capped below
-    assert threshold_risk(np.arange(0, 300_000.0, 300.0)) == pytest.approx(300 / (7 * 86400))
-    assert threshold_risk(np.arange(0, 3_600_000.0, 3600.0)) == MAX_THRESHOLD_RISK
 
 
 def test_durations_are_read_with_units_and_named_when_wrong() -> None:
