@@ -37,7 +37,7 @@ class Remembered:
 
     def verdict_for(self, reading: Reading) -> Verdict:
         return Verdict(
-            sensor_id=reading.sensor_id, values=reading.values, ts=reading.ts_raw if reading.ts is not None else reading.received_at,
+            sensor_id=reading.sensor_id, values=reading.values, ts=reading.echoed_ts,
             score=self.score, anomaly=self.anomaly, model=self.model, model_version=self.model_version,
             learning=self.learning, raw_score=self.raw_score, duplicate=True, event=self.event,
         )

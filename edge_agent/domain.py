@@ -34,6 +34,16 @@ class Reading:
     ack: Any = field(default=None, compare=False)
     redelivered: bool = False
 
+    @property
+    def at(self) -> float:
+        """When the reading was taken: its own timestamp, else its arrival."""
+        return self.ts if self.ts is not None else self.received_at
+
+    @property
+    def echoed_ts(self) -> Any:
+        """What its verdict's ``ts`` says: the timestamp as received, else the arrival time."""
+        return self.ts_raw if self.ts is not None else self.received_at
+
 
 @dataclass(frozen=True, slots=True)
 class InvalidReading:

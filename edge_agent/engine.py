@@ -64,11 +64,6 @@ class Scored:
     learn_requests: list[LearnRequest]
 
 
-def reading_time(reading: Reading) -> float:
-    """The reading's own clock when it has one, else the time it arrived."""
-    return reading.ts if reading.ts is not None else reading.received_at
-
-
 class ScoringEngine:
     """Scores readings of many sensors, each with its own model, context and episodes."""
 
@@ -192,7 +187,7 @@ class ScoringEngine:
             if stream.model is None:
                 results[i] = self._learn(reading, stream, values, requests)
                 continue
-            for row in stream.context.rows(values, reading_time(reading)):
+            for row in stream.context.rows(values, reading.at):
                 by_model.setdefault(id(stream.model), []).append((i, stream, values, row))
         for group in by_model.values():
             model = group[0][1].model
@@ -241,14 +236,14 @@ class ScoringEngine:
         """A reading of a sensor that is still learning: kept for the fit, never flagged."""
         adaptation = stream.adaptation
         assert adaptation is not None and self.learning is not None
-        at = reading_time(reading)
+        at = reading.at
         stream.context.advance(values, flagged=False, at=at)
         request = adaptation.learning(values, at)
         if request is not None:
             requests.append(request)
         verdict = Verdict(
             sensor_id=reading.sensor_id, values=reading.values,
-            ts=reading.ts_raw if reading.ts is not None else reading.received_at,
+            ts=reading.echoed_ts,
             score=0.0, anomaly=0, model="learning", model_version=f"{len(adaptation.history)}/{self.learning.rows}",
             learning=True,
         )
@@ -260,7 +255,7 @@ class ScoringEngine:
         requests: list[LearnRequest], context_scores: Sequence[float] = (),
     ) -> Verdict:
         assert stream.model is not None
-        at = reading_time(reading)
+        at = reading.at
         adaptation = stream.adaptation
         if stream.adapting:
             # A new normal's refit is on its way: the old model would flag the new level again.
@@ -271,7 +266,7 @@ class ScoringEngine:
         verdict = Verdict(
             sensor_id=reading.sensor_id,
             values=reading.values,
-            ts=reading.ts_raw if reading.ts is not None else reading.received_at,
+            ts=reading.echoed_ts,
             score=score,
             anomaly=int(anomaly),
             model=stream.model.name,

@@ -23,7 +23,7 @@ Pure and per sensor: ``judge`` reads a score and its time and says what this rea
 from __future__ import annotations
 
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 ONSET, END, NEW_NORMAL = "onset", "end", "new_normal"
 
@@ -49,8 +49,6 @@ class EpisodeState:
     recent_flags: deque[bool]
     alerting: bool = False
     onset_at: float = 0.0
-    flagged_in_episode: int = 0
-    readings_in_episode: int = 0
 
 
 @dataclass(frozen=True)
@@ -58,7 +56,6 @@ class Judgement:
     flagged: bool  # the score reached the threshold (whatever the episode rules make of it)
     anomaly: bool  # the sensor alerts with this reading
     event: str | None = None  # ONSET, END, NEW_NORMAL or None
-    episode_readings: int = field(default=0, compare=False)  # readings the ending episode held (END, NEW_NORMAL)
 
     @property
     def onset(self) -> bool:
@@ -78,22 +75,14 @@ def judge(decision: Decision, state: EpisodeState, score: float, at: float, can_
         alert = score >= decision.clear
     if alert and not state.alerting:
         state.alerting, state.onset_at = True, at
-        state.flagged_in_episode, state.readings_in_episode = int(flagged), 1
         return Judgement(flagged, True, ONSET)
     if not state.alerting:
         return Judgement(flagged, False)
     if not alert:
-        return _close(state, flagged, END)
-    state.readings_in_episode += 1
-    state.flagged_in_episode += flagged
+        state.alerting = False
+        return Judgement(flagged, False, END)
     if can_adapt and decision.new_normal_after and at - state.onset_at >= decision.new_normal_after:
         state.recent_flags.clear()
-        return _close(state, flagged, NEW_NORMAL)
+        state.alerting = False
+        return Judgement(flagged, False, NEW_NORMAL)
     return Judgement(flagged, True)
-
-
-def _close(state: EpisodeState, flagged: bool, event: str) -> Judgement:
-    readings = state.readings_in_episode
-    state.alerting = False
-    state.flagged_in_episode = state.readings_in_episode = 0
-    return Judgement(flagged, False, event, readings)
