@@ -17,6 +17,7 @@ from edge_agent.progress import Progress
 
 if TYPE_CHECKING:
     from edge_agent.engine import Decision, LearningPlan
+    from edge_agent.model import SensorModel
     from edge_agent.replay import ReplayRow
     from edge_agent.table import SensorTable
 
@@ -169,10 +170,30 @@ def _learned_rows(
     return replay_learning(table, plan, decision, progress=progress.update)
 
 
+def _pinned_model(cfg: AgentConfig, model_dir: Path) -> SensorModel:
+    """A model directory loaded with the config's pins for its forest and its manifest."""
+    from edge_agent.model import load_model
+
+    return load_model(model_dir, cfg.models.pinned_sha256.get(model_dir.name),
+                      pinned_manifest_sha256=cfg.models.pinned_manifest_sha256.get(model_dir.name))
+
+
+def _plotted(path: str, table: SensorTable, rows: Sequence[ReplayRow], threshold: float, command: str) -> bool:
+    """Draw a replay's plot; False (said why) when it cannot be drawn."""
+    from edge_agent.plot import plot_replay
+
+    try:
+        plot_replay(path, table, rows, threshold)
+    except RuntimeError as e:
+        print(f"edge-agent {command}: {e}", file=sys.stderr)
+        return False
+    return True
+
+
 def cmd_replay(args: argparse.Namespace) -> int:
     from edge_agent.agent import learning_plan
     from edge_agent.durations import Duration
-    from edge_agent.model import ModelError, load_model
+    from edge_agent.model import ModelError
     from edge_agent.replay import replay, write_replay
     from edge_agent.table import TableError, read_table
     from edge_agent.training import TrainingError
@@ -195,9 +216,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
             described = f"a model learned from the first {plan.rows} rows" + (
                 f", refitted every {Duration(plan.refit_every)} of the file's time" if plan.refit_every else "")
         else:
-            model_dir = Path(args.model)
-            model = load_model(model_dir, cfg.models.pinned_sha256.get(model_dir.name),
-                               pinned_manifest_sha256=cfg.models.pinned_manifest_sha256.get(model_dir.name))
+            model = _pinned_model(cfg, Path(args.model))
             table = read_table(args.input, columns, prefer=model.fields)
             progress = Progress(len(table), f"replaying {Path(args.input).name}", quiet=args.quiet)
             rows = replay(table, model, decision, progress=progress.update)
@@ -207,14 +226,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
         print(f"edge-agent replay: {e}", file=sys.stderr)
         return EXIT_USAGE
     write_replay(args.out, table, rows)
-    if args.plot:
-        from edge_agent.plot import plot_replay
-
-        try:
-            plot_replay(args.plot, table, rows, decision.threshold)
-        except RuntimeError as e:
-            print(f"edge-agent replay: {e}", file=sys.stderr)
-            return EXIT_FAILURE
+    if args.plot and not _plotted(args.plot, table, rows, decision.threshold, "replay"):
+        return EXIT_FAILURE
     scored = [r for r in rows if not r.learning]
     flagged = sum(r.verdict.anomaly for r in scored)
     print(f"replayed {len(rows)} rows with {described}: {len(scored)} scored, {flagged} anomalous -> {args.out}")
@@ -224,7 +237,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from edge_agent.agent import learning_plan
     from edge_agent.evaluate import evaluate, read_labelled, report
-    from edge_agent.model import ModelError, load_model
+    from edge_agent.model import ModelError
     from edge_agent.replay import replay, write_replay
     from edge_agent.table import TableError
     from edge_agent.training import TrainingError
@@ -243,8 +256,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                 return EXIT_USAGE
             rows = learned
         else:
-            model_dir = Path(args.model)
-            rows = replay(table, load_model(model_dir, cfg.models.pinned_sha256.get(model_dir.name)), decision, progress=progress.update)
+            rows = replay(table, _pinned_model(cfg, Path(args.model)), decision, progress=progress.update)
         progress.close()
     except (TableError, TrainingError, ModelError, ValueError) as e:
         print(f"edge-agent evaluate: {e}", file=sys.stderr)
@@ -253,14 +265,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     print(report(evaluate(rows, table.labels, table.timestamps), args.input))
     if args.out:
         write_replay(args.out, table, rows)
-    if args.plot:
-        from edge_agent.plot import plot_replay
-
-        try:
-            plot_replay(args.plot, table, rows, decision.threshold)
-        except RuntimeError as e:
-            print(f"edge-agent evaluate: {e}", file=sys.stderr)
-            return EXIT_FAILURE
+    if args.plot and not _plotted(args.plot, table, rows, decision.threshold, "evaluate"):
+        return EXIT_FAILURE
     return 0
 
 

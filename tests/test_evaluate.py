@@ -64,3 +64,17 @@ def test_evaluate_names_what_is_wrong(tmp_path: Path, capsys: pytest.CaptureFixt
     bad.write_text(src.read_text().replace(",0\n", ",maybe\n", 1))
     assert main(["evaluate", str(bad), "--labels", "fault", "-q"]) == 2
     assert "label column 'fault': 'maybe' is not 0/1" in capsys.readouterr().err
+
+
+def test_evaluate_and_replay_hold_a_model_to_its_pinned_manifest(
+    tmp_path: Path, models_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    src = _labelled_csv(tmp_path / "run.csv")
+    cfg = tmp_path / "agent.yaml"
+    cfg.write_text(f"models:\n  pinned_manifest_sha256:\n    default: '{'0' * 64}'\n")
+    model = str(models_dir / "default")
+    assert main(["evaluate", str(src), "--labels", "fault", "--model", model, "-c", str(cfg), "-q"]) == 2
+    assert "sha256" in capsys.readouterr().err
+    out = tmp_path / "o.csv"
+    assert main(["replay", str(src), "--columns", "flow", "--out", str(out), "--model", model, "-c", str(cfg), "-q"]) == 2
+    assert "sha256" in capsys.readouterr().err
