@@ -198,6 +198,24 @@ def send_normal_then_spike(sensor: Publisher, topic: str, normal: int = 30) -> N
     sensor.send_json(topic, {"value": 7.5, "ts": 2000})
 
 
+def started_agent(cfg: Any) -> Any:
+    """An in-process agent with ``cfg``'s models, started and ready (the caller stops it)."""
+    from edge_agent.agent import Agent, load_models
+
+    agent = Agent(cfg, load_models(cfg), env={})
+    agent.start()
+    wait_until_ready(agent)
+    return agent
+
+
+def wait_until_ready(agent: Any, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not agent.readiness()[0]:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"agent not ready: {agent.readiness()[1]}")
+        time.sleep(0.02)
+
+
 @pytest.fixture
 def start_agent(broker: Any, models_dir: Path) -> Iterator[Callable[..., Any]]:
     """Start in-process agents against the test's broker; stopped at teardown."""
@@ -211,11 +229,7 @@ def start_agent(broker: Any, models_dir: Path) -> Iterator[Callable[..., Any]]:
         agent.start()
         agents.append(agent)
         if wait_ready:
-            deadline = time.monotonic() + 10
-            while not agent.readiness()[0]:
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"agent not ready: {agent.readiness()[1]}")
-                time.sleep(0.02)
+            wait_until_ready(agent)
         return agent
 
     yield start

@@ -155,6 +155,13 @@ def test_nab_threshold_search_finds_the_best_corpus_threshold() -> None:
     scores[60], scores[80], scores[90] = 0.9, 0.5, 0.95
     found = eval_nab.sweep([(scores, [(60, 70)])], *eval_nab.PROFILES["standard"])
     assert (found.threshold, found.detected, found.false_positives) == (0.9, 1, 1)
+    # a later row of a window that scores higher is met first; the earlier one, met after it,
+    # is the window's earliest detection and weighs more
+    scores[62], scores[90] = 0.95, 0.0
+    found = eval_nab.sweep([(scores, [(60, 70)])], *eval_nab.PROFILES["standard"])
+    at_090 = [1 if s >= 0.9 else 0 for s in scores]
+    assert found.threshold == 0.9
+    assert found.normalised == pytest.approx(eval_nab.normalised([eval_nab.score_file(at_090, [(60, 70)])], *eval_nab.PROFILES["standard"]))
 
 
 def test_eval_nab_scores_a_simulated_corpus_in_nab_layout() -> None:

@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import logging
-import time
 import uuid
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from conftest import Collector, Publisher, agent_overrides
-from edge_agent.agent import Agent, load_models
+from conftest import Collector, Publisher, agent_overrides, started_agent
+from edge_agent.agent import Agent
 from edge_agent.config import load_config
 from edge_agent.local_broker import MOSQUITTO, MosquittoBroker
 
@@ -26,15 +25,9 @@ def test_readings_a_small_broker_queue_dropped_show_as_a_gap(models_dir: Path, t
     aid = f"gap-{uuid.uuid4().hex[:6]}"
 
     def start() -> Agent:
-        cfg = load_config(None, [*agent_overrides(broker, models_dir), f"agent_id={aid}", f"learning.state_dir={tmp_path}",
-                                 'sources=[{"topic": "sensors/+", "seq_field": "seq"}]'], {})
-        agent = Agent(cfg, load_models(cfg), env={})
-        agent.start()
-        deadline = time.monotonic() + 10
-        while not agent.readiness()[0]:
-            assert time.monotonic() < deadline, agent.readiness()[1]
-            time.sleep(0.02)
-        return agent
+        return started_agent(load_config(None, [*agent_overrides(broker, models_dir), f"agent_id={aid}",
+                                                f"learning.state_dir={tmp_path}",
+                                                'sources=[{"topic": "sensors/+", "seq_field": "seq"}]'], {}))
 
     sensor = Publisher(broker.host, broker.port)
     out = Collector(broker.host, broker.port, [f"edge/{aid}/verdicts/#"])

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from conftest import Collector, Publisher, agent_config
+from conftest import Collector, Publisher, agent_config, started_agent
 from edge_agent.local_broker import MOSQUITTO, MosquittoBroker
 from edge_agent.mqtt_transport import packet_size
 
@@ -29,16 +29,7 @@ def small_broker(request: pytest.FixtureRequest) -> Iterator[MosquittoBroker]:
 
 
 def _start(broker: Any, models_dir: Path, *overrides: str) -> Any:
-    from edge_agent.agent import Agent, load_models
-
-    cfg = agent_config(broker, models_dir, *overrides)
-    agent = Agent(cfg, load_models(cfg), env={})
-    agent.start()
-    deadline = time.monotonic() + 10
-    while not agent.readiness()[0]:
-        assert time.monotonic() < deadline, agent.readiness()[1]
-        time.sleep(0.02)
-    return agent
+    return started_agent(agent_config(broker, models_dir, *overrides))
 
 
 def test_packet_size_counts_what_mosquitto_counts() -> None:
