@@ -533,3 +533,19 @@ def test_reference_lists_every_leaf_key_with_type_and_default() -> None:
     assert "string or null" in rows["mqtt.tls.cert_file"]
     assert "DEBUG, INFO, WARNING, ERROR" in rows["log_level"]
     assert "`\"sensors/+\"`" in rows["sources[].topic"]
+
+
+def test_the_scoring_core_takes_the_config_defaults_whole() -> None:
+    # One set of defaults: the config's come from Decision and LearningPlan, and the agent
+    # hands every decision.* and learning.* key on, so a default config builds the core's defaults.
+    from edge_agent.adaptation import LearningPlan
+    from edge_agent.agent import decision_of, learning_plan
+    from edge_agent.episodes import Decision
+
+    cfg = load_config(None, env={})
+    assert decision_of(cfg) == Decision()
+    assert learning_plan(cfg) == LearningPlan()
+    tuned = load_config(None, ["decision.threshold=0.7", "learning.refit_rows=900", "learning.stale_share=0.25"], env={})
+    assert decision_of(tuned).threshold == 0.7
+    assert learning_plan(tuned).refit_rows == 900
+    assert learning_plan(tuned).stale_share == 0.25

@@ -1,0 +1,157 @@
+"""The configuration's schema: one dataclass per section, each field with its default, its description and its bounds.
+
+Where the scoring core has a default (episodes.Decision, adaptation.LearningPlan), the field takes it from
+there, so that a default is written once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from edge_agent.adaptation import LearningPlan
+from edge_agent.durations import Duration
+from edge_agent.episodes import Decision
+
+
+def _f(default: Any, doc: str, **bounds: Any) -> Any:
+    """A config field with a default, a description and optional bounds/choices."""
+    meta = {"doc": doc, **bounds}
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda d=default: type(d)(d), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass
+class TLSConfig:
+    enabled: bool = _f(False, "Connect to the broker over TLS.")
+    ca_file: str | None = _f(None, "CA bundle to verify the broker's certificate (system CAs when unset).")
+    cert_file: str | None = _f(None, "Client certificate (PEM) for mutual TLS.")
+    key_file: str | None = _f(None, "Client private key (PEM) for mutual TLS.")
+    check_hostname: bool = _f(True, "Verify that the broker's certificate matches mqtt.host.")
+
+
+@dataclass
+class MQTTConfig:
+    host: str = _f("localhost", "Broker host name or address.")
+    port: int = _f(1883, "Broker port.", min=1, max=65535)
+    client_id: str | None = _f(None, "MQTT client id; stable across restarts so the session persists. Default: edge-agent-{agent_id}.")
+    username: str | None = _f(None, "Broker user name.")
+    password_env: str = _f("EDGE_AGENT_MQTT_PASSWORD", "Environment variable holding the broker password.")
+    password_file: str | None = _f(None, "File holding the broker password (used when the environment variable is unset).")
+    protocol: str = _f("5", "MQTT version: 5 (session expiry and receive maximum) or 3.1.1 (for brokers without MQTT 5; the session persists with clean_session false).", choices=["5", "3.1.1"])
+    keepalive: int = _f(30, "Keepalive interval in seconds.", min=5, max=3600)
+    session_expiry: int = _f(86400, "Seconds the broker keeps the agent's session (and its queued readings) while disconnected.", min=0, max=4294967295)
+    receive_maximum: int = _f(512, "Readings the broker may send before the agent acknowledges any (backpressure window).", min=1, max=65535)
+    broker_max_packet_size: int = _f(0, "Largest MQTT packet the broker takes, in bytes. MQTT 5 learns Mosquitto's max_packet_size from the CONNACK; set this under 3.1.1, or to Mosquitto's message_size_limit, which no CONNACK tells (0: MQTT's own limit). A verdict that would not fit is replaced by a short report on the errors topic and its reading is acknowledged; a broker that gets one disconnects the agent instead, again on every resend.", min=0, max=268_435_455)
+    reconnect_min_delay: float = _f(1.0, "First reconnect delay in seconds.", min=0.1, max=3600)
+    reconnect_max_delay: float = _f(30.0, "Cap on the reconnect backoff in seconds.", min=0.1, max=3600)
+    tls: TLSConfig = field(default_factory=TLSConfig, metadata={"doc": "TLS settings."})
+
+
+@dataclass
+class SourceConfig:
+    topic: str = _f("sensors/+", "Topic filter, or template with {sensor} marking the sensor-id level (e.g. tele/{sensor}/SENSOR). Without {sensor}, the last level is the sensor id.")
+    fields: list[str] | None = _f(None, "Payload fields to score, dotted paths for nested JSON (e.g. DS18B20.Temperature). Unset: a bare number or the 'value' key.")
+    ts_field: str = _f("ts", "Payload key holding the reading's own timestamp (epoch seconds or ISO-8601).")
+    optional_fields: list[str] | None = _f(None, "Fields scored when a message has them (a mixed fleet under one topic). The sensor id then ends in @ and the fields it has, e.g. plug-1@power,current: one model per device and field set. A field missing from a message keeps the device's last known value (partial updates).")
+    rates: list[str] | None = _f(None, "Fields (from fields or optional_fields) that are rising counters, e.g. an energy total: scored as their rise per second, named <field>_rate.")
+    each: str | None = _f(None, "A pattern (* and ?) for payload keys whose objects are sensors of their own, e.g. DS18B20* or temperature:*; fields are looked up inside each.")
+    each_in: str | None = _f(None, "Dotted path of the object whose keys `each` matches (e.g. params); unset: the payload itself.")
+    seq_field: str | None = _f(None, "Payload key holding a per-sensor sequence number (an integer rising by one a reading); a gap is counted in edge_agent_readings_missed_total and logged: evidence that the broker dropped readings (docs/broker.md).")
+    exclude: list[str] | None = _f(None, "Topic filters this source skips: messages on them are acknowledged and neither scored nor reported (e.g. +/sensor/uptime/state).")
+    sensor_id: str | None = _f(None, "Sensor id template: {sensor}, {levelN} (topic level N, from 1), {key} (the key `each` matched), {item.PATH}, {payload.PATH}. Unset: {sensor}, or {sensor}-{key} with `each`.")
+
+
+@dataclass
+class TopicsConfig:
+    verdicts: str = _f("edge/{agent_id}/verdicts/{sensor_id}", "Where each reading's verdict is published.")
+    alerts: str = _f("edge/{agent_id}/alerts/{sensor_id}", "Where anomalies are published.")
+    errors: str = _f("edge/{agent_id}/errors", "Where invalid messages are reported.")
+    status: str = _f("edge/{agent_id}/status", "Retained online/offline status (offline is the last will).")
+
+
+@dataclass
+class ModelsConfig:
+    dir: str = _f("models", "Directory holding one sub-directory per model.")
+    default: str | None = _f("default", "Model for sensors no 'assign' pattern matches, and for /predict without sensor_id.")
+    assign: dict[str, str] = _f({}, "Sensor-id glob pattern -> model name; the first matching pattern wins.")
+    pinned_sha256: dict[str, str] = _f({}, "Model name -> expected sha256 of its model file; overrides the manifest's value.")
+    pinned_manifest_sha256: dict[str, str] = _f({}, "Model name -> expected sha256 of its manifest.json (sha256sum models/NAME/manifest.json); the manifest holds the calibration, ranges, features and imputes, and names the forest's sha256.")
+
+
+@dataclass
+class DecisionConfig:
+    threshold: float = _f(Decision.threshold, "Calibrated score at or above which a reading counts as anomalous.", min=0.0, max=1.0)
+    k: int = _f(Decision.k, "Alert when at least k of the last n readings of a sensor are over the threshold.", min=1, max=1000)
+    n: int = _f(Decision.n, "Window for the k-of-n rule.", min=1, max=1000)
+    clear_threshold: float | None = _f(Decision.clear, "Hysteresis: a sensor in alert stays anomalous while its score is at least this (at most threshold), so a score hovering at the threshold does not flap; null: none.", min=0.0, max=1.0)
+    new_normal_after: Duration = _f(Duration(Decision.new_normal_after), "An anomalous episode that lasts this long (by the readings' own timestamps, else their arrival) is the sensor's new normal: one verdict with event new_normal goes to the alerts topic, the alert ends, and a sensor that learns refits on its recent readings, flagged ones included. A sensor scored by an assigned model keeps alerting while the change lasts. 0: never.", min=0.0, max=365 * 86400.0)
+
+
+@dataclass
+class LearningConfig:
+    enabled: bool = _f(True, "Sensors that no models.assign pattern matches learn a model of their own from their first readings (else models.default scores them).")
+    period: Duration = _f(Duration(LearningPlan.period), "How long a new sensor learns before it is scored (by its readings' own timestamps, else their arrival; its verdicts say learning until then), and at least 50 readings; it should cover the sensor's normal ups and downs.", min=0.0, max=365 * 86400.0)
+    rows: int = _f(LearningPlan.rows, "At most this many readings to learn from: a sensor that reports fast is scored once it has them, before period is over. With refits on, a model that knows fewer than refit_rows readings is refitted as soon as as many new ones have come, doubling what it knows.", min=50, max=1_000_000)
+    refit_every: Duration = _f(Duration(LearningPlan.refit_every), "Refit a learned model this often (by the readings' clocks) on its most recent refit_rows readings, to follow slow change; 0: never (the first model stays, except after a new normal).", min=0.0, max=365 * 86400.0)
+    refit_rows: int = _f(LearningPlan.refit_rows, "Readings a refit learns from: the most recent ones, without those flagged (unless the model is stale, see stale_share).", min=50, max=1_000_000)
+    stale_share: float = _f(LearningPlan.stale_share, "When more than this share of the readings since the last fit were flagged, the sensor has moved to a new normal: the refit learns from the flagged readings too (1: never).", min=0.0, max=1.0)
+    features: list[str] = _f(list(LearningPlan.features), "Streaming features a sensor learns on, per field: value, delta, repeats, mean:N, mean_dev:N, std:N, drift:N (N readings). drift:N is watched by the range check only. A sensor keeps the features it first learned on until its learned model is deleted from state_dir.")
+    leave_out_outliers: bool = _f(LearningPlan.leave_out_outliers, "Before a fit, leave out the readings a first forest isolates far more easily than the rest, so that a spike or a stuck stretch while a sensor learns does not become its normal. It suits a sensor that may learn while something is already wrong; it costs false alarms on a sensor whose normal has rare, recurring extremes (a daily start and stop, bursty counts), which it leaves out too.")
+    state_dir: str = _f("state", "Folder for learned models, kept across restarts (relative to the config file).")
+
+
+@dataclass
+class PipelineConfig:
+    queue_size: int = _f(10000, "Readings handed over and waiting to be scored, at most.", min=1, max=10_000_000)
+    max_batch: int = _f(512, "Readings scored together at most, when a queue has built up.", min=1, max=100_000)
+    held_verdicts: int = _f(10000, "Verdicts held while the broker is unreachable; beyond this the oldest are dropped and counted.", min=0, max=10_000_000)
+    max_sensors: int = _f(10000, "Distinct sensors tracked at most; readings of further sensors are rejected and counted.", min=1, max=10_000_000)
+    error_log_interval: float = _f(1.0, "Minimum seconds between two log lines about invalid messages of one reason (the rest are counted into the next line).", min=0.0, max=3600)
+    error_report_rate: float = _f(100.0, "Reports per second on the errors topic at most (every invalid message is still counted in metrics).", min=0.1, max=1_000_000)
+    shutdown_timeout: float = _f(10.0, "Seconds to finish readings in hand on SIGTERM.", min=0.0, max=600)
+
+
+@dataclass
+class HTTPConfig:
+    enabled: bool = _f(True, "Serve /predict, /metrics, /healthz and /readyz.")
+    host: str = _f("0.0.0.0", "Address to bind.")
+    port: int = _f(8000, "Port to bind (0: any free port).", min=0, max=65535)
+    max_body_bytes: int = _f(65536, "Largest request body accepted (413 beyond).", min=16, max=64 * 1024 * 1024)
+    read_timeout: float = _f(10.0, "Seconds a client may take to send its request.", min=0.1, max=600)
+    token_env: str = _f("EDGE_AGENT_HTTP_TOKEN", "Environment variable holding the bearer token POST /predict requires (unset or empty: no token required).")
+    token_file: str | None = _f(None, "File holding that token (used when the environment variable is unset). /healthz and /readyz stay open.")
+    metrics_token: bool = _f(False, "Require the token for /metrics too (it names every sensor, its state and its model hashes); Prometheus sends it with authorization: {credentials_file: ...}.")
+    sensor_series: int = _f(1000, "Sensors given /metrics series of their own (readings, anomalies, episodes, score, state, learning), the first to send; the readings of the rest count in sensor=\"_other\". Rendering costs about 0.1 ms a sensor.", min=0, max=10_000_000)
+
+
+@dataclass
+class HomeAssistantConfig:
+    enabled: bool = _f(False, "Announce each sensor to Home Assistant by MQTT discovery: a binary_sensor for its anomaly state and a sensor for its score (retained).")
+    discovery_prefix: str = _f("homeassistant", "Home Assistant's MQTT discovery prefix.")
+    status_topic: str = _f("homeassistant/status", "Where Home Assistant announces itself; discovery is published again when it says online.")
+
+
+@dataclass
+class PartitionConfig:
+    count: int = _f(1, "Agents sharing this site's sensors; each scores only the sensors whose id hashes to its index, so a sensor's stream stays on one agent.", min=1, max=1024)
+    index: int = _f(0, "This agent's share, from 0 to count - 1.", min=0, max=1023)
+
+
+@dataclass
+class AgentConfig:
+    agent_id: str = _f("edge-1", "This agent's id, used in topics and the default client id.")
+    log_level: str = _f("INFO", "Logging level.", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    max_payload_bytes: int = _f(65536, "Largest MQTT payload accepted; larger ones are rejected as invalid.", min=16, max=256 * 1024 * 1024)
+    mqtt: MQTTConfig = field(default_factory=MQTTConfig, metadata={"doc": "Broker connection."})
+    sources: list[SourceConfig] = field(default_factory=lambda: [SourceConfig()], metadata={"doc": "What to subscribe to and how to read it."})
+    topics: TopicsConfig = field(default_factory=TopicsConfig, metadata={"doc": "Output topics."})
+    models: ModelsConfig = field(default_factory=ModelsConfig, metadata={"doc": "Which model scores which sensor."})
+    decision: DecisionConfig = field(default_factory=DecisionConfig, metadata={"doc": "Turning scores into anomalies."})
+    learning: LearningConfig = field(default_factory=LearningConfig, metadata={"doc": "Learning on the device."})
+    pipeline: PipelineConfig = field(default_factory=PipelineConfig, metadata={"doc": "Hand-over, batching and limits."})
+    http: HTTPConfig = field(default_factory=HTTPConfig, metadata={"doc": "HTTP API."})
+    homeassistant: HomeAssistantConfig = field(default_factory=HomeAssistantConfig, metadata={"doc": "Home Assistant MQTT discovery."})
+    partition: PartitionConfig = field(default_factory=PartitionConfig, metadata={"doc": "Sharing one site's sensors among several agents."})
+
