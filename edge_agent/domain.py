@@ -79,6 +79,20 @@ class Verdict:
     def onset(self) -> bool:
         return self.event == "onset"
 
+    def to_answer(self) -> dict[str, Any]:
+        """The JSON object POST /predict answers (the REST contract: anomaly, score, model, ...)."""
+        answer: dict[str, Any] = {
+            "anomaly": self.anomaly,
+            "score": round(self.score, 6),
+            "model": self.model,
+            "model_version": self.model_version,
+        }
+        if self.raw_score is not None:
+            answer["raw_score"] = round(self.raw_score, 6)
+        if self.sensor_id:
+            answer["sensor_id"] = self.sensor_id
+        return answer
+
     def to_payload(self) -> dict[str, Any]:
         """The JSON object published on the verdicts and alerts topics."""
         payload: dict[str, Any] = {

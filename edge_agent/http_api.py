@@ -1,66 +1,45 @@
-"""The agent's HTTP API (/predict, /metrics, /healthz, /readyz): a small strict HTTP/1.1 server.
+"""The agent's HTTP API: /predict, /metrics, /healthz, /readyz and the OpenAPI document.
 
-It runs an asyncio event loop in its own thread. Requests are parsed by hand
-(request line, headers, a Content-Length body) in an ``asyncio.Protocol``:
-``http.server`` costs several times more per request, and a scoring call is only
-tens of microseconds, so the parser is most of the work. Every answer is JSON
-(except /metrics); no input can produce a stack trace or a 5xx other than the
-documented 503s and a logged, counted 500 for a bug.
-
-With a token configured (http.token_env / http.token_file), POST /predict needs
-``Authorization: Bearer <token>`` (compared in constant time) and answers 401 without
-it; /metrics too with http.metrics_token; /healthz and /readyz stay open for probes.
-
-Slow clients cannot hold the server: a request must arrive within http.read_timeout,
-and when all connections are taken a new one sheds the connection that has waited
-longest for its request (a client dripping bytes, or an idle keep-alive), so real
-calls and health probes get through however many slow ones there are; when every
-connection is busy answering, PROBE_RESERVE more serve /healthz and /readyz alone.
+The routes over edge_agent/http_server.py, which knows nothing of them. With a token
+configured (http.token_env / http.token_file), POST /predict needs ``Authorization: Bearer
+<token>`` (compared in constant time) and answers 401 without it; /metrics too with
+http.metrics_token; /healthz and /readyz stay open for probes, and are answered from the
+server's probe reserve when every connection is busy.
 """
 
 from __future__ import annotations
 
-import asyncio
-import concurrent.futures
-import hmac
 import json
 import logging
-import math
-import re
-import socket
-import threading
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
-from typing import Any
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from edge_agent.config import HTTPConfig
 from edge_agent.domain import Verdict
 from edge_agent.engine import UnknownSensor
+from edge_agent.http_server import (
+    JSON_TYPE,
+    MAX_CONNECTIONS,
+    Deferred,
+    HttpError,
+    Handler,
+    HttpServer,
+    Limits,
+    Request,
+    Response,
+    Route,
+    check_bearer,
+    check_content_type,
+    json_response,
+)
+from edge_agent.jsonvalues import Rejected, describe, finite_number
 from edge_agent.openapi import OPENAPI_PATH, openapi_json
 
 log = logging.getLogger(__name__)
 
 Predict = Callable[[Mapping[str, float], str | None], Verdict]
 Readiness = Callable[[], tuple[bool, str]]
-
-# Connections served at once; beyond, the one waiting longest for its request is shed
-# (a 503 when every connection is busy answering). A Pi's default limit is 1024
-# descriptors and MQTT and model files need some too.
-MAX_CONNECTIONS = 256
-# Connections beyond MAX_CONNECTIONS kept for health probes, used only when every
-# connection is busy answering (nothing to shed): they serve /healthz and /readyz alone.
-PROBE_RESERVE = 16
-PROBES = ("/healthz", "/readyz")
-MAX_HEAD_BYTES = 16 * 1024
-MAX_HEADERS = 100
-# After a response that ends the connection the server stops sending but keeps
-# reading (and discarding) for a moment: closing with unread input makes the
-# kernel send a reset, which can destroy the response before the client reads it.
-LINGER_SECONDS = 2.0
-STOP_TIMEOUT = 5.0
-LISTEN_BACKLOG = 512
 
 ALLOWED: dict[str, tuple[str, ...]] = {
     "/predict": ("POST",),
@@ -69,197 +48,7 @@ ALLOWED: dict[str, tuple[str, ...]] = {
     "/readyz": ("GET", "HEAD"),
     OPENAPI_PATH: ("GET", "HEAD"),
 }
-JSON_TYPE = b"application/json"
-CURL_DEFAULT_TYPE = b"application/x-www-form-urlencoded"
-REASONS = {
-    100: "Continue", 200: "OK", 400: "Bad Request", 401: "Unauthorized", 404: "Not Found", 405: "Method Not Allowed",
-    408: "Request Timeout", 411: "Length Required", 413: "Content Too Large", 415: "Unsupported Media Type",
-    431: "Request Header Fields Too Large", 500: "Internal Server Error", 503: "Service Unavailable",
-}
-_REASONS = {code: reason.encode() for code, reason in REASONS.items()}
-_TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
-# A header block: "name: value" lines, each ending in CRLF, values free of control
-# characters except tab (obs-text, bytes >= 0x80, is allowed as RFC 9110 says).
-_FIELDS = re.compile(rb"(?:[!#$%&'*+\-.^_`|~0-9A-Za-z]+:[^\x00-\x08\x0a-\x1f\x7f]*\r\n)*")
-_FIELD = re.compile(rb"([!#$%&'*+\-.^_`|~0-9A-Za-z]+):[ \t]*([^\x00-\x08\x0a-\x1f\x7f]*?)[ \t]*\r\n")
-_DIGITS = re.compile(rb"[0-9]{1,18}")
-
-
-class HttpError(Exception):
-    """A request the server answers with a 4xx: ``status`` and the message naming the problem."""
-
-    def __init__(self, status: int, message: str, allow: str | None = None, authenticate: str | None = None) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.allow = allow
-        self.authenticate = authenticate  # WWW-Authenticate of a 401
-
-
-@dataclass(slots=True)
-class Request:
-    """A parsed request head; the body follows on the connection."""
-
-    method: str
-    path: str
-    keep_alive: bool
-    http10: bool
-    content_length: int | None
-    content_type: bytes | None
-    expect_continue: bool
-    authorization: bytes | None = None
-
-
-@dataclass(slots=True)
-class Response:
-    status: int
-    body: bytes
-    content_type: bytes = JSON_TYPE
-    allow: str | None = None
-    authenticate: str | None = None
-
-
-def json_response(status: int, obj: Any, allow: str | None = None) -> Response:
-    return Response(status, json.dumps(obj).encode(), JSON_TYPE, allow)
-
-
-def error_response(status: int, message: str, allow: str | None = None, authenticate: str | None = None) -> Response:
-    resp = json_response(status, {"error": message}, allow)
-    resp.authenticate = authenticate
-    return resp
-
-
-def encode_response(resp: Response, keep_alive: bool, http10: bool = False, head_only: bool = False) -> bytes:
-    """The bytes of a complete response; HEAD gets the headers GET would, without the body."""
-    extra = b"" if resp.allow is None else b"Allow: %s\r\n" % resp.allow.encode()
-    if resp.authenticate is not None:
-        extra += b"WWW-Authenticate: %s\r\n" % resp.authenticate.encode()
-    if not keep_alive:
-        extra += b"Connection: close\r\n"
-    elif http10:
-        extra += b"Connection: keep-alive\r\n"
-    return b"HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %d\r\n%s\r\n%s" % (
-        resp.status, _REASONS[resp.status], resp.content_type, len(resp.body), extra, b"" if head_only else resp.body,
-    )
-
-
-def parse_head(head: bytes) -> Request:
-    """Parse a request line and headers (without the blank line); raise HttpError if malformed."""
-    line_end = head.find(b"\r\n")
-    request_line, block = (head, b"") if line_end < 0 else (head[:line_end], head[line_end + 2 :] + b"\r\n")
-    parts = request_line.split(b" ")
-    if len(parts) != 3:
-        raise HttpError(400, "malformed request line: expected 'METHOD /path HTTP/1.1'")
-    method_b, target, version = parts
-    if not _TOKEN.fullmatch(method_b):
-        raise HttpError(400, "malformed request line: invalid method")
-    if version == b"HTTP/1.1":
-        http10 = False
-    elif version == b"HTTP/1.0":
-        http10 = True
-    else:
-        raise HttpError(400, "unsupported HTTP version: use HTTP/1.1 or HTTP/1.0")
-    path_b = _target_path(target)
-    if block.count(b"\r\n") > MAX_HEADERS:
-        raise HttpError(431, f"too many header fields (at most {MAX_HEADERS})")
-    # One C-level pass validates every field line; the slow path only words the error.
-    if not _FIELDS.fullmatch(block):
-        raise _header_error(block)
-
-    content_length: int | None = None
-    content_type: bytes | None = None
-    connection = b""
-    expect_continue = False
-    authorization: bytes | None = None
-    for name, value in _FIELD.findall(block):
-        key = name.lower()
-        if key == b"content-length":
-            if not _DIGITS.fullmatch(value):
-                if value.isdigit():
-                    raise HttpError(413, "request body too large (Content-Length)")
-                raise HttpError(400, "invalid Content-Length header")
-            n = int(value)
-            if content_length is not None and content_length != n:
-                raise HttpError(400, "conflicting Content-Length headers")
-            content_length = n
-        elif key == b"transfer-encoding":
-            raise HttpError(411, "Transfer-Encoding is not supported: send the body with a Content-Length header")
-        elif key == b"content-type":
-            content_type = value
-        elif key == b"connection":
-            connection += b"," + value.lower()
-        elif key == b"expect":
-            expect_continue = value.lower() == b"100-continue"
-        elif key == b"authorization":
-            authorization = value
-
-    if http10:
-        keep_alive = b"keep-alive" in {t.strip() for t in connection.split(b",")}
-    else:
-        keep_alive = not connection or b"close" not in {t.strip() for t in connection.split(b",")}
-    try:
-        path = path_b.decode("ascii")
-    except UnicodeDecodeError:
-        raise HttpError(400, "request target must be ASCII") from None
-    return Request(
-        method=method_b.decode("ascii"), path=path, keep_alive=keep_alive, http10=http10,
-        content_length=content_length, content_type=content_type, expect_continue=expect_continue,
-        authorization=authorization,
-    )
-
-
-def _header_error(block: bytes) -> HttpError:
-    for line in block.split(b"\r\n")[:-1]:
-        name, sep, _ = line.partition(b":")
-        if not sep or not _TOKEN.fullmatch(name):
-            return HttpError(400, "malformed header field: expected 'Name: value'")
-    return HttpError(400, "malformed header field: control character in value")
-
-
-def _target_path(target: bytes) -> bytes:
-    """The path of an origin-form (/p?q) or absolute-form (http://host/p) request target."""
-    if target.startswith(b"/"):
-        return target.split(b"?", 1)[0]
-    lower = target[:8].lower()
-    if lower.startswith(b"http://") or lower.startswith(b"https://"):
-        rest = target.split(b"//", 1)[1]
-        slash = rest.find(b"/")
-        return rest[slash:].split(b"?", 1)[0] if slash >= 0 else b"/"
-    raise HttpError(400, "request target must be a path such as /predict")
-
-
-def check_content_type(content_type: bytes | None) -> None:
-    """Accept application/json (utf-8), no Content-Type, or curl's default; 415 for anything else.
-
-    ``curl -d '{"value": 0.95}' .../predict`` labels the body form-urlencoded;
-    the body is still read as JSON, so that one-liner works as users expect.
-    """
-    if content_type is None:
-        return
-    media, *params = content_type.split(b";")
-    media = media.strip().lower()
-    if media == CURL_DEFAULT_TYPE:
-        return
-    if media != JSON_TYPE:
-        raise HttpError(415, "Content-Type must be application/json")
-    for p in params:
-        name, _, value = p.partition(b"=")
-        if name.strip().lower() == b"charset" and value.strip(b" \t\"").lower() not in (b"utf-8", b"utf8"):
-            raise HttpError(415, "Content-Type charset must be utf-8")
-
-
-def check_bearer(token: bytes | None, authorization: bytes | None) -> None:
-    """Pass when no token is configured or ``Authorization: Bearer <token>`` carries it; else HttpError(401).
-
-    The comparison takes the same time wherever the first wrong byte is (hmac.compare_digest).
-    """
-    if token is None:
-        return
-    if authorization is None:
-        raise HttpError(401, "missing bearer token: send 'Authorization: Bearer <token>'", authenticate='Bearer realm="edge-agent"')
-    scheme, _, credentials = authorization.partition(b" ")
-    if scheme.lower() != b"bearer" or not hmac.compare_digest(credentials.strip(b" \t"), token):
-        raise HttpError(401, "invalid bearer token", authenticate='Bearer realm="edge-agent", error="invalid_token"')
+PROBES = ("/healthz", "/readyz")
 
 
 def _reject_constant(name: str) -> float:
@@ -270,31 +59,11 @@ def _reject_constant(name: str) -> float:
 _DECODER = json.JSONDecoder(parse_constant=_reject_constant)
 
 
-def _number(value: Any, name: str) -> float:
-    """A finite float from a JSON value, or HttpError(400) naming the field."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise HttpError(400, f"'{name}' must be a number, got {_json_type(value)}")
+def _number(value: object, name: str) -> float:
     try:
-        x = float(value)
-    except OverflowError:
-        raise HttpError(400, f"'{name}' must be a finite number") from None
-    if not math.isfinite(x):
-        raise HttpError(400, f"'{name}' must be a finite number")
-    return x
-
-
-def _json_type(value: Any) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "boolean"
-    if isinstance(value, str):
-        return "string"
-    if isinstance(value, list):
-        return "array"
-    if isinstance(value, dict):
-        return "object"
-    return type(value).__name__
+        return finite_number(value, name)
+    except Rejected as e:
+        raise HttpError(400, e.detail) from None
 
 
 def parse_predict_body(body: bytes) -> tuple[dict[str, float], str | None]:
@@ -311,7 +80,7 @@ def parse_predict_body(body: bytes) -> tuple[dict[str, float], str | None]:
     except RecursionError:
         raise HttpError(400, "body is not valid JSON: nested too deeply") from None
     if not isinstance(doc, dict):
-        raise HttpError(400, f"body must be a JSON object, got {_json_type(doc)}")
+        raise HttpError(400, f"body must be a JSON object, got {describe(doc)}")
     has_value, has_values = "value" in doc, "values" in doc
     if has_value and has_values:
         raise HttpError(400, "give exactly one of 'value' and 'values', not both")
@@ -320,358 +89,20 @@ def parse_predict_body(body: bytes) -> tuple[dict[str, float], str | None]:
     elif has_values:
         raw = doc["values"]
         if not isinstance(raw, dict) or not raw:
-            got = "an empty object" if isinstance(raw, dict) else _json_type(raw)
+            got = "an empty object" if isinstance(raw, dict) else describe(raw)
             raise HttpError(400, f"'values' must be a non-empty object of field -> number, got {got}")
         values = {k: _number(v, f"values.{k[:60]}") for k, v in raw.items()}
     else:
         raise HttpError(400, "missing 'value' (a number) or 'values' (an object of field -> number)")
     sensor_id = doc.get("sensor_id")
     if sensor_id is not None and (not isinstance(sensor_id, str) or not sensor_id):
-        got = "an empty string" if sensor_id == "" else _json_type(sensor_id)
+        got = "an empty string" if sensor_id == "" else describe(sensor_id)
         raise HttpError(400, f"'sensor_id' must be a non-empty string, got {got}")
     return values, sensor_id
 
 
-def verdict_payload(verdict: Verdict) -> dict[str, Any]:
-    payload: dict[str, Any] = {
-        "anomaly": verdict.anomaly,
-        "score": round(verdict.score, 6),
-        "model": verdict.model,
-        "model_version": verdict.model_version,
-    }
-    if verdict.raw_score is not None:
-        payload["raw_score"] = round(verdict.raw_score, 6)
-    if verdict.sensor_id:
-        payload["sensor_id"] = verdict.sensor_id
-    return payload
-
-
-class _Server:
-    """State shared by the connections of one running HttpApi (lives on the loop thread)."""
-
-    def __init__(self, api: HttpApi, loop: asyncio.AbstractEventLoop) -> None:
-        self.api = api
-        self.loop = loop
-        self.connections: set[_Connection] = set()
-        self.accepted = 0
-        self.probes = 0  # connections admitted from PROBE_RESERVE
-
-    def shed_slowest(self) -> bool:
-        """Make room for a new connection: drop the one waiting longest for a request (False: all busy)."""
-        victim = min((c for c in self.connections if c.accepted and not c.busy and not c.closing),
-                     key=lambda c: c.waiting_since, default=None)
-        if victim is None:
-            return False
-        victim.shed()
-        self.api.shed.inc()
-        return True
-
-    def new_connection(self) -> _Connection:
-        return _Connection(self)
-
-
-class _Connection(asyncio.Protocol):
-    """One client connection: parses pipelined requests from a buffer and answers them in order."""
-
-    def __init__(self, server: _Server) -> None:
-        self.server = server
-        self.api = server.api
-        self.loop = server.loop
-        self.transport: asyncio.Transport | None = None
-        self.buf = bytearray()
-        self.request: Request | None = None  # head parsed, waiting for the body
-        self.accepted = False
-        self.probe_only = False  # admitted from PROBE_RESERVE: /healthz and /readyz only
-        self.closing = False  # a final response is out; input is discarded
-        self.eof = False
-        self.busy = False  # a response is being produced off the loop (/metrics)
-        self.write_paused = False
-        self.read_paused = False
-        self.sent_continue = False
-        self.deadline = 0.0
-        self.waiting_since = 0.0  # when it began waiting for its current request
-        self.timer: asyncio.TimerHandle | None = None
-
-    # -- asyncio.Protocol -------------------------------------------------
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
-        self.server.connections.add(self)
-        if self.server.accepted >= self.api.max_connections and not self.server.shed_slowest():
-            if self.server.probes >= PROBE_RESERVE:
-                self._finish(error_response(503, "too many connections; retry later"), "other")
-                return
-            self.probe_only = True
-            self.server.probes += 1
-        else:
-            self.accepted = True
-            self.server.accepted += 1
-        self.waiting_since = self.loop.time()
-        self._arm(self.waiting_since + self.api.cfg.read_timeout)
-
-    def shed(self) -> None:
-        """Dropped to make room (see _Server.shed_slowest): its slot is free at once."""
-        self.server.accepted -= 1
-        self.accepted = False
-        self.closing = True
-        if self.transport is not None:
-            self.transport.abort()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.server.connections.discard(self)
-        if self.probe_only:
-            self.server.probes -= 1
-            self.probe_only = False
-        if self.accepted:
-            self.server.accepted -= 1
-            self.accepted = False
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
-        self.transport = None
-
-    def data_received(self, data: bytes) -> None:
-        if self.closing:
-            return
-        self.buf += data
-        self._process()
-
-    def eof_received(self) -> bool:
-        self.eof = True
-        if not self.closing:
-            self._process()
-        elif self.transport is not None:
-            self.transport.close()
-        return True  # the transport stays open until a pending response is out
-
-    def pause_writing(self) -> None:
-        self.write_paused = True
-        self._update_reading()
-
-    def resume_writing(self) -> None:
-        self.write_paused = False
-        self._update_reading()
-        self._process()
-
-    # -- request handling -------------------------------------------------
-
-    def _process(self) -> None:
-        try:
-            self._process_requests()
-        except Exception:  # a bug in this module must not kill the connection silently
-            log.exception("HTTP connection failed")
-            self._finish(error_response(500, "internal server error"), "other")
-
-    def _process_requests(self) -> None:
-        while not (self.closing or self.busy or self.write_paused):
-            req = self.request
-            if req is None:
-                while self.buf[:2] == b"\r\n":  # tolerated before a request line (RFC 9112 2.2)
-                    del self.buf[:2]
-                end = self.buf.find(b"\r\n\r\n")
-                if end < 0:
-                    if len(self.buf) > MAX_HEAD_BYTES:
-                        self._finish(error_response(431, f"request head larger than {MAX_HEAD_BYTES} bytes"), "other")
-                    elif self.eof:
-                        self._end_of_input()
-                    return
-                if end > MAX_HEAD_BYTES:
-                    self._finish(error_response(431, f"request head larger than {MAX_HEAD_BYTES} bytes"), "other")
-                    return
-                head = bytes(self.buf[:end])
-                del self.buf[: end + 4]
-                try:
-                    req = parse_head(head)
-                    self._check_framing(req)
-                except HttpError as e:
-                    self._finish(error_response(e.status, e.message), "other")
-                    return
-                self.request = req
-                self.sent_continue = False
-            n = req.content_length or 0
-            if len(self.buf) < n:
-                if self.eof:
-                    self._end_of_input()
-                elif req.expect_continue and not self.sent_continue and not req.http10 and self.transport is not None:
-                    self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-                    self.sent_continue = True
-                return
-            body = bytes(self.buf[:n])
-            del self.buf[:n]
-            self.request = None
-            self._dispatch(req, body)
-        if self.eof and not (self.closing or self.busy or self.write_paused):
-            self._end_of_input()
-
-    def _check_framing(self, req: Request) -> None:
-        if req.content_length is None:
-            if req.method == "POST":
-                raise HttpError(411, "Content-Length header required on POST")
-        elif req.content_length > self.api.cfg.max_body_bytes:
-            raise HttpError(413, f"request body too large: at most {self.api.cfg.max_body_bytes} bytes (http.max_body_bytes)")
-
-    def _end_of_input(self) -> None:
-        """The client stopped sending: answer a cut-off request with 400, then close."""
-        if self.request is not None or self.buf.strip():
-            self._finish(error_response(400, "incomplete request: connection closed mid-request"), "other")
-        elif self.transport is not None:
-            self.closing = True
-            self.transport.close()
-
-    def _dispatch(self, req: Request, body: bytes) -> None:
-        path = req.path if req.path in ALLOWED else "other"
-        try:
-            resp = self._route(req, path, body)
-        except HttpError as e:
-            resp = error_response(e.status, e.message, e.allow, e.authenticate)
-        except Exception:
-            log.exception("HTTP %s %s failed", req.method, path)
-            resp = error_response(500, "internal server error")
-        if resp is not None:
-            self._respond(req, path, resp)
-
-    def _route(self, req: Request, path: str, body: bytes) -> Response | None:
-        allowed = ALLOWED.get(path)
-        if allowed is None:
-            raise HttpError(404, f"no such endpoint {req.path[:100]!r}; try POST /predict, GET /metrics, /healthz or /readyz")
-        if req.method not in allowed:
-            raise HttpError(405, f"method {req.method[:20]} not allowed on {path}; use {' or '.join(allowed)}", allow=", ".join(allowed))
-        if self.probe_only and path not in PROBES:
-            raise HttpError(503, "too many connections, all busy: only /healthz and /readyz are answered now; retry later")
-        if path == "/predict":
-            check_bearer(self.api.token, req.authorization)
-            return self._predict(req, body)
-        if path == "/metrics" and self.api.cfg.metrics_token:
-            check_bearer(self.api.token, req.authorization)
-        if path == "/healthz":
-            return json_response(200, {"status": "ok"})
-        if path == "/readyz":
-            return self._ready()
-        if path == OPENAPI_PATH:
-            return Response(200, openapi_json(), JSON_TYPE)
-        self._metrics(req)
-        return None
-
-    def _predict(self, req: Request, body: bytes) -> Response:
-        check_content_type(req.content_type)
-        values, sensor_id = parse_predict_body(body)
-        try:
-            verdict = self.api.predict(values, sensor_id)
-        except UnknownSensor as e:
-            raise HttpError(404, str(e)) from None
-        except ValueError as e:  # the model needs fields the request lacks
-            raise HttpError(400, str(e)) from None
-        return json_response(200, verdict_payload(verdict))
-
-    def _ready(self) -> Response:
-        try:
-            ready, reason = self.api.readiness()
-        except Exception as e:
-            log.exception("readiness check failed")
-            ready, reason = False, f"readiness check failed: {type(e).__name__}"
-        if ready:
-            return json_response(200, {"status": "ready"})
-        return json_response(503, {"status": "not ready", "reason": reason})
-
-    def _metrics(self, req: Request) -> None:
-        """Render /metrics on a worker thread: a large registry takes milliseconds, /predict must not wait."""
-        self.busy = True
-        self._update_reading()
-        fut = self.loop.run_in_executor(self.api.executor, generate_latest, self.api.registry)
-
-        def done(f: asyncio.Future[bytes]) -> None:
-            self.busy = False
-            if self.transport is None:
-                return
-            try:
-                resp = Response(200, f.result(), CONTENT_TYPE_LATEST.encode())
-            except Exception:
-                log.exception("rendering /metrics failed")
-                resp = error_response(500, "internal server error")
-            self._respond(req, "/metrics", resp)
-            self._update_reading()
-            self._process()
-
-        fut.add_done_callback(done)
-
-    # -- responses and connection lifetime --------------------------------
-
-    def _respond(self, req: Request, path: str, resp: Response) -> None:
-        self.api.count(path, resp.status)
-        if not req.keep_alive:
-            self._finish(resp, None, req.http10, head_only=req.method == "HEAD")
-            return
-        if self.transport is not None:
-            self.transport.write(encode_response(resp, True, req.http10, head_only=req.method == "HEAD"))
-        self.waiting_since = self.loop.time()
-        self.deadline = self.waiting_since + self.api.cfg.read_timeout
-
-    def _finish(self, resp: Response, path: str | None, http10: bool = False, head_only: bool = False) -> None:
-        """Send a last response, stop sending, and discard input until the client closes (or linger ends)."""
-        if path is not None:
-            self.api.count(path, resp.status)
-        transport = self.transport
-        self.closing = True
-        self.request = None
-        self.buf.clear()
-        if transport is None:
-            return
-        transport.write(encode_response(resp, False, http10, head_only))
-        if self.eof or not transport.can_write_eof():
-            transport.close()
-            return
-        try:
-            transport.write_eof()
-        except OSError:
-            transport.abort()
-            return
-        if self.read_paused:
-            transport.resume_reading()
-            self.read_paused = False
-        self._arm(self.loop.time() + LINGER_SECONDS)
-
-    def _update_reading(self) -> None:
-        if self.transport is None or self.closing:
-            return
-        want_pause = self.busy or self.write_paused
-        if want_pause != self.read_paused:
-            self.read_paused = want_pause
-            if want_pause:
-                self.transport.pause_reading()
-            else:
-                self.transport.resume_reading()
-
-    def _arm(self, deadline: float) -> None:
-        # One timer per connection, re-armed lazily: requests only move the deadline.
-        self.deadline = deadline
-        if self.timer is not None:
-            self.timer.cancel()
-        self.timer = self.loop.call_at(deadline, self._on_timer)
-
-    def _on_timer(self) -> None:
-        self.timer = None
-        transport = self.transport
-        if transport is None:
-            return
-        if self.closing:
-            transport.abort()
-            return
-        now = self.loop.time()
-        if self.busy or now < self.deadline:
-            self._arm(max(self.deadline, now + 0.05) if not self.busy else now + self.api.cfg.read_timeout)
-            return
-        if self.write_paused:
-            transport.abort()  # the client reads nothing we send: nothing to tell it
-        elif self.request is not None or self.buf.strip():
-            self._finish(error_response(408, f"request not received within {self.api.cfg.read_timeout} s (http.read_timeout)"), "other")
-        else:
-            self.closing = True
-            transport.close()  # idle keep-alive connection
-
-
 class HttpApi:
-    """Serves the agent's HTTP endpoints on one port from a thread of its own."""
+    """The agent's endpoints, served by an HttpServer on one port from a thread of its own."""
 
     def __init__(
         self,
@@ -688,97 +119,63 @@ class HttpApi:
         self.predict = predict
         self.readiness = readiness
         self.registry = registry
-        self.max_connections = max_connections
-        self.requests = Counter(
-            "edge_agent_http_requests", "HTTP requests answered, by endpoint and status code.",
-            ["path", "code"], registry=registry,
+        handlers: dict[str, Handler] = {
+            "/predict": self._predict,
+            "/metrics": self._metrics,
+            "/healthz": self._healthy,
+            "/readyz": self._ready,
+            OPENAPI_PATH: self._openapi,
+        }
+        routes = {path: Route(ALLOWED[path], handlers[path], probe=path in PROBES) for path in ALLOWED}
+        self.server = HttpServer(
+            routes, registry, host=cfg.host, port=cfg.port,
+            limits=Limits(cfg.max_body_bytes, cfg.read_timeout, max_connections),
+            not_found_hint="try POST /predict, GET /metrics, /healthz or /readyz",
         )
-        self.shed = Counter(
-            "edge_agent_http_connections_shed", "Connections dropped to make room for a new one (the one waiting longest for its request).",
-            registry=registry,
-        )
-        self._children: dict[tuple[str, int], Any] = {}  # labels() takes a lock and a lookup per call
-        self.executor: concurrent.futures.ThreadPoolExecutor | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
-        self._server: _Server | None = None
-        self._aserver: asyncio.AbstractServer | None = None
-        self.address: tuple[str, int] | None = None
+        self.requests = self.server.requests
+        self.shed = self.server.shed
 
-    def count(self, path: str, code: int) -> None:
-        child = self._children.get((path, code))
-        if child is None:
-            child = self._children[(path, code)] = self.requests.labels(path=path, code=str(code))
-        child.inc()
+    @property
+    def address(self) -> tuple[str, int] | None:
+        return self.server.address
 
     def start(self) -> tuple[str, int]:
-        """Bind ``cfg.host:cfg.port`` and serve; returns the bound address. OSError if it cannot bind."""
-        if self._thread is not None:
-            raise RuntimeError("HttpApi already started")
-        sock = _listen(self.cfg.host, self.cfg.port)
-        # One worker: concurrent scrapes queue up instead of rendering the registry in parallel.
-        self.executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="http-metrics")
-        self.address = sock.getsockname()[:2]
-        loop = asyncio.new_event_loop()
-        self._loop = loop
-        self._server = _Server(self, loop)
-        try:
-            self._aserver = loop.run_until_complete(
-                loop.create_server(self._server.new_connection, sock=sock, backlog=LISTEN_BACKLOG)
-            )
-        except BaseException:
-            sock.close()
-            loop.close()
-            self._loop = None
-            raise
-        self._thread = threading.Thread(target=loop.run_forever, name="http-api", daemon=True)
-        self._thread.start()
-        log.debug("HTTP API listening on %s:%d", *self.address)
-        return self.address
+        """Bind http.host:http.port and serve; returns the bound address. OSError if it cannot bind."""
+        return self.server.start()
 
     def stop(self) -> None:
-        """Close the listener and every connection, and join the thread (bounded)."""
-        loop, thread = self._loop, self._thread
-        if loop is None or thread is None:
-            return
-        done = threading.Event()
+        self.server.stop()
 
-        def shutdown() -> None:
-            if self._aserver is not None:
-                self._aserver.close()
-            for conn in list(self._server.connections if self._server else ()):
-                if conn.transport is not None:
-                    conn.transport.abort()
-            loop.call_soon(loop.stop)
-            done.set()
+    def _predict(self, req: Request, body: bytes) -> Response:
+        check_bearer(self.token, req.authorization)
+        check_content_type(req.content_type)
+        values, sensor_id = parse_predict_body(body)
+        try:
+            verdict = self.predict(values, sensor_id)
+        except UnknownSensor as e:
+            raise HttpError(404, str(e)) from None
+        except ValueError as e:  # the model needs fields the request lacks
+            raise HttpError(400, str(e)) from None
+        return json_response(200, verdict.to_answer())
 
-        loop.call_soon_threadsafe(shutdown)  # runs as soon as the loop does, even right after start()
-        done.wait(STOP_TIMEOUT)
-        thread.join(STOP_TIMEOUT)
-        if not thread.is_alive():
-            loop.run_until_complete(asyncio.sleep(0))  # let aborted transports run connection_lost
-            loop.close()
-        if self.executor is not None:
-            self.executor.shutdown(wait=False, cancel_futures=True)
-            self.executor = None
-        self._loop = self._thread = None
-        self._server = self._aserver = None
+    def _metrics(self, req: Request, body: bytes) -> Deferred:
+        """Rendered on the server's worker thread: a large registry takes milliseconds, /predict must not wait."""
+        if self.cfg.metrics_token:
+            check_bearer(self.token, req.authorization)
+        return Deferred(lambda: Response(200, generate_latest(self.registry), CONTENT_TYPE_LATEST.encode()))
 
+    def _healthy(self, req: Request, body: bytes) -> Response:
+        return json_response(200, {"status": "ok"})
 
-def _listen(host: str, port: int) -> socket.socket:
-    try:
-        infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
-        family, _, _, _, addr = infos[0]
-        sock = socket.socket(family, socket.SOCK_STREAM)
-    except OSError as e:
-        raise OSError(e.errno, f"HTTP API cannot listen on {host}:{port} (http.host/http.port): {e.strerror or e}") from e
-    try:
-        # Like every server: rebind at once after a restart, despite old connections in TIME_WAIT.
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(addr)
-        sock.listen(LISTEN_BACKLOG)
-        sock.setblocking(False)
-    except OSError as e:
-        sock.close()
-        raise OSError(e.errno, f"HTTP API cannot listen on {host}:{port} (http.host/http.port): {e.strerror or e}") from e
-    return sock
+    def _ready(self, req: Request, body: bytes) -> Response:
+        try:
+            ready, reason = self.readiness()
+        except Exception as e:
+            log.exception("readiness check failed")
+            ready, reason = False, f"readiness check failed: {type(e).__name__}"
+        if ready:
+            return json_response(200, {"status": "ready"})
+        return json_response(503, {"status": "not ready", "reason": reason})
+
+    def _openapi(self, req: Request, body: bytes) -> Response:
+        return Response(200, openapi_json(), JSON_TYPE)

@@ -41,15 +41,14 @@ from typing import Any
 
 from edge_agent.config import SourceConfig
 from edge_agent.domain import InvalidReading, Reading
+from edge_agent.jsonvalues import NOT_FINITE, WRONG_TYPE, Rejected, describe, finite_number
 from edge_agent.topics import SourcePattern, minimal_subscriptions, sensor_id_parts, topic_matches
 
 TOO_LARGE = "too_large"  # payload over max_payload_bytes (checked before decoding)
 EMPTY = "empty"  # no bytes, or only whitespace
 NOT_UTF8 = "not_utf8"  # payload bytes are not UTF-8
 BAD_JSON = "bad_json"  # neither a bare number nor well-formed JSON
-NOT_FINITE = "not_finite"  # a scored value is NaN or +-Infinity (or overflows to it)
 MISSING_FIELD = "missing_field"  # a configured field (or "value") is absent
-WRONG_TYPE = "wrong_type"  # a scored value is not a JSON number, or the payload has the wrong shape
 BAD_TIMESTAMP = "bad_timestamp"  # the ts field is not a usable timestamp
 TOO_DEEP = "too_deep"  # JSON nested deeper than MAX_DEPTH (refused before decoding)
 UNKNOWN_TOPIC = "unknown_topic"  # no source matches the topic
@@ -90,32 +89,8 @@ _BRACKET_STEP = {"{": 1, "[": 1, "}": -1, "]": -1}
 _MISSING = object()
 
 
-class _Rejected(Exception):
-    """Internal: aborts parsing of one message with a reason and a detail."""
-
-    def __init__(self, reason: str, detail: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
-        self.detail = detail
-
-
 def _clip(text: str) -> str:
     return text if len(text) <= MAX_DETAIL else text[: MAX_DETAIL - 3] + "..."
-
-
-def _describe(value: Any) -> str:
-    """A short description of a JSON value: its JSON type and, for scalars, a preview."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return f"boolean {'true' if value else 'false'}"
-    if isinstance(value, str):
-        return f"string {value[:24]!r}"
-    if isinstance(value, dict):
-        return "object"
-    if isinstance(value, list):
-        return "array"
-    return f"{type(value).__name__} {str(value)[:24]}"
 
 
 def _json_depth_exceeds(text: str, limit: int) -> bool:
@@ -246,24 +221,6 @@ def _compile_fleet(where: str, source: SourceConfig) -> _Fleet | None:
     )
 
 
-def _number(value: Any, name: str) -> float:
-    """``value`` as a finite float, or a rejection naming the field."""
-    kind = type(value)
-    if kind is float:
-        number = value
-    elif kind is int:
-        try:
-            number = float(value)
-        except OverflowError:
-            raise _Rejected(NOT_FINITE, f"field {name!r} overflows a float") from None
-    else:
-        # bool is excluded here on purpose: type(True) is bool, not int.
-        raise _Rejected(WRONG_TYPE, f"field {name!r} must be a JSON number, got {_describe(value)}")
-    if not math.isfinite(number):
-        raise _Rejected(NOT_FINITE, f"field {name!r} is {number!r}")
-    return number
-
-
 def _timestamp(raw: Any, name: str) -> float:
     """Epoch seconds for a ts value (epoch s/ms number or ISO-8601 string)."""
     kind = type(raw)
@@ -271,22 +228,22 @@ def _timestamp(raw: Any, name: str) -> float:
         try:
             seconds = float(raw)
         except OverflowError:
-            raise _Rejected(BAD_TIMESTAMP, f"{name!r} overflows a float") from None
+            raise Rejected(BAD_TIMESTAMP, f"{name!r} overflows a float") from None
         if not math.isfinite(seconds):
-            raise _Rejected(BAD_TIMESTAMP, f"{name!r} is {seconds!r}")
+            raise Rejected(BAD_TIMESTAMP, f"{name!r} is {seconds!r}")
         if seconds > _MS_THRESHOLD:
             seconds /= 1000.0
     elif kind is str:
         seconds = _iso_timestamp(raw, name)
     else:
-        raise _Rejected(BAD_TIMESTAMP, f"{name!r} must be epoch seconds or ISO-8601, got {_describe(raw)}")
+        raise Rejected(BAD_TIMESTAMP, f"{name!r} must be epoch seconds or ISO-8601, got {describe(raw)}")
     if not 0.0 <= seconds < _MS_THRESHOLD:
-        raise _Rejected(BAD_TIMESTAMP, f"{name!r} out of range: {str(raw)[:30]}")
+        raise Rejected(BAD_TIMESTAMP, f"{name!r} out of range: {str(raw)[:30]}")
     return seconds
 
 
 def _iso_timestamp(text: str, name: str) -> float:
-    bad = _Rejected(BAD_TIMESTAMP, f"{name!r} is not ISO-8601: {text[:30]!r}")
+    bad = Rejected(BAD_TIMESTAMP, f"{name!r} is not ISO-8601: {text[:30]!r}")
     if len(text) > _MAX_ISO_LENGTH or not text.isascii():
         raise bad
     # Python 3.10's fromisoformat does not know the 'Z' suffix.
@@ -304,13 +261,13 @@ def _iso_timestamp(text: str, name: str) -> float:
 def _reject_sensor_id(sensor_id: str, topic: str) -> None:
     """Raise the rejection explaining why ``sensor_id`` is unusable (no-op if it is fine)."""
     if not sensor_id:
-        raise _Rejected(BAD_SENSOR_ID, f"empty sensor level in topic {topic[:60]!r}")
+        raise Rejected(BAD_SENSOR_ID, f"empty sensor level in topic {topic[:60]!r}")
     if len(sensor_id) > MAX_SENSOR_ID_LENGTH:
-        raise _Rejected(BAD_SENSOR_ID, f"sensor id longer than {MAX_SENSOR_ID_LENGTH} characters")
+        raise Rejected(BAD_SENSOR_ID, f"sensor id longer than {MAX_SENSOR_ID_LENGTH} characters")
     # Wildcards would make every output topic for this sensor unpublishable; unprintable
     # characters (controls, lone surrogates) break logs, labels and UTF-8 encoding.
     if "+" in sensor_id or "#" in sensor_id or not sensor_id.isprintable():
-        raise _Rejected(BAD_SENSOR_ID, f"sensor id has wildcard or unprintable characters: {sensor_id[:30]!r}")
+        raise Rejected(BAD_SENSOR_ID, f"sensor id has wildcard or unprintable characters: {sensor_id[:30]!r}")
 
 
 class PayloadParser:
@@ -368,7 +325,7 @@ class PayloadParser:
             if source.fleet is not None:
                 return self._fleet_readings(source, sensor_id, topic, payload, received_at, ack, redelivered)
             values, ts, ts_raw = self._decode(source, payload)
-        except _Rejected as rejected:
+        except Rejected as rejected:
             if rejected.reason == UNKNOWN_TOPIC and type(topic) is str and any(
                 topic_matches(f, topic) for f in self.subscriptions
             ):
@@ -384,7 +341,7 @@ class PayloadParser:
 
     def _source_for(self, topic: str) -> tuple[_Source, str]:
         if type(topic) is not str:
-            raise _Rejected(UNKNOWN_TOPIC, f"topic must be a string, got {type(topic).__name__}")
+            raise Rejected(UNKNOWN_TOPIC, f"topic must be a string, got {type(topic).__name__}")
         for source in self._sources:
             sensor_id = source.pattern.sensor_id(topic)
             if sensor_id is not None:
@@ -401,26 +358,26 @@ class PayloadParser:
                 ):
                     _reject_sensor_id(sensor_id, topic)
                 return source, sensor_id
-        raise _Rejected(UNKNOWN_TOPIC, f"no source matches topic {topic[:70]!r}")
+        raise Rejected(UNKNOWN_TOPIC, f"no source matches topic {topic[:70]!r}")
 
     def _text(self, payload: bytes) -> str:
         """The payload as stripped text, or a rejection (too large, not UTF-8, empty)."""
         if type(payload) is not bytes:
             if not isinstance(payload, (bytearray, memoryview)):
-                raise _Rejected(WRONG_TYPE, f"payload must be bytes, got {type(payload).__name__}")
+                raise Rejected(WRONG_TYPE, f"payload must be bytes, got {type(payload).__name__}")
             payload = bytes(payload)
         size = len(payload)
         if size > self._max_payload_bytes:
-            raise _Rejected(TOO_LARGE, f"payload is {size} bytes, limit is {self._max_payload_bytes}")
+            raise Rejected(TOO_LARGE, f"payload is {size} bytes, limit is {self._max_payload_bytes}")
         try:
             text = payload.decode("utf-8")
         except UnicodeDecodeError as exc:
-            raise _Rejected(NOT_UTF8, f"payload is not UTF-8 ({exc.reason} at byte {exc.start})") from None
+            raise Rejected(NOT_UTF8, f"payload is not UTF-8 ({exc.reason} at byte {exc.start})") from None
         text = text.strip()
         if text[:1] == "\ufeff":  # tolerate a UTF-8 byte-order mark
             text = text[1:].strip()
         if not text:
-            raise _Rejected(EMPTY, "payload is empty" if size == 0 else "payload is only whitespace")
+            raise Rejected(EMPTY, "payload is empty" if size == 0 else "payload is only whitespace")
         return text
 
     def _decode(self, source: _Source, payload: bytes) -> tuple[dict[str, float], float | None, Any]:
@@ -430,7 +387,7 @@ class PayloadParser:
             return self._decode_scalar(source, text)
         obj = _loads(self._decoder, text)
         if type(obj) is not dict:  # pragma: no cover - '{' always decodes to an object
-            raise _Rejected(WRONG_TYPE, f"payload must be a number or JSON object, got {_describe(obj)}")
+            raise Rejected(WRONG_TYPE, f"payload must be a number or JSON object, got {describe(obj)}")
 
         values: dict[str, float] = {}
         for f in source.fields:
@@ -439,9 +396,9 @@ class PayloadParser:
             if type(value) is float and value - value == 0.0:
                 values[f.name] = value
             elif value is _MISSING:
-                raise _Rejected(MISSING_FIELD, f"field {f.name!r} is missing")
+                raise Rejected(MISSING_FIELD, f"field {f.name!r} is missing")
             else:
-                values[f.name] = _number(value, f.name)
+                values[f.name] = finite_number(value, f.name)
         ts, ts_raw = _message_ts(source, obj)
         return values, ts, ts_raw
 
@@ -462,7 +419,7 @@ class PayloadParser:
             sensor = _render_id(fleet, level, topic, None, None, None)
             try:
                 scalar = self._decode_scalar(source, text)[0]
-            except _Rejected as rejected:
+            except Rejected as rejected:
                 return [InvalidReading(rejected.reason, _clip(rejected.detail), topic, sensor, ack)]
             items = [(None, None)]
         else:
@@ -489,7 +446,7 @@ class PayloadParser:
                 if fleet.optional:
                     sensor = f"{sensor}{FIELD_SET_MARK}{','.join(values)}"
                 _check_fleet_id(sensor)
-            except _Rejected as rejected:
+            except Rejected as rejected:
                 out.append(InvalidReading(rejected.reason, _clip(rejected.detail), topic, sensor))
                 continue
             out.append(Reading(
@@ -512,16 +469,16 @@ class PayloadParser:
         for f in source.fields:
             value = f.lookup(item)
             if value is _MISSING:
-                raise _Rejected(MISSING_FIELD, f"field {f.name!r} is missing")
-            values[f.name] = _number(value, f.name)
+                raise Rejected(MISSING_FIELD, f"field {f.name!r} is missing")
+            values[f.name] = finite_number(value, f.name)
         assert source.fleet is not None
         for f in source.fleet.optional:
             value = f.lookup(item)
             if value is not _MISSING and value is not None:  # null: the device has no value now
-                values[f.name] = _number(value, f.name)
+                values[f.name] = finite_number(value, f.name)
         if not values:
             names = ", ".join(f.name for f in source.fleet.optional)
-            raise _Rejected(MISSING_FIELD, f"none of the fields {names[:60]} is present")
+            raise Rejected(MISSING_FIELD, f"none of the fields {names[:60]} is present")
         return values
 
     def _track(self, source: _Source, sensor: str, values: dict[str, float], t: float) -> dict[str, float]:
@@ -553,7 +510,7 @@ class PayloadParser:
             self._remember(self._known, sensor, merged)
             values = {name: merged[name] for name in _scored_names(source) if name in merged}
         if pending is not None:
-            raise _Rejected(RATE_PENDING, pending)
+            raise Rejected(RATE_PENDING, pending)
         return values
 
     def _sequence(self, sensor: str, seq: int, redelivered: bool) -> None:
@@ -583,35 +540,35 @@ class PayloadParser:
         if number is None:
             value = _loads(self._decoder, text)
             if type(value) is int or type(value) is float:  # not reached today; float() takes every JSON number
-                number = _number(value, "value")
+                number = finite_number(value, "value")
             else:
-                raise _Rejected(WRONG_TYPE, f"payload must be a number or JSON object, got {_describe(value)}")
+                raise Rejected(WRONG_TYPE, f"payload must be a number or JSON object, got {describe(value)}")
         if not source.univariate:
             names = ", ".join(f.name for f in source.fields)
-            raise _Rejected(WRONG_TYPE, f"expected a JSON object with fields {names}, got a bare number")
+            raise Rejected(WRONG_TYPE, f"expected a JSON object with fields {names}, got a bare number")
         if not math.isfinite(number):
-            raise _Rejected(NOT_FINITE, f"value is {number!r}")
+            raise Rejected(NOT_FINITE, f"value is {number!r}")
         return {"value": number}, None, None
 
 
 def _loads(decoder: json.JSONDecoder, text: str) -> Any:
     """Decode stripped JSON ``text``, depth checked first, every failure a rejection."""
     if _json_depth_exceeds(text, MAX_DEPTH):
-        raise _Rejected(TOO_DEEP, f"JSON nested deeper than {MAX_DEPTH} levels")
+        raise Rejected(TOO_DEEP, f"JSON nested deeper than {MAX_DEPTH} levels")
     try:
         # raw_decode skips json.loads' per-call checks and whitespace regexes (about half
         # its cost on small payloads); ``text`` is already stripped, so only trailing
         # garbage needs checking.
         value, end = decoder.raw_decode(text)
     except json.JSONDecodeError as exc:
-        raise _Rejected(BAD_JSON, f"not a number or valid JSON: {exc.msg} (char {exc.pos})") from None
+        raise Rejected(BAD_JSON, f"not a number or valid JSON: {exc.msg} (char {exc.pos})") from None
     except RecursionError:  # pragma: no cover - the depth check comes first
-        raise _Rejected(TOO_DEEP, "JSON nested too deeply") from None
+        raise Rejected(TOO_DEEP, "JSON nested too deeply") from None
     except ValueError as exc:
         # e.g. integers over Python's int-to-str digit limit.
-        raise _Rejected(BAD_JSON, f"JSON not decodable: {str(exc)[:60]}") from None
+        raise Rejected(BAD_JSON, f"JSON not decodable: {str(exc)[:60]}") from None
     if end != len(text):
-        raise _Rejected(BAD_JSON, f"not a number or valid JSON: extra data at char {end}")
+        raise Rejected(BAD_JSON, f"not a number or valid JSON: extra data at char {end}")
     return value
 
 
@@ -661,14 +618,14 @@ def _render_id(fleet: _Fleet, level: str, topic: str, key: str | None, item: Any
         if type(value) is int:
             value = str(value)
         if type(value) is not str or not value:
-            shown = "missing" if value is _MISSING or value is None else _describe(value)
-            raise _Rejected(BAD_SENSOR_ID, f"sensor_id placeholder {{{name}}} is {shown} (a non-empty string or integer is needed)")
+            shown = "missing" if value is _MISSING or value is None else describe(value)
+            raise Rejected(BAD_SENSOR_ID, f"sensor_id placeholder {{{name}}} is {shown} (a non-empty string or integer is needed)")
         out += [value, parts[i + 1]]
     return "".join(out)
 
 
 def _check_fleet_id(sensor_id: str) -> None:
     if "/" in sensor_id:
-        raise _Rejected(BAD_SENSOR_ID, f"sensor id has a '/' (it becomes a topic level): {sensor_id[:30]!r}")
+        raise Rejected(BAD_SENSOR_ID, f"sensor id has a '/' (it becomes a topic level): {sensor_id[:30]!r}")
     if not (0 < len(sensor_id) <= MAX_SENSOR_ID_LENGTH and sensor_id.isprintable() and "+" not in sensor_id and "#" not in sensor_id):
         _reject_sensor_id(sensor_id, "")

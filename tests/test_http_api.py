@@ -23,7 +23,8 @@ from edge_agent.domain import Verdict
 from edge_agent.engine import ScoringEngine
 from edge_agent.features import FeatureSpec, feature_matrix
 from edge_agent.forest import Forest
-from edge_agent.http_api import MAX_HEAD_BYTES, HttpApi
+from edge_agent.http_api import HttpApi
+from edge_agent.http_server import MAX_HEAD_BYTES
 from edge_agent.model import SensorModel, build_model
 
 READ_TIMEOUT = 0.5
@@ -223,7 +224,7 @@ def test_unknown_sensor_without_default_is_404(models: dict[str, SensorModel]) -
         (b"[1, 2]", "object"),
         (b'"0.95"', "object"),
         (b"{}", "value"),
-        (b'{"value": "0.95"}', "'value' must be a number"),
+        (b'{"value": "0.95"}', "'value' must be a JSON number"),
         (b'{"value": true}', "boolean"),
         (b'{"value": null}', "'value'"),
         (b'{"value": [1]}', "'value'"),

@@ -584,3 +584,19 @@ def test_the_ack_rides_on_a_reading_this_agent_keeps() -> None:
     parser.owns = lambda sensor_id: sensor_id.endswith("-1")  # DS18B20-2 belongs to another agent of the partition
     items = _all(parser, "tele/ds/SENSOR", {"DS18B20-1": {"Temperature": 1}, "DS18B20-2": {"Temperature": 2}})
     assert [(i.sensor_id, i.ack) for i in items] == [("ds-DS18B20-2", None), ("ds-DS18B20-1", "token")]
+
+
+@pytest.mark.parametrize("value", ["0.95", True, None, [1], {"a": 1}, 10**400])
+def test_mqtt_and_http_reject_a_value_in_the_same_words(parser: PayloadParser, value: Any) -> None:
+    # One check for both ways in: the error a sensor gets on the errors topic is the one a
+    # /predict caller gets in its 400.
+    from edge_agent.http_api import parse_predict_body
+    from edge_agent.http_server import HttpError
+
+    payload = json.dumps({"value": value}).encode()
+    result = _parse(parser, "sensors/s1", payload)
+    assert isinstance(result, InvalidReading)
+    with pytest.raises(HttpError) as answer:
+        parse_predict_body(payload)
+    assert answer.value.status == 400
+    assert answer.value.message == result.detail

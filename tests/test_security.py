@@ -34,7 +34,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from prometheus_client import CollectorRegistry, generate_latest
 
 from conftest import REPO, agent_config
-from edge_agent import http_api
+from edge_agent import http_server
 from edge_agent.agent import Agent, load_models
 from edge_agent.config import ConfigError, HTTPConfig, http_token, load_config
 from edge_agent.domain import Verdict
@@ -137,13 +137,13 @@ def test_unauthorised_requests_are_counted(guarded: Api) -> None:
 
 def test_the_token_is_compared_in_constant_time(guarded: Api, monkeypatch: pytest.MonkeyPatch) -> None:
     seen: list[tuple[bytes, bytes]] = []
-    real = http_api.hmac.compare_digest
+    real = http_server.hmac.compare_digest
 
     def spy(a: bytes, b: bytes) -> bool:
         seen.append((a, b))
         return real(a, b)
 
-    monkeypatch.setattr(http_api.hmac, "compare_digest", spy)
+    monkeypatch.setattr(http_server.hmac, "compare_digest", spy)
     assert predict(guarded.port, f"Bearer {TOKEN}")[0] == 200
     assert predict(guarded.port, "Bearer nearly")[0] == 401
     assert seen == [(TOKEN.encode(), TOKEN.encode()), (b"nearly", TOKEN.encode())]
