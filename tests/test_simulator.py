@@ -437,7 +437,11 @@ def test_cli_reports_readings_the_broker_never_acknowledged_and_exits_3() -> Non
             [sys.executable, "-m", "simulator.cli", "--host", broker.host, "--port", str(broker.port), "--sensors", "2",
              "--rate", "100", "--count", "600", "--flush-timeout", "1", "--topic-prefix", "gone"],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        time.sleep(1.0)
+        sub = _Collector(broker.port, "gone/#")
+        try:  # the simulator is publishing (its start takes seconds on a loaded machine)
+            assert sub.wait_for(5, timeout=30), "simulator never published"
+        finally:
+            sub.close()
         broker.stop()  # the broker goes away with readings still to come
         out, err = proc.communicate(timeout=30)
     finally:
