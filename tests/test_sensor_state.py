@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import logging
+import threading
 import time
 from pathlib import Path
 
@@ -166,3 +167,26 @@ def test_a_sensor_reporting_every_minute_keeps_its_state_through_a_flood_of_new_
     [v] = engine.score(_readings("boiler", 1, start=60 * minute)).results
     assert v.learning and v.model_version == "52/60"  # type: ignore[union-attr]  # every reading kept, none lost
     assert engine.sensor_count == 100
+
+
+def test_sensors_finishing_learning_together_add_no_threads(tmp_path: Path) -> None:
+    learner = Learner(tmp_path)
+    engine = ScoringEngine({}, learning=LearningPlan(rows=60))
+    learner.attach(engine)
+    baseline = threading.active_count()
+    peak = baseline
+    try:
+        for i in range(60):
+            scored = engine.score([Reading(f"s{k}", {"value": 1.0 + 0.01 * ((i * 7 + k) % 5)}, float(i), ts=float(i))
+                                   for k in range(30)])
+            for request in scored.learn_requests:
+                learner(request)
+        assert len(scored.learn_requests) == 30  # every sensor due at once
+        deadline = time.monotonic() + 60
+        while len(engine.learned) < 30:
+            assert time.monotonic() < deadline, f"{len(engine.learned)} of 30 learned"
+            peak = max(peak, threading.active_count())
+            time.sleep(0.01)
+    finally:
+        learner.stop()
+    assert peak == baseline  # one learner thread fits them in turn, whatever the number due
