@@ -70,6 +70,8 @@ HEALTHCHECK --interval=15s --timeout=5s --start-period=30s --retries=3 \
     CMD ["python", "-c", "import sys, urllib.request; sys.exit(0 if urllib.request.urlopen('http://127.0.0.1:8000/healthz', timeout=3).status == 200 else 1)"]
 
 # Exec form: the agent is PID 1 and receives SIGTERM itself, so it can finish
-# the readings in hand (pipeline.shutdown_timeout) before exiting.
+# the readings in hand (pipeline.shutdown_timeout) before exiting. The config's
+# state_dir is relative to it (/app/state, read-only here): learned models go to
+# the state volume instead, or they would never be saved.
 ENTRYPOINT ["edge-agent"]
-CMD ["run", "--config", "/app/config.yaml"]
+CMD ["run", "--config", "/app/config.yaml", "--set", "learning.state_dir=/var/lib/edge-agent"]

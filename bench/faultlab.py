@@ -153,6 +153,13 @@ class AgentProcess:
         match = re.search(r"^VmRSS:\s+(\d+) kB", status, re.M)
         return int(match.group(1)) * 1024 if match else 0
 
+    def peak_rss_bytes(self) -> int:
+        """The most the agent has had resident since it started (VmHWM)."""
+        assert self.proc is not None
+        status = Path(f"/proc/{self.proc.pid}/status").read_text()
+        match = re.search(r"^VmHWM:\s+(\d+) kB", status, re.M)
+        return int(match.group(1)) * 1024 if match else 0
+
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")[-4000:] if self.log_path.exists() else ""
 

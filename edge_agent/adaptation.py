@@ -67,13 +67,13 @@ class History:
     Float arrays (~17 bytes a reading with its flag and time): a deque of Python lists
     costs about ten times that, which matters when every sensor of a site keeps an hour of
     readings to learn from. They start small and double as readings come, up to
-    ``capacity``: a sensor id that sends one reading (a typo, a flood) costs ~1 KB, not
-    the ~120 KB of a full history.
+    ``capacity``: a sensor id that sends one reading (a typo, a flood) costs a few hundred
+    bytes here, not the ~120 KB of a full history (bench/bench_sensor_memory.py).
     """
 
     __slots__ = ("_rows", "_flags", "_times", "_next", "_full", "capacity")
 
-    INITIAL = 64
+    INITIAL = 8
 
     def __init__(self, capacity: int, n_fields: int) -> None:
         self.capacity = capacity

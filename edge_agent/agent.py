@@ -131,7 +131,9 @@ class Agent:
             directory = state_dir(cfg, base)
             learned = load_learned(directory)
             self.metrics.record_models(learned.values())
-            self.learner = Learner(directory, on_learned=lambda sensor, model: self.metrics.record_models([model]))
+            self.learner = learner = Learner(directory, on_learned=lambda sensor, model: self.metrics.record_models([model]))
+            self.metrics.state_dir_writable.set_function(lambda: 0.0 if learner.save_error else 1.0)
+            self.metrics.models_unsaved.set_function(lambda: float(len(learner.unsaved)))
         self.engine = build_engine(cfg, models, learned)
         if self.learner is not None:
             self.learner.attach(self.engine)
@@ -179,6 +181,10 @@ class Agent:
             return False, "no model loaded and learning is off"
         if not self.transport.connected:
             return False, f"broker {self.cfg.mqtt.host}:{self.cfg.mqtt.port} not connected ({self.transport.last_error})"
+        learner = self.learner
+        if learner is not None and learner.save_error:
+            return False, (f"state dir {learner.state_dir} cannot be written ({learner.save_error}): "
+                           f"{len(learner.unsaved)} learned model(s) score from memory only, saving is retried")
         return True, ""
 
     def start(self) -> None:

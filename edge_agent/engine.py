@@ -18,6 +18,7 @@ while it holds its lock, so a learner may call ``install`` from any thread.
 from __future__ import annotations
 
 import threading
+from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -58,10 +59,45 @@ class SensorStream:
 
 @dataclass
 class Scored:
-    """A batch's results, one per reading in order, and the fits it made due."""
+    """A batch's results, one per reading in order, the fits it made due, and the sensors it
+    evicted to make room (``max_sensors``), each time one was."""
 
     results: list[Verdict | InvalidReading]
     learn_requests: list[LearnRequest]
+    evicted: list[str] = field(default_factory=list)
+
+
+class SensorRoster:
+    """Which sensors are tracked, in the order they were last heard from, and who goes when full.
+
+    A sensor is *new* until its second reading, then *established*. When a new sensor comes
+    and ``capacity`` are tracked, the new sensor heard from longest ago goes, and only when
+    there is none, the established one idle longest: a flood of one-reading ids (typos, a
+    scan, an attacker) pushes out itself, not the sensors that report every minute.
+    """
+
+    __slots__ = ("capacity", "established", "new")
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self.new: OrderedDict[str, None] = OrderedDict()
+        self.established: OrderedDict[str, None] = OrderedDict()
+
+    def heard(self, sensor_id: str) -> None:
+        """A reading of a tracked sensor: it is the most recently heard from."""
+        if sensor_id in self.established:
+            self.established.move_to_end(sensor_id)
+        else:
+            del self.new[sensor_id]
+            self.established[sensor_id] = None
+
+    def admit(self, sensor_id: str) -> str | None:
+        """Track a new sensor; the sensor it replaces, if the roster was full."""
+        evicted = None
+        if len(self.new) + len(self.established) >= self.capacity:
+            evicted = (self.new or self.established).popitem(last=False)[0]
+        self.new[sensor_id] = None
+        return evicted
 
 
 class ScoringEngine:
@@ -82,6 +118,7 @@ class ScoringEngine:
         self.max_sensors = max_sensors
         self.learning = learning
         self._streams: dict[str, SensorStream] = {}
+        self._roster = SensorRoster(max_sensors)
         # The worker scores while HTTP threads call predict() and the learner installs models.
         self._lock = threading.Lock()
 
@@ -96,6 +133,9 @@ class ScoringEngine:
     @property
     def sensor_count(self) -> int:
         return len(self._streams)
+
+    def is_tracked(self, sensor_id: str) -> bool:
+        return sensor_id in self._streams
 
     def model_for(self, sensor_id: str | None) -> SensorModel:
         if sensor_id is not None:
@@ -153,9 +193,10 @@ class ScoringEngine:
     def _score(self, readings: Sequence[Reading]) -> Scored:
         results: list[Verdict | InvalidReading | None] = [None] * len(readings)
         requests: list[LearnRequest] = []
+        evicted: list[str] = []
         queues: dict[str, list[tuple[int, SensorStream, list[float]]]] = {}
         for i, reading in enumerate(readings):
-            stream = self._stream(reading)
+            stream = self._stream(reading, evicted)
             if isinstance(stream, InvalidReading):
                 results[i] = stream
                 continue
@@ -167,7 +208,7 @@ class ScoringEngine:
         rounds = max((len(q) for q in queues.values()), default=0)
         for r in range(rounds):
             self._score_round([q[r] for q in queues.values() if r < len(q)], readings, results, requests)
-        return Scored(results, requests)  # type: ignore[arg-type]  # every slot is filled
+        return Scored(results, requests, evicted)  # type: ignore[arg-type]  # every slot is filled
 
     def _score_round(
         self,
@@ -206,12 +247,23 @@ class ScoringEngine:
                 results[i] = self._decide(readings[i], stream, values, raw_score, score, requests,
                                           [c for _, c in in_contexts])
 
-    def _stream(self, reading: Reading) -> SensorStream | InvalidReading:
+    def _stream(self, reading: Reading, evicted: list[str]) -> SensorStream | InvalidReading:
         stream = self._streams.get(reading.sensor_id)
         if stream is not None:
+            self._roster.heard(reading.sensor_id)
             return stream
-        if len(self._streams) >= self.max_sensors:
-            return _invalid(reading, "too_many_sensors", f"already tracking {self.max_sensors} sensors (pipeline.max_sensors)")
+        new = self._new_stream(reading)
+        if isinstance(new, SensorStream):
+            gone = self._roster.admit(reading.sensor_id)
+            if gone is not None:
+                # Its learned model stays (in router.learned and on disk): it scores again
+                # at once if the sensor comes back, only its recent context starts afresh.
+                del self._streams[gone]
+                evicted.append(gone)
+            self._streams[reading.sensor_id] = new
+        return new
+
+    def _new_stream(self, reading: Reading) -> SensorStream | InvalidReading:
         model = self.router.assigned(reading.sensor_id)
         plan = self.learning
         if model is None and plan is not None:
@@ -229,7 +281,6 @@ class ScoringEngine:
                 known = int(model.manifest.get("training", {}).get("rows", plan.refit_rows))
                 adaptation = SensorAdaptation(plan, reading.sensor_id, model.spec, known=known)
             stream = SensorStream(model, SensorContext(model.spec), self.decision.new_state(), adaptation=adaptation)
-        self._streams[reading.sensor_id] = stream
         return stream
 
     def _learn(self, reading: Reading, stream: SensorStream, values: list[float], requests: list[LearnRequest]) -> Verdict:

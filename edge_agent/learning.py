@@ -29,6 +29,7 @@ from edge_agent.domain import clip
 from edge_agent.durable import fsync_dir
 from edge_agent.engine import ScoringEngine
 from edge_agent.model import ModelError, SensorModel, load_model, save_model
+from edge_agent.pipeline import RateLimitedLog
 from edge_agent.training import TrainingError, learn_model
 
 log = logging.getLogger(__name__)
@@ -166,8 +167,26 @@ def fit_request(request: LearnRequest, version: str) -> SensorModel:
                        leave_out_outliers=request.leave_out_outliers, times=request.times)
 
 
+def probe_writable(state_dir: Path) -> None:
+    """Raise OSError unless a learned model could be saved under ``state_dir`` now."""
+    root = state_dir / LEARNED_DIR
+    root.mkdir(parents=True, exist_ok=True)
+    probe = root / f".probe-{threading.get_ident()}"
+    probe.write_bytes(b"")
+    probe.unlink()
+
+
 class Learner:
-    """One background thread that fits, saves and installs learned models, in order."""
+    """One background thread that fits, saves and installs learned models, in order.
+
+    A model that could not be saved (a read-only or full state dir) still scores: it is kept
+    in ``unsaved`` and saved again after a back-off (RETRY_MIN doubling to RETRY_MAX), with
+    ``save_error`` saying why until a save gets through.
+    """
+
+    RETRY_MIN = 5.0
+    RETRY_MAX = 300.0
+    BUSY_LOG_EVERY = 10.0  # seconds between two "learner busy" lines; the ones between are counted
 
     def __init__(
         self,
@@ -180,9 +199,21 @@ class Learner:
         self.engine: ScoringEngine | None = None
         self._queue: queue.Queue[LearnRequest | None] = queue.Queue(maxsize=max_pending)
         self._thread = threading.Thread(target=self._run, name="learner", daemon=True)
+        self.unsaved: dict[str, SensorModel] = {}  # fitted and scoring, not on disk yet
+        self.save_error: str | None = None
+        self._retry_in = self.RETRY_MIN
+        self._retry_at: float | None = None
+        self._busy_log = RateLimitedLog(self.BUSY_LOG_EVERY)
+        self.refused = 0  # fits refused because the queue was full
 
     def attach(self, engine: ScoringEngine) -> None:
         self.engine = engine
+        try:
+            probe_writable(self.state_dir)
+        except OSError as e:
+            self._save_failed(e)
+            log.error("learned models cannot be saved under %s (they score, but are relearned after a restart): %s",
+                      self.state_dir, e)
         self._thread.start()
 
     def __call__(self, request: LearnRequest) -> None:
@@ -190,7 +221,13 @@ class Learner:
         try:
             self._queue.put_nowait(request)
         except queue.Full:
-            log.warning("learner busy: %s learns again later", shown(request.sensor_id))
+            # 1,500 sensors due together would log a line each, on every batch, until the queue drains.
+            self.refused += 1
+            suppressed = self._busy_log.allow("busy", time.monotonic())
+            if suppressed is not None:
+                more = f" (and {suppressed} more since the last line)" if suppressed else ""
+                log.warning("learner busy (%d fits waiting): %s learns again later%s", self._queue.maxsize,
+                            shown(request.sensor_id), more)
             if self.engine is not None:
                 self.engine.learning_failed(request.sensor_id)
 
@@ -201,7 +238,11 @@ class Learner:
 
     def _run(self) -> None:
         while True:
-            request = self._queue.get()
+            try:
+                request = self._queue.get(timeout=self._retry_wait())
+            except queue.Empty:
+                self._retry_saves()
+                continue
             if request is None:
                 return
             assert self.engine is not None
@@ -211,18 +252,62 @@ class Learner:
                 log.error("could not learn a model for %s: %s", shown(request.sensor_id), e)
                 self.engine.learning_failed(request.sensor_id)
                 continue
-            try:
-                model = save_learned(self.state_dir, request.sensor_id, model)
-            except OSError as e:
-                # The model is good: it scores from now on, and is only lost on a restart
-                # (the next refit tries to save again). Going back to learning would throw
-                # away a fit over a full disk or a read-only state dir.
-                log.error("learned a model for %s but could not save it (it scores, but is relearned after a restart): %s",
-                          shown(request.sensor_id), e)
+            model = self._save(request.sensor_id, model)
             self.engine.install(request.sensor_id, model, learned_flagged=request.keep is None)
             if self.on_learned is not None:
                 self.on_learned(request.sensor_id, model)
             log.info("%s %s on %d readings", "refitted" if request.refit else "learned", shown(model.name), len(request.values))
+
+    def _save(self, sensor_id: str, model: SensorModel) -> SensorModel:
+        """The model as saved, or as fitted when the save failed: it scores either way.
+
+        Going back to learning would throw away a good fit over a full disk or a read-only
+        state dir, and start the same fit again at the next reading.
+        """
+        try:
+            saved = save_learned(self.state_dir, sensor_id, model)
+        except OSError as e:
+            self.unsaved[sensor_id] = model
+            self._save_failed(e)
+            log.error("learned a model for %s but could not save it (it scores; saving again in %.0f s): %s",
+                      shown(sensor_id), self._retry_wait(), e)
+            return model
+        self.unsaved.pop(sensor_id, None)
+        self._save_worked()
+        return saved
+
+    def _retry_saves(self) -> None:
+        """Save again what could not be saved (or probe the state dir when nothing waits)."""
+        self._retry_at = None
+        try:
+            if not self.unsaved:
+                probe_writable(self.state_dir)
+            for sensor_id, model in list(self.unsaved.items()):
+                saved = save_learned(self.state_dir, sensor_id, model)
+                if self.on_learned is not None:  # the saved files' digest, for the metrics
+                    self.on_learned(sensor_id, saved)
+                del self.unsaved[sensor_id]
+        except OSError as e:
+            self._save_failed(e)
+            log.warning("state dir %s still cannot be written (%d learned model(s) unsaved; next try in %.0f s): %s",
+                        self.state_dir, len(self.unsaved), self._retry_wait(), e)
+            return
+        log.info("state dir %s writable again: every learned model is saved", self.state_dir)
+        self._save_worked()
+
+    def _retry_wait(self) -> float | None:
+        """Seconds until the next retry of a save (None: nothing to retry)."""
+        return None if self._retry_at is None else max(0.0, self._retry_at - time.monotonic())
+
+    def _save_failed(self, error: OSError) -> None:
+        if self._retry_at is None:
+            self._retry_at = time.monotonic() + self._retry_in
+            self._retry_in = min(2 * self._retry_in, self.RETRY_MAX)
+        self.save_error = f"{type(error).__name__}: {error}"
+
+    def _save_worked(self) -> None:
+        if not self.unsaved:
+            self.save_error, self._retry_at, self._retry_in = None, None, self.RETRY_MIN
 
     def fit(self, request: LearnRequest) -> SensorModel:
         """Fit and save (replay and tests); the new files replace the old ones only once complete."""

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -56,25 +56,40 @@ class AgentMetrics:
         self.latency = Histogram("edge_agent_scoring_latency_seconds", "Time to score one batch of readings.", buckets=LATENCY_BUCKETS, registry=registry)
         self.batch_size = Histogram("edge_agent_batch_size", "Readings scored together.", buckets=BATCH_BUCKETS, registry=registry)
         self.broker_connected = Gauge("edge_agent_broker_connected", "1 while connected to the MQTT broker.", registry=registry)
-        self.model_info = Gauge("edge_agent_model_info", "Loaded models (value 1).", ["model", "version", "sha256"], registry=registry)
+        self.model_info = Gauge("edge_agent_model_info", "Loaded models (value 1), one series per model: its current version.", ["model", "version", "sha256"], registry=registry)
+        self._model_labels: dict[str, tuple[str, str]] = {}  # model name -> the (version, sha256) of its series
         self.queue_depth = Gauge("edge_agent_queue_depth", "Readings handed over and waiting to be scored.", registry=registry)
         self.verdicts_held = Gauge("edge_agent_verdicts_held", "Verdicts held while the broker is unreachable.", registry=registry)
         self._per_sensor: dict[str, _SensorChildren] = {}  # labels() costs a lock and a lookup per call
         self.readings_missed = Counter("edge_agent_readings_missed", "Readings that never arrived, per sensor: gaps in a source's seq_field (evidence of a broker dropping, docs/broker.md).", ["sensor"], registry=registry)
+        self.state_dir_writable = Gauge("edge_agent_state_dir_writable", "1 while learned models can be saved under learning.state_dir; 0 after a failed save, until a retry gets through.", registry=registry)
+        self.models_unsaved = Gauge("edge_agent_learned_models_unsaved", "Learned models scoring from memory only: their save failed and is retried (lost on a restart until then).", registry=registry)
+        self.sensors_evicted = Counter("edge_agent_sensors_evicted", "Sensors forgotten to make room for a new one at pipeline.max_sensors: the one idle longest (a learned model stays on disk).", registry=registry)
         self.verdicts_dropped = Counter("edge_agent_verdicts_dropped", "Held verdicts dropped because pipeline.held_verdicts was exceeded.", registry=registry)
 
     def record_models(self, models: Iterable[SensorModel]) -> None:
+        """Models now loaded; a model's earlier version loses its series (hourly refits would add one each)."""
         for m in models:
+            self.forget_model(m.name)
+            self._model_labels[m.name] = (m.version, m.sha256)
             self.model_info.labels(model=m.name, version=m.version, sha256=m.sha256).set(1)
 
-    def record_verdicts(self, verdicts: Iterable[Verdict]) -> None:
+    def forget_model(self, name: str) -> None:
+        """A model no longer loaded (replaced, or its sensor evicted): its series goes."""
+        labels = self._model_labels.pop(name, None)
+        if labels is not None:
+            self.model_info.remove(name, *labels)
+
+    def record_verdicts(self, verdicts: Iterable[Verdict], tracked: Callable[[str], bool] | None = None) -> None:
+        """``tracked``: whether a sensor is still tracked; one evicted in the same batch is summed
+        under sensor="_other" rather than given series that would outlive it."""
         for v in verdicts:
             if v.duplicate:
                 self.duplicates.inc()
                 continue
             children = self._per_sensor.get(v.sensor_id)
             if children is None:
-                if len(self._per_sensor) >= self.sensor_series:
+                if len(self._per_sensor) >= self.sensor_series or (tracked is not None and not tracked(v.sensor_id)):
                     self._record_other(v)
                     continue
                 children = self._per_sensor[v.sensor_id] = self._children(v.sensor_id)
@@ -82,6 +97,18 @@ class AgentMetrics:
             children.state.set(v.anomaly)
             children.score.set(v.score)
             children.learning.set(1 if v.learning else 0)
+
+    def record_evicted(self, sensors: Sequence[str], tracked: Callable[[str], bool]) -> None:
+        """Sensors evicted at pipeline.max_sensors: counted, and the series of those still gone
+        removed, so that the sensor_series slots go to the sensors that are there."""
+        self.sensors_evicted.inc(len(sensors))
+        for sensor in sensors:
+            children = None if tracked(sensor) else self._per_sensor.pop(sensor, None)
+            if children is None:
+                continue
+            for metric in (self.readings, self.anomalies, self.episodes, self.episodes_ended, self.new_normals,
+                           self.anomaly_state, self.score, self.learning):
+                metric.remove(sensor)
 
     def _children(self, sensor: str) -> _SensorChildren:
         return _SensorChildren(

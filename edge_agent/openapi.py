@@ -137,7 +137,7 @@ def openapi_document() -> dict[str, Any]:
     }
     ready = {
         "get": {
-            "summary": "Ready when the models are loaded and the broker is connected",
+            "summary": "Ready when the models are loaded, the broker is connected and learned models can be saved",
             "responses": {
                 "200": _json(_ref("Ready"), "Ready."),
                 "400": _error("Malformed HTTP request."),

@@ -191,7 +191,9 @@ class Pipeline:
             else:
                 verdicts.append(result)
                 self.sink.publish_verdict(result, reading)
-        self.metrics.record_verdicts(verdicts)
+        self.metrics.record_verdicts(verdicts, self.engine.is_tracked if scored.evicted else None)
+        if scored.evicted:
+            self.metrics.record_evicted(scored.evicted, tracked=self.engine.is_tracked)
 
     def _reject(self, invalid: InvalidReading) -> None:
         self.metrics.record_invalid(invalid)

@@ -233,11 +233,11 @@ def test_unknown_sensor_without_default_is_rejected(models_dir: Path) -> None:
         engine.predict({"value": 1.0}, "boiler")
 
 
-def test_sensor_cap_rejects_new_sensors_only(models_dir: Path) -> None:
+def test_sensor_cap_evicts_the_new_sensor_heard_from_longest_ago(models_dir: Path) -> None:
     engine = ScoringEngine({"default": load_model(models_dir / "default")}, default="default", max_sensors=2)
-    out = engine.score([_reading(f"s{i}", 0.9, i) for i in range(4)] + [_reading("s0", 0.9, 9)]).results
-    assert [type(r).__name__ for r in out] == ["Verdict", "Verdict", "InvalidReading", "InvalidReading", "Verdict"]
-    assert out[2].reason == "too_many_sensors"  # type: ignore[union-attr]
+    scored = engine.score([_reading(f"s{i}", 0.9, i) for i in range(4)] + [_reading("s0", 0.9, 9)])
+    assert [type(r).__name__ for r in scored.results] == ["Verdict"] * 5
+    assert scored.evicted == ["s0", "s1", "s2"] and engine.sensor_count == 2
 
 
 def test_redelivered_reading_gets_the_same_verdict_marked_duplicate(engine: ScoringEngine) -> None:

@@ -19,7 +19,7 @@ def test_configuration_page_is_the_generated_one() -> None:
 
 def test_api_page_lists_every_rejection_reason() -> None:
     api = (DOCS / "api.md").read_text()
-    engine_reasons = {"retained", "too_many_sensors", "no_model"}
+    engine_reasons = {"retained", "no_model"}
     for reason in set(REASONS) | engine_reasons:
         assert f"`{reason}`" in api, reason
 

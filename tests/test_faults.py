@@ -114,20 +114,22 @@ def test_broker_down_30_s_while_the_sensor_publishes_loses_nothing(lab: Lab, rec
 
 
 @against_mosquitto
-def test_flood_of_new_sensor_ids_is_capped_and_good_readings_are_answered(lab: Lab, record: list[ScenarioResult]) -> None:
-    cap = 1000
-    r = faults.sensor_flood(lab, flood=10_000, cap=cap)
+def test_flood_of_new_sensor_ids_is_capped_and_every_reading_answered(lab: Lab, record: list[ScenarioResult]) -> None:
+    cap, flood = 1000, 10_000
+    r = faults.sensor_flood(lab, flood=flood, cap=cap)
     record.append(r)
     assert_nothing_lost(r)
+    assert r.tally.sent >= flood
     d = r.details
-    assert d["flood_answered"] == d["admitted"] == cap - len(faults.SENSORS)
-    assert r.rejected == r.hostile == 10_000 - d["admitted"]  # every other one refused and counted
+    # The flood's ids push each other out; the real sensors, established before it, are never evicted.
+    assert d["evicted"] == flood - (cap - len(faults.SENSORS)), d
+    assert d["real_during"] > 0 and d["real_answered"] == d["real_during"], d
     assert d["labels"] <= cap
-    assert d["rss_growth"] < 64 * 2**20, d
-    # The flood runs at about the agent's message capacity: good readings wait behind it, briefly.
-    assert d["p99_s"] is not None and d["p99_s"] < 5.0, d
-    # Reports on the errors topic are rate-limited (100/s by default), the counts are not.
-    assert d["error_reports"] <= 100 * d["elapsed"] + 100 < r.rejected
+    assert d["peak_rss"] < 100 * 2**20, d
+    # Every flood reading is scored and answered now (not refused), at about the agent's message
+    # capacity: good readings wait behind it (7 s p99 seen on a loaded 2-vCPU VM; the latency
+    # under a burst is issue 14, part 1).
+    assert d["p99_s"] is not None and d["p99_s"] < 20.0, d
 
 
 @against_mosquitto

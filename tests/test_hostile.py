@@ -32,7 +32,7 @@ from edge_agent.mqtt_transport import MQTTTransport
 from edge_agent.pipeline import Pipeline
 
 CAP = 5  # pipeline.max_sensors here: small, so the examples reach it
-ENGINE_REASONS = {"retained", "too_many_sensors", "no_model"}
+ENGINE_REASONS = {"retained", "no_model"}
 
 
 @dataclass
@@ -192,17 +192,20 @@ def test_a_flood_of_new_sensors_is_capped_and_known_ones_keep_scoring(cfg: Agent
     engine = build_engine(cfg, models)
     pipeline = Pipeline(engine, sink, metrics, error_report_rate=10)
     parser = PayloadParser(cfg.sources, cfg.max_payload_bytes)
+    known = [parser.parse("sensors/pump", b"0.9", 1.0, ack=-i) for i in (1, 2)]  # two readings: established
     flood = [parser.parse(f"sensors/flood-{i}", b"0.9", 1.0, ack=i) for i in range(5000)]
-    good = [parser.parse("sensors/flood-0", b"0.91", 2.0, ack=-1)]
+    good = [parser.parse("sensors/pump", b"0.91", 2.0, ack=-3)]
+    pipeline.process(known)
+    pump = engine._streams["pump"]
     pipeline.process(flood + good)
     assert engine.sensor_count == CAP
-    rejected = [i for i, _ in sink.errors if i.reason == "too_many_sensors"]
-    assert len(rejected) == 5000 - CAP
-    assert [r.ack for _, r in sink.verdicts][-1] == -1  # an admitted sensor is still answered after the flood
-    assert len(label_values(registry, "sensor")) == CAP
-    # Every rejection counted, few reported: the errors topic is rate-limited, the metric is not.
-    assert f'edge_agent_invalid_messages_total{{reason="too_many_sensors"}} {5000 - CAP}.0' in generate_latest(registry).decode()
-    assert sum(1 for _, report in sink.errors if report) <= 10 + 5
+    assert not sink.errors  # nobody is refused: the flood's ids push each other out
+    assert engine._streams["pump"] is pump  # the established sensor kept its context through the flood
+    assert [r.ack for _, r in sink.verdicts][-1] == -3
+    assert registry.get_sample_value("edge_agent_sensors_evicted_total") == 5000 - (CAP - 1)
+    # The series of evicted sensors go with them (those evicted in the batch that brought them
+    # are summed under _other): the label sets stay at the cap.
+    assert label_values(registry, "sensor") == {"pump", "_other", *(f"flood-{i}" for i in range(5000 - (CAP - 1), 5000))}
 
 
 def test_retained_and_undecodable_topics_are_rejected_not_raised(cfg: AgentConfig, models: dict[str, SensorModel]) -> None:

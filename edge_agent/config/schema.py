@@ -107,7 +107,7 @@ class PipelineConfig:
     queue_size: int = _f(10000, "Readings handed over and waiting to be scored, at most.", min=1, max=10_000_000)
     max_batch: int = _f(512, "Readings scored together at most, when a queue has built up.", min=1, max=100_000)
     held_verdicts: int = _f(10000, "Verdicts held while the broker is unreachable; beyond this the oldest are dropped and counted.", min=0, max=10_000_000)
-    max_sensors: int = _f(10000, "Distinct sensors tracked at most; readings of further sensors are rejected and counted.", min=1, max=10_000_000)
+    max_sensors: int = _f(10000, "Distinct sensors tracked at most. A new sensor beyond it takes the place of another: of the sensors that sent one reading so far, the one heard from longest ago, else the sensor idle longest (counted in edge_agent_sensors_evicted_total; its learned model stays).", min=1, max=10_000_000)
     error_log_interval: float = _f(1.0, "Minimum seconds between two log lines about invalid messages of one reason (the rest are counted into the next line).", min=0.0, max=3600)
     error_report_rate: float = _f(100.0, "Reports per second on the errors topic at most (every invalid message is still counted in metrics).", min=0.1, max=1_000_000)
     shutdown_timeout: float = _f(10.0, "Seconds to finish readings in hand on SIGTERM.", min=0.0, max=600)
@@ -123,7 +123,7 @@ class HTTPConfig:
     token_env: str = _f("EDGE_AGENT_HTTP_TOKEN", "Environment variable holding the bearer token POST /predict requires (unset or empty: no token required).")
     token_file: str | None = _f(None, "File holding that token (used when the environment variable is unset). /healthz and /readyz stay open.")
     metrics_token: bool = _f(False, "Require the token for /metrics too (it names every sensor, its state and its model hashes); Prometheus sends it with authorization: {credentials_file: ...}.")
-    sensor_series: int = _f(1000, "Sensors given /metrics series of their own (readings, anomalies, episodes, score, state, learning), the first to send; the readings of the rest count in sensor=\"_other\". Rendering costs about 0.1 ms a sensor.", min=0, max=10_000_000)
+    sensor_series: int = _f(1000, "Sensors given /metrics series of their own (readings, anomalies, episodes, score, state, learning), the first to send (an evicted sensor's series go with it); the readings of the rest count in sensor=\"_other\". Rendering costs about 0.1 ms a sensor.", min=0, max=10_000_000)
 
 
 @dataclass
