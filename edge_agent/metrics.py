@@ -62,6 +62,9 @@ class AgentMetrics:
         self._per_sensor: dict[str, _SensorChildren] = {}  # labels() costs a lock and a lookup per call
         self.readings_missed = Counter("edge_agent_readings_missed", "Readings that never arrived, per sensor: gaps in a source's seq_field (evidence of a broker dropping, docs/broker.md).", ["sensor"], registry=registry)
         self.verdicts_dropped = Counter("edge_agent_verdicts_dropped", "Held verdicts dropped because pipeline.held_verdicts was exceeded.", registry=registry)
+        self.fits = Counter("edge_agent_fits", "Models fitted (first fits and refits), by where they ran: worker (the fit process) or thread (the agent's own: learning.fits is thread, or the fit process could not start).", ["where"], registry=registry)
+        self.fit_worker_deaths = Counter("edge_agent_fit_worker_deaths", "Times the fit process died during a fit; it is restarted and the fit retried once, then left for the sensor's next request.", registry=registry)
+        self.fit_worker_rss = Gauge("edge_agent_fit_worker_rss_bytes", "Resident memory of the fit process after its latest fit (it exits after learning.fit_idle_exit without one).", registry=registry)
 
     def record_models(self, models: Iterable[SensorModel]) -> None:
         for m in models:
