@@ -136,6 +136,7 @@ class FitWorker:
         self._proc: subprocess.Popen[bytes] | None = None
         self._lock = threading.Lock()  # one fit at a time on the pipe; close() waits for it
         self._idle: threading.Timer | None = None
+        self._closed = False
 
     @property
     def pid(self) -> int | None:
@@ -170,6 +171,8 @@ class FitWorker:
     def _fit(self, request: LearnRequest, version: str) -> SensorModel:
         message = _request_message(request, version)
         for attempt in (1, 2):
+            if self._closed:
+                raise FitWorkerError(f"the agent is stopping: the fit of {request.sensor_id!r} is left for its next start")
             proc = self._running()
             if proc is None:
                 self._event(FIT_IN_THREAD)
@@ -232,12 +235,21 @@ class FitWorker:
             finally:
                 self._lock.release()
 
-    def close(self) -> None:
-        """Stop the child (it exits when its stdin closes); waits for a fit under way."""
-        with self._lock:
-            if self._idle is not None:
-                self._idle.cancel()
-            self._reap()
+    def close(self, wait: float = 1.0) -> None:
+        """Stop the child: it exits when its stdin closes. One still busy with a fit after
+        ``wait`` seconds is killed, and no other is started: the agent is stopping."""
+        self._closed = True
+        if self._idle is not None:
+            self._idle.cancel()
+        if self._lock.acquire(timeout=wait):
+            try:
+                self._reap()
+            finally:
+                self._lock.release()
+            return
+        proc = self._proc
+        if proc is not None:
+            proc.kill()
 
     def _event(self, what: str) -> None:
         if self.on_event is not None:

@@ -14,7 +14,13 @@ from edge_agent.adaptation import LearningPlan, LearnRequest, SensorAdaptation, 
 from edge_agent.domain import Reading
 from edge_agent.engine import ScoringEngine
 from edge_agent.features import DEFAULT_TRANSFORMS, FeatureSpec
-from edge_agent.fit_worker import FIT_IN_THREAD, FIT_IN_WORKER, WORKER_DIED, FitWorker, FitWorkerError
+from edge_agent.fit_worker import (
+    FIT_IN_THREAD,
+    FIT_IN_WORKER,
+    WORKER_DIED,
+    FitWorker,
+    FitWorkerError,
+)
 from edge_agent.learning import Learner
 from edge_agent.training import TrainingError, fit_request
 
@@ -148,3 +154,25 @@ def test_refits_of_sensors_that_started_together_are_spread_by_sensor_id() -> No
     assert len(due_at) == 40 and min(due_at.values()) >= 500 and max(due_at.values()) <= 1001
     assert len(set(due_at.values())) > 30  # spread, not all at once
     assert share_of("s1") == share_of("s1") != share_of("s2")
+
+
+def test_closing_kills_a_worker_busy_with_a_fit_and_starts_no_other() -> None:
+    import threading
+
+    worker = FitWorker(idle_exit=0, argv=[sys.executable, "-c", "import sys, time; sys.stdin.buffer.read(8); time.sleep(60)"])
+    failed: list[BaseException] = []
+
+    def fit() -> None:
+        try:
+            worker.fit(_request(), "v1")
+        except FitWorkerError as e:
+            failed.append(e)
+
+    fitting = threading.Thread(target=fit)
+    fitting.start()
+    _wait(lambda: worker.pid is not None)
+    started = time.monotonic()
+    worker.close(wait=0.2)
+    fitting.join(10)
+    assert not fitting.is_alive() and time.monotonic() - started < 5
+    assert failed and "stopping" in str(failed[0]) and worker.pid is None
