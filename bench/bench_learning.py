@@ -5,7 +5,8 @@ Run: ``python bench/bench_learning.py [--repeats 5]``.
 - Fit time of ``learn_model`` (numpy fitter, two forests: the second without the first's
   outliers) on 600, 3,600 and 7,200 readings of a one-field and an eight-field sensor.
 - The bytes a learned sensor keeps to refit on (its History arrays, default refit_rows),
-  and the bytes its model takes on disk (what every refit writes under the state dir).
+  the bytes its model takes on disk (what every refit writes under the state dir), and
+  the bytes its forest's node arrays take in memory.
 - Time per reading of a learned sensor, refits on (the history is kept) and off, same run,
   between its first fit and its first refit; and of a shipped model, for scale.
 - What the drift feature costs: fits and readings of the same sensors with the default
@@ -101,7 +102,9 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as folder:
         save_model(model, Path(folder))
         on_disk = sum(p.stat().st_size for p in Path(folder).iterdir())
-    print(f"\na learned one-field model on disk (manifest and forest): {on_disk} bytes\n")
+    print(f"\na learned one-field model on disk (manifest and forest): {on_disk} bytes")
+    print(f"its forest in memory: {model.forest.nbytes} bytes ({model.forest.n_nodes} nodes, "
+          f"{model.forest.nbytes / model.forest.n_nodes:.1f} bytes a node)\n")
 
     values = np.random.default_rng(1).normal(size=plan.rows + int(plan.refit_every) + 100)  # a reading a second
     no_refits = dataclasses.replace(plan, refit_every=0)

@@ -64,6 +64,10 @@ PERFORMANCE = [
     Section("Learning on the device",
             "Fit times, per-reading cost of a learning sensor, model size.",
             ("bench/bench_learning.py",)),
+    Section("Refits and many learned sensors",
+            "Verdict latency at 1,000 readings/s while 100 learned sensors refit, by where fits run (same run, with a "
+            "no-refit control); the memory of 1,000 learned sensors.",
+            ("bench/bench_refits.py",)),
     Section("End to end over MQTT",
             "The agent as a subprocess behind its own Mosquitto, against a no-model echo: throughput with QoS 1 in "
             "and out, latency at a paced rate, RSS after 100 sensors.",

@@ -6,7 +6,9 @@ by its readings' own clocks (and at least MIN_LEARNING_ROWS readings), or until 
 
 - while it knows fewer than ``refit_rows`` readings, as soon as as many new ones have come
   (a sensor scored after a short first look learns from 2x, 4x, ... as much);
-- after that, every ``refit_every`` seconds;
+- after that, every ``refit_every`` seconds, less a share of it (up to ``refit_jitter``)
+  fixed by the sensor's id: sensors that started together (a restart, a site switched
+  on at once) then refit spread over that stretch, not all in the same second;
 - at once when an episode of it has become its new normal (see ``episodes``), on every
   recent reading, flagged or not.
 
@@ -18,6 +20,7 @@ and it learns from all of them.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -37,6 +40,7 @@ class LearningPlan:
     period: float = 3600.0
     rows: int = 3600
     refit_every: float = 3600.0
+    refit_jitter: float = 0.25  # share of refit_every by which a sensor's refits come early, fixed by its id
     refit_rows: int = 7200
     stale_share: float = 0.5
     leave_out_outliers: bool = False
@@ -128,7 +132,7 @@ class SensorAdaptation:
     """One learning sensor's readings and fit bookkeeping; says when a fit is due."""
 
     __slots__ = ("plan", "sensor_id", "spec", "history", "started_at", "fitted_at", "since_fit",
-                 "flagged_since_fit", "fitting", "known")
+                 "flagged_since_fit", "fitting", "known", "refit_after")
 
     def __init__(self, plan: LearningPlan, sensor_id: str, spec: FeatureSpec, known: int = 0) -> None:
         """``known``: readings the sensor's current model learned from (0: it has none yet)."""
@@ -142,6 +146,7 @@ class SensorAdaptation:
         self.flagged_since_fit = 0
         self.fitting = False
         self.known = known
+        self.refit_after = plan.refit_every * (1.0 - plan.refit_jitter * share_of(sensor_id))
 
     def learning(self, values: Sequence[float], at: float) -> LearnRequest | None:
         """A reading while the sensor has no model; the first fit's request once it has learned enough."""
@@ -168,7 +173,7 @@ class SensorAdaptation:
         if known < plan.refit_rows:
             due = self.since_fit >= max(known, MIN_LEARNING_ROWS)
         else:
-            due = at - self.fitted_at >= plan.refit_every
+            due = at - self.fitted_at >= self.refit_after
         if not due:
             return None
         stale = self.flagged_since_fit > plan.stale_share * self.since_fit
@@ -196,6 +201,12 @@ class SensorAdaptation:
         """The requested fit is done (installed) or has failed: count afresh from here."""
         self.fitting = False
         self.since_fit = self.flagged_since_fit = 0
+
+
+def share_of(sensor_id: str) -> float:
+    """A number in [0, 1) fixed by the sensor id (the same on every agent and every restart)."""
+    digest = hashlib.sha256(sensor_id.encode("utf-8", "surrogatepass")).digest()
+    return int.from_bytes(digest[:8], "big") / 2.0**64
 
 
 def near(flags: np.ndarray, reach: int) -> np.ndarray:

@@ -13,9 +13,11 @@ from types import FrameType
 
 from prometheus_client import CollectorRegistry
 
+from edge_agent.adaptation import LearnRequest
 from edge_agent.config import AgentConfig, client_id, http_token
 from edge_agent.domain import InvalidReading, Reading
 from edge_agent.engine import Decision, LearningPlan, ScoringEngine
+from edge_agent.fit_worker import FIT_IN_THREAD, WORKER_DIED, FitWorker
 from edge_agent.forest import Forest
 from edge_agent.http_api import HttpApi
 from edge_agent.ingest import PayloadParser
@@ -26,6 +28,7 @@ from edge_agent.mqtt_transport import MQTTTransport
 from edge_agent.partition import PartitionFilter
 from edge_agent.pipeline import Pipeline, VerdictSink
 from edge_agent.session import record_path
+from edge_agent.training import fit_request
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +63,7 @@ def learning_plan(cfg: AgentConfig, rows: int | None = None) -> LearningPlan:
         period=float(c.period) if rows is None else float("inf"),
         rows=c.rows if rows is None else rows,
         refit_every=float(c.refit_every),
+        refit_jitter=c.refit_jitter,
         refit_rows=c.refit_rows,
         stale_share=c.stale_share,
         leave_out_outliers=c.leave_out_outliers,
@@ -126,12 +130,17 @@ class Agent:
         self.metrics = AgentMetrics(self.registry, cfg.http.sensor_series)
         self.metrics.record_models(models.values())
         self.learner: Learner | None = None
+        self.fit_worker: FitWorker | None = None
         learned: dict[str, SensorModel] = {}
         if cfg.learning.enabled:
             directory = state_dir(cfg, base)
             learned = load_learned(directory)
             self.metrics.record_models(learned.values())
-            self.learner = learner = Learner(directory, on_learned=lambda sensor, model: self.metrics.record_models([model]))
+            self.fit_worker = FitWorker(cfg.learning.fit_nice, float(cfg.learning.fit_idle_exit), self._fit_event) \
+                if cfg.learning.fits == "process" else None
+            self.learner = learner = Learner(
+                directory, on_learned=lambda sensor, model: self.metrics.record_models([model]),
+                fit=self.fit_worker.fit if self.fit_worker is not None else self._fit_in_thread)
             self.metrics.state_dir_writable.set_function(lambda: 0.0 if learner.save_error else 1.0)
             self.metrics.models_unsaved.set_function(lambda: float(len(learner.unsaved)))
         self.engine = build_engine(cfg, models, learned)
@@ -176,6 +185,19 @@ class Agent:
         self.http_address: tuple[str, int] | None = None
         self._stopped = threading.Event()
 
+    def _fit_in_thread(self, request: LearnRequest, version: str) -> SensorModel:
+        model = fit_request(request, version)
+        self.metrics.fits.labels(FIT_IN_THREAD).inc()
+        return model
+
+    def _fit_event(self, what: str) -> None:
+        if what == WORKER_DIED:
+            self.metrics.fit_worker_deaths.inc()
+            return
+        self.metrics.fits.labels(what).inc()
+        if self.fit_worker is not None:
+            self.metrics.fit_worker_rss.set(self.fit_worker.rss_bytes() or 0)
+
     def readiness(self) -> tuple[bool, str]:
         if not self.engine.models and self.engine.learning is None:
             return False, "no model loaded and learning is off"
@@ -214,6 +236,8 @@ class Agent:
             self.http.stop()
         if self.learner is not None:
             self.learner.stop()
+        if self.fit_worker is not None:
+            self.fit_worker.close()
         if not (drained and acked):
             log.warning("stopped before every reading in hand was answered; the broker redelivers the rest")
         return drained and acked

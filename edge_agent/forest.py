@@ -15,8 +15,9 @@ import zipfile
 import zlib
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -56,7 +57,7 @@ def average_path_length(n_samples: ArrayLike) -> np.ndarray:
     return out
 
 
-def _float32_floor(threshold: np.ndarray) -> np.ndarray:
+def float32_floor(threshold: np.ndarray) -> np.ndarray:
     """The largest float32 <= each float64 threshold.
 
     For a float32 input v, ``v <= t`` (sklearn's test, done in float64) holds exactly
@@ -84,13 +85,21 @@ def _typed(value: Any, name: str, kinds: str, dtype: type) -> np.ndarray:
     return np.ascontiguousarray(array, dtype=dtype)
 
 
+def _index_type(count: int) -> type:
+    """The smallest unsigned type that holds indexes below ``count``."""
+    for kind in (np.uint8, np.uint16, np.uint32):
+        if count <= np.iinfo(kind).max + 1:
+            return kind
+    return np.int64
+
+
 def _frozen(array: np.ndarray) -> np.ndarray:
     array = np.array(array, copy=True)
     array.flags.writeable = False
     return array
 
 
-def _node_depths(forest: Forest) -> np.ndarray:
+def _node_depths(forest: SimpleNamespace) -> np.ndarray:
     """Each node's depth (roots 0); ValueError unless the table is trees the kernel can walk."""
     n_nodes = forest.left.shape[0]
     if n_nodes == 0 or forest.roots.shape[0] == 0:
@@ -146,7 +155,6 @@ class StepTable:
     scores: np.ndarray  # score of the interval (cuts[k-1], cuts[k]], one more than cuts
 
 
-@dataclass(frozen=True, eq=False)
 class Forest:
     """All trees of a fitted IsolationForest, stacked into one node table.
 
@@ -160,57 +168,104 @@ class Forest:
     ``roots`` holds each tree's root. Any order with children after their parent is
     valid; ``from_sklearn`` stores nodes level-major (all roots, then all depth-1
     nodes, ...), which lets ``score_one`` branch the first levels in one go.
+
+    Held compactly, since a site may keep a thousand learned forests: the smallest
+    integer types that hold the feature and child indexes, float32-floored thresholds
+    (the float64 ones only when they differ, as scikit-learn's midpoints do), and each
+    node's path length as a small code into its few distinct values (one per leaf
+    depth and size): about 8-10 bytes a node instead of 53 (a learned model's forest
+    ~110 KB instead of ~700 KB), and the same scores to the last bit. The public arrays are rebuilt in their int64/float64 form on request.
     """
 
-    feature: np.ndarray
-    threshold: np.ndarray
-    left: np.ndarray
-    nan_right: np.ndarray
-    path_length: np.ndarray
-    roots: np.ndarray
-    n_features: int
-    max_samples: int
-    max_depth: int
-    normaliser: float = field(init=False)
-    # Derived, kernel-ready copies (machine-sized indices, float32 thresholds).
-    _denominator: float = field(init=False, repr=False)
-    _feature: np.ndarray = field(init=False, repr=False)
-    _left: np.ndarray = field(init=False, repr=False)
-    _roots: np.ndarray = field(init=False, repr=False)
-    _threshold32: np.ndarray = field(init=False, repr=False)
-    _root_feature: np.ndarray = field(init=False, repr=False)
-    _root_threshold32: np.ndarray = field(init=False, repr=False)
-    _root_left: np.ndarray = field(init=False, repr=False)
-    _steps: StepTable | None = field(init=False, repr=False)
-    _prefix_steps: int = field(init=False, repr=False)
-    _prefix_size: int = field(init=False, repr=False)
+    __slots__ = (
+        "_denominator",
+        "_feature",
+        "_left",
+        "_nan_right",
+        "_path_code",
+        "_path_values",
+        "_prefix_size",
+        "_prefix_steps",
+        "_root_feature",
+        "_root_left",
+        "_root_threshold32",
+        "_roots",
+        "_steps",
+        "_threshold32",
+        "_threshold64",
+        "max_depth",
+        "max_samples",
+        "n_features",
+        "normaliser",
+        "roots",
+    )
 
-    def __post_init__(self) -> None:
-        def put(name: str, value: Any) -> None:
-            object.__setattr__(self, name, value)
+    def __init__(
+        self, feature: ArrayLike, threshold: ArrayLike, left: ArrayLike, nan_right: ArrayLike, path_length: ArrayLike,
+        roots: ArrayLike, n_features: int, max_samples: int, max_depth: int,
+    ) -> None:
+        full = SimpleNamespace(
+            feature=_typed(feature, "feature", "iu", np.int64),
+            threshold=_typed(threshold, "threshold", "f", np.float64),
+            left=_typed(left, "left", "iu", np.int64),
+            nan_right=_typed(nan_right, "nan_right", "b", np.bool_),
+            path_length=_typed(path_length, "path_length", "f", np.float64),
+            roots=_typed(roots, "roots", "iu", np.int64),
+            n_features=int(n_features), max_samples=int(max_samples), max_depth=int(max_depth),
+        )
+        depth = _node_depths(full)
+        self.roots = _frozen(full.roots)
+        self.n_features, self.max_samples, self.max_depth = full.n_features, full.max_samples, full.max_depth
+        self.normaliser = float(average_path_length(np.array([self.max_samples]))[0])
+        self._denominator = self.n_trees * self.normaliser  # as sklearn: n_trees * c(max_samples)
+        self._feature = _frozen(full.feature.astype(_index_type(self.n_features)))
+        self._left = _frozen(full.left.astype(_index_type(full.left.shape[0])))
+        self._roots = self.roots.astype(np.intp)
+        self._threshold32 = _frozen(float32_floor(full.threshold))
+        exact = np.array_equal(self._threshold32.astype(np.float64), full.threshold)
+        self._threshold64 = None if exact else _frozen(full.threshold)
+        self._nan_right = _frozen(full.nan_right) if full.nan_right.any() else None
+        values, code = np.unique(full.path_length, return_inverse=True)
+        self._path_values = _frozen(values)
+        self._path_code = _frozen(code.reshape(-1).astype(_index_type(values.shape[0])))
+        self._root_feature = self._feature[self._roots].astype(np.intp)
+        self._root_threshold32 = self._threshold32[self._roots]
+        self._root_left = self._left[self._roots].astype(np.intp)
+        self._steps = self._build_step_table()
+        self._prefix_steps, self._prefix_size = _single_row_prefix(depth, self.n_trees, self.max_depth)
 
-        put("feature", _frozen(_typed(self.feature, "feature", "iu", np.int64)))
-        put("threshold", _frozen(_typed(self.threshold, "threshold", "f", np.float64)))
-        put("left", _frozen(_typed(self.left, "left", "iu", np.int64)))
-        put("nan_right", _frozen(_typed(self.nan_right, "nan_right", "b", np.bool_)))
-        put("path_length", _frozen(_typed(self.path_length, "path_length", "f", np.float64)))
-        put("roots", _frozen(_typed(self.roots, "roots", "iu", np.int64)))
-        for name in SCALARS:
-            put(name, int(getattr(self, name)))
-        depth = _node_depths(self)
-        put("normaliser", float(average_path_length(np.array([self.max_samples]))[0]))
-        put("_denominator", self.n_trees * self.normaliser)  # as sklearn: n_trees * c(max_samples)
-        put("_feature", self.feature.astype(np.intp))
-        put("_left", self.left.astype(np.intp))
-        put("_roots", self.roots.astype(np.intp))
-        put("_threshold32", _float32_floor(self.threshold))
-        put("_root_feature", self._feature[self._roots])
-        put("_root_threshold32", self._threshold32[self._roots])
-        put("_root_left", self._left[self._roots])
-        put("_steps", self._build_step_table())
-        steps, size = _single_row_prefix(depth, self.n_trees, self.max_depth)
-        put("_prefix_steps", steps)
-        put("_prefix_size", size)
+    def __setattr__(self, name: str, value: Any) -> None:
+        if hasattr(self, name):
+            raise AttributeError(f"Forest is immutable: cannot set {name}")
+        object.__setattr__(self, name, value)
+
+    @property
+    def feature(self) -> np.ndarray:
+        return _frozen(self._feature.astype(np.int64))
+
+    @property
+    def threshold(self) -> np.ndarray:
+        return self._threshold64 if self._threshold64 is not None else _frozen(self._threshold32.astype(np.float64))
+
+    @property
+    def left(self) -> np.ndarray:
+        return _frozen(self._left.astype(np.int64))
+
+    @property
+    def nan_right(self) -> np.ndarray:
+        return self._nan_right if self._nan_right is not None else _frozen(np.zeros(self.n_nodes, dtype=np.bool_))
+
+    @property
+    def path_length(self) -> np.ndarray:
+        return _frozen(self._path_values[self._path_code])
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the node arrays held (what a model's forest costs in memory)."""
+        held = (self._feature, self._left, self._threshold32, self._threshold64, self._nan_right, self._path_code,
+                self._path_values, self.roots, self._roots, self._root_feature, self._root_threshold32, self._root_left)
+        steps = self._steps
+        return sum(a.nbytes for a in held if a is not None) + (steps.cuts.nbytes + steps.scores.nbytes if steps else 0)
 
     @property
     def n_trees(self) -> int:
@@ -218,7 +273,7 @@ class Forest:
 
     @property
     def n_nodes(self) -> int:
-        return int(self.left.shape[0])
+        return int(self._left.shape[0])
 
     # ----------------------------------------------------------------- building
 
@@ -261,6 +316,7 @@ class Forest:
 
     def to_arrays(self) -> dict[str, np.ndarray]:
         """The forest as plain arrays (what ``save`` writes)."""
+        # The int64/float64 arrays of format 1, whatever this forest holds in memory.
         arrays = {name: np.array(getattr(self, name)) for name in (*NODE_ARRAYS, "roots")}
         arrays.update({name: np.array(getattr(self, name), dtype=np.int64) for name in SCALARS})
         arrays["format_version"] = np.array(FORMAT_VERSION, dtype=np.int64)
@@ -276,8 +332,8 @@ class Forest:
         if version != FORMAT_VERSION:
             raise ValueError(f"forest format version {version} is not supported (expected {FORMAT_VERSION})")
         return cls(
-            **{name: arrays[name] for name in (*NODE_ARRAYS, "roots")},
-            **{name: _scalar(arrays, name) for name in SCALARS},
+            arrays["feature"], arrays["threshold"], arrays["left"], arrays["nan_right"], arrays["path_length"],
+            arrays["roots"], *(_scalar(arrays, name) for name in SCALARS),
         )
 
     def save(self, path: str | os.PathLike[str]) -> None:
@@ -357,7 +413,7 @@ class Forest:
         for _ in range(self.max_depth - self._prefix_steps):
             node = left.take(node) + (row.take(feature.take(node)) > threshold.take(node))
         # accumulate adds tree after tree, in sklearn's order (a plain sum pairs them up).
-        return float(self._score_depth(np.add.accumulate(self.path_length.take(node))[-1]))
+        return float(self._score_depth(np.add.accumulate(self._path_values.take(self._path_code.take(node)))[-1]))
 
     def _score_by_table(self, rows: np.ndarray, n_threads: int | None) -> np.ndarray:
         assert self._steps is not None
@@ -397,7 +453,8 @@ class Forest:
         row_offset = (np.arange(n_rows, dtype=np.intp) * self.n_features)[np.newaxis, :]
         has_nan = bool(np.isnan(values).any())
         node = np.empty(shape, dtype=np.intp)
-        child = np.empty(shape, dtype=np.intp)
+        child = np.empty(shape, dtype=self._left.dtype)  # gathered in the stored (small) types, widened on the add
+        column = np.empty(shape, dtype=self._feature.dtype)
         cell = np.empty(shape, dtype=np.intp)
         value = np.empty(shape, dtype=np.float32)
         cut = np.empty(shape, dtype=np.float32)
@@ -405,26 +462,27 @@ class Forest:
         # First step: every row is at the roots, whose feature, threshold and child need no gather.
         np.take(rows.T, self._root_feature, axis=0, out=value, mode="wrap")
         np.greater(value, self._root_threshold32[:, np.newaxis], out=right)
-        if has_nan:
-            right |= np.isnan(value) & self.nan_right[self._roots][:, np.newaxis]
+        nan_right = self._nan_right
+        if has_nan and nan_right is not None:
+            right |= np.isnan(value) & nan_right[self._roots][:, np.newaxis]
         np.add(self._root_left[:, np.newaxis], right, out=node)
         # mode="wrap": indices are validated in range, and the default mode="raise"
         # copies the whole output buffer when out= is given (3x slower).
         for _ in range(self.max_depth - 1):
-            np.take(self._feature, node, out=cell, mode="wrap")
-            cell += row_offset
+            np.take(self._feature, node, out=column, mode="wrap")
+            np.add(column, row_offset, out=cell)
             np.take(values, cell, out=value, mode="wrap")
             np.take(self._threshold32, node, out=cut, mode="wrap")
             np.greater(value, cut, out=right)
-            if has_nan:  # NaN compares False; sklearn routes it by the node's missing-value side
-                right |= np.isnan(value) & self.nan_right.take(node)
+            if has_nan and nan_right is not None:  # NaN compares False; sklearn routes it by the node's missing-value side
+                right |= np.isnan(value) & nan_right.take(node)
             np.take(self._left, node, out=child, mode="wrap")
             np.add(child, right, out=node)
         return node
 
     def _score_leaves(self, leaves: np.ndarray) -> np.ndarray:
         """Scores from the leaf reached in every tree, shape (n_trees, n_rows)."""
-        lengths = self.path_length.take(leaves)
+        lengths = self._path_values.take(self._path_code.take(leaves))
         # sklearn adds the trees' path lengths one tree after another; accumulate does
         # the same (a plain sum may pair them up), so the floats agree to the last bit.
         np.add.accumulate(lengths, axis=0, out=lengths)

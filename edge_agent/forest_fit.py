@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from edge_agent.forest import Forest
+from edge_agent.forest import Forest, float32_floor
 
 
 @dataclass
@@ -67,6 +67,9 @@ def _grow(x: np.ndarray, rng: np.random.Generator, max_depth: int) -> _Tree:
         t = float(rng.uniform(lo[f], hi[f]))
         if not lo[f] <= t < hi[f]:
             t = float(lo[f])
+        # The largest float32 <= t splits float32 rows exactly as t does, and lets the
+        # forest keep float32 thresholds alone (see Forest): the same trees, half the bytes.
+        t = float(float32_floor(np.array([t]))[0])
         go_left = rows[:, f] <= t
         left, right = rows[go_left], rows[~go_left]
         tree.feature[node], tree.threshold[node] = f, t

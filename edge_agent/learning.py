@@ -1,7 +1,8 @@
 """Learning on the device: fits sensors' own models in the background and keeps them on disk.
 
 The engine hands over a ``LearnRequest`` (never waiting for it); one thread here
-fits the model with numpy, writes it under the state directory (with the same
+has the model fitted (by the agent's niced fit worker process, see ``fit_worker``, or
+in this thread), writes it under the state directory (with the same
 sha256 manifest as shipped models), then swaps it into the engine. A restarted
 agent loads what was learned, checking each file's hash first.
 
@@ -30,7 +31,7 @@ from edge_agent.durable import fsync_dir
 from edge_agent.engine import ScoringEngine
 from edge_agent.model import ModelError, SensorModel, load_model, save_model
 from edge_agent.pipeline import RateLimitedLog
-from edge_agent.training import TrainingError, learn_model
+from edge_agent.training import TrainingError, fit_request
 
 log = logging.getLogger(__name__)
 
@@ -161,12 +162,6 @@ def save_learned(state_dir: Path, sensor_id: str, model: SensorModel) -> SensorM
     return saved
 
 
-def fit_request(request: LearnRequest, version: str) -> SensorModel:
-    """The model a learn request asks for (not saved): the live learner, replay and tests share it."""
-    return learn_model(request.spec, request.values, name=f"learned:{request.sensor_id}", version=version, keep=request.keep,
-                       leave_out_outliers=request.leave_out_outliers, times=request.times)
-
-
 def probe_writable(state_dir: Path) -> None:
     """Raise OSError unless a learned model could be saved under ``state_dir`` now."""
     root = state_dir / LEARNED_DIR
@@ -193,9 +188,12 @@ class Learner:
         state_dir: Path,
         on_learned: Callable[[str, SensorModel], None] | None = None,
         max_pending: int = 1000,
+        fit: Callable[[LearnRequest, str], SensorModel] = fit_request,
     ) -> None:
+        """``fit``: fits a request (default: in this thread; the agent passes a ``FitWorker``'s)."""
         self.state_dir = state_dir
         self.on_learned = on_learned
+        self._fit = fit
         self.engine: ScoringEngine | None = None
         self._queue: queue.Queue[LearnRequest | None] = queue.Queue(maxsize=max_pending)
         self._thread = threading.Thread(target=self._run, name="learner", daemon=True)
@@ -247,8 +245,8 @@ class Learner:
                 return
             assert self.engine is not None
             try:
-                model = fit_request(request, time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()))
-            except (TrainingError, ValueError, OSError) as e:
+                model = self._fit(request, time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()))
+            except (TrainingError, ValueError, OSError) as e:  # OSError: FitWorkerError too
                 log.error("could not learn a model for %s: %s", shown(request.sensor_id), e)
                 self.engine.learning_failed(request.sensor_id)
                 continue

@@ -66,6 +66,9 @@ class AgentMetrics:
         self.models_unsaved = Gauge("edge_agent_learned_models_unsaved", "Learned models scoring from memory only: their save failed and is retried (lost on a restart until then).", registry=registry)
         self.sensors_evicted = Counter("edge_agent_sensors_evicted", "Sensors forgotten to make room for a new one at pipeline.max_sensors: the one idle longest (a learned model stays on disk).", registry=registry)
         self.verdicts_dropped = Counter("edge_agent_verdicts_dropped", "Held verdicts dropped because pipeline.held_verdicts was exceeded.", registry=registry)
+        self.fits = Counter("edge_agent_fits", "Models fitted (first fits and refits), by where they ran: worker (the fit process) or thread (the agent's own: learning.fits is thread, or the fit process could not start).", ["where"], registry=registry)
+        self.fit_worker_deaths = Counter("edge_agent_fit_worker_deaths", "Times the fit process died during a fit; it is restarted and the fit retried once, then left for the sensor's next request.", registry=registry)
+        self.fit_worker_rss = Gauge("edge_agent_fit_worker_rss_bytes", "Resident memory of the fit process after its latest fit (it exits after learning.fit_idle_exit without one).", registry=registry)
 
     def record_models(self, models: Iterable[SensorModel]) -> None:
         """Models now loaded; a model's earlier version loses its series (hourly refits would add one each)."""

@@ -489,22 +489,31 @@ def load_model(
     sha = manifest["forest"]["sha256"]
     try:
         forest = forests[sha] if forests is not None and sha in forests else Forest.load(forest_path)
-        if forests is not None:
-            forests[sha] = forest
+    except ValueError as e:
+        raise ModelError(f"model {directory}: malformed manifest or forest: {e}") from None
+    if forests is not None:
+        forests[sha] = forest
+    return assemble_model(manifest, forest, sha, str(directory))
+
+
+def assemble_model(manifest: Mapping[str, Any], forest: Forest, sha256: str, where: str) -> SensorModel:
+    """A model from its manifest and forest (read from a directory, or sent by the fit worker);
+    ModelError naming ``where`` when they are malformed or do not fit together."""
+    try:
         spec = FeatureSpec.from_dict(manifest["features"])
         impute = np.asarray(manifest["impute"], dtype=np.float64)
         calibration = Calibration.from_dict(manifest["calibration"])
         guard = RangeGuard.from_dict(manifest["range"])
         name, version = str(manifest["name"]), str(manifest["version"])
     except (KeyError, TypeError, ValueError) as e:
-        raise ModelError(f"model {directory}: malformed manifest or forest: {e}") from None
+        raise ModelError(f"model {where}: malformed manifest or forest: {e}") from None
     n_forest = len(spec.forest_columns)
     if impute.shape != (len(spec.names),) or forest.n_features != n_forest or guard.low.shape != impute.shape:
         raise ModelError(
-            f"model {directory}: the forest takes {forest.n_features} features, the manifest gives it "
+            f"model {where}: the forest takes {forest.n_features} features, the manifest gives it "
             f"{n_forest} of the {len(spec.names)} it names and imputes {impute.shape[0] if impute.ndim else 0}"
         )
-    return SensorModel(name, version, manifest["forest"]["sha256"], spec, forest, impute, calibration, guard, manifest)
+    return SensorModel(name, version, sha256, spec, forest, impute, calibration, guard, manifest)
 
 
 def load_estimator(directory: Path | str, pinned_sha256: str | None = None) -> Any:

@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from edge_agent.adaptation import LearnRequest
 from edge_agent.features import DEFAULT_TRANSFORMS, FeatureSpec, feature_matrix, parse_transform
 from edge_agent.forest import Forest
 from edge_agent.model import SensorModel, build_model
@@ -180,6 +181,12 @@ def learn_model(
         leave_out_outliers=leave_out_outliers, times=times,
     )
     return model
+
+
+def fit_request(request: LearnRequest, version: str) -> SensorModel:
+    """The model a learn request asks for (not saved): the live learner, its fit worker, replay and tests share it."""
+    return learn_model(request.spec, request.values, name=f"learned:{request.sensor_id}", version=version, keep=request.keep,
+                       leave_out_outliers=request.leave_out_outliers, times=request.times)
 
 
 def lag1_autocorrelation(x: np.ndarray) -> float:

@@ -105,7 +105,7 @@ def test_a_sensor_learns_for_its_period_by_its_own_clock() -> None:
 
 def test_refits_come_by_time_once_a_model_knows_enough() -> None:
     spec = FeatureSpec(("value",))
-    plan = LearningPlan(period=0.0, rows=100, refit_every=3600.0, refit_rows=200)
+    plan = LearningPlan(period=0.0, rows=100, refit_every=3600.0, refit_rows=200, refit_jitter=0.0)
     a = SensorAdaptation(plan, "s", spec, known=200)
     due = [i for i in range(1000) if a.scored([0.0], False, at=10.0 * i) and not a.settled()]
     assert due == [360, 720]  # every hour at a reading every 10 s

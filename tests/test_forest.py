@@ -397,3 +397,28 @@ def test_corrupt_files_are_refused(tmp_path: Path, multivariate: tuple[Isolation
 def test_module_needs_neither_sklearn_nor_scipy() -> None:
     code = "import sys, edge_agent.forest; bad = {'sklearn', 'scipy'} & set(sys.modules); assert not bad, bad"
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+def test_a_forest_grown_on_the_device_is_held_in_about_nine_bytes_a_node() -> None:
+    from edge_agent.forest_fit import fit_forest
+
+    X = np.random.default_rng(4).normal(size=(3000, 5))
+    forest = fit_forest(X, trees=100, max_samples=256, seed=1)
+    # float32 thresholds alone (the fitter floors them), 8/16-bit indexes, path lengths by code.
+    assert forest.nbytes / forest.n_nodes < 10, forest.nbytes / forest.n_nodes
+    # What is saved keeps format 1's types, and reads back to the same scores.
+    arrays = forest.to_arrays()
+    assert {arrays[n].dtype for n in ("feature", "left", "roots")} == {np.dtype(np.int64)}
+    assert {arrays[n].dtype for n in ("threshold", "path_length")} == {np.dtype(np.float64)}
+    probes = np.random.default_rng(5).normal(size=(2000, 5)) * 2
+    probes[::9, 2] = np.nan
+    np.testing.assert_array_equal(Forest.from_arrays(arrays).score_samples(probes), forest.score_samples(probes))
+
+
+def test_a_forest_of_more_nodes_than_16_bits_index_scores_as_sklearn() -> None:
+    X = np.random.default_rng(6).normal(size=(2000, 3))
+    estimator, forest = fit(X, n_estimators=520, random_state=2)
+    assert forest.n_nodes > 65_536
+    probes = np.random.default_rng(7).normal(size=(1500, 3)) * 2
+    assert_same(forest.score_samples(probes), sklearn_scores(estimator, probes))
+    assert_same(np.array([forest.score_one(p) for p in probes[:50]]), sklearn_scores(estimator, probes[:50]))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import time
 from pathlib import Path
 
@@ -150,6 +151,10 @@ def test_learning_over_mqtt_is_visible_in_verdicts_and_metrics(start_agent, coll
     assert [v["anomaly"] for v in last] == [0, 1]
     assert (model_dir(tmp_path, "fridge") / "manifest.json").is_file()
     assert agent.registry.get_sample_value("edge_agent_learning", {"sensor": "fridge"}) == 0.0
+    # Fitted in the fit process (learning.fits: process, the default), which is still up and counted.
+    assert agent.registry.get_sample_value("edge_agent_fits_total", {"where": "worker"}) == 1.0
+    assert agent.fit_worker is not None and agent.fit_worker.pid not in (None, os.getpid())
+    assert agent.registry.get_sample_value("edge_agent_fit_worker_rss_bytes") > 1e6
 
 
 def test_history_keeps_the_newest_readings_in_order() -> None:
