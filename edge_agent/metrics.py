@@ -12,6 +12,8 @@ from edge_agent.model import SensorModel
 
 # Scoring a batch takes tens of microseconds; the default buckets start at 5 ms.
 LATENCY_BUCKETS = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
+# A reading's way to its verdict's PUBACK: about a millisecond when idle, seconds behind a burst.
+VERDICT_LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 
 
@@ -61,6 +63,20 @@ class AgentMetrics:
         self.verdicts_held = Gauge("edge_agent_verdicts_held", "Verdicts held while the broker is unreachable.", registry=registry)
         self._per_sensor: dict[str, _SensorChildren] = {}  # labels() costs a lock and a lookup per call
         self.readings_missed = Counter("edge_agent_readings_missed", "Readings that never arrived, per sensor: gaps in a source's seq_field (evidence of a broker dropping, docs/broker.md).", ["sensor"], registry=registry)
+        self.verdict_latency = Histogram(
+            "edge_agent_verdict_latency_seconds",
+            "From a reading's arrival to the broker's PUBACK of its verdict, when the reading is acknowledged.",
+            buckets=VERDICT_LATENCY_BUCKETS, registry=registry,
+        )
+        self.readings_in_hand = Gauge(
+            "edge_agent_readings_in_hand", "Messages received on this connection and not yet acknowledged to the broker.",
+            registry=registry,
+        )
+        self.publishes_in_flight = Gauge(
+            "edge_agent_publishes_in_flight",
+            "Messages published (verdicts, alerts, reports) not yet acknowledged by the broker; at most mqtt.max_in_flight.",
+            registry=registry,
+        )
         self.verdicts_dropped = Counter("edge_agent_verdicts_dropped", "Held verdicts dropped because pipeline.held_verdicts was exceeded.", registry=registry)
 
     def record_models(self, models: Iterable[SensorModel]) -> None:
