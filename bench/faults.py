@@ -278,7 +278,7 @@ def backlog(lab: Lab, readings: int = 90_000, overrides: Sequence[str] = ()) -> 
         publish_s = time.monotonic() - published
         agent.start()
         keys = {s.key for s in sensor.sent if s.good and s.accepted}
-        drain = _drain(agent, observer, keys, timeout=max(CATCH_UP_TIMEOUT, readings / 500))
+        drain = _drain(agent, observer, keys, timeout=max(CATCH_UP_TIMEOUT, readings / 200))
         time.sleep(0.5)  # late duplicates, if any, are part of the count
         rss = agent.rss_bytes()
         rate = readings / drain.seconds
@@ -304,7 +304,7 @@ def burst(lab: Lab, readings: int = 60_000, sensors: int = 10) -> ScenarioResult
             sensor.reading(ids[i % sensors], 1_700_000_000 + i, round(0.9 + 0.02 * ((i * 7) % 5 - 2), 4))
         publish_s = time.time() - started
         keys = {s.key for s in sensor.sent if s.good}
-        drain = _drain(agent, observer, keys, timeout=max(CATCH_UP_TIMEOUT, readings / 500))
+        drain = _drain(agent, observer, keys, timeout=max(CATCH_UP_TIMEOUT, readings / 200))
         time.sleep(0.5)  # late duplicates, if any, are part of the count
         latencies = _latencies(sensor, observer, since=0.0)
         p50, p99 = _quantile(latencies, 0.5), _quantile(latencies, 0.99)
