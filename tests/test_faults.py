@@ -116,7 +116,9 @@ def test_broker_down_30_s_while_the_sensor_publishes_loses_nothing(lab: Lab, rec
 
 @against_mosquitto
 def test_a_backlog_queued_while_the_agent_was_stopped_is_answered_in_full(lab: Lab, record: list[ScenarioResult]) -> None:
-    r = faults.backlog(lab, readings=9000)
+    # A hand-over smaller than the backlog: the network thread must not block on it while the
+    # worker waits for PUBACKs that only the network thread can read.
+    r = faults.backlog(lab, readings=9000, overrides=["pipeline.queue_size=1000"])
     record.append(r)
     assert_nothing_lost(r)
     # The broker pushes the backlog past the receive maximum (Mosquitto 2.0, docs/broker.md); the
@@ -293,11 +295,18 @@ def test_a_reading_is_acknowledged_only_on_its_verdicts_puback(transport: tuple[
     assert fake.acks == []
     topics = [topic for topic, _, _ in fake.published]
     assert "/alerts/" in topics[-2] and "/verdicts/" in topics[-1]  # alert first, then the verdict that acks
+    registry = t.metrics.registry
+    assert registry.get_sample_value("edge_agent_readings_in_hand") == 1
+    in_flight = registry.get_sample_value("edge_agent_publishes_in_flight")
     t._on_publish(fake, None, verdict_mid(fake) - 1, OK, None)  # the alert's PUBACK acknowledges nothing
-    assert fake.acks == []
+    assert fake.acks == [] and registry.get_sample_value("edge_agent_verdict_latency_seconds_count") == 0
     t._on_publish(fake, None, verdict_mid(fake), OK, None)
     assert fake.acks == [101]
     assert t.wait_for_acks(0.1)
+    # Its latency is measured from arrival to this PUBACK; the gauges read the ledger.
+    assert registry.get_sample_value("edge_agent_verdict_latency_seconds_count") == 1
+    assert registry.get_sample_value("edge_agent_readings_in_hand") == 0
+    assert registry.get_sample_value("edge_agent_publishes_in_flight") == in_flight - 2
 
 
 def test_a_puback_overtaking_the_publishing_thread_still_acknowledges_once(transport: tuple[MQTTTransport, FakeClient]) -> None:
