@@ -77,6 +77,10 @@ FAULTS = [
             "queued; the broker restarted or away; a burst; floods and hostile input. Peak RSS is the agent's "
             "(VmHWM of its last process); p99 latency from publish to verdict where the scenario measures it.",
             ("bench/faults.py",)),
+    Section("A 500,000-reading backlog",
+            "The agent stopped while half a million readings queue in its session, then started: answered in full? "
+            "at what memory?",
+            ("bench/faults.py", "--only", "backlog-500k")),
     Section("Does the broker keep to the receive maximum?",
             "A plain paho client with manual acknowledgements against the same Mosquitto: what bounds the readings "
             "an agent holds (docs/broker.md).",
