@@ -31,7 +31,7 @@ from edge_agent.engine import ScoringEngine
 from edge_agent.ingest import PayloadParser
 from edge_agent.learning import fit_request, load_learned, model_dir, save_learned
 from edge_agent.metrics import AgentMetrics
-from edge_agent.pipeline import Pipeline
+from edge_agent.pipeline import Envelope, Pipeline
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -80,10 +80,13 @@ class _CountingSink:
     def __init__(self) -> None:
         self.verdicts = 0
 
-    def publish_verdict(self, verdict: object, reading: object) -> None:
+    def publish_verdict(self, verdict: object, envelope: object) -> None:
         self.verdicts += 1
 
-    def publish_error(self, invalid: object, report: bool) -> None:
+    def publish_error(self, invalid: object) -> None:
+        pass
+
+    def settle(self, token: object) -> None:
         pass
 
 
@@ -99,7 +102,7 @@ def flood_rss(flood: int, cap: int) -> None:
     before = _rss_mib()
     started = time.perf_counter()
     for first in range(0, flood, 512):
-        pipeline.process([parser.parse(f"sensors/flood-{i:06d}", b'{"value": 0.9, "ts": %d}' % (1_700_000_000 + i), 1.0, ack=i)
+        pipeline.process([Envelope(parser.parse(f"sensors/flood-{i:06d}", b'{"value": 0.9, "ts": %d}' % (1_700_000_000 + i), 1.0), i)
                           for i in range(first, min(flood, first + 512))])
     rate = flood / (time.perf_counter() - started)
     print(f"{flood} one-reading ids, max_sensors {cap}: RSS {before:.0f} MiB before, {_rss_mib():.0f} MiB after; "

@@ -43,9 +43,9 @@ def shipped_broker_limits() -> str:
 
 
 @contextmanager
-def running_broker() -> Iterator[MosquittoBroker]:
-    """A Mosquitto of its own on a free loopback port, with persistence and the shipped limits."""
-    broker = MosquittoBroker(extra_config=shipped_broker_limits())
+def running_broker(extra_config: str = "") -> Iterator[MosquittoBroker]:
+    """A Mosquitto of its own on a free loopback port, with persistence and the shipped limits (then ``extra_config``)."""
+    broker = MosquittoBroker(extra_config=f"{shipped_broker_limits()}\n{extra_config}")
     broker.start()
     try:
         yield broker
@@ -147,10 +147,11 @@ class AgentProcess:
             raise RuntimeError(f"/metrics answered {status}")
         return body.decode()
 
-    def rss_bytes(self) -> int:
+    def rss_bytes(self, field: str = "VmRSS") -> int:
+        """Resident memory now (``VmHWM``: the peak so far), from /proc."""
         assert self.proc is not None
         status = Path(f"/proc/{self.proc.pid}/status").read_text()
-        match = re.search(r"^VmRSS:\s+(\d+) kB", status, re.M)
+        match = re.search(rf"^{field}:\s+(\d+) kB", status, re.M)
         return int(match.group(1)) * 1024 if match else 0
 
     def peak_rss_bytes(self) -> int:
@@ -317,6 +318,9 @@ class Observer:
     def __init__(self, broker: MosquittoBroker, agent_id: str) -> None:
         self.agent_id = agent_id
         self.messages: list[Observed] = []
+        # Verdict keys in arrival order, and as a set: a 500,000-reading backlog is checked as it drains.
+        self._answered_log: list[tuple[str, Any]] = []
+        self._answered: set[tuple[str, Any]] = set()
         self._cond = threading.Condition()
         self._subscribed = threading.Event()
         self.client = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"observer-{agent_id}", protocol=paho.MQTTv5)
@@ -337,8 +341,13 @@ class Observer:
                               (f"edge/{self.agent_id}/status", 1)])
 
     def _on_message(self, client: paho.Client, userdata: Any, message: paho.MQTTMessage) -> None:
+        observed = Observed(time.time(), message.topic, message.payload, bool(message.dup))
+        key = _key(observed) if message.topic.startswith(f"edge/{self.agent_id}/verdicts/") else None
         with self._cond:
-            self.messages.append(Observed(time.time(), message.topic, message.payload, bool(message.dup)))
+            self.messages.append(observed)
+            if key is not None:
+                self._answered.add(key)
+                self._answered_log.append(key)
             self._cond.notify_all()
 
     def verdicts(self) -> list[Observed]:
@@ -352,16 +361,19 @@ class Observer:
             return [m for m in self.messages if m.topic == topic]
 
     def answered_keys(self) -> set[tuple[str, Any]]:
-        return {_key(m) for m in self.verdicts()}
+        with self._cond:
+            return set(self._answered)
 
     def wait_answered(self, keys: Iterable[tuple[str, Any]], timeout: float) -> bool:
         """Until a verdict for every key has arrived, or ``timeout``."""
-        wanted = set(keys)
         deadline = time.monotonic() + timeout
         with self._cond:
+            pending = set(keys) - self._answered
+            seen = len(self._answered_log)
             while True:
-                seen = {_key(m) for m in self.messages if m.topic.startswith(f"edge/{self.agent_id}/verdicts/")}
-                if wanted <= seen:
+                pending.difference_update(self._answered_log[seen:])
+                seen = len(self._answered_log)
+                if not pending:
                     return True
                 left = deadline - time.monotonic()
                 if left <= 0:
@@ -432,6 +444,8 @@ class ScenarioResult:
     name: str
     tally: Tally
     recovery_s: float | None = None
+    peak_rss: int | None = None  # the agent's, in bytes, where the scenario measured it
+    p99_s: float | None = None  # publish-to-verdict latency of the readings owed one, where measured
     hostile: int = 0  # messages (or requests) sent that the agent must refuse
     rejected: int = 0  # of those, refused and counted by the agent
     notes: str = ""
@@ -439,8 +453,9 @@ class ScenarioResult:
 
 
 TABLE_HEADER = (
-    "| scenario | readings sent | accepted by broker | answered | lost | duplicated (all marked) | hostile rejected | recovery | notes |",
-    "|---|---:|---:|---:|---:|---:|---:|---:|---|",
+    ("| scenario | sent | accepted | answered | lost | duplicates (all marked) | peak RSS | p99 latency "
+     "| hostile rejected | recovery | notes |"),
+    "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
 )
 
 
@@ -449,8 +464,10 @@ def table_row(r: ScenarioResult) -> str:
     recovery = f"{r.recovery_s:.1f} s" if r.recovery_s is not None else "-"
     marked = "yes" if t.unmarked_duplicates == 0 else f"no: {t.unmarked_duplicates} unmarked"
     hostile = f"{r.rejected} of {r.hostile}" if r.hostile else "-"
+    rss = f"{r.peak_rss / 2**20:.0f} MiB" if r.peak_rss is not None else "-"
+    p99 = f"{r.p99_s * 1000:.0f} ms" if r.p99_s is not None else "-"
     return (f"| {r.name} | {t.sent} | {t.accepted} | {t.answered} | {t.lost} | {t.duplicated} ({marked}) "
-            f"| {hostile} | {recovery} | {r.notes} |")
+            f"| {rss} | {p99} | {hostile} | {recovery} | {r.notes} |")
 
 
 def markdown_table(results: Iterable[ScenarioResult]) -> str:

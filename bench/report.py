@@ -3,6 +3,7 @@
 Usage:
   python bench/report.py detection      # -> docs/results/detection.md
   python bench/report.py performance    # -> docs/results/performance.md
+  python bench/report.py faults         # -> docs/results/faults.md
   python bench/report.py all
 
 Each section runs one benchmark script as a subprocess with the repository's defaults
@@ -74,7 +75,27 @@ PERFORMANCE = [
             ("bench/bench_e2e.py",)),
 ]
 
-PAGES = {"detection": ("Detection results", DETECTION), "performance": ("Performance results", PERFORMANCE)}
+FAULTS = [
+    Section("Fault scenarios",
+            "Every reading the broker accepted must be answered: the agent killed, stopped, or restarted with a backlog "
+            "queued; the broker restarted or away; a burst; floods and hostile input. Peak RSS is the agent's "
+            "(VmHWM of its last process); p99 latency from publish to verdict where the scenario measures it.",
+            ("bench/faults.py",)),
+    Section("A 500,000-reading backlog",
+            "The agent stopped while half a million readings queue in its session, then started: answered in full? "
+            "at what memory?",
+            ("bench/faults.py", "--only", "backlog-500k")),
+    Section("Does the broker keep to the receive maximum?",
+            "A plain paho client with manual acknowledgements against the same Mosquitto: what bounds the readings "
+            "an agent holds (docs/broker.md).",
+            ("bench/receive_maximum.py",)),
+]
+
+PAGES = {
+    "detection": ("Detection results", DETECTION),
+    "performance": ("Performance results", PERFORMANCE),
+    "faults": ("Fault results", FAULTS),
+}
 
 
 def _git(*args: str) -> str:

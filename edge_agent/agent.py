@@ -15,7 +15,6 @@ from prometheus_client import CollectorRegistry
 
 from edge_agent.adaptation import LearnRequest
 from edge_agent.config import AgentConfig, client_id, http_token
-from edge_agent.domain import InvalidReading, Reading
 from edge_agent.engine import Decision, LearningPlan, ScoringEngine
 from edge_agent.fit_worker import FIT_IN_THREAD, WORKER_DIED, FitWorker
 from edge_agent.forest import Forest
@@ -26,7 +25,7 @@ from edge_agent.metrics import AgentMetrics
 from edge_agent.model import SensorModel, load_model
 from edge_agent.mqtt_transport import MQTTTransport
 from edge_agent.partition import PartitionFilter
-from edge_agent.pipeline import Pipeline, VerdictSink
+from edge_agent.pipeline import Envelope, Pipeline, VerdictSink
 from edge_agent.session import record_path
 from edge_agent.training import fit_request
 
@@ -153,7 +152,10 @@ class Agent:
         sink: VerdictSink = self.transport
         if cfg.homeassistant.enabled:
             # Imported only here: off by default, and its imports cost ~0.6 MB of a 50 MB budget.
-            from edge_agent.homeassistant import HomeAssistantDiscovery, retained_publisher
+            from edge_agent.homeassistant import (
+                HomeAssistantDiscovery,
+                retained_publisher,
+            )
 
             # Between the pipeline and the transport: a sensor is announced before its first verdict.
             discovery = HomeAssistantDiscovery(cfg, self.transport, retained_publisher(self.transport))
@@ -168,13 +170,12 @@ class Agent:
             max_batch=cfg.pipeline.max_batch,
             error_log_interval=cfg.pipeline.error_log_interval,
             error_report_rate=cfg.pipeline.error_report_rate,
+            overfill=lambda: self.transport.ledger.full,
         )
-        self.intake: Callable[[Reading | InvalidReading], None] = self.pipeline.submit
+        self.intake: Callable[[Envelope], None] = self.pipeline.submit
         if cfg.partition.count > 1:
             # Other agents' sensors are acknowledged unscored, on the network thread, before the hand-over.
-            partition = PartitionFilter(
-                cfg.partition, self.pipeline.submit, lambda item: self.transport.publish_error(item, report=False), self.registry
-            )
+            partition = PartitionFilter(cfg.partition, self.pipeline.submit, self.transport.settle, self.registry)
             self.parser.owns = partition.owns
             self.intake = partition
         self.http = (

@@ -6,7 +6,7 @@ to and from them at the boundary.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 
@@ -19,8 +19,6 @@ class Reading:
     ``ts`` is the reading's own timestamp as epoch seconds, when it carried one;
     ``ts_raw`` is that timestamp exactly as received (echoed unchanged in the
     verdict). ``received_at`` is the agent's clock at arrival (epoch seconds).
-    ``ack`` is an opaque token the transport uses to acknowledge the reading once
-    its verdict is out (``None`` when nothing needs acknowledging).
     ``redelivered`` is the transport's word that this may be a repeat of a reading
     it delivered before (MQTT's DUP flag).
     """
@@ -31,7 +29,6 @@ class Reading:
     ts: float | None = None
     ts_raw: Any = None
     topic: str | None = None
-    ack: Any = field(default=None, compare=False)
     redelivered: bool = False
 
     @property
@@ -53,7 +50,6 @@ class InvalidReading:
     detail: str
     topic: str | None = None
     sensor_id: str | None = None
-    ack: Any = field(default=None, compare=False)
 
 
 @dataclass(frozen=True, slots=True)

@@ -369,7 +369,7 @@ class ScoringEngine:
 
 
 def _invalid(reading: Reading, reason: str, detail: str) -> InvalidReading:
-    return InvalidReading(reason=reason, detail=detail, topic=reading.topic, sensor_id=reading.sensor_id, ack=reading.ack)
+    return InvalidReading(reason=reason, detail=detail, topic=reading.topic, sensor_id=reading.sensor_id)
 
 
 def _ordered_values(reading: Reading, fields: Sequence[str], model_name: str) -> list[float] | InvalidReading:

@@ -24,12 +24,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-
 from edge_agent import package_version
 from edge_agent.config import AgentConfig
-from edge_agent.domain import InvalidReading, Reading, Verdict
+from edge_agent.domain import InvalidReading, Verdict
 from edge_agent.mqtt_transport import MQTTTransport
-from edge_agent.pipeline import VerdictSink
+from edge_agent.pipeline import Envelope, VerdictSink
 from edge_agent.topics import TopicTemplate, render
 
 log = logging.getLogger(__name__)
@@ -139,16 +138,19 @@ class HomeAssistantDiscovery:
 
     # -- VerdictSink (scoring worker) ------------------------------------------------------
 
-    def publish_verdict(self, verdict: Verdict, reading: Reading) -> None:
+    def publish_verdict(self, verdict: Verdict, envelope: Envelope) -> None:
         with self._lock:
             known = verdict.sensor_id in self._announced
         if not known and self._announce(verdict.sensor_id):
             with self._lock:
                 self._announced.add(verdict.sensor_id)
-        self.sink.publish_verdict(verdict, reading)
+        self.sink.publish_verdict(verdict, envelope)
 
-    def publish_error(self, invalid: InvalidReading, report: bool) -> None:
-        self.sink.publish_error(invalid, report)
+    def publish_error(self, invalid: InvalidReading) -> None:
+        self.sink.publish_error(invalid)
+
+    def settle(self, token: object) -> None:
+        self.sink.settle(token)
 
     # -- Home Assistant's birth message (MQTT network thread) ------------------------------
 

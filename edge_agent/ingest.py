@@ -34,7 +34,7 @@ import math
 import re
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from itertools import accumulate
 from typing import Any
@@ -300,22 +300,21 @@ class PayloadParser:
         #: Called with (sensor id, readings missing, last seq, this seq) when a sequence has a gap.
         self.on_gap: Callable[[str, int, int, int], None] | None = None
 
-    def parse(
-        self, topic: str, payload: bytes, received_at: float, ack: Any = None, redelivered: bool = False
-    ) -> Reading | InvalidReading:
+    def parse(self, topic: str, payload: bytes, received_at: float, redelivered: bool = False) -> Reading | InvalidReading:
         """The one Reading carried by a message of a one-sensor source, or why there is none. Never raises."""
-        items = self.parse_message(topic, payload, received_at, ack, redelivered)
+        items = self.parse_message(topic, payload, received_at, redelivered)
         if items:
             return items[0]
-        return InvalidReading(UNKNOWN_TOPIC, "no reading in this message", topic, None, ack)
+        return InvalidReading(UNKNOWN_TOPIC, "no reading in this message", topic, None)
 
     def parse_message(
-        self, topic: str, payload: bytes, received_at: float, ack: Any = None, redelivered: bool = False
+        self, topic: str, payload: bytes, received_at: float, redelivered: bool = False
     ) -> list[Reading | InvalidReading]:
         """Every reading one message carries (in payload order), or why there is none. Never raises.
 
-        Only the last item carries ``ack``: the pipeline answers items in order, so the
-        message is acknowledged once all of its readings are. An empty list means the
+        The last item is the one whose answer settles the message (the transport gives it the
+        message's token): the pipeline answers items in order, so the message is
+        acknowledged once all of its readings are. An empty list means the
         message holds nothing to score (no key matched ``each``, or a topic that only a
         merged subscription filter brought): acknowledge it and move on.
         """
@@ -323,7 +322,7 @@ class PayloadParser:
         try:
             source, sensor_id = self._source_for(topic)
             if source.fleet is not None:
-                return self._fleet_readings(source, sensor_id, topic, payload, received_at, ack, redelivered)
+                return self._fleet_readings(source, sensor_id, topic, payload, received_at, redelivered)
             values, ts, ts_raw = self._decode(source, payload)
         except Rejected as rejected:
             if rejected.reason == UNKNOWN_TOPIC and type(topic) is str and any(
@@ -332,11 +331,11 @@ class PayloadParser:
                 return []
             return [InvalidReading(
                 reason=rejected.reason, detail=_clip(rejected.detail),
-                topic=topic, sensor_id=sensor_id, ack=ack,
+                topic=topic, sensor_id=sensor_id,
             )]
         return [Reading(
             sensor_id=sensor_id, values=values, received_at=received_at,
-            ts=ts, ts_raw=ts_raw, topic=topic, ack=ack, redelivered=redelivered,
+            ts=ts, ts_raw=ts_raw, topic=topic, redelivered=redelivered,
         )]
 
     def _source_for(self, topic: str) -> tuple[_Source, str]:
@@ -405,7 +404,7 @@ class PayloadParser:
     # -- fleet sources ---------------------------------------------------------------------
 
     def _fleet_readings(
-        self, source: _Source, level: str, topic: str, payload: bytes, received_at: float, ack: Any, redelivered: bool
+        self, source: _Source, level: str, topic: str, payload: bytes, received_at: float, redelivered: bool
     ) -> list[Reading | InvalidReading]:
         fleet = source.fleet
         assert fleet is not None
@@ -416,11 +415,11 @@ class PayloadParser:
         ts_raw: Any = None
         items: list[tuple[str | None, Any]]
         if text[0] != "{":
-            sensor = _render_id(fleet, level, topic, None, None, None)
             try:
                 scalar = self._decode_scalar(source, text)[0]
             except Rejected as rejected:
-                return [InvalidReading(rejected.reason, _clip(rejected.detail), topic, sensor, ack)]
+                return [InvalidReading(rejected.reason, _clip(rejected.detail), topic,
+                                       _render_id(fleet, level, topic, None, None, None))]
             items = [(None, None)]
         else:
             obj = _loads(self._decoder, text)
@@ -455,11 +454,10 @@ class PayloadParser:
             ))
         if not out:
             return out
-        # The acknowledgement rides on the last reading (rejections are answered at once,
-        # readings in order after scoring): the message is acknowledged when all are answered.
+        # The acknowledgement rides on the last item (rejections are answered at once, readings
+        # in order after scoring): the message is acknowledged when all are answered.
         owns = self.owns
         last = max((i for i, r in enumerate(out) if isinstance(r, Reading) and owns(r.sensor_id)), default=len(out) - 1)
-        out[last] = replace(out[last], ack=ack)
         if last != len(out) - 1:  # rejections after it are answered first: move the carrier to the end
             out.append(out.pop(last))
         return out

@@ -12,6 +12,8 @@ from edge_agent.model import SensorModel
 
 # Scoring a batch takes tens of microseconds; the default buckets start at 5 ms.
 LATENCY_BUCKETS = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
+# A reading's way to its verdict's PUBACK: about a millisecond when idle, seconds behind a burst.
+VERDICT_LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 
 
@@ -65,6 +67,20 @@ class AgentMetrics:
         self.state_dir_writable = Gauge("edge_agent_state_dir_writable", "1 while learned models can be saved under learning.state_dir; 0 after a failed save, until a retry gets through.", registry=registry)
         self.models_unsaved = Gauge("edge_agent_learned_models_unsaved", "Learned models scoring from memory only: their save failed and is retried (lost on a restart until then).", registry=registry)
         self.sensors_evicted = Counter("edge_agent_sensors_evicted", "Sensors forgotten to make room for a new one at pipeline.max_sensors: the one idle longest (a learned model stays on disk).", registry=registry)
+        self.verdict_latency = Histogram(
+            "edge_agent_verdict_latency_seconds",
+            "From a reading's arrival to the broker's PUBACK of its verdict, when the reading is acknowledged.",
+            buckets=VERDICT_LATENCY_BUCKETS, registry=registry,
+        )
+        self.readings_in_hand = Gauge(
+            "edge_agent_readings_in_hand", "Messages received on this connection and not yet acknowledged to the broker.",
+            registry=registry,
+        )
+        self.publishes_in_flight = Gauge(
+            "edge_agent_publishes_in_flight",
+            "Messages published (verdicts, alerts, reports) not yet acknowledged by the broker; at most mqtt.max_in_flight.",
+            registry=registry,
+        )
         self.verdicts_dropped = Counter("edge_agent_verdicts_dropped", "Held verdicts dropped because pipeline.held_verdicts was exceeded.", registry=registry)
         self.fits = Counter("edge_agent_fits", "Models fitted (first fits and refits), by where they ran: worker (the fit process) or thread (the agent's own: learning.fits is thread, or the fit process could not start).", ["where"], registry=registry)
         self.fit_worker_deaths = Counter("edge_agent_fit_worker_deaths", "Times the fit process died during a fit; it is restarted and the fit retried once, then left for the sensor's next request.", registry=registry)

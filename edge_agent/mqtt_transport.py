@@ -5,10 +5,10 @@ session expiry from the config) and acknowledges a reading only after the broker
 has acknowledged its verdict. A reading the broker accepted is therefore either
 answered or redelivered, whatever happens to the agent in between.
 
-Every publish goes through :meth:`MQTTTransport._publish`, which records its message id
-until the broker's PUBACK: paho re-sends unacknowledged messages after a reconnect, so a
-record outlives the connection, and a PUBACK for a message published on an earlier
-connection never acknowledges a reading (its generation is gone; the broker redelivers it).
+Which publish settles which reading, what a reconnect invalidates and how many publishes
+may be in flight is decided by the ack ledger (edge_agent/ledger.py, no paho); this module
+carries its decisions out on the wire. Every publish goes through
+:meth:`MQTTTransport._publish`, which registers its message id with the ledger.
 A verdict whose reading the broker flagged as a redelivery (DUP) and that the engine did
 not recognise (the agent restarted in between) carries ``"redelivered": true``.
 """
@@ -23,9 +23,8 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
@@ -33,11 +32,19 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
-from edge_agent.config import AgentConfig, ConfigError, Problem, client_id, mqtt_password
+from edge_agent.config import (
+    AgentConfig,
+    ConfigError,
+    Problem,
+    client_id,
+    mqtt_password,
+)
 from edge_agent.domain import InvalidReading, Reading, Verdict, clip
 from edge_agent.episodes import NEW_NORMAL
 from edge_agent.ingest import PayloadParser
+from edge_agent.ledger import AckLedger, Outcome, Receipt
 from edge_agent.metrics import AgentMetrics
+from edge_agent.pipeline import Envelope
 from edge_agent.session import SubscriptionRecord
 from edge_agent.topics import TopicTemplate, render
 
@@ -115,15 +122,6 @@ class BoundedClient(paho.Client):
         return super()._sock_recv(bufsize)  # type: ignore[misc]
 
 
-@dataclass(frozen=True, slots=True)
-class AckToken:
-    """What is needed to acknowledge one incoming message, on the connection it came in on."""
-
-    mid: int
-    qos: int
-    generation: int
-
-
 def _no_delay(client: paho.Client, userdata: Any, sock: Any) -> None:
     """Send each small packet (a verdict, a PUBACK) at once instead of waiting to coalesce.
 
@@ -151,7 +149,7 @@ class MQTTTransport:
         self.cfg = cfg
         self.parser = parser
         self.metrics = metrics
-        self._submit: Callable[[Reading | InvalidReading], None] | None = None
+        self._submit: Callable[[Envelope], None] | None = None
         self._subscriptions = list(parser.subscriptions)
         self._sensor_filters = len(self._subscriptions)  # the first ones; listeners' follow
         self._retained_seen: set[int] = set()
@@ -162,18 +160,14 @@ class MQTTTransport:
         self.status_topic = render(cfg.topics.status, agent_id=agent)
         self._agent_id = agent
 
+        # Which publish settles which reading, and what a reconnect invalidates.
+        self.ledger = AckLedger(cfg.mqtt.max_in_flight)
+        metrics.readings_in_hand.set_function(lambda: self.ledger.in_hand)
+        metrics.publishes_in_flight.set_function(lambda: self.ledger.in_flight)
         self._lock = threading.Lock()  # guards the fields below; never held while calling paho
-        self._generation = 0
         self._connected = False
         self._subscribed = False
         self._closing = False
-        # mid of every QoS 1 message published and not yet acknowledged by the broker ->
-        # the reading to acknowledge then (None: nothing to acknowledge).
-        self._pending: dict[int, AckToken | None] = {}
-        # PUBACKs that overtook the registration of their publish (mid -> refused by the
-        # broker). Only kept while a publish is being registered, so no stale id lingers.
-        self._early: dict[int, bool] = {}
-        self._publishing = 0  # publishes between paho's publish() and their registration
         self._held: deque[tuple[Verdict, bool]] = deque()  # (verdict, redelivered) while disconnected
         self._last_refusal_log = 0.0
         self._refusing = False  # the broker refused a verdict and none has gone through since
@@ -190,7 +184,7 @@ class MQTTTransport:
 
     # -- setup ---------------------------------------------------------------------------
 
-    def _make_client(self, env: dict[str, str]) -> paho.Client:
+    def _make_client(self, env: dict[str, str]) -> BoundedClient:
         m = self.cfg.mqtt
         v5 = m.protocol == "5"
         client = BoundedClient(
@@ -204,7 +198,8 @@ class MQTTTransport:
         client.incoming_limit = max_packet_size(self.cfg.max_payload_bytes)
         # Outgoing verdicts in flight at once; paho queues the rest (bounded by us, see _held).
         client.max_inflight_messages_set(OUTGOING_WINDOW)
-        client.reconnect_delay_set(min_delay=m.reconnect_min_delay, max_delay=m.reconnect_max_delay)
+        # paho annotates these as int but sleeps for float seconds (the tests use 0.2).
+        client.reconnect_delay_set(min_delay=m.reconnect_min_delay, max_delay=m.reconnect_max_delay)  # type: ignore[arg-type]
         client.will_set(self.status_topic, "offline", qos=1, retain=True)
         if m.username is not None:
             client.username_pw_set(m.username, mqtt_password(self.cfg, env))
@@ -240,7 +235,7 @@ class MQTTTransport:
             raise ConfigError([Problem("mqtt.tls", "certificate files that do not load", f"PEM certificates and a matching key ({e})")]) from None
         client.tls_insecure_set(not tls.check_hostname)
 
-    def start(self, submit: Callable[[Reading | InvalidReading], None]) -> None:
+    def start(self, submit: Callable[[Envelope], None]) -> None:
         """Connect in the background (retrying with backoff) and start delivering readings."""
         self._submit = submit
         if self.subscriptions_file is not None:
@@ -269,7 +264,7 @@ class MQTTTransport:
 
         def on_message(client: paho.Client, userdata: Any, message: paho.MQTTMessage) -> None:
             try:
-                callback(message.payload)
+                callback(bytes(message.payload))
             finally:
                 if message.qos > 0:  # manual acks: nobody else acknowledges this one
                     client.ack(message.mid, message.qos)
@@ -284,9 +279,9 @@ class MQTTTransport:
             self.last_error = f"broker refused the connection: {reason}"
             log.error("%s (%s:%d)", self.last_error, self.cfg.mqtt.host, self.cfg.mqtt.port)
             return
+        # Readings of earlier connections can no longer be acknowledged; the broker redelivers them.
+        self.ledger.reconnected()
         with self._lock:
-            # Readings of earlier connections can no longer be acknowledged; the broker redelivers them.
-            self._generation += 1
             self._connected = True
             self._subscribed = False
             held = list(self._held)
@@ -309,11 +304,12 @@ class MQTTTransport:
         # MQTT 5: retained readings are sent when a subscription is made, not again when a
         # resumed session already has it (retain handling 1). 3.1.1 gets them every time.
         sensors = SubscribeOptions(qos=1, retainHandling=SubscribeOptions.RETAIN_SEND_IF_NEW_SUB) if self._v5 else 1
-        client.subscribe([(f, sensors if i < self._sensor_filters else 1) for i, f in enumerate(self._subscriptions)])
+        filters = [(f, sensors if i < self._sensor_filters else 1) for i, f in enumerate(self._subscriptions)]
+        client.subscribe(filters)  # type: ignore[arg-type]  # paho's annotation allows no list mixing options and QoS ints
         for verdict, redelivered in held:
             # Their readings came in on a connection that is gone; the broker redelivers
             # them and the engine marks those verdicts as duplicates.
-            self._publish_verdict(verdict, None, redelivered)
+            self._publish_verdict(verdict, None, redelivered, wait=False)
         if held:
             log.info("published %d verdicts held while disconnected", len(held))
 
@@ -357,66 +353,62 @@ class MQTTTransport:
     def _on_message(self, client: paho.Client, userdata: Any, message: paho.MQTTMessage) -> None:
         if self._closing:
             return  # not acknowledged: redelivered to the next session
-        token = AckToken(message.mid, message.qos, self._generation) if message.qos > 0 else None
+        receipt = self.ledger.receive(message.mid, message.qos) if message.qos > 0 else None
         try:
             topic = message.topic
         except UnicodeDecodeError:
             # Mosquitto refuses such topics, other brokers may not; paho hands them over undecoded.
             topic = None
-        item: Reading | InvalidReading
         if topic is not None and self._record is not None and self._record.only_stale(topic):
-            if token is not None:  # queued for a filter the config no longer has: not a reading
-                client.ack(token.mid, token.qos)
+            self.settle(receipt)  # queued for a filter the config no longer has: not a reading
             return
         oversized = getattr(client, "oversized", 0)
+        items: list[Reading | InvalidReading]
         if topic is None:
-            item = InvalidReading("unknown_topic", "topic is not valid UTF-8", None, None, token)
+            items = [InvalidReading("unknown_topic", "topic is not valid UTF-8", None, None)]
         elif oversized:
-            item = InvalidReading("too_large", f"message is {oversized} bytes, over the {client.incoming_limit} the agent "
-                                  "reads (it was skipped, not read into memory)", topic, None, token)
+            items = [InvalidReading("too_large", f"message is {oversized} bytes, over the {self.client.incoming_limit} the agent "
+                                    "reads (it was skipped, not read into memory)", topic, None)]
         elif message.retain:
             # A retained reading is an old one replayed on subscribe, not a new measurement:
             # counted and reported the first time, acknowledged quietly on later replays.
             seen = hash((topic, message.payload))
             if seen in self._retained_seen:
-                if token is not None:
-                    client.ack(token.mid, token.qos)
+                self.settle(receipt)
                 return
             if len(self._retained_seen) < RETAINED_MEMORY:
                 self._retained_seen.add(seen)
-            item = InvalidReading("retained", "retained messages are old readings and are not scored", topic, None, token)
+            items = [InvalidReading("retained", "retained messages are old readings and are not scored", topic, None)]
         else:
-            items = self.parser.parse_message(topic, message.payload, time.time(), ack=token, redelivered=bool(message.dup))
+            payload = cast(bytes, message.payload)  # bytes off the wire (bytearray only for messages built locally)
+            items = self.parser.parse_message(topic, payload, time.time(), redelivered=bool(message.dup))
             if not items:  # nothing in it to score (see PayloadParser.parse_message)
-                if token is not None:
-                    client.ack(token.mid, token.qos)
+                self.settle(receipt)
                 return
-            assert self._submit is not None
-            for item in items[:-1]:
-                self._submit(item)
-            item = items[-1]  # the one carrying the acknowledgement
         assert self._submit is not None
-        self._submit(item)
+        for item in items[:-1]:
+            self._submit(Envelope(item))
+        self._submit(Envelope(items[-1], receipt))  # the last one's answer settles the message
 
     def _on_publish(self, client: paho.Client, userdata: Any, mid: int, reason: Any, properties: Any) -> None:
-        refused = bool(getattr(reason, "is_failure", False))
-        with self._lock:
-            if mid not in self._pending:
-                # Either its publish is still being registered (a thread is between paho's
-                # publish() and _publish's bookkeeping), or it is not ours to track.
-                if self._publishing:
-                    self._early[mid] = refused
-                return
-            token = self._pending.pop(mid)
-            current = token is not None and token.generation == self._generation
-        if refused:
-            self._refused(mid, reason)
-        elif token is not None:
-            self._refusing = False
-            if current:
-                client.ack(token.mid, token.qos)
+        self._carry_out(self.ledger.puback(mid, refused=bool(getattr(reason, "is_failure", False))), reason)
 
-    def _refused(self, mid: int, reason: Any) -> None:
+    def _carry_out(self, outcome: Outcome, reason: Any) -> None:
+        """Do what the ledger decided about one publish's answer."""
+        if outcome.refused:
+            self._refused(reason)
+            return
+        if outcome.answered:
+            self._refusing = False
+        if outcome.settle is not None:
+            self._ack(outcome.settle)
+        if outcome.latency is not None:
+            self.metrics.verdict_latency.observe(outcome.latency)
+
+    def _ack(self, receipt: Receipt) -> None:
+        self.client.ack(receipt.mid, receipt.qos)
+
+    def _refused(self, reason: Any) -> None:
         """The broker did not take a message (MQTT 5 PUBACK with an error, e.g. the ACL): its reading stays unacknowledged."""
         self._refusing = True
         self.last_error = f"broker refused a publish: {reason} (check the ACL for edge/{self._agent_id}/#)"
@@ -431,40 +423,31 @@ class MQTTTransport:
         """A retained QoS 1 message of another part of the agent (Home Assistant discovery), tracked like the rest."""
         return self._publish(topic, payload, retain=True).rc == paho.MQTT_ERR_SUCCESS
 
-    def _publish(self, topic: str, payload: str, token: AckToken | None = None, retain: bool = False) -> paho.MQTTMessageInfo:
-        """Publish at QoS 1 and acknowledge ``token``'s reading once the broker has the message."""
-        with self._lock:
-            self._publishing += 1
+    def _publish(self, topic: str, payload: str, receipt: Receipt | None = None, retain: bool = False) -> paho.MQTTMessageInfo:
+        """Publish at QoS 1 and settle ``receipt``'s reading once the broker has the message."""
+        self.ledger.begin()
         info: paho.MQTTMessageInfo | None = None
         try:
             info = self.client.publish(topic, payload, qos=1, retain=retain)
         finally:
-            ack_now = refused = False
-            with self._lock:
-                self._publishing -= 1
-                # rc NO_CONN: paho queued it and sends it on reconnect; other codes: not queued at all.
-                if info is not None and info.rc in (paho.MQTT_ERR_SUCCESS, paho.MQTT_ERR_NO_CONN):
-                    early = self._early.pop(info.mid, None)
-                    if early is None:
-                        self._pending[info.mid] = token
-                    else:
-                        refused = early
-                        if not early and token is not None:
-                            self._refusing = False
-                        ack_now = not early and token is not None and token.generation == self._generation
-                if not self._publishing:
-                    self._early.clear()  # PUBACKs of messages published around paho (not ours)
+            # rc NO_CONN: paho queued it and sends it on reconnect; other codes: not queued at all.
+            queued = info is not None and info.rc in (paho.MQTT_ERR_SUCCESS, paho.MQTT_ERR_NO_CONN)
+            outcome = self.ledger.register(info.mid if queued and info is not None else None, receipt)
+        self._carry_out(outcome, "not accepted")
         assert info is not None
-        if refused:
-            self._refused(info.mid, "not accepted")
-        elif ack_now and token is not None:
-            self.client.ack(token.mid, token.qos)
         return info
 
-    def publish_verdict(self, verdict: Verdict, reading: Reading) -> None:
-        self._publish_verdict(verdict, reading.ack, reading.redelivered and not verdict.duplicate)
+    def publish_verdict(self, verdict: Verdict, envelope: Envelope) -> None:
+        receipt = envelope.token if isinstance(envelope.token, Receipt) else None
+        redelivered = isinstance(envelope.item, Reading) and envelope.item.redelivered and not verdict.duplicate
+        self._publish_verdict(verdict, receipt, redelivered)
 
-    def _publish_verdict(self, verdict: Verdict, token: AckToken | None, redelivered: bool = False) -> None:
+    def _publish_verdict(self, verdict: Verdict, receipt: Receipt | None, redelivered: bool = False, wait: bool = True) -> None:
+        """``wait``: block while ``mqtt.max_in_flight`` publishes await their PUBACK (never on the network thread)."""
+        if wait:
+            while not self.ledger.wait_for_room(1.0):
+                if not self._connected or self._closing:
+                    break  # paho queues it; the bound resumes once PUBACKs flow again
         if not self._connected:
             self._hold(verdict, redelivered)
             return
@@ -480,18 +463,18 @@ class MQTTTransport:
         alert_topic = self._alert_topic.render(agent_id=self._agent_id, sensor_id=sensor) if alert else ""
         size = max(self._size(topic, payload), self._size(alert_topic, payload) if alert else 0)
         if size > self.max_packet:
-            self._too_large(sensor, size, token)
+            self._too_large(sensor, size, receipt)
             return
         if alert:
             self._publish(alert_topic, payload)
         # Alert first: the broker handles one connection's packets in order, so the verdict's
-        # PUBACK, which acknowledges the reading, means it has the alert too.
-        self._publish(topic, payload, token)
+        # PUBACK, which settles the reading, means it has the alert too.
+        self._publish(topic, payload, receipt)
 
     def _size(self, topic: str, payload: str) -> int:
         return packet_size(topic.encode(), payload.encode(), self._v5)
 
-    def _too_large(self, sensor_id: str, size: int, token: AckToken | None) -> None:
+    def _too_large(self, sensor_id: str, size: int, receipt: Receipt | None) -> None:
         """A verdict the broker would refuse (and disconnect for, again on every resend): report it instead.
 
         The short report's PUBACK acknowledges the reading, so the broker does not redeliver
@@ -508,10 +491,9 @@ class MQTTTransport:
                     "detail": detail, "ts": time.time()}
             report = json.dumps(body, separators=(",", ":"))
             if self._connected and self._size(self._errors_topic, report) <= self.max_packet:
-                self._publish(self._errors_topic, report, token)
+                self._publish(self._errors_topic, report, receipt)
                 return
-        if isinstance(token, AckToken) and token.generation == self._generation:
-            self.client.ack(token.mid, token.qos)
+        self.settle(receipt)
 
     def _hold(self, verdict: Verdict, redelivered: bool) -> None:
         limit = self.cfg.pipeline.held_verdicts
@@ -526,8 +508,9 @@ class MQTTTransport:
             self.metrics.verdicts_dropped.inc(dropped)
         self.metrics.verdicts_held.set(held)
 
-    def publish_error(self, invalid: InvalidReading, report: bool) -> None:
-        if report and self._connected:
+    def publish_error(self, invalid: InvalidReading) -> None:
+        """Report a rejected message on the errors topic (its settling is separate: :meth:`settle`)."""
+        if self._connected:
             body = {
                 "topic": clip(invalid.topic, REPORT_CHARS),
                 "sensor_id": clip(invalid.sensor_id, REPORT_CHARS),
@@ -538,10 +521,11 @@ class MQTTTransport:
             report = json.dumps(body, separators=(",", ":"))
             if self._size(self._errors_topic, report) <= self.max_packet:
                 self._publish(self._errors_topic, report)
-        token = invalid.ack
-        if isinstance(token, AckToken) and token.generation == self._generation:
-            # Nothing will ever make a rejected message valid: acknowledge it now.
-            self.client.ack(token.mid, token.qos)
+
+    def settle(self, token: object) -> None:
+        """Acknowledge a message nothing will answer (a rejection, another agent's sensor), if its connection is still up."""
+        if isinstance(token, Receipt) and self.ledger.settle(token):
+            self._ack(token)
 
     # -- shutdown ------------------------------------------------------------------------
 
@@ -553,11 +537,9 @@ class MQTTTransport:
         """Until every reading whose verdict is out has been acknowledged; False on timeout or disconnect."""
         deadline = time.monotonic() + timeout
         while True:
-            with self._lock:
-                generation = self._generation
-                waiting = any(t is not None and t.generation == generation for t in self._pending.values())
-                if not waiting or not self._connected:
-                    return not waiting
+            waiting = self.ledger.awaiting()
+            if not waiting or not self._connected:
+                return not waiting
             if time.monotonic() >= deadline:
                 return False
             time.sleep(0.01)

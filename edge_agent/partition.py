@@ -15,17 +15,11 @@ from __future__ import annotations
 
 import zlib
 from collections.abc import Callable
-from typing import Union
 
 from prometheus_client import CollectorRegistry, Counter
 
 from edge_agent.config import PartitionConfig
-from edge_agent.domain import InvalidReading, Reading
-
-Item = Union[Reading, InvalidReading]
-
-#: The reason given to the transport when it acknowledges another agent's reading.
-OTHER_PARTITION = "other_partition"
+from edge_agent.pipeline import Envelope
 
 
 def partition_of(sensor_id: str | None, count: int) -> int:
@@ -36,23 +30,23 @@ def partition_of(sensor_id: str | None, count: int) -> int:
 
 
 class PartitionFilter:
-    """Wraps the pipeline's ``submit``: passes on this agent's items, acknowledges the rest.
+    """Wraps the pipeline's ``submit``: passes on this agent's items, settles the rest.
 
-    ``acknowledge`` settles a message without scoring or reporting it (the transport's
-    ``publish_error(item, report=False)``); it is called on the MQTT network thread.
+    ``settle`` acknowledges a message's token without scoring or reporting it (the
+    transport's ``settle``); it is called on the MQTT network thread.
     """
 
     def __init__(
         self,
         cfg: PartitionConfig,
-        submit: Callable[[Item], None],
-        acknowledge: Callable[[InvalidReading], None],
+        submit: Callable[[Envelope], None],
+        settle: Callable[[object], None],
         registry: CollectorRegistry,
     ) -> None:
         self.count = cfg.count
         self.index = cfg.index
         self._submit = submit
-        self._acknowledge = acknowledge
+        self._settle = settle
         self._skipped = Counter(
             "edge_agent_partition_skipped",
             "Messages left to the other agents of the partition (their sensors hash elsewhere).",
@@ -62,12 +56,9 @@ class PartitionFilter:
     def owns(self, sensor_id: str | None) -> bool:
         return partition_of(sensor_id, self.count) == self.index
 
-    def __call__(self, item: Item) -> None:
-        if self.owns(item.sensor_id):
-            self._submit(item)
+    def __call__(self, envelope: Envelope) -> None:
+        if self.owns(envelope.item.sensor_id):
+            self._submit(envelope)
             return
         self._skipped.inc()
-        if isinstance(item, Reading):
-            detail = f"sensor {item.sensor_id!r} belongs to partition {partition_of(item.sensor_id, self.count)}"
-            item = InvalidReading(OTHER_PARTITION, detail, item.topic, item.sensor_id, item.ack)
-        self._acknowledge(item)
+        self._settle(envelope.token)

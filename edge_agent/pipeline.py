@@ -1,14 +1,16 @@
 """The hand-over between the transport and the scoring core, and the worker that drains it.
 
-The transport's callback only parses and calls ``submit``; one worker thread takes
-whatever is waiting as one batch (a single reading when idle, so nothing waits for
-a batch to fill), scores it, and hands the verdicts to the sink, which publishes
-them and acknowledges each reading once its verdict is out. The hand-over is
-bounded: when it is full ``submit`` blocks the transport, which stops
-acknowledging, so the broker holds the readings instead of the agent dropping them.
+The transport's callback only parses and calls ``submit`` with an :class:`Envelope`: the
+parsed reading and the transport's token for settling it. The scoring core sees only the
+reading; the token stays in the envelope. One worker thread takes whatever is waiting as
+one batch (a single reading when idle, so nothing waits for a batch to fill), scores it,
+and hands the verdicts to the sink, which publishes them and settles each reading once
+its verdict is out. The hand-over is bounded: when it is full ``submit`` blocks the
+transport, which stops acknowledging, so the broker holds the readings instead of the
+agent dropping them.
 
 A message the parser already rejected never enters the hand-over: ``submit`` counts,
-reports and acknowledges it on the caller's thread, so a flood of junk costs no
+reports and settles it on the caller's thread, so a flood of junk costs no
 queue slot and no thread switch, and good readings behind it are not kept waiting.
 """
 
@@ -19,6 +21,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Protocol
 
 from edge_agent.domain import InvalidReading, Reading, Verdict, clip
@@ -30,13 +33,29 @@ log = logging.getLogger(__name__)
 _STOP = object()
 
 
+@dataclass(frozen=True, slots=True)
+class Envelope:
+    """One parsed message on its way to the core: a reading (or why there is none) and the transport's token.
+
+    ``token`` is opaque here: the sink settles it once the reading is answered (None:
+    nothing to settle, e.g. all but the last reading of a message that carries several).
+    """
+
+    item: Reading | InvalidReading
+    token: object = None
+
+
 class VerdictSink(Protocol):
-    """Where verdicts and rejections go (the MQTT adapter, or a list in replay)."""
+    """Where verdicts and rejections go (the MQTT adapter, or a list in tests)."""
 
-    def publish_verdict(self, verdict: Verdict, reading: Reading) -> None: ...
+    def publish_verdict(self, verdict: Verdict, envelope: Envelope) -> None:
+        """Publish the verdict of ``envelope``'s reading and settle its token once the verdict is out."""
 
-    def publish_error(self, invalid: InvalidReading, report: bool) -> None:
-        """Acknowledge a rejected message; publish the report only when ``report`` is true."""
+    def publish_error(self, invalid: InvalidReading) -> None:
+        """Report a rejected message (on the errors topic)."""
+
+    def settle(self, token: object) -> None:
+        """Acknowledge the message behind ``token`` now: nothing will answer it (a rejection)."""
 
 
 class RateLimitedLog:
@@ -88,14 +107,23 @@ class Pipeline:
         error_log_interval: float = 1.0,
         error_report_rate: float = 100.0,
         learner: Callable[[LearnRequest], None] | None = None,
+        overfill: Callable[[], bool] = lambda: False,
     ) -> None:
-        """``learner`` takes the fits scoring makes due (without waiting for them); None: no sensor learns."""
+        """``learner`` takes the fits scoring makes due (without waiting for them); None: no sensor learns.
+
+        ``overfill`` says when the sink waits for the broker (publishes in flight at their
+        bound): the hand-over then takes readings past ``queue_size`` rather than block the
+        network thread, which must keep reading the PUBACKs that free the sink.
+        """
         self.engine = engine
         self.learner = learner
         self.sink = sink
         self.metrics = metrics
         self.max_batch = max_batch
-        self._queue: queue.Queue[object] = queue.Queue(maxsize=queue_size)
+        self.queue_size = queue_size
+        self._overfill = overfill
+        self._queue: queue.Queue[object] = queue.Queue()  # bounded by submit, which may overfill it
+        self._room = threading.Condition()  # notified when the worker takes a batch
         self._errors_log = RateLimitedLog(error_log_interval)
         self._error_reports = TokenBucket(error_report_rate, burst=max(1.0, error_report_rate))
         self._reject_lock = threading.Lock()  # rejections come from the worker and the transport's thread
@@ -106,20 +134,19 @@ class Pipeline:
         self._worker = threading.Thread(target=self._run, name="scoring-worker", daemon=True)
         self._worker.start()
 
-    def submit(self, item: Reading | InvalidReading) -> None:
+    def submit(self, envelope: Envelope) -> None:
         """Hand over one parsed message; blocks (backpressure) while the hand-over is full."""
-        if isinstance(item, InvalidReading):
-            self._reject(item)
+        if isinstance(envelope.item, InvalidReading):
+            self._reject(envelope.item, envelope.token)
             return
-        while True:
-            try:
-                self._queue.put(item, timeout=0.5)
-                return
-            except queue.Full:
+        with self._room:
+            while self._queue.qsize() >= self.queue_size and not self._overfill():
                 if self._closing.is_set():
                     # Not acknowledged: the broker redelivers it to the next session.
                     log.warning("shutting down with a full hand-over; leaving a reading to the broker")
                     return
+                self._room.wait(0.05)
+        self._queue.put(envelope)
 
     @property
     def depth(self) -> int:
@@ -129,23 +156,17 @@ class Pipeline:
         """Finish what was handed over, then stop the worker. True if it finished in time."""
         self._closing.set()
         deadline = time.monotonic() + timeout
-        while True:
-            try:
-                self._queue.put(_STOP, timeout=max(0.0, deadline - time.monotonic()))
-                break
-            except queue.Full:
-                if time.monotonic() >= deadline:
-                    return False
+        self._queue.put(_STOP)
         if self._worker is not None:
             self._worker.join(max(0.0, deadline - time.monotonic()))
             return not self._worker.is_alive()
         return True
 
-    def _take_batch(self) -> tuple[list[Reading | InvalidReading], bool]:
+    def _take_batch(self) -> tuple[list[Envelope], bool]:
         first = self._queue.get()
         if first is _STOP:
             return [], True
-        batch: list[Reading | InvalidReading] = [first]  # type: ignore[list-item]
+        batch: list[Envelope] = [first]  # type: ignore[list-item]
         while len(batch) < self.max_batch:
             try:
                 item = self._queue.get_nowait()
@@ -160,6 +181,8 @@ class Pipeline:
         stop = False
         while not stop:
             batch, stop = self._take_batch()
+            with self._room:
+                self._room.notify_all()
             if batch:
                 try:
                     self.process(batch)
@@ -167,9 +190,9 @@ class Pipeline:
                     log.exception("scoring a batch of %d readings failed", len(batch))
             self.metrics.queue_depth.set(self._queue.qsize())
 
-    def process(self, batch: Sequence[Reading | InvalidReading]) -> None:
+    def process(self, batch: Sequence[Envelope]) -> None:
         """Score one batch in order and hand every result to the sink."""
-        readings = [item for item in batch if isinstance(item, Reading)]
+        readings = [e.item for e in batch if isinstance(e.item, Reading)]
         started = time.perf_counter()
         scored = self.engine.score(readings) if readings else Scored([], [])
         results = scored.results
@@ -179,23 +202,24 @@ class Pipeline:
         if readings:
             self.metrics.latency.observe(time.perf_counter() - started)
             self.metrics.batch_size.observe(len(readings))
-        by_reading = iter(zip(readings, results))
+        by_reading = iter(results)
         verdicts: list[Verdict] = []
-        for item in batch:
-            if isinstance(item, InvalidReading):
-                self._reject(item)
+        for envelope in batch:
+            if isinstance(envelope.item, InvalidReading):
+                self._reject(envelope.item, envelope.token)
                 continue
-            reading, result = next(by_reading)
+            result = next(by_reading)
             if isinstance(result, InvalidReading):
-                self._reject(result)
+                self._reject(result, envelope.token)
             else:
                 verdicts.append(result)
-                self.sink.publish_verdict(result, reading)
+                self.sink.publish_verdict(result, envelope)
         self.metrics.record_verdicts(verdicts, self.engine.is_tracked if scored.evicted else None)
         if scored.evicted:
             self.metrics.record_evicted(scored.evicted, tracked=self.engine.is_tracked)
 
-    def _reject(self, invalid: InvalidReading) -> None:
+    def _reject(self, invalid: InvalidReading, token: object) -> None:
+        """Count, log (rate-limited), report (rate-limited) and settle a message nothing will answer."""
         self.metrics.record_invalid(invalid)
         now = time.monotonic()
         with self._reject_lock:
@@ -204,4 +228,6 @@ class Pipeline:
         if suppressed is not None:
             more = f" (and {suppressed} more of this kind since the last line)" if suppressed else ""
             log.warning("invalid message on %s: %s: %s%s", clip(invalid.topic), invalid.reason, clip(invalid.detail, 200), more)
-        self.sink.publish_error(invalid, report=report)
+        if report:
+            self.sink.publish_error(invalid)
+        self.sink.settle(token)

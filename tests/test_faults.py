@@ -31,7 +31,8 @@ from edge_agent.domain import Reading, Verdict
 from edge_agent.ingest import PayloadParser
 from edge_agent.local_broker import MOSQUITTO
 from edge_agent.metrics import AgentMetrics
-from edge_agent.mqtt_transport import AckToken, MQTTTransport
+from edge_agent.mqtt_transport import MQTTTransport
+from edge_agent.pipeline import Envelope
 
 sys.path.insert(0, str(REPO / "bench"))
 
@@ -111,6 +112,29 @@ def test_broker_down_30_s_while_the_sensor_publishes_loses_nothing(lab: Lab, rec
     assert r.details["not_ready_while_down"] and r.details["healthy_while_down"] and r.details["ready_again"]
     assert r.recovery_s is not None and r.recovery_s < 10
     assert r.details["status"] == "online" and r.details["exit"] == 0
+
+
+@against_mosquitto
+def test_a_backlog_queued_while_the_agent_was_stopped_is_answered_in_full(lab: Lab, record: list[ScenarioResult]) -> None:
+    # A hand-over smaller than the backlog: the network thread must not block on it while the
+    # worker waits for PUBACKs that only the network thread can read.
+    r = faults.backlog(lab, readings=9000, overrides=["pipeline.queue_size=1000"])
+    record.append(r)
+    assert_nothing_lost(r)
+    # The broker pushes the backlog past the receive maximum (Mosquitto 2.0, docs/broker.md); the
+    # publishes in flight still stay under their bound, so no message id wraps onto a queued verdict.
+    assert 0 < r.details["held"]["edge_agent_publishes_in_flight"] <= 512, r.details
+    assert r.details["exit"] == 0
+
+
+@against_mosquitto
+def test_a_burst_from_a_gateway_is_answered_in_full_with_its_latency_measured(lab: Lab, record: list[ScenarioResult]) -> None:
+    r = faults.burst(lab, readings=6000, sensors=10)
+    record.append(r)
+    assert_nothing_lost(r)
+    assert r.tally.duplicated == 0
+    assert r.p99_s is not None and r.details["held"]["edge_agent_publishes_in_flight"] <= 512, r.details
+    assert r.details["exit"] == 0
 
 
 @against_mosquitto
@@ -253,8 +277,10 @@ def connect(t: MQTTTransport) -> None:
     t._on_subscribe(t.client, None, 1, [ReasonCode(PacketTypes.SUBACK, "Granted QoS 1")] * len(t._subscriptions), None)
 
 
-def reading(mid: int, generation: int, redelivered: bool = False, ts: int = 1) -> Reading:
-    return Reading("s1", {"value": 0.9}, 1.0, ts=float(ts), ts_raw=ts, ack=AckToken(mid, 1, generation), redelivered=redelivered)
+def reading(t: MQTTTransport, mid: int, redelivered: bool = False, ts: int = 1) -> Envelope:
+    """A reading as the transport hands it over: received (message ``mid``) on the current connection."""
+    item = Reading("s1", {"value": 0.9}, 1.0, ts=float(ts), ts_raw=ts, redelivered=redelivered)
+    return Envelope(item, t.ledger.receive(mid, 1))
 
 
 def verdict(duplicate: bool = False, anomaly: int = 0, ts: int = 1) -> Verdict:
@@ -267,23 +293,30 @@ def verdict_mid(fake: FakeClient) -> int:
 
 def test_a_reading_is_acknowledged_only_on_its_verdicts_puback(transport: tuple[MQTTTransport, FakeClient]) -> None:
     t, fake = transport
-    t.publish_verdict(verdict(anomaly=1), reading(101, t._generation))
+    t.publish_verdict(verdict(anomaly=1), reading(t, 101))
     assert fake.acks == []
     topics = [topic for topic, _, _ in fake.published]
     assert "/alerts/" in topics[-2] and "/verdicts/" in topics[-1]  # alert first, then the verdict that acks
+    registry = t.metrics.registry
+    assert registry.get_sample_value("edge_agent_readings_in_hand") == 1
+    in_flight = registry.get_sample_value("edge_agent_publishes_in_flight")
     t._on_publish(fake, None, verdict_mid(fake) - 1, OK, None)  # the alert's PUBACK acknowledges nothing
-    assert fake.acks == []
+    assert fake.acks == [] and registry.get_sample_value("edge_agent_verdict_latency_seconds_count") == 0
     t._on_publish(fake, None, verdict_mid(fake), OK, None)
     assert fake.acks == [101]
     assert t.wait_for_acks(0.1)
+    # Its latency is measured from arrival to this PUBACK; the gauges read the ledger.
+    assert registry.get_sample_value("edge_agent_verdict_latency_seconds_count") == 1
+    assert registry.get_sample_value("edge_agent_readings_in_hand") == 0
+    assert registry.get_sample_value("edge_agent_publishes_in_flight") == in_flight - 2
 
 
 def test_a_puback_overtaking_the_publishing_thread_still_acknowledges_once(transport: tuple[MQTTTransport, FakeClient]) -> None:
     t, fake = transport
     fake.puback_during_publish = True
-    t.publish_verdict(verdict(), reading(102, t._generation))
+    t.publish_verdict(verdict(), reading(t, 102))
     assert fake.acks == [102]
-    assert t._early == {} and verdict_mid(fake) not in t._pending
+    assert t.ledger.in_flight == 1  # only the status message: the verdict's early PUBACK was applied
 
 
 def test_a_stale_puback_of_a_foreign_publish_never_acknowledges_a_later_verdict(transport: tuple[MQTTTransport, FakeClient]) -> None:
@@ -291,7 +324,7 @@ def test_a_stale_puback_of_a_foreign_publish_never_acknowledges_a_later_verdict(
     # Something published around the transport (mid 50) and its PUBACK came while nothing was being registered.
     t._on_publish(fake, None, 50, OK, None)
     fake.next_mid = 50  # paho's ids wrap around: the next verdict gets the same id
-    t.publish_verdict(verdict(), reading(103, t._generation))
+    t.publish_verdict(verdict(), reading(t, 103))
     assert verdict_mid(fake) == 50 and fake.acks == []  # not acknowledged before its own PUBACK
     t._on_publish(fake, None, 50, OK, None)
     assert fake.acks == [103]
@@ -299,34 +332,35 @@ def test_a_stale_puback_of_a_foreign_publish_never_acknowledges_a_later_verdict(
 
 def test_a_refused_verdict_leaves_its_reading_unacknowledged(transport: tuple[MQTTTransport, FakeClient]) -> None:
     t, fake = transport
-    t.publish_verdict(verdict(), reading(104, t._generation))
+    t.publish_verdict(verdict(), reading(t, 104))
     t._on_publish(fake, None, verdict_mid(fake), REFUSED, None)
     assert fake.acks == []
     assert "refused a publish" in t.last_error
     assert not t.connected  # /readyz: 503 while verdicts cannot get out
-    t.publish_verdict(verdict(), reading(109, t._generation))
+    t.publish_verdict(verdict(), reading(t, 109))
     t._on_publish(fake, None, verdict_mid(fake), OK, None)
     assert fake.acks == [109] and t.connected
 
 
 def test_a_puback_after_a_reconnect_does_not_acknowledge_on_the_new_connection(transport: tuple[MQTTTransport, FakeClient]) -> None:
     t, fake = transport
-    t.publish_verdict(verdict(), reading(105, t._generation))
+    t.publish_verdict(verdict(), reading(t, 105))
     mid = verdict_mid(fake)
     t._on_disconnect(fake, None, None, OK, None)
     connect(t)  # paho re-sends the verdict; the reading's id belongs to the old connection
+    in_flight = t.ledger.in_flight
     t._on_publish(fake, None, mid, OK, None)
-    assert fake.acks == [] and mid not in t._pending
+    assert fake.acks == [] and t.ledger.in_flight == in_flight - 1  # tracked to its PUBACK, settling nothing
 
 
 def test_redelivered_and_duplicate_verdicts_are_marked(transport: tuple[MQTTTransport, FakeClient]) -> None:
     t, fake = transport
-    t.publish_verdict(verdict(), reading(106, t._generation, redelivered=True))
+    t.publish_verdict(verdict(), reading(t, 106, redelivered=True))
     assert fake.published[-1][1].get("redelivered") is True
-    t.publish_verdict(verdict(duplicate=True), reading(107, t._generation, redelivered=True))
+    t.publish_verdict(verdict(duplicate=True), reading(t, 107, redelivered=True))
     body = fake.published[-1][1]
     assert body.get("duplicate") is True and "redelivered" not in body
-    t.publish_verdict(verdict(), reading(108, t._generation))
+    t.publish_verdict(verdict(), reading(t, 108))
     assert "redelivered" not in fake.published[-1][1] and "duplicate" not in fake.published[-1][1]
 
 
@@ -335,7 +369,7 @@ def test_verdicts_held_while_disconnected_are_bounded_and_published_on_reconnect
     t._on_disconnect(fake, None, None, OK, None)
     before = len(fake.published)
     for i in range(5):
-        t.publish_verdict(verdict(ts=i), reading(200 + i, t._generation, ts=i))
+        t.publish_verdict(verdict(ts=i), reading(t, 200 + i, ts=i))
     assert len(fake.published) == before and len(t._held) == 3  # pipeline.held_verdicts
     assert t.metrics.verdicts_dropped._value.get() == 2
     connect(t)

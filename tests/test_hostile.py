@@ -29,7 +29,7 @@ from edge_agent.ingest import REASONS, PayloadParser
 from edge_agent.metrics import AgentMetrics
 from edge_agent.model import SensorModel
 from edge_agent.mqtt_transport import MQTTTransport
-from edge_agent.pipeline import Pipeline
+from edge_agent.pipeline import Envelope, Pipeline
 
 CAP = 5  # pipeline.max_sensors here: small, so the examples reach it
 ENGINE_REASONS = {"retained", "no_model"}
@@ -37,23 +37,28 @@ ENGINE_REASONS = {"retained", "no_model"}
 
 @dataclass
 class RecordingSink:
-    """A VerdictSink that keeps everything, as the MQTT adapter would publish and acknowledge it."""
+    """A VerdictSink that keeps everything, as the MQTT adapter would publish and settle it."""
 
-    verdicts: list[tuple[Verdict, Reading]] = field(default_factory=list)
-    errors: list[tuple[InvalidReading, bool]] = field(default_factory=list)
+    verdicts: list[tuple[Verdict, Envelope]] = field(default_factory=list)
+    reports: list[InvalidReading] = field(default_factory=list)  # rejections reported (rate-limited)
+    settled: list[object] = field(default_factory=list)  # tokens of every rejection, settled at once
     lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def publish_verdict(self, verdict: Verdict, reading: Reading) -> None:
+    def publish_verdict(self, verdict: Verdict, envelope: Envelope) -> None:
         with self.lock:
-            self.verdicts.append((verdict, reading))
+            self.verdicts.append((verdict, envelope))
 
-    def publish_error(self, invalid: InvalidReading, report: bool) -> None:
+    def publish_error(self, invalid: InvalidReading) -> None:
         with self.lock:
-            self.errors.append((invalid, report))
+            self.reports.append(invalid)
+
+    def settle(self, token: object) -> None:
+        with self.lock:
+            self.settled.append(token)
 
     def acked(self) -> list[Any]:
         with self.lock:
-            return [r.ack for _, r in self.verdicts] + [i.ack for i, _ in self.errors]
+            return [e.token for _, e in self.verdicts] + list(self.settled)
 
 
 @pytest.fixture(scope="module")
@@ -142,20 +147,22 @@ def test_any_messages_through_adapter_pipeline_and_engine(cfg: AgentConfig, mode
             first.setdefault((_utf8(m[0]), m[1]), mid)  # type: ignore[arg-type]
     repeats = [mid for mid, m in enumerate(messages, start=1)
                if m[3] and _utf8(m[0]) is not None and first[(_utf8(m[0]), m[1])] != mid]  # type: ignore[index]
-    assert len(sink.verdicts) + len(sink.errors) == len(messages) - len(repeats)
+    assert len(sink.verdicts) + len(sink.settled) == len(messages) - len(repeats)
     tokens = [t for t in sink.acked() if t is not None]
     assert sorted([t.mid for t in tokens] + replays) == sorted(mid for mid, m in enumerate(messages, start=1) if m[2] > 0)
     assert set(replays) <= set(repeats)
-    for invalid, _ in sink.errors:
+    for invalid in sink.reports:
         assert invalid.reason in REASONS | ENGINE_REASONS
         assert isinstance(invalid.detail, str) and invalid.detail
-    for verdict, reading in sink.verdicts:
+    for verdict, envelope in sink.verdicts:
+        reading = envelope.item
+        assert isinstance(reading, Reading)
         assert 0.0 <= verdict.score <= 1.0 and verdict.anomaly in (0, 1)
         assert all(math.isfinite(v) for v in reading.values.values())
         assert reading.sensor_id.isprintable() and "+" not in reading.sensor_id and "#" not in reading.sensor_id
         json.dumps(verdict.to_payload(), allow_nan=False)  # publishable as strict JSON
     # Retained messages are never scored.
-    assert sum(1 for i, _ in sink.errors if i.reason == "retained") == len(first)
+    assert registry.get_sample_value("edge_agent_invalid_messages_total", {"reason": "retained"}) == (len(first) or None)
     # Bounded: sensors, and the label sets of the metrics.
     assert engine.sensor_count <= CAP
     assert len(label_values(registry, "sensor")) <= CAP
@@ -175,14 +182,14 @@ def test_any_topic_and_payload_through_parser_and_engine(cfg: AgentConfig, model
                                                          topic: str, payload: bytes) -> None:
     parser = PayloadParser(cfg.sources, cfg.max_payload_bytes)
     engine = build_engine(cfg, models)
-    item = parser.parse(topic, payload, 1.0, ack=1)
+    item = parser.parse(topic, payload, 1.0)
     if isinstance(item, Reading):
         (result,) = engine.score([item]).results
         assert isinstance(result, (Verdict, InvalidReading))
         if isinstance(result, InvalidReading):
-            assert result.reason in REASONS | ENGINE_REASONS and result.ack == 1
+            assert result.reason in REASONS | ENGINE_REASONS
     else:
-        assert item.reason in REASONS and item.ack == 1
+        assert item.reason in REASONS
 
 
 def test_a_flood_of_new_sensors_is_capped_and_known_ones_keep_scoring(cfg: AgentConfig, models: dict[str, SensorModel]) -> None:
@@ -192,16 +199,16 @@ def test_a_flood_of_new_sensors_is_capped_and_known_ones_keep_scoring(cfg: Agent
     engine = build_engine(cfg, models)
     pipeline = Pipeline(engine, sink, metrics, error_report_rate=10)
     parser = PayloadParser(cfg.sources, cfg.max_payload_bytes)
-    known = [parser.parse("sensors/pump", b"0.9", 1.0, ack=-i) for i in (1, 2)]  # two readings: established
-    flood = [parser.parse(f"sensors/flood-{i}", b"0.9", 1.0, ack=i) for i in range(5000)]
-    good = [parser.parse("sensors/pump", b"0.91", 2.0, ack=-3)]
+    known = [Envelope(parser.parse("sensors/pump", b"0.9", 1.0), -i) for i in (1, 2)]  # two readings: established
+    flood = [Envelope(parser.parse(f"sensors/flood-{i}", b"0.9", 1.0), i) for i in range(5000)]
+    good = [Envelope(parser.parse("sensors/pump", b"0.91", 2.0), -3)]
     pipeline.process(known)
     pump = engine._streams["pump"]
     pipeline.process(flood + good)
     assert engine.sensor_count == CAP
-    assert not sink.errors  # nobody is refused: the flood's ids push each other out
+    assert not sink.reports and not sink.settled  # nobody is refused: the flood's ids push each other out
     assert engine._streams["pump"] is pump  # the established sensor kept its context through the flood
-    assert [r.ack for _, r in sink.verdicts][-1] == -3
+    assert [e.token for _, e in sink.verdicts][-1] == -3
     assert registry.get_sample_value("edge_agent_sensors_evicted_total") == 5000 - (CAP - 1)
     # The series of evicted sensors go with them (those evicted in the batch that brought them
     # are summed under _other): the label sets stay at the cap.
@@ -210,12 +217,12 @@ def test_a_flood_of_new_sensors_is_capped_and_known_ones_keep_scoring(cfg: Agent
 
 def test_retained_and_undecodable_topics_are_rejected_not_raised(cfg: AgentConfig, models: dict[str, SensorModel]) -> None:
     metrics = AgentMetrics(CollectorRegistry())
-    items: list[Reading | InvalidReading] = []
+    items: list[Envelope] = []
     transport = MQTTTransport(cfg, PayloadParser(cfg.sources, cfg.max_payload_bytes), metrics, {})
     transport._submit = items.append
     transport._on_message(transport.client, None, message(1, b"sensors/a", b"0.9", 1, True, False))
     transport._on_message(transport.client, None, message(2, b"sensors/\xff", b"0.9", 1, False, False))
     transport._on_message(transport.client, None, message(3, b"sensors/a", b"0.9", 1, False, True))
-    assert [getattr(i, "reason", None) for i in items] == ["retained", "unknown_topic", None]
-    assert isinstance(items[2], Reading) and items[2].redelivered
-    assert [i.ack.mid for i in items] == [1, 2, 3]
+    assert [getattr(e.item, "reason", None) for e in items] == ["retained", "unknown_topic", None]
+    assert isinstance(items[2].item, Reading) and items[2].item.redelivered
+    assert [getattr(e.token, "mid", None) for e in items] == [1, 2, 3]

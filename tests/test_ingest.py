@@ -36,7 +36,7 @@ def parser() -> PayloadParser:
 
 
 def _parse(parser: PayloadParser, topic: str, payload: bytes) -> Reading | InvalidReading:
-    return parser.parse(topic, payload, received_at=1000.0, ack="token")
+    return parser.parse(topic, payload, received_at=1000.0)
 
 
 ZIGBEE = b'{"temperature":21.3,"humidity":40,"linkquality":120,"battery":90}'
@@ -90,7 +90,6 @@ def test_accepted_payloads(
     assert reading.ts_raw == ts_raw and type(reading.ts_raw) is type(ts_raw)  # unchanged, int stays int
     assert reading.topic == topic
     assert reading.received_at == 1000.0
-    assert reading.ack == "token"
 
 
 DEEP = b"[" * (MAX_DEPTH + 1) + b"]" * (MAX_DEPTH + 1)
@@ -183,7 +182,6 @@ def test_rejected_payloads(parser: PayloadParser, topic: str, payload: bytes, re
     assert needle.lower() in result.detail.lower()
     assert len(result.detail) <= MAX_DETAIL
     assert result.topic == topic
-    assert result.ack == "token"
     if reason in ("unknown_topic", "bad_sensor_id"):
         assert result.sensor_id is None
     else:  # the source matched, so the sensor is known and reported
@@ -365,9 +363,9 @@ _PAYLOADS = st.one_of(
 @settings(max_examples=1000, deadline=None)
 @given(topic=_TOPICS, payload=_PAYLOADS)
 def test_parse_is_total(parser: PayloadParser, topic: str, payload: bytes) -> None:
-    result = parser.parse(topic, payload, 1.0, ack=7)
+    result = parser.parse(topic, payload, 1.0)
     assert type(result) in (Reading, InvalidReading)
-    assert result.ack == 7 and result.topic == topic
+    assert result.topic == topic
     if isinstance(result, InvalidReading):
         assert result.reason in REASONS
         assert isinstance(result.detail, str) and 0 < len(result.detail) <= MAX_DETAIL
@@ -436,7 +434,7 @@ def _fleet_parser(**source: Any) -> PayloadParser:
 
 def _all(parser: PayloadParser, topic: str, obj: Any, at: float = 1000.0) -> list[Reading | InvalidReading]:
     payload = obj if isinstance(obj, bytes) else json.dumps(obj).encode()
-    return parser.parse_message(topic, payload, received_at=at, ack="token")
+    return parser.parse_message(topic, payload, received_at=at)
 
 
 def test_optional_fields_score_each_device_on_what_it_has_under_an_id_per_field_set() -> None:
@@ -464,20 +462,21 @@ def test_partial_updates_merge_with_the_last_known_fields() -> None:
 
 
 def test_several_sensors_in_one_message_get_an_id_each_and_the_last_carries_the_ack() -> None:
+    """The transport settles a message with its last item's answer: the one whose reading is scored last."""
     parser = _fleet_parser(topic="tele/{sensor}/SENSOR", each="DS18B20*", fields=["Temperature"], ts_field="Time")
     readings = _all(parser, "tele/ds1820/SENSOR", {"Time": "2024-01-01T01:00:00+01:00",
                                                    "DS18B20-1": {"Id": "01144D2D6EAA", "Temperature": 21.4},
                                                    "DS18B20-2": {"Id": "3C01D607A1B2", "Temperature": 19.1}, "TempUnit": "C"})
-    assert [(r.sensor_id, r.values, r.ts, r.ack) for r in readings] == [
-        ("ds1820-DS18B20-1", {"Temperature": 21.4}, JAN_1_2024, None),
-        ("ds1820-DS18B20-2", {"Temperature": 19.1}, JAN_1_2024, "token"),
+    assert [(r.sensor_id, r.values, r.ts) for r in readings] == [
+        ("ds1820-DS18B20-1", {"Temperature": 21.4}, JAN_1_2024),
+        ("ds1820-DS18B20-2", {"Temperature": 19.1}, JAN_1_2024),
     ]
     by_probe = _fleet_parser(topic="tele/{sensor}/SENSOR", each="DS18B20*", fields=["Temperature"], sensor_id="{sensor}-{item.Id}")
     assert [r.sensor_id for r in _all(by_probe, "tele/ds1820/SENSOR", {"DS18B20-1": {"Id": "01", "Temperature": 1}})] == ["ds1820-01"]
     # A probe that lost its reading is rejected alone; the ack moves to the good one, answered last.
     mixed = _all(parser, "tele/ds1820/SENSOR", {"DS18B20-1": {"Id": "01", "Temperature": 21.4}, "DS18B20-2": {"Id": "02"}})
-    assert [(type(r).__name__, r.sensor_id, r.ack) for r in mixed] == [
-        ("InvalidReading", "ds1820-DS18B20-2", None), ("Reading", "ds1820-DS18B20-1", "token")]
+    assert [(type(r).__name__, r.sensor_id) for r in mixed] == [
+        ("InvalidReading", "ds1820-DS18B20-2"), ("Reading", "ds1820-DS18B20-1")]
 
 
 def test_a_counter_is_scored_as_its_rate() -> None:
@@ -569,8 +568,9 @@ def test_fleet_parsing_is_total(topic: str, payloads: list[bytes], redelivered: 
     parser = PayloadParser(_FLEET_SOURCES, 4096, max_tracked=2)
     parser.on_gap = lambda *gap: None
     for payload in payloads:
-        items = parser.parse_message(topic, payload, 1000.0, ack="token", redelivered=redelivered)
-        assert [i.ack for i in items].count("token") == (1 if items else 0) and items[-1:] == [i for i in items if i.ack]
+        items = parser.parse_message(topic, payload, 1000.0, redelivered=redelivered)
+        # The carrier of the acknowledgement comes last: a reading if the message has one.
+        assert not items or isinstance(items[-1], Reading) or not any(isinstance(i, Reading) for i in items)
         for item in items:
             if isinstance(item, InvalidReading):
                 assert item.reason in REASONS and len(item.detail) <= MAX_DETAIL
@@ -583,7 +583,7 @@ def test_the_ack_rides_on_a_reading_this_agent_keeps() -> None:
     parser = _fleet_parser(topic="tele/{sensor}/SENSOR", each="DS18B20*", fields=["Temperature"])
     parser.owns = lambda sensor_id: sensor_id.endswith("-1")  # DS18B20-2 belongs to another agent of the partition
     items = _all(parser, "tele/ds/SENSOR", {"DS18B20-1": {"Temperature": 1}, "DS18B20-2": {"Temperature": 2}})
-    assert [(i.sensor_id, i.ack) for i in items] == [("ds-DS18B20-2", None), ("ds-DS18B20-1", "token")]
+    assert [i.sensor_id for i in items] == ["ds-DS18B20-2", "ds-DS18B20-1"]  # the last item settles the message
 
 
 @pytest.mark.parametrize("value", ["0.95", True, None, [1], {"a": 1}, 10**400])

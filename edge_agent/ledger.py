@@ -1,0 +1,171 @@
+"""The acknowledgement ledger: which publishes are in flight for which incoming reading, and when a reading is settled.
+
+An incoming reading is *settled* (acknowledged to the broker) only once the broker has
+acknowledged its verdict (and the alert published before it), or at once when nothing
+will ever answer it (a rejected message, another agent's sensor). The ledger decides;
+the transport only carries its decisions out on the wire.
+
+Rules it keeps:
+
+- **Generations.** Every connection is a new generation. An acknowledgement belongs to
+  the connection its message came in on: a receipt of an earlier generation is never
+  settled (the broker redelivers that message to the new connection), although the
+  publish behind it is still tracked until its PUBACK, since the client re-sends it.
+- **Early PUBACKs.** A PUBACK can arrive on the network thread before the publishing
+  thread has registered its message id. While a publish is being registered, such a
+  PUBACK is kept and applied at registration; otherwise an unknown id is not ours.
+- **A bound on publishes in flight.** Message ids are 16-bit and a client that runs out
+  of them overwrites queued messages, so the publishes not yet acknowledged are held to
+  ``limit``: :meth:`wait_for_room` blocks the publisher while the bound is full.
+
+No MQTT library, no I/O: the clock is passed in, and every rule above has a unit test
+(tests/test_ledger.py) without a broker.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class Receipt:
+    """What acknowledges one incoming message, on the connection (generation) it came in on."""
+
+    mid: int
+    qos: int
+    generation: int
+    arrived: float  # the ledger's clock when the message came in: verdict latency starts here
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What the broker's answer to one publish means for the transport."""
+
+    settle: Receipt | None = None  # acknowledge this incoming message now
+    refused: bool = False  # the broker refused the publish (its reading stays unsettled)
+    answered: bool = False  # the broker took a publish that answers a reading (of whatever connection)
+    latency: float | None = None  # seconds from the settled reading's arrival to this PUBACK
+
+
+NOTHING = Outcome()
+
+
+class AckLedger:
+    """Outstanding publishes and the readings they settle; thread-safe, no I/O."""
+
+    def __init__(self, limit: int, clock: Callable[[], float] = time.monotonic) -> None:
+        """``limit``: publishes in flight (sent, not yet acknowledged by the broker) at most."""
+        self.limit = limit
+        self._clock = clock
+        self._cond = threading.Condition()
+        self._generation = 0
+        # mid of every publish not yet acknowledged -> the receipt it settles (None: nothing).
+        self._pending: dict[int, Receipt | None] = {}
+        # PUBACKs that overtook the registration of their publish (mid -> refused).
+        self._early: dict[int, bool] = {}
+        self._registering = 0  # publishes between the client's publish() and register()
+        self._in_hand = 0  # receipts of this generation taken and not yet settled
+
+    # -- connections -------------------------------------------------------------------
+
+    @property
+    def generation(self) -> int:
+        return self._generation
+
+    def reconnected(self) -> int:
+        """A new connection: every receipt of earlier ones can no longer be settled. Returns the new generation."""
+        with self._cond:
+            self._generation += 1
+            self._in_hand = 0
+            return self._generation
+
+    # -- incoming ----------------------------------------------------------------------
+
+    def receive(self, mid: int, qos: int) -> Receipt:
+        """A message came in on the current connection: the receipt to settle it with later."""
+        with self._cond:
+            self._in_hand += 1
+            return Receipt(mid, qos, self._generation, self._clock())
+
+    def settle(self, receipt: Receipt | None) -> bool:
+        """Settle ``receipt`` without a publish. True: acknowledge it now; False: nothing to send (stale or None)."""
+        if receipt is None:
+            return False
+        with self._cond:
+            return self._settled(receipt)
+
+    def _settled(self, receipt: Receipt) -> bool:
+        if receipt.generation != self._generation:
+            return False
+        self._in_hand = max(0, self._in_hand - 1)
+        return True
+
+    # -- outgoing ----------------------------------------------------------------------
+
+    def wait_for_room(self, timeout: float) -> bool:
+        """Block while ``limit`` publishes are in flight; False if still full after ``timeout``."""
+        with self._cond:
+            return self._cond.wait_for(lambda: len(self._pending) < self.limit, timeout)
+
+    def begin(self) -> None:
+        """A publish is about to be handed to the client: PUBACKs for unknown ids are kept until it registers."""
+        with self._cond:
+            self._registering += 1
+
+    def register(self, mid: int | None, receipt: Receipt | None) -> Outcome:
+        """The client took the publish begun last as ``mid`` (None: it did not queue it)."""
+        with self._cond:
+            self._registering -= 1
+            early = self._early.pop(mid, None) if mid is not None else None
+            if mid is not None and early is None:
+                self._pending[mid] = receipt
+            if not self._registering:
+                self._early.clear()  # PUBACKs of messages published around the ledger (not ours)
+            if early is None:
+                return NOTHING
+            return self._answered(receipt, refused=early)
+
+    def puback(self, mid: int, refused: bool = False) -> Outcome:
+        """The broker acknowledged (or, ``refused``, rejected) the publish ``mid``."""
+        with self._cond:
+            if mid not in self._pending:
+                if self._registering:
+                    self._early[mid] = refused
+                return NOTHING
+            receipt = self._pending.pop(mid)
+            self._cond.notify_all()
+            return self._answered(receipt, refused)
+
+    def _answered(self, receipt: Receipt | None, refused: bool) -> Outcome:
+        if refused:
+            return Outcome(refused=True)
+        if receipt is None:
+            return NOTHING
+        if not self._settled(receipt):
+            return Outcome(answered=True)
+        return Outcome(settle=receipt, answered=True, latency=self._clock() - receipt.arrived)
+
+    # -- state -------------------------------------------------------------------------
+
+    @property
+    def in_flight(self) -> int:
+        """Publishes sent and not yet acknowledged by the broker (of any generation)."""
+        return len(self._pending)
+
+    @property
+    def full(self) -> bool:
+        """Whether ``limit`` publishes are in flight: the publisher waits."""
+        return len(self._pending) >= self.limit
+
+    @property
+    def in_hand(self) -> int:
+        """Readings of this connection taken and not yet settled."""
+        return self._in_hand
+
+    def awaiting(self) -> bool:
+        """Whether a publish in flight still settles a reading of this connection."""
+        with self._cond:
+            return any(r is not None and r.generation == self._generation for r in self._pending.values())

@@ -1,0 +1,128 @@
+"""The ack ledger's rules, with no broker and no paho: which publish settles which reading, and when."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+from edge_agent.ledger import NOTHING, AckLedger, Outcome, Receipt
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def published(ledger: AckLedger, mid: int, receipt: Receipt | None = None) -> Outcome:
+    """One publish the way the transport makes it: begin, the client takes it as ``mid``, register."""
+    ledger.begin()
+    return ledger.register(mid, receipt)
+
+
+def test_a_reading_is_settled_by_its_verdicts_puback_not_before_nor_by_another() -> None:
+    clock = Clock()
+    ledger = AckLedger(limit=10, clock=clock)
+    receipt = ledger.receive(mid=7, qos=1)
+    assert ledger.in_hand == 1
+    assert published(ledger, 1) == NOTHING  # the alert: settles nothing
+    assert published(ledger, 2, receipt) == NOTHING  # the verdict: not settled before its PUBACK
+    assert ledger.in_flight == 2 and ledger.awaiting()
+    assert ledger.puback(1) == NOTHING
+    clock.now += 0.25
+    outcome = ledger.puback(2)
+    assert outcome.settle == receipt and outcome.answered and outcome.latency == 0.25
+    assert ledger.in_hand == 0 and ledger.in_flight == 0 and not ledger.awaiting()
+    assert ledger.puback(2) == NOTHING  # a repeated PUBACK settles nothing twice
+
+
+def test_a_puback_that_overtakes_the_registration_settles_once_at_registration() -> None:
+    ledger = AckLedger(limit=10)
+    receipt = ledger.receive(mid=7, qos=1)
+    ledger.begin()
+    assert ledger.puback(5) == NOTHING  # the network thread was faster than the publishing thread
+    outcome = ledger.register(5, receipt)
+    assert outcome.settle == receipt
+    assert ledger.in_flight == 0 and ledger.puback(5) == NOTHING
+
+
+def test_a_stale_puback_of_a_foreign_publish_never_settles_a_later_one_with_the_same_id() -> None:
+    ledger = AckLedger(limit=10)
+    assert ledger.puback(50) == NOTHING  # published around the ledger, while nothing was registering
+    receipt = ledger.receive(mid=7, qos=1)
+    assert published(ledger, 50, receipt) == NOTHING  # message ids wrap: the same id again
+    assert ledger.puback(50).settle == receipt
+
+
+def test_early_pubacks_are_forgotten_once_no_publish_is_registering() -> None:
+    ledger = AckLedger(limit=10)
+    ledger.begin()
+    ledger.puback(60)  # not ours after all: its publish never registers as 60
+    ledger.register(61, None)
+    receipt = ledger.receive(mid=7, qos=1)
+    assert published(ledger, 60, receipt) == NOTHING  # the old PUBACK does not settle the new 60
+
+
+def test_a_refused_publish_leaves_its_reading_unsettled() -> None:
+    ledger = AckLedger(limit=10)
+    receipt = ledger.receive(mid=7, qos=1)
+    published(ledger, 3, receipt)
+    outcome = ledger.puback(3, refused=True)
+    assert outcome.refused and outcome.settle is None and not outcome.answered
+    assert ledger.in_hand == 1  # the broker keeps it and redelivers it to the next connection
+    ledger.begin()
+    ledger.puback(4, refused=True)
+    assert ledger.register(4, receipt).refused  # a refusal that overtook its registration
+
+
+def test_a_reconnect_invalidates_receipts_but_publishes_stay_tracked_to_their_puback() -> None:
+    ledger = AckLedger(limit=10)
+    old = ledger.receive(mid=7, qos=1)
+    published(ledger, 3, old)
+    assert ledger.reconnected() == old.generation + 1
+    assert ledger.in_hand == 0 and not ledger.awaiting()
+    outcome = ledger.puback(3)  # the client re-sent it on the new connection
+    assert outcome.settle is None and outcome.answered  # went through, but acknowledges nothing
+    assert ledger.in_flight == 0
+    assert not ledger.settle(old)  # a rejection of the old connection is not acknowledged either
+    new = ledger.receive(mid=7, qos=1)  # the broker redelivers it, maybe under the same id
+    assert ledger.settle(new) and ledger.in_hand == 0
+
+
+def test_settling_without_a_publish() -> None:
+    ledger = AckLedger(limit=10)
+    assert not ledger.settle(None)
+    receipt = ledger.receive(mid=9, qos=1)
+    assert ledger.settle(receipt) and ledger.in_hand == 0
+
+
+def test_an_unqueued_publish_registers_nothing() -> None:
+    ledger = AckLedger(limit=10)
+    receipt = ledger.receive(mid=9, qos=1)
+    ledger.begin()
+    assert ledger.register(None, receipt) == NOTHING
+    assert ledger.in_flight == 0 and ledger.in_hand == 1
+
+
+def test_the_publisher_waits_while_the_bound_is_full_and_resumes_on_a_puback() -> None:
+    ledger = AckLedger(limit=2)
+    published(ledger, 1)
+    assert ledger.wait_for_room(0.0)
+    published(ledger, 2)
+    assert ledger.full and not ledger.wait_for_room(0.01)
+    woke: list[float] = []
+
+    def wait() -> None:
+        assert ledger.wait_for_room(5.0)
+        woke.append(time.monotonic())
+
+    waiter = threading.Thread(target=wait)
+    waiter.start()
+    time.sleep(0.05)
+    assert not woke  # still waiting
+    freed = time.monotonic()
+    ledger.puback(1)
+    waiter.join(5.0)
+    assert woke and woke[0] - freed < 2.0 and not ledger.full  # woken by the PUBACK, not by its timeout
