@@ -73,7 +73,7 @@ class SensorRoster:
     A sensor is *new* until its second reading, then *established*. When a new sensor comes
     and ``capacity`` are tracked, the new sensor heard from longest ago goes, and only when
     there is none, the established one idle longest: a flood of one-reading ids (typos, a
-    scan, an attacker) pushes out itself, not the sensors that report every minute.
+    scan, an attacker) pushes out its own ids, not the sensors that report every minute.
     """
 
     __slots__ = ("capacity", "established", "new")
