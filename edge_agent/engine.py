@@ -178,7 +178,7 @@ class ScoringEngine:
             if stream is not None:
                 stream.adapting = False
                 if stream.adaptation is not None:
-                    stream.adaptation.settled()
+                    stream.adaptation.failed()
 
     def score(self, readings: Sequence[Reading]) -> Scored:
         """Score readings in arrival order.

@@ -192,8 +192,11 @@ class Learner:
         self,
         state_dir: Path,
         on_learned: Callable[[str, SensorModel], None] | None = None,
-        max_pending: int = 1000,
+        max_pending: int = 100,
     ) -> None:
+        """``max_pending``: fits waiting at most. Each holds a copy of its sensor's readings
+        (~58 KB at the default 3,600 rows), and one takes a fraction of a second: a sensor
+        refused asks again 50 readings later, instead of its readings piling up here."""
         self.state_dir = state_dir
         self.on_learned = on_learned
         self.engine: ScoringEngine | None = None
