@@ -132,7 +132,7 @@ class SensorAdaptation:
     """One learning sensor's readings and fit bookkeeping; says when a fit is due."""
 
     __slots__ = ("plan", "sensor_id", "spec", "history", "started_at", "fitted_at", "since_fit",
-                 "flagged_since_fit", "fitting", "known", "refit_after")
+                 "flagged_since_fit", "fitting", "known", "refit_after", "holding_off")
 
     def __init__(self, plan: LearningPlan, sensor_id: str, spec: FeatureSpec, known: int = 0) -> None:
         """``known``: readings the sensor's current model learned from (0: it has none yet)."""
@@ -147,6 +147,7 @@ class SensorAdaptation:
         self.fitting = False
         self.known = known
         self.refit_after = plan.refit_every * (1.0 - plan.refit_jitter * share_of(sensor_id))
+        self.holding_off = 0  # readings to wait before asking for a fit again, after one failed
 
     def learning(self, values: Sequence[float], at: float) -> LearnRequest | None:
         """A reading while the sensor has no model; the first fit's request once it has learned enough."""
@@ -155,6 +156,9 @@ class SensorAdaptation:
             self.started_at = at
         n = len(self.history)
         enough = n >= self.plan.rows or (n >= MIN_LEARNING_ROWS and at - self.started_at >= self.plan.period)
+        if self.holding_off:
+            self.holding_off -= 1
+            return None
         if self.fitting or not enough:
             return None
         return self._request(at, None, refit=False, keep=None)
@@ -201,6 +205,12 @@ class SensorAdaptation:
         """The requested fit is done (installed) or has failed: count afresh from here."""
         self.fitting = False
         self.since_fit = self.flagged_since_fit = 0
+
+    def failed(self) -> None:
+        """The requested fit failed or was refused (a busy learner): ask again only after
+        MIN_LEARNING_ROWS more readings, not with every reading (each ask copies the history)."""
+        self.settled()
+        self.holding_off = MIN_LEARNING_ROWS
 
 
 def share_of(sensor_id: str) -> float:

@@ -73,7 +73,7 @@ class SensorRoster:
     A sensor is *new* until its second reading, then *established*. When a new sensor comes
     and ``capacity`` are tracked, the new sensor heard from longest ago goes, and only when
     there is none, the established one idle longest: a flood of one-reading ids (typos, a
-    scan, an attacker) pushes out itself, not the sensors that report every minute.
+    scan, an attacker) pushes out its own ids, not the sensors that report every minute.
     """
 
     __slots__ = ("capacity", "established", "new")
@@ -178,7 +178,7 @@ class ScoringEngine:
             if stream is not None:
                 stream.adapting = False
                 if stream.adaptation is not None:
-                    stream.adaptation.settled()
+                    stream.adaptation.failed()
 
     def score(self, readings: Sequence[Reading]) -> Scored:
         """Score readings in arrival order.

@@ -187,10 +187,13 @@ class Learner:
         self,
         state_dir: Path,
         on_learned: Callable[[str, SensorModel], None] | None = None,
-        max_pending: int = 1000,
+        max_pending: int = 100,
         fit: Callable[[LearnRequest, str], SensorModel] = fit_request,
     ) -> None:
-        """``fit``: fits a request (default: in this thread; the agent passes a ``FitWorker``'s)."""
+        """``max_pending``: fits waiting at most. Each holds a copy of its sensor's readings
+        (~58 KB at the default 3,600 rows), and one takes a fraction of a second: a sensor
+        refused asks again 50 readings later, instead of its readings piling up here.
+        ``fit``: fits a request (default: in this thread; the agent passes a ``FitWorker``'s)."""
         self.state_dir = state_dir
         self.on_learned = on_learned
         self._fit = fit

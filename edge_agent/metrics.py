@@ -66,7 +66,7 @@ class AgentMetrics:
         self.readings_missed = Counter("edge_agent_readings_missed", "Readings that never arrived, per sensor: gaps in a source's seq_field (evidence of a broker dropping, docs/broker.md).", ["sensor"], registry=registry)
         self.state_dir_writable = Gauge("edge_agent_state_dir_writable", "1 while learned models can be saved under learning.state_dir; 0 after a failed save, until a retry gets through.", registry=registry)
         self.models_unsaved = Gauge("edge_agent_learned_models_unsaved", "Learned models scoring from memory only: their save failed and is retried (lost on a restart until then).", registry=registry)
-        self.sensors_evicted = Counter("edge_agent_sensors_evicted", "Sensors forgotten to make room for a new one at pipeline.max_sensors: the one idle longest (a learned model stays on disk).", registry=registry)
+        self.sensors_evicted = Counter("edge_agent_sensors_evicted", "Sensors forgotten to make room for a new one at pipeline.max_sensors (one that sent a single reading first, else the one idle longest); a learned model stays.", registry=registry)
         self.verdict_latency = Histogram(
             "edge_agent_verdict_latency_seconds",
             "From a reading's arrival to the broker's PUBACK of its verdict, when the reading is acknowledged.",
@@ -89,15 +89,11 @@ class AgentMetrics:
     def record_models(self, models: Iterable[SensorModel]) -> None:
         """Models now loaded; a model's earlier version loses its series (hourly refits would add one each)."""
         for m in models:
-            self.forget_model(m.name)
+            previous = self._model_labels.get(m.name)
+            if previous is not None and previous != (m.version, m.sha256):
+                self.model_info.remove(m.name, *previous)
             self._model_labels[m.name] = (m.version, m.sha256)
             self.model_info.labels(model=m.name, version=m.version, sha256=m.sha256).set(1)
-
-    def forget_model(self, name: str) -> None:
-        """A model no longer loaded (replaced, or its sensor evicted): its series goes."""
-        labels = self._model_labels.pop(name, None)
-        if labels is not None:
-            self.model_info.remove(name, *labels)
 
     def record_verdicts(self, verdicts: Iterable[Verdict], tracked: Callable[[str], bool] | None = None) -> None:
         """``tracked``: whether a sensor is still tracked; one evicted in the same batch is summed

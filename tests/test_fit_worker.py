@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edge_agent.adaptation import LearningPlan, LearnRequest, SensorAdaptation, share_of
+from edge_agent.adaptation import MIN_LEARNING_ROWS, LearningPlan, LearnRequest, SensorAdaptation, share_of
 from edge_agent.domain import Reading
 from edge_agent.engine import ScoringEngine
 from edge_agent.features import DEFAULT_TRANSFORMS, FeatureSpec
@@ -110,10 +110,13 @@ def test_a_worker_that_dies_twice_loses_the_fit_not_the_sensor(tmp_path: Path) -
     requests = engine.score(readings).learn_requests
     assert len(requests) == 1
     learner(requests[0])
-    # The failed fit is handed back: the sensor goes on learning and asks again with its next reading.
+    # The failed fit is handed back: the sensor goes on learning and asks again a while later
+    # (MIN_LEARNING_ROWS readings, so a failing fitter is not asked on every reading).
     _wait(lambda: not engine._streams["boiler"].adaptation.fitting)  # type: ignore[union-attr]
-    again = engine.score([Reading("boiler", {"value": 0.1}, 60.0, ts=60.0, ts_raw=60)])
-    assert again.results[0].learning and len(again.learn_requests) == 1  # type: ignore[union-attr]
+    later = [Reading("boiler", {"value": 0.1}, 60.0 + i, ts=60.0 + i, ts_raw=60 + i) for i in range(MIN_LEARNING_ROWS + 1)]
+    again = engine.score(later)
+    assert all(v.learning for v in again.results)
+    assert len(again.learn_requests) == 1
     learner.stop()
     dying.close()
 

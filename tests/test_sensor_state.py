@@ -190,3 +190,13 @@ def test_sensors_finishing_learning_together_add_no_threads(tmp_path: Path) -> N
     finally:
         learner.stop()
     assert peak == baseline  # one learner thread fits them in turn, whatever the number due
+
+
+def test_a_sensor_whose_fit_was_refused_asks_again_50_readings_later_not_every_reading() -> None:
+    engine = ScoringEngine({}, learning=LearningPlan(rows=60))
+    asked = []
+    for i in range(200):
+        for request in engine.score(_readings("boiler", 1, start=i)).learn_requests:
+            asked.append(i)
+            engine.learning_failed(request.sensor_id)  # what a busy learner does
+    assert asked == [59, 110, 161], asked  # at 60 readings, then after 50 more each time
