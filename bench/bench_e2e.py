@@ -143,7 +143,7 @@ def publish(port: int, sensors: list[str], n: int, rate: float | None, seed: int
     client.on_publish = on_publish
     client.connect("127.0.0.1", port, keepalive=30)
     client.loop_start()
-    last_ts = {s: 0.0 for s in sensors}
+    last_ts = dict.fromkeys(sensors, 0.0)
     try:
         start = time.time()
         for i in range(n):
@@ -271,7 +271,7 @@ class Target:
         self.name = name
         self.argv = argv
         self.log_path = log_path
-        self._log = open(log_path, "wb")
+        self._log = open(log_path, "wb")  # noqa: SIM115 - held open for the process's life, closed in stop()
         self.proc = subprocess.Popen(argv, stdout=self._log, stderr=subprocess.STDOUT, cwd=ROOT)
 
     @property
@@ -346,7 +346,7 @@ def _mosquitto_version() -> str:
 
     if MOSQUITTO is None:
         return "no mosquitto"
-    out = subprocess.run([MOSQUITTO, "-h"], capture_output=True, text=True, timeout=5).stdout
+    out = subprocess.run([MOSQUITTO, "-h"], capture_output=True, text=True, timeout=5, check=False).stdout
     return out.splitlines()[0] if out else MOSQUITTO
 
 

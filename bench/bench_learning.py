@@ -27,14 +27,13 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from edge_agent.adaptation import History  # noqa: E402
 from edge_agent.domain import Reading  # noqa: E402
-from edge_agent.adaptation import History
 from edge_agent.engine import Decision, LearningPlan, ScoringEngine  # noqa: E402
 from edge_agent.features import DEFAULT_TRANSFORMS, FeatureSpec  # noqa: E402
 from edge_agent.model import load_model, save_model  # noqa: E402
 from edge_agent.replay import learn_and_score  # noqa: E402
 from edge_agent.training import learn_model  # noqa: E402
-
 
 # The default features less the drift baseline, to time what that feature costs.
 WITHOUT_DRIFT = tuple(t for t in DEFAULT_TRANSFORMS if not t.startswith("drift:"))
@@ -75,7 +74,7 @@ def shipped_us_per_reading(values: np.ndarray) -> float:
     batch = readings(values)
     started = time.perf_counter()
     for r in batch:
-        engine.score([r]).results
+        engine.score([r])
     return (time.perf_counter() - started) / len(batch) * 1e6
 
 

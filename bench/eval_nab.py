@@ -43,6 +43,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from corpus import report_skipped  # noqa: E402  (bench/, the script's own folder)
 from edge_agent.agent import decision_of, learning_plan  # noqa: E402
 from edge_agent.config import load_config  # noqa: E402
 from edge_agent.progress import Progress  # noqa: E402
@@ -50,7 +51,6 @@ from edge_agent.replay import replay_learning  # noqa: E402
 from edge_agent.table import TableError, read_table  # noqa: E402
 from edge_agent.training import TrainingError  # noqa: E402
 from simulator.streams import Simulation  # noqa: E402
-from corpus import report_skipped  # noqa: E402  (bench/, the script's own folder)
 
 # NAB's application profiles (config/profiles.json): weights of a true positive, a
 # false negative and a false positive.
@@ -249,7 +249,7 @@ def _nab_time(ts: float) -> str:
 
 
 def _parse_nab_time(text: str) -> float:
-    return datetime.strptime(text.split(".")[0], NAB_TIME).replace(tzinfo=timezone.utc).timestamp()
+    return datetime.strptime(text.split(".", maxsplit=1)[0], NAB_TIME).replace(tzinfo=timezone.utc).timestamp()
 
 
 def main() -> int:

@@ -29,8 +29,8 @@ sys.path.insert(0, str(REPO))
 
 from edge_agent.agent import decision_of, learning_plan  # noqa: E402
 from edge_agent.config import load_config  # noqa: E402
-from edge_agent.durations import Duration  # noqa: E402
 from edge_agent.domain import Reading, Verdict  # noqa: E402
+from edge_agent.durations import Duration  # noqa: E402
 from edge_agent.replay import learn_and_score  # noqa: E402
 from eval_nab import learning_rows  # noqa: E402  (bench/, the script's own folder)
 

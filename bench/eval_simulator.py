@@ -35,7 +35,7 @@ from edge_agent.agent import build_engine, decision_of, learning_plan, load_mode
 from edge_agent.config import load_config  # noqa: E402
 from edge_agent.domain import Reading, Verdict  # noqa: E402
 from edge_agent.replay import learn_and_score  # noqa: E402
-from simulator.streams import Simulation, SimReading  # noqa: E402
+from simulator.streams import SimReading, Simulation  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -83,10 +83,11 @@ def with_glitches(readings: list[SimReading], sigma: dict[str, float], nth: int,
     seen: dict[str, int] = defaultdict(int)
     out = []
     for r in readings:
+        moved = r
         if seen[r.sensor_id] == nth:
-            r = dataclasses.replace(r, value=round(r.value + sigmas * sigma[r.sensor_id], 4))
+            moved = dataclasses.replace(r, value=round(r.value + sigmas * sigma[r.sensor_id], 4))
         seen[r.sensor_id] += 1
-        out.append(r)
+        out.append(moved)
     return out
 
 
@@ -126,7 +127,7 @@ def main() -> int:
     # Per sensor: each scored reading's injection and alert, in stream order (learning readings left out).
     per_sensor: dict[str, list[tuple[int, int, str, int]]] = defaultdict(list)  # (anomaly_id, label, kind, alert)
     learning_ids: set[int] = set()
-    for r, v in zip(readings, verdicts):
+    for r, v in zip(readings, verdicts, strict=True):
         if v.learning:
             learning_ids.add(r.anomaly_id)
             continue

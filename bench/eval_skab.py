@@ -26,6 +26,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from corpus import report_skipped  # noqa: E402  (bench/, the script's own folder)
 from edge_agent.agent import decision_of, learning_plan  # noqa: E402
 from edge_agent.config import load_config  # noqa: E402
 from edge_agent.durations import Duration  # noqa: E402
@@ -34,7 +35,6 @@ from edge_agent.progress import Progress  # noqa: E402
 from edge_agent.replay import ReplayRow, replay, replay_learning  # noqa: E402
 from edge_agent.table import SensorTable, TableError, read_table  # noqa: E402
 from edge_agent.training import TrainingError, train_model  # noqa: E402
-from corpus import report_skipped  # noqa: E402  (bench/, the script's own folder)
 
 LEARN_ROWS = 400
 PUBLISHED = [
@@ -130,7 +130,7 @@ class Confusion:
 
     def add(self, rows: list[ReplayRow], labels: Sequence[int]) -> dict[str, int]:
         f = {"tp": 0, "fp": 0, "fn": 0, "tn": 0}
-        for row, label in zip(rows, labels):
+        for row, label in zip(rows, labels, strict=True):
             pred = row.verdict.anomaly
             f[("t" if pred == label else "f") + ("p" if pred else "n")] += 1
         self.tp, self.fp, self.fn, self.tn = self.tp + f["tp"], self.fp + f["fp"], self.fn + f["fn"], self.tn + f["tn"]

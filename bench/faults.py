@@ -23,7 +23,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import ExitStack
+from contextlib import ExitStack, suppress
 from pathlib import Path
 from typing import Any
 
@@ -31,8 +31,8 @@ from faultlab import (
     Lab,
     Observer,
     ScenarioResult,
-    Sent,
     Sensor,
+    Sent,
     Stream,
     markdown_table,
     metric_value,
@@ -127,7 +127,7 @@ def _stage(
 def agent_sigkill(lab: Lab, kills: int = 2) -> ScenarioResult:
     """The agent is SIGKILLed mid-stream and started again at once (as systemd or Docker would), ``kills`` times."""
     with ExitStack() as stack:
-        broker, observer, agent, sensor = _stage(stack, lab, "faults-kill", "kill")
+        _broker, observer, agent, sensor = _stage(stack, lab, "faults-kill", "kill")
         t0 = time.monotonic()
         stream = stack.enter_context(Stream(sensor, SENSORS, rate=400, count=400 * (2 + 3 * kills))).start()
         recoveries = []
@@ -152,7 +152,7 @@ def agent_sigkill(lab: Lab, kills: int = 2) -> ScenarioResult:
 def agent_sigterm(lab: Lab) -> ScenarioResult:
     """The agent is stopped with SIGTERM mid-stream (an upgrade) and started again."""
     with ExitStack() as stack:
-        broker, observer, agent, sensor = _stage(stack, lab, "faults-term", "term")
+        _broker, observer, agent, sensor = _stage(stack, lab, "faults-term", "term")
         t0 = time.monotonic()
         stream = stack.enter_context(Stream(sensor, SENSORS, rate=400, count=400 * 6)).start()
         _sleep_until(t0, 2.0)
@@ -387,10 +387,8 @@ def http_fuzz(lab: Lab, requests: int = 3000, stalled: int = 20, seed: int = 202
         rate = requests / (time.monotonic() - started)
         timed_out = 0
         for s in slow:
-            try:
+            with suppress(OSError):
                 timed_out += s.recv(4096).startswith(b"HTTP/1.1 408 ")
-            except OSError:
-                pass
         stream.join()
         _finish(sensor, observer)
         after = {path: agent.http(path)[0] for path in ("/healthz", "/readyz", "/metrics")}

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -11,21 +13,32 @@ import types
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Union, get_args, get_origin, get_type_hints
+from typing import Any, ClassVar, TypeGuard, Union, get_args, get_origin, get_type_hints
 
 import yaml
 
 from edge_agent.durations import Duration
 from edge_agent.features import DEFAULT_TRANSFORMS, parse_transform
-from edge_agent.topics import TopicTemplate, sensor_id_parts, validate_filter, validate_source_pattern, validate_topic_name
+from edge_agent.topics import (
+    TopicTemplate,
+    sensor_id_parts,
+    validate_filter,
+    validate_source_pattern,
+    validate_topic_name,
+)
 
 
 def _f(default: Any, doc: str, **bounds: Any) -> Any:
     """A config field with a default, a description and optional bounds/choices."""
     meta = {"doc": doc, **bounds}
     if isinstance(default, (list, dict)):
-        return field(default_factory=lambda d=default: type(d)(d), metadata=meta)
+        return field(default_factory=functools.partial(copy.copy, default), metadata=meta)
     return field(default=default, metadata=meta)
+
+
+def _is_section(tp: object) -> TypeGuard[type[Any]]:
+    """Whether a type hint names a config section (a dataclass type, not an instance)."""
+    return isinstance(tp, type) and dataclasses.is_dataclass(tp)
 
 
 @dataclass
@@ -240,7 +253,7 @@ class _StrictLoader(yaml.SafeLoader):
     """SafeLoader with YAML 1.2 core scalars that rejects duplicate keys (PyYAML keeps the last silently)."""
 
     yaml_implicit_resolvers = _yaml12_resolvers()
-    yaml_constructors = {
+    yaml_constructors: ClassVar[dict[str | None, Any]] = {
         **yaml.SafeLoader.yaml_constructors,
         "tag:yaml.org,2002:int": _construct_int,
         "tag:yaml.org,2002:float": _construct_float,
@@ -341,7 +354,7 @@ def _describe(tp: Any, meta: Mapping[str, Any]) -> str:
         text = "a list of " + _plural(get_args(inner)[0])
     elif origin is dict:
         text = "a mapping of non-empty strings to " + _plural(get_args(inner)[1])
-    elif dataclasses.is_dataclass(inner):
+    elif _is_section(inner):
         text = f"a mapping with keys {_key_list(inner)}"
     else:
         raise TypeError(f"unsupported config type {tp!r}")
@@ -397,7 +410,7 @@ def _convert(raw: Any, tp: Any, meta: Mapping[str, Any], path: str, problems: li
     if raw is None:
         if optional:
             return None
-        if dataclasses.is_dataclass(inner):
+        if _is_section(inner):
             raw = {}  # an empty section (all its keys commented out) means all defaults
         elif origin is dict:
             return {}
@@ -406,14 +419,14 @@ def _convert(raw: Any, tp: Any, meta: Mapping[str, Any], path: str, problems: li
         problems.append(Problem(path, _show(raw), _describe(tp, meta)))
         return _INVALID
 
-    if dataclasses.is_dataclass(inner):
+    if _is_section(inner):
         return _convert_dataclass(inner, raw, path, problems) if isinstance(raw, dict) else bad()
     if origin is list:
         if not isinstance(raw, list):
             return bad()
         item_tp = get_args(inner)[0]
         items = [_convert(item, item_tp, {}, f"{path}[{i}]", problems) for i, item in enumerate(raw)]
-        if dataclasses.is_dataclass(item_tp):
+        if _is_section(item_tp):
             # Keep the positions so that rules on the other items still run (and name the right index).
             return [item_tp() if item is _INVALID else item for item in items]
         return _INVALID if any(item is _INVALID for item in items) else items
@@ -495,7 +508,7 @@ def _output_topic_error(text: str, per_sensor: bool) -> str | None:
         return "a topic template containing {sensor_id}, so that each sensor gets its own topic"
     try:
         # Sample values: a wildcard or other defect in the literal parts shows up when rendered.
-        template.render(**{name: "x" for name in template.names})
+        template.render(**dict.fromkeys(template.names, "x"))
     except ValueError as exc:
         return f"a publishable topic ({exc})"
     return None
@@ -702,7 +715,7 @@ def _apply_override(
         current = holder[key]
         inner, _ = _optional_inner(tp)
         origin = get_origin(inner)
-        if dataclasses.is_dataclass(inner):
+        if _is_section(inner):
             if current is None:
                 current = holder[key] = {}
             if not isinstance(current, dict):
@@ -854,7 +867,7 @@ def _type_name(tp: Any) -> str:
     origin = get_origin(inner)
     if origin is list:
         item = get_args(inner)[0]
-        name = "list of mappings" if dataclasses.is_dataclass(item) else f"list of {_type_name(item)}s"
+        name = "list of mappings" if _is_section(item) else f"list of {_type_name(item)}s"
     elif origin is dict:
         name = f"map of {_type_name(get_args(inner)[0])} to {_type_name(get_args(inner)[1])}"
     else:
@@ -869,7 +882,7 @@ def _reference_rows(cls: type, prefix: str) -> list[tuple[str, str, str, str]]:
         tp = hints[name]
         path = _join(prefix, name)
         inner, _ = _optional_inner(tp)
-        if dataclasses.is_dataclass(inner):
+        if _is_section(inner):
             rows.extend(_reference_rows(inner, path))
             continue
         doc = spec.metadata.get("doc", "")
@@ -880,7 +893,7 @@ def _reference_rows(cls: type, prefix: str) -> list[tuple[str, str, str, str]]:
         default = json.dumps(_field_default(spec))
         rows.append((path, _type_name(tp), default, doc))
         item = get_args(inner)[0] if get_origin(inner) is list else None
-        if dataclasses.is_dataclass(item):
+        if _is_section(item):
             rows.extend(_reference_rows(item, f"{path}[]"))
     return rows
 

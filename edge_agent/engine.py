@@ -196,10 +196,10 @@ class ScoringEngine:
                 scores = [model.score_row(group[0][3])]
             else:
                 raw, calibrated = model.score_features(np.array([row for *_, row in group], dtype=np.float64))
-                scores = list(zip(raw.tolist(), calibrated.tolist()))
+                scores = list(zip(raw.tolist(), calibrated.tolist(), strict=True))
             # A reading scored in two contexts (see detector) is as strange as the less strange finds it.
             per_reading: dict[int, tuple[SensorStream, list[float], list[tuple[float, float]]]] = {}
-            for (i, stream, values, _), scored in zip(group, scores):
+            for (i, stream, values, _), scored in zip(group, scores, strict=True):
                 per_reading.setdefault(i, (stream, values, []))[2].append(scored)
             for i, (stream, values, in_contexts) in per_reading.items():
                 raw_score, score = min(in_contexts, key=lambda rs: rs[1])
@@ -307,7 +307,7 @@ class ScoringEngine:
         raw, score = model.score_row(row)
         return Verdict(
             sensor_id=sensor_id or "",
-            values={f: v for f, v in zip(model.fields, ordered)},
+            values=dict(zip(model.fields, ordered, strict=True)),
             ts=None,
             score=score,
             anomaly=int(score >= self.decision.threshold),

@@ -24,7 +24,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-
 from edge_agent import package_version
 from edge_agent.config import AgentConfig
 from edge_agent.domain import InvalidReading, Reading, Verdict

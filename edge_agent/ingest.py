@@ -249,6 +249,7 @@ def _compile_fleet(where: str, source: SourceConfig) -> _Fleet | None:
 def _number(value: Any, name: str) -> float:
     """``value`` as a finite float, or a rejection naming the field."""
     kind = type(value)
+    number: float
     if kind is float:
         number = value
     elif kind is int:
@@ -459,7 +460,7 @@ class PayloadParser:
         ts_raw: Any = None
         items: list[tuple[str | None, Any]]
         if text[0] != "{":
-            sensor = _render_id(fleet, level, topic, None, None, None)
+            sensor: str | None = _render_id(fleet, level, topic, None, None, None)
             try:
                 scalar = self._decode_scalar(source, text)[0]
             except _Rejected as rejected:
@@ -479,7 +480,7 @@ class PayloadParser:
         seq = fleet.seq.lookup(obj) if fleet.seq is not None and obj is not None else None
         out: list[Reading | InvalidReading] = []
         for key, item in items:
-            sensor: str | None = None
+            sensor = None
             try:
                 sensor = _render_id(fleet, level, topic, key, item, obj)
                 values = scalar if scalar is not None else self._fleet_values(source, item)

@@ -15,6 +15,7 @@ not recognise (the agent restarted in between) carries ``"redelivered": true``.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import ssl
@@ -112,7 +113,7 @@ class BoundedClient(paho.Client):
             if len(packet["packet"]) > _PUBLISH_HEAD:
                 packet["packet"] = packet["packet"][:_PUBLISH_HEAD]
             bufsize = min(bufsize, _SKIP_CHUNK)
-        return super()._sock_recv(bufsize)  # type: ignore[misc]
+        return super()._sock_recv(bufsize)
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,10 +133,8 @@ def _no_delay(client: paho.Client, userdata: Any, sock: Any) -> None:
     """
     import socket
 
-    try:
+    with contextlib.suppress(OSError, AttributeError):  # not a TCP socket (a test double, a unix socket)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    except (OSError, AttributeError):  # not a TCP socket (a test double, a unix socket)
-        pass
 
 
 class MQTTTransport:
@@ -190,7 +189,7 @@ class MQTTTransport:
 
     # -- setup ---------------------------------------------------------------------------
 
-    def _make_client(self, env: dict[str, str]) -> paho.Client:
+    def _make_client(self, env: dict[str, str]) -> BoundedClient:
         m = self.cfg.mqtt
         v5 = m.protocol == "5"
         client = BoundedClient(
@@ -204,7 +203,9 @@ class MQTTTransport:
         client.incoming_limit = max_packet_size(self.cfg.max_payload_bytes)
         # Outgoing verdicts in flight at once; paho queues the rest (bounded by us, see _held).
         client.max_inflight_messages_set(OUTGOING_WINDOW)
-        client.reconnect_delay_set(min_delay=m.reconnect_min_delay, max_delay=m.reconnect_max_delay)
+        # paho annotates these as int, but its backoff is arithmetic and time.sleep on them:
+        # sub-second delays (mqtt.reconnect_min_delay's range starts at 0.1) work as configured.
+        client.reconnect_delay_set(min_delay=m.reconnect_min_delay, max_delay=m.reconnect_max_delay)  # type: ignore[arg-type]
         client.will_set(self.status_topic, "offline", qos=1, retain=True)
         if m.username is not None:
             client.username_pw_set(m.username, mqtt_password(self.cfg, env))
@@ -269,7 +270,7 @@ class MQTTTransport:
 
         def on_message(client: paho.Client, userdata: Any, message: paho.MQTTMessage) -> None:
             try:
-                callback(message.payload)
+                callback(bytes(message.payload))  # bytes already: no copy
             finally:
                 if message.qos > 0:  # manual acks: nobody else acknowledges this one
                     client.ack(message.mid, message.qos)
@@ -308,8 +309,12 @@ class MQTTTransport:
         # Subscribe on every connect: a broker that lost the session has lost these too.
         # MQTT 5: retained readings are sent when a subscription is made, not again when a
         # resumed session already has it (retain handling 1). 3.1.1 gets them every time.
-        sensors = SubscribeOptions(qos=1, retainHandling=SubscribeOptions.RETAIN_SEND_IF_NEW_SUB) if self._v5 else 1
-        client.subscribe([(f, sensors if i < self._sensor_filters else 1) for i, f in enumerate(self._subscriptions)])
+        if self._v5:
+            sensors = SubscribeOptions(qos=1, retainHandling=SubscribeOptions.RETAIN_SEND_IF_NEW_SUB)
+            client.subscribe([(f, sensors if i < self._sensor_filters else SubscribeOptions(qos=1))
+                              for i, f in enumerate(self._subscriptions)])
+        else:
+            client.subscribe([(f, 1) for f in self._subscriptions])
         for verdict, redelivered in held:
             # Their readings came in on a connection that is gone; the broker redelivers
             # them and the engine marks those verdicts as duplicates.
@@ -318,7 +323,7 @@ class MQTTTransport:
             log.info("published %d verdicts held while disconnected", len(held))
 
     def _on_subscribe(self, client: paho.Client, userdata: Any, mid: int, reasons: Any, properties: Any) -> None:
-        refused = [f for f, r in zip(self._subscriptions, reasons) if r.is_failure]
+        refused = [f for f, r in zip(self._subscriptions, reasons, strict=True) if r.is_failure]
         if refused:
             self.last_error = f"broker refused the subscription to {', '.join(refused)}"
             log.error("%s", self.last_error)
@@ -372,7 +377,7 @@ class MQTTTransport:
         if topic is None:
             item = InvalidReading("unknown_topic", "topic is not valid UTF-8", None, None, token)
         elif oversized:
-            item = InvalidReading("too_large", f"message is {oversized} bytes, over the {client.incoming_limit} the agent "
+            item = InvalidReading("too_large", f"message is {oversized} bytes, over the {self.client.incoming_limit} the agent "
                                   "reads (it was skipped, not read into memory)", topic, None, token)
         elif message.retain:
             # A retained reading is an old one replayed on subscribe, not a new measurement:
@@ -386,7 +391,7 @@ class MQTTTransport:
                 self._retained_seen.add(seen)
             item = InvalidReading("retained", "retained messages are old readings and are not scored", topic, None, token)
         else:
-            items = self.parser.parse_message(topic, message.payload, time.time(), ack=token, redelivered=bool(message.dup))
+            items = self.parser.parse_message(topic, bytes(message.payload), time.time(), ack=token, redelivered=bool(message.dup))
             if not items:  # nothing in it to score (see PayloadParser.parse_message)
                 if token is not None:
                     client.ack(token.mid, token.qos)
@@ -535,9 +540,9 @@ class MQTTTransport:
                 "detail": clip(invalid.detail, REPORT_CHARS),
                 "ts": time.time(),
             }
-            report = json.dumps(body, separators=(",", ":"))
-            if self._size(self._errors_topic, report) <= self.max_packet:
-                self._publish(self._errors_topic, report)
+            text = json.dumps(body, separators=(",", ":"))
+            if self._size(self._errors_topic, text) <= self.max_packet:
+                self._publish(self._errors_topic, text)
         token = invalid.ack
         if isinstance(token, AckToken) and token.generation == self._generation:
             # Nothing will ever make a rejected message valid: acknowledge it now.
@@ -567,10 +572,8 @@ class MQTTTransport:
         self._closing = True
         if self._connected:
             info = self._publish(self.status_topic, "offline", retain=True)
-            try:
+            with contextlib.suppress(RuntimeError, ValueError):
                 info.wait_for_publish(timeout)
-            except (RuntimeError, ValueError):
-                pass
         self.client.disconnect()
         self.client.loop_stop()
         self.metrics.broker_connected.set(0)

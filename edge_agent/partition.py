@@ -15,14 +15,13 @@ from __future__ import annotations
 
 import zlib
 from collections.abc import Callable
-from typing import Union
 
 from prometheus_client import CollectorRegistry, Counter
 
 from edge_agent.config import PartitionConfig
 from edge_agent.domain import InvalidReading, Reading
 
-Item = Union[Reading, InvalidReading]
+Item = Reading | InvalidReading
 
 #: The reason given to the transport when it acknowledges another agent's reading.
 OTHER_PARTITION = "other_partition"

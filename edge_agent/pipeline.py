@@ -179,7 +179,7 @@ class Pipeline:
         if readings:
             self.metrics.latency.observe(time.perf_counter() - started)
             self.metrics.batch_size.observe(len(readings))
-        by_reading = iter(zip(readings, results))
+        by_reading = iter(zip(readings, results, strict=True))
         verdicts: list[Verdict] = []
         for item in batch:
             if isinstance(item, InvalidReading):

@@ -123,7 +123,7 @@ def read_table(
             values[r, c] = x
 
     ts_col = next((index[h] for h in header if h.lower() in TIMESTAMP_COLUMNS), None)
-    timestamp_raw = [row[ts_col] for row in rows] if ts_col is not None else [None] * len(rows)
+    timestamp_raw: list[str | None] = [row[ts_col] for row in rows] if ts_col is not None else [None] * len(rows)
     timestamps = [_parse_timestamp(t) if t is not None else None for t in timestamp_raw]
     sensor_ids = [row[index[SENSOR_COLUMN]] for row in rows] if SENSOR_COLUMN in index else None
     label_col = next((index[h] for h in header if h.lower() in LABEL_COLUMNS and h not in chosen), None)

@@ -19,7 +19,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from brokers import start_test_broker  # noqa: E402
+from brokers import start_test_broker
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -161,7 +161,7 @@ def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     temp = 21 + rng.normal(0, 0.3, n)
     hum = 45 - 0.5 * (temp - 21) + rng.normal(0, 0.5, n)
     climate = root / "climate.csv"
-    climate.write_text("temperature,humidity\n" + "\n".join(f"{a:.3f},{b:.3f}" for a, b in zip(temp, hum)) + "\n")
+    climate.write_text("temperature,humidity\n" + "\n".join(f"{a:.3f},{b:.3f}" for a, b in zip(temp, hum, strict=True)) + "\n")
     model, est = train_model(read_table(climate), name="climate", version="t1")
     save_model(model, root / "climate", est)
     return root

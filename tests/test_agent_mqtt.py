@@ -128,7 +128,7 @@ def test_readyz_follows_the_broker_and_the_agent_reconnects(start_agent, collect
     while _http(agent, "/readyz")[0] != 503:
         assert time.monotonic() < deadline, "readyz stayed 200 with the broker down"
         time.sleep(0.05)
-    status, body = _http(agent, "/readyz")
+    _, body = _http(agent, "/readyz")
     assert "not connected" in json.loads(body)["reason"]
     assert _http(agent, "/healthz")[0] == 200
     broker.start()
@@ -205,7 +205,7 @@ def test_replaying_a_csv_and_streaming_it_over_mqtt_give_the_same_scores(start_a
     agent = start_agent()
     aid = agent.cfg.agent_id
     out = collect([f"edge/{aid}/verdicts/#"])
-    for ts, (value,) in zip(table.timestamps, table.values.tolist()):
+    for ts, (value,) in zip(table.timestamps, table.values.tolist(), strict=True):
         sensor.send_json("sensors/replayed", {"value": value, "ts": ts})
     got = [json.loads(m.payload) for m in out.wait_count(f"edge/{aid}/verdicts/replayed", len(table))]
     assert [g["score"] for g in got] == [round(r.verdict.score, 6) for r in expected]

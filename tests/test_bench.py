@@ -78,7 +78,7 @@ def test_a_glitch_moves_one_reading_per_sensor_by_its_noise_width() -> None:
     readings = list(sim.iter_readings(count=20))
     sigma = {s.sensor_id: s.sigma for s in sim.sensors}
     moved = with_glitches(readings, sigma, 3, 10.0)
-    changed = [(a.sensor_id, b.value - a.value) for a, b in zip(readings, moved) if a.value != b.value]
+    changed = [(a.sensor_id, b.value - a.value) for a, b in zip(readings, moved, strict=True) if a.value != b.value]
     assert [sid for sid, _ in changed] == [s.sensor_id for s in sim.sensors]  # one each: its 4th reading
     assert all(d == pytest.approx(10 * sigma[sid], abs=1e-4) for sid, d in changed)
 

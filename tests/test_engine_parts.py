@@ -81,7 +81,7 @@ def test_routing_takes_the_first_matching_pattern_then_the_learned_model_then_th
     router = ModelRouter({"a": a, "b": b}, assign=[("pump-*", "a"), ("*", "b")], default="b", learned={"x": a})
     assert router.assigned("pump-1") is a and router.assigned("fan") is b
     assert ModelRouter({"a": a}, learned={"x": b}).assigned("x") is b
-    with pytest.raises(UnknownSensor, match="models.default is unset"):
+    with pytest.raises(UnknownSensor, match=r"models\.default is unset"):
         ModelRouter({"a": a}).default_model("y")
     with pytest.raises(KeyError, match="not loaded"):
         ModelRouter({"a": a}, assign=[("*", "zzz")])
@@ -132,7 +132,7 @@ def test_a_held_stretch_ends_in_the_context_that_explains_the_readings_after_it(
         for _ in range(5):
             context.advance([1.0], flagged=False)
         context.advance([5.0], flagged=True)
-        for i in range(SETTLE):
+        for _ in range(SETTLE):
             assert len(context.rows([1.0])) == 2  # both contexts kept while the stretch settles
             context.advance([1.0], flagged=False, scores=(0.45, 0.1) if live_explains else (0.1, 0.45))
         return context.rows([1.0])
@@ -167,7 +167,7 @@ def test_a_value_normal_at_noon_is_found_at_three_in_the_morning() -> None:
     values = 10 + 5 * np.sin(2 * np.pi * (t / 86400 - 0.25)) + rng.normal(0, 0.2, len(t))  # low at 00:00, high at 12:00
     model = learn_model(spec, values[:4 * 288, None], "s", "1", times=t[:4 * 288])
     engine = ScoringEngine({"s": model}, default="s")
-    readings = [Reading("x", {"value": float(v)}, float(ts), ts=float(ts), ts_raw=ts) for v, ts in zip(values, t)]
+    readings = [Reading("x", {"value": float(v)}, float(ts), ts=float(ts), ts_raw=ts) for v, ts in zip(values, t, strict=True)]
     three_am = 5 * 288 + 36
     readings[three_am] = Reading("x", {"value": 15.0}, float(t[three_am]), ts=float(t[three_am]), ts_raw=t[three_am])
     verdicts = engine.score(readings).results
@@ -182,7 +182,7 @@ def test_durations_are_read_with_units_and_named_when_wrong() -> None:
     assert cfg.learning.period == 90.0 and cfg.learning.refit_every == 1800.0
     with pytest.raises(ConfigError, match=r"learning.period.*'soon'.*duration such as 90s"):
         load_config(None, ["learning.period=soon"], {})
-    with pytest.raises(ConfigError, match="decision.new_normal_after"):
+    with pytest.raises(ConfigError, match=r"decision\.new_normal_after"):
         load_config(None, ["decision.new_normal_after=-5"], {})
     assert Duration.parse("1.5h") == 5400.0
 

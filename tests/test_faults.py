@@ -35,8 +35,8 @@ from edge_agent.mqtt_transport import AckToken, MQTTTransport
 
 sys.path.insert(0, str(REPO / "bench"))
 
-import faults  # noqa: E402
-from faultlab import TABLE_HEADER, Lab, ScenarioResult, Sensor, running_broker, table_row  # noqa: E402
+import faults
+from faultlab import TABLE_HEADER, Lab, ScenarioResult, Sensor, running_broker, table_row
 
 pytestmark = pytest.mark.faults
 

@@ -420,7 +420,7 @@ def test_agent_logs_in_with_the_password_from_env_or_file_and_scores(auth_broker
             try:
                 before = len(viewer.messages)
                 assert not sensor.publish("sensors/pump-1", json.dumps({"value": 0.9, "ts": len(extra)})).is_failure
-                assert viewer.wait(lambda: len(viewer.messages) > before)
+                assert viewer.wait(lambda: len(viewer.messages) > before)  # noqa: B023 - waited on in this iteration
             finally:
                 agent.stop(timeout=5)
 
