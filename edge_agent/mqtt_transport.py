@@ -51,6 +51,10 @@ log = logging.getLogger(__name__)
 # and it tolerates more; the shipped broker config allows 512).
 OUTGOING_WINDOW = 64
 
+# last_error before the first connection attempt has ended (readiness shows it).
+NOT_TRIED = "not connected yet"
+REFUSED = "broker refused the connection"
+
 
 # MQTT's own ceiling on a packet's size (its remaining-length field).
 MQTT_MAX_PACKET = 268_435_455
@@ -176,7 +180,7 @@ class MQTTTransport:
         self._held: deque[tuple[Verdict, bool]] = deque()  # (verdict, redelivered) while disconnected
         self._last_refusal_log = 0.0
         self._refusing = False  # the broker refused a verdict and none has gone through since
-        self.last_error: str = "not connected yet"
+        self.last_error: str = NOT_TRIED
         # Where the session's filters are remembered (set by the agent; None: not remembered).
         self.subscriptions_file: Path | None = None
         self._record: SubscriptionRecord | None = None
@@ -282,7 +286,7 @@ class MQTTTransport:
 
     def _on_connect(self, client: paho.Client, userdata: Any, flags: Any, reason: Any, properties: Any) -> None:
         if reason.is_failure:
-            self.last_error = f"broker refused the connection: {reason}"
+            self.last_error = f"{REFUSED}: {reason}"
             log.error("%s (%s:%d)", self.last_error, self.cfg.mqtt.host, self.cfg.mqtt.port)
             return
         with self._lock:
@@ -342,11 +346,14 @@ class MQTTTransport:
         # (refused, unreachable, a certificate that does not verify, a host name mismatch).
         error = sys.exc_info()[1]
         reason = str(error) if error is not None else "connection failed"
-        self.last_error = f"cannot connect to {self.cfg.mqtt.host}:{self.cfg.mqtt.port}: {reason}"
+        self._attempt_failed(f"cannot connect to {self.cfg.mqtt.host}:{self.cfg.mqtt.port}: {reason}")
+
+    def _attempt_failed(self, why: str) -> None:
+        self.last_error = why
         now = time.monotonic()
         if now - self._last_refusal_log >= 10.0:  # a broker that is away for an hour: not a line per retry
             self._last_refusal_log = now
-            log.warning("%s; retrying", self.last_error)
+            log.warning("%s; retrying", why)
 
     def _on_disconnect(self, client: paho.Client, userdata: Any, flags: Any, reason: Any, properties: Any) -> None:
         with self._lock:
@@ -354,10 +361,15 @@ class MQTTTransport:
             self._connected = False
             self._subscribed = False
         self.metrics.broker_connected.set(0)
-        # A refused CONNACK is followed by a disconnect too: keep the refusal as the reason.
-        if was_connected and not self._closing:
+        if self._closing:
+            return
+        if was_connected:
             self.last_error = f"disconnected from broker: {reason}"
             log.warning("%s; reconnecting", self.last_error)
+        elif not self.last_error.startswith(REFUSED):  # a refused CONNACK is followed by a disconnect too: keep it
+            # Closed before any CONNACK, e.g. by a TLS 1.3 broker that wants a client
+            # certificate: it checks only after the handshake, so connecting "succeeded".
+            self._attempt_failed(f"the broker closed the connection before accepting it ({reason})")
 
     def _on_message(self, client: paho.Client, userdata: Any, message: paho.MQTTMessage) -> None:
         if self._closing:
