@@ -3,9 +3,12 @@ the sensor context, seasonal features and durations."""
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 
+from conftest import REPO
 from edge_agent.adaptation import MIN_LEARNING_ROWS, LearningPlan, SensorAdaptation
 from edge_agent.config import ConfigError, load_config
 from edge_agent.dedup import RecentReadings
@@ -212,3 +215,27 @@ def test_a_copied_feature_state_goes_its_own_way() -> None:
     state.update([100.0], at=3600.0 * 41)
     assert twin.peek([7.0], at=3600.0 * 40) == before
     assert state.peek([7.0], at=3600.0 * 40) != before
+
+
+# docs/architecture.md: "the last 32 readings it remembers to recognise redeliveries".
+DOCUMENTED_MEMORY = 32
+
+
+def test_the_duplicate_memory_holds_the_documented_number_of_readings(models_dir) -> None:  # type: ignore[no-untyped-def]
+    from edge_agent.model import load_model
+
+    assert re.search(rf"the last {DOCUMENTED_MEMORY} readings it\s+remembers to recognise redeliveries",
+                     (REPO / "docs" / "architecture.md").read_text())
+    engine = ScoringEngine({"m": load_model(models_dir / "default")}, default="m")
+
+    def resent_after(sensor: str, others: int) -> Verdict:
+        """Send a sensor's first reading, ``others`` more one by one (as live), then the first again."""
+        readings = [Reading(sensor, {"value": 0.9 + 0.001 * i}, float(i), ts=float(i), ts_raw=i) for i in range(others + 1)]
+        for reading in readings:
+            engine.score([reading])
+        (again,) = engine.score([readings[0]]).results
+        assert isinstance(again, Verdict)
+        return again
+
+    assert resent_after("kept", DOCUMENTED_MEMORY - 1).duplicate  # the oldest of the last 32: recognised
+    assert not resent_after("forgotten", DOCUMENTED_MEMORY).duplicate  # one more in between: scored anew
