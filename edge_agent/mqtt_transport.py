@@ -299,7 +299,6 @@ class MQTTTransport:
         self.last_error = ""
         announced = getattr(properties, "MaximumPacketSize", None) if properties is not None else None
         self.max_packet = min(self.cfg.mqtt.broker_max_packet_size or MQTT_MAX_PACKET, announced or MQTT_MAX_PACKET)
-        self.metrics.broker_connected.set(1)
         self.metrics.verdicts_held.set(0)
         log.info(
             "connected to %s:%d (session %s)", self.cfg.mqtt.host, self.cfg.mqtt.port,
@@ -333,6 +332,7 @@ class MQTTTransport:
             log.error("%s", self.last_error)
             return
         self._subscribed = True
+        self.metrics.broker_connected.set(1)  # "connected and subscribed": readings can arrive now
         if self._record is not None:
             self._record.save()
 
