@@ -5,12 +5,14 @@ from __future__ import annotations
 import doctest
 import json
 import math
+import types
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 import edge_agent.features
+import edge_agent.timestamps
 from edge_agent.domain import InvalidReading, Reading, Verdict
 from edge_agent.engine import Decision, ScoringEngine, UnknownSensor
 from edge_agent.features import FeatureSpec, feature_matrix, parse_transform
@@ -26,8 +28,9 @@ from edge_agent.model import (
 )
 
 
-def test_feature_doctests() -> None:
-    result = doctest.testmod(edge_agent.features)
+@pytest.mark.parametrize("module", [edge_agent.features, edge_agent.timestamps], ids=lambda m: m.__name__)
+def test_doctests(module: types.ModuleType) -> None:
+    result = doctest.testmod(module)
     assert result.attempted > 0 and result.failed == 0
 
 
