@@ -303,8 +303,9 @@ class ScoringEngine:
             ordered = [float(values[f]) for f in model.fields]
         with self._lock:
             stream = self._streams.get(sensor_id) if sensor_id is not None else None
-            row = (stream.context if stream is not None else SensorContext(model.spec)).row(ordered)
-        raw, score = model.score_row(row)
+            rows = (stream.context if stream is not None else SensorContext(model.spec)).rows(ordered)
+        # As the stream would score it: in each context the sensor has, the less strange (see detector).
+        raw, score = min((model.score_row(row) for row in rows), key=lambda scored: scored[1])
         return Verdict(
             sensor_id=sensor_id or "",
             values=dict(zip(model.fields, ordered, strict=True)),
