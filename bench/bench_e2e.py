@@ -1,7 +1,7 @@
 """End-to-end benchmark: the agent as a subprocess behind its own mosquitto, against a no-model echo.
 
-    .venv/bin/python bench/bench_e2e.py                       # defaults: well under 3 minutes
-    .venv/bin/python bench/bench_e2e.py --readings 50000 --latency-seconds 20
+    .venv/bin/python -m bench.bench_e2e                       # defaults: well under 3 minutes
+    .venv/bin/python -m bench.bench_e2e --readings 50000 --latency-seconds 20
 
 Measures, on loopback with a mosquitto of its own (never the shared one on :1883):
 throughput with QoS 1 in and out (every reading must be answered), the same through
@@ -450,7 +450,7 @@ def bench_echo(args: argparse.Namespace, workdir: Path) -> tuple[LoadResult, Loa
     echo: Target | None = None
     try:
         broker.start()
-        echo = Target("echo", [sys.executable, str(ROOT / "bench" / "echo.py"), "--port", str(broker.port), "--prefix", ECHO_PREFIX], workdir / "echo.log")
+        echo = Target("echo", [sys.executable, "-m", "bench.echo", "--port", str(broker.port), "--prefix", ECHO_PREFIX], workdir / "echo.log")
         wait_status(broker.port, f"{ECHO_PREFIX}/status", args.start_timeout)
         echo.check_alive()
         ten = sensors(args.sensors)

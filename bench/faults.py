@@ -1,8 +1,8 @@
 """The fault scenarios (agent killed or stopped, broker restarted or away, floods, hostile input, HTTP fuzz) and their table.
 
-    .venv/bin/python bench/faults.py                  # every scenario (about 2 minutes), then the table
-    .venv/bin/python bench/faults.py --only hostile   # one scenario (a name from SCENARIOS)
-    .venv/bin/python bench/faults.py --models DIR     # models whose "default" scores every sensor
+    .venv/bin/python -m bench.faults                  # every scenario (about 2 minutes), then the table
+    .venv/bin/python -m bench.faults --only hostile   # one scenario (a name from SCENARIOS)
+    .venv/bin/python -m bench.faults --models DIR     # models whose "default" scores every sensor
 
 Each scenario starts a Mosquitto of its own on a loopback port (persistence on, the delivery
 limits of broker/mosquitto.conf) and the agent as a subprocess (``edge-agent run --config
@@ -27,7 +27,7 @@ from contextlib import ExitStack, suppress
 from pathlib import Path
 from typing import Any
 
-from faultlab import (
+from bench.faultlab import (
     Lab,
     Observer,
     ScenarioResult,
@@ -41,7 +41,7 @@ from faultlab import (
     tally,
     wait_until,
 )
-from httpfuzz import fuzz_cases, send_raw
+from bench.httpfuzz import fuzz_cases, send_raw
 
 SENSORS = ["vibration-1", "vibration-2", "vibration-3", "vibration-4"]
 CATCH_UP_TIMEOUT = 60.0

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sys
 import tempfile
 import threading
 import time
@@ -17,8 +16,7 @@ import paho.mqtt.client as paho
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-sys.path.insert(0, str(Path(__file__).parent))
-
+# tests/ is on sys.path (pytest puts a conftest's folder there): brokers is its neighbour.
 from brokers import start_test_broker
 
 REPO = Path(__file__).resolve().parent.parent
