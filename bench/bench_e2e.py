@@ -1,7 +1,7 @@
 """End-to-end benchmark: the agent as a subprocess behind its own mosquitto, against a no-model echo.
 
-    .venv/bin/python bench/bench_e2e.py                       # defaults: well under 3 minutes
-    .venv/bin/python bench/bench_e2e.py --readings 50000 --latency-seconds 20
+    .venv/bin/python -m bench.bench_e2e                       # defaults: well under 3 minutes
+    .venv/bin/python -m bench.bench_e2e --readings 50000 --latency-seconds 20
 
 Measures, on loopback with a mosquitto of its own (never the shared one on :1883):
 throughput with QoS 1 in and out (every reading must be answered), the same through
@@ -143,7 +143,7 @@ def publish(port: int, sensors: list[str], n: int, rate: float | None, seed: int
     client.on_publish = on_publish
     client.connect("127.0.0.1", port, keepalive=30)
     client.loop_start()
-    last_ts = {s: 0.0 for s in sensors}
+    last_ts = dict.fromkeys(sensors, 0.0)
     try:
         start = time.time()
         for i in range(n):
@@ -271,7 +271,7 @@ class Target:
         self.name = name
         self.argv = argv
         self.log_path = log_path
-        self._log = open(log_path, "wb")
+        self._log = open(log_path, "wb")  # noqa: SIM115 - held open for the process's life, closed in stop()
         self.proc = subprocess.Popen(argv, stdout=self._log, stderr=subprocess.STDOUT, cwd=ROOT)
 
     @property
@@ -346,7 +346,7 @@ def _mosquitto_version() -> str:
 
     if MOSQUITTO is None:
         return "no mosquitto"
-    out = subprocess.run([MOSQUITTO, "-h"], capture_output=True, text=True, timeout=5).stdout
+    out = subprocess.run([MOSQUITTO, "-h"], capture_output=True, text=True, timeout=5, check=False).stdout
     return out.splitlines()[0] if out else MOSQUITTO
 
 
@@ -450,7 +450,7 @@ def bench_echo(args: argparse.Namespace, workdir: Path) -> tuple[LoadResult, Loa
     echo: Target | None = None
     try:
         broker.start()
-        echo = Target("echo", [sys.executable, str(ROOT / "bench" / "echo.py"), "--port", str(broker.port), "--prefix", ECHO_PREFIX], workdir / "echo.log")
+        echo = Target("echo", [sys.executable, "-m", "bench.echo", "--port", str(broker.port), "--prefix", ECHO_PREFIX], workdir / "echo.log")
         wait_status(broker.port, f"{ECHO_PREFIX}/status", args.start_timeout)
         echo.check_alive()
         ten = sensors(args.sensors)

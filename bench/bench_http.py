@@ -1,7 +1,7 @@
 """Throughput and latency of POST /predict: a real model behind HttpApi, driven by keep-alive clients.
 
-    python bench/bench_http.py                  # wrk if installed, else Python client processes
-    python bench/bench_http.py --client python --clients 16 --duration 10
+    python -m bench.bench_http                  # wrk if installed, else Python client processes
+    python -m bench.bench_http --client python --clients 16 --duration 10
 
 The server runs in this process (its own thread, as in the agent); the load comes
 from ``wrk`` or from client processes driving several connections each (so the

@@ -1,6 +1,6 @@
 """Benchmark: what learning on the device costs, in fit time, memory and time per reading.
 
-Run: ``python bench/bench_learning.py [--repeats 5]``.
+Run: ``python -m bench.bench_learning [--repeats 5]``.
 
 - Fit time of ``learn_model`` (numpy fitter, two forests: the second without the first's
   outliers) on 600, 3,600 and 7,200 readings of a one-field and an eight-field sensor.
@@ -25,17 +25,15 @@ from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-
-from edge_agent.domain import Reading  # noqa: E402
 from edge_agent.adaptation import History
-from edge_agent.engine import Decision, LearningPlan, ScoringEngine  # noqa: E402
-from edge_agent.features import DEFAULT_TRANSFORMS, FeatureSpec  # noqa: E402
-from edge_agent.model import load_model, save_model  # noqa: E402
-from edge_agent.replay import learn_and_score  # noqa: E402
-from edge_agent.training import learn_model  # noqa: E402
+from edge_agent.domain import Reading
+from edge_agent.engine import Decision, LearningPlan, ScoringEngine
+from edge_agent.features import DEFAULT_TRANSFORMS, FeatureSpec
+from edge_agent.model import load_model, save_model
+from edge_agent.replay import learn_and_score
+from edge_agent.training import learn_model
 
+REPO = Path(__file__).resolve().parent.parent
 
 # The default features less the drift baseline, to time what that feature costs.
 WITHOUT_DRIFT = tuple(t for t in DEFAULT_TRANSFORMS if not t.startswith("drift:"))
@@ -76,7 +74,7 @@ def shipped_us_per_reading(values: np.ndarray) -> float:
     batch = readings(values)
     started = time.perf_counter()
     for r in batch:
-        engine.score([r]).results
+        engine.score([r])
     return (time.perf_counter() - started) / len(batch) * 1e6
 
 

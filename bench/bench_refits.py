@@ -1,8 +1,8 @@
 """Benchmark: verdict latency while learned sensors refit, and the memory of many learned sensors.
 
-    .venv/bin/python bench/bench_refits.py                    # both parts, a few minutes
-    .venv/bin/python bench/bench_refits.py --part latency     # or: --part memory
-    .venv/bin/python bench/bench_refits.py --part memory --code /tmp/main-checkout   # another checkout's agent
+    .venv/bin/python -m bench.bench_refits                    # both parts, a few minutes
+    .venv/bin/python -m bench.bench_refits --part latency     # or: --part memory
+    .venv/bin/python -m bench.bench_refits --part memory --code /tmp/main-checkout   # another checkout's agent
 
 The agent runs as a subprocess behind its own Mosquitto (bench/bench_e2e.py's helpers).
 
@@ -37,8 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_e2e import (
+from bench.bench_e2e import (
     AGENT_ID,
     ROOT,
     BenchError,
@@ -51,7 +50,6 @@ from bench_e2e import (
     wait_ready,
     wait_status,
 )
-
 from edge_agent.features import DEFAULT_TRANSFORMS, FeatureSpec
 from edge_agent.learning import save_learned
 from edge_agent.training import learn_model
@@ -105,9 +103,8 @@ def children_kb(pid: int, key: str) -> list[int]:
         try:
             if int(stat.read_text().rpartition(")")[2].split()[1]) != pid:
                 continue
-            for line in (stat.parent / "status").read_text().splitlines():
-                if line.startswith(f"{key}:"):
-                    out.append(int(line.split()[1]))
+            lines = (stat.parent / "status").read_text().splitlines()
+            out.extend(int(line.split()[1]) for line in lines if line.startswith(f"{key}:"))
         except (OSError, ValueError, IndexError):
             pass
     return out
@@ -177,12 +174,14 @@ def memory_of_learned_sensors(args: argparse.Namespace, workdir: Path) -> list[t
         if agent is not None:
             agent.stop()
         broker.close()
-    mb = lambda kb: kb / 1024.0
+    def mb(kb):
+        return kb / 1024.0
     code = f" (agent from {args.code})" if args.code else ""
     print("memory: the engine alone, refit histories filled ...", file=sys.stderr)
     engine = engine_memory(state, args.code or ROOT)
     n = engine["sensors"]
-    per = lambda a, b: (engine[b] - engine[a]) * 1024 / n  # KiB a sensor
+    def per(a, b):
+        return (engine[b] - engine[a]) * 1024 / n  # KiB a sensor
     load_figure = f"{engine['base']:.1f} / {engine['loaded']:.1f} MB ({per('base', 'loaded'):.0f} KiB a model)"
     full_figure = (f"engine alone{code}: after each sensor's refit history is full ({engine['capacity']:,.0f} readings, "
                    f"{engine['history_bytes'] / 1024:.0f} KiB of arrays each)")

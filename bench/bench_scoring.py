@@ -1,6 +1,6 @@
 """Benchmark: the numpy forest evaluator against scikit-learn's score_samples on one model.
 
-Run: ``python bench/bench_scoring.py [--trees 100] [--rows 100000] [--features 4]``.
+Run: ``python -m bench.bench_scoring [--trees 100] [--rows 100000] [--features 4]``.
 Prints a markdown table of single-reading and batched throughput, same model, same run.
 """
 

@@ -1,8 +1,8 @@
 """What one sensor costs in memory, by what it has shown: one reading, a learning history, a learned model.
 
-    .venv/bin/python bench/bench_sensor_memory.py            # prints a markdown table
-    .venv/bin/python bench/bench_sensor_memory.py --quick    # fewer sensors (a few seconds)
-    .venv/bin/python bench/bench_sensor_memory.py --flood 100000 --cap 10000   # RSS through engine and pipeline
+    .venv/bin/python -m bench.bench_sensor_memory            # prints a markdown table
+    .venv/bin/python -m bench.bench_sensor_memory --quick    # fewer sensors (a few seconds)
+    .venv/bin/python -m bench.bench_sensor_memory --flood 100000 --cap 10000   # RSS through engine and pipeline
 
 Each figure is the Python heap that ``tracemalloc`` sees grow while the engine takes the
 readings in (numpy's buffers included), divided by the sensors; the engine, its models and
@@ -29,9 +29,10 @@ from edge_agent.config import load_config
 from edge_agent.domain import Reading
 from edge_agent.engine import ScoringEngine
 from edge_agent.ingest import PayloadParser
-from edge_agent.learning import fit_request, load_learned, model_dir, save_learned
+from edge_agent.learning import load_learned, model_dir, save_learned
 from edge_agent.metrics import AgentMetrics
 from edge_agent.pipeline import Envelope, Pipeline
+from edge_agent.training import fit_request
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -1,7 +1,7 @@
 """A burst of readings into a broker with stock limits: how many the broker drops, and how many the agent sees missing.
 
-    .venv/bin/python bench/burst_drops.py                     # 7 sensors x 300 readings, stock and shipped limits
-    .venv/bin/python bench/burst_drops.py --readings 21000
+    .venv/bin/python -m bench.burst_drops                     # 7 sensors x 300 readings, stock and shipped limits
+    .venv/bin/python -m bench.burst_drops --readings 21000
 
 On loopback only, with mosquitto processes of its own on free ports (never the shared one on
 :1883): the agent (in this process) reads sensors/+ with seq_field: seq, and edge-sim --seq
@@ -24,12 +24,11 @@ from pathlib import Path
 
 import paho.mqtt.client as paho
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+from edge_agent.agent import Agent, load_models
+from edge_agent.config import load_config
+from edge_agent.local_broker import MOSQUITTO, free_port, wait_listening
 
-from edge_agent.agent import Agent, load_models  # noqa: E402
-from edge_agent.config import load_config  # noqa: E402
-from edge_agent.local_broker import MOSQUITTO, free_port, wait_listening  # noqa: E402
+REPO = Path(__file__).resolve().parent.parent
 
 SHIPPED = "max_queued_messages 100000\nmax_inflight_messages 512\n"
 
@@ -71,7 +70,7 @@ def run(limits: str, sensors: int, readings: int) -> tuple[int, int, float, floa
             sim = subprocess.run(
                 [sys.executable, "-m", "simulator.cli", "--host", "127.0.0.1", "--port", str(port), "--sensors", str(sensors),
                  "--rate", "5000", "--count", str(readings), "--seq", "--flush-timeout", "10"],
-                capture_output=True, text=True, cwd=REPO, timeout=300,
+                capture_output=True, text=True, cwd=REPO, timeout=300, check=False,
             )
             acked = int(sim.stdout.split(" acknowledged")[0].rsplit(" ", 1)[1]) if " acknowledged" in sim.stdout else -1
             settle(agent)

@@ -1,6 +1,6 @@
 """A no-model stand-in for the agent: answers every reading on sensors/+ with one QoS 1 reply.
 
-    python bench/echo.py --port 1884 [--host 127.0.0.1] [--prefix edge/echo]
+    python -m bench.echo --port 1884 [--host 127.0.0.1] [--prefix edge/echo]
 
 The floor for bench_e2e.py: the same MQTT round trip (subscribe QoS 1, parse the JSON,
 publish one reply per reading to <prefix>/verdicts/<sensor_id>, auto-ack) with no

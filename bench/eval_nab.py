@@ -1,9 +1,9 @@
 """NAB-style scoring of univariate streams, through the agent's learning path.
 
 Usage:
-  python bench/eval_nab.py                      # ../shared/datasets/nab-dev, the benchmark's dev split
-  python bench/eval_nab.py --data NAB/data --labels NAB/labels/combined_windows.json
-  python bench/eval_nab.py --simulate 12        # a corpus of simulator streams in NAB's layout
+  python -m bench.eval_nab                      # ../shared/datasets/nab-dev, the benchmark's dev split
+  python -m bench.eval_nab --data NAB/data --labels NAB/labels/combined_windows.json
+  python -m bench.eval_nab --simulate 12        # a corpus of simulator streams in NAB's layout
 
 Every CSV (``timestamp,value``) is one sensor the agent has no model for: it learns
 from the file's probationary period (15 % of its rows, at most 750, as NAB has it),
@@ -40,17 +40,16 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+from bench.corpus import report_skipped
+from edge_agent.agent import decision_of, learning_plan
+from edge_agent.config import load_config
+from edge_agent.progress import Progress
+from edge_agent.replay import replay_learning
+from edge_agent.table import TableError, read_table
+from edge_agent.training import TrainingError
+from simulator.streams import Simulation
 
-from edge_agent.agent import decision_of, learning_plan  # noqa: E402
-from edge_agent.config import load_config  # noqa: E402
-from edge_agent.progress import Progress  # noqa: E402
-from edge_agent.replay import replay_learning  # noqa: E402
-from edge_agent.table import TableError, read_table  # noqa: E402
-from edge_agent.training import TrainingError  # noqa: E402
-from simulator.streams import Simulation  # noqa: E402
-from corpus import report_skipped  # noqa: E402  (bench/, the script's own folder)
+REPO = Path(__file__).resolve().parent.parent
 
 # NAB's application profiles (config/profiles.json): weights of a true positive, a
 # false negative and a false positive.
@@ -249,7 +248,7 @@ def _nab_time(ts: float) -> str:
 
 
 def _parse_nab_time(text: str) -> float:
-    return datetime.strptime(text.split(".")[0], NAB_TIME).replace(tzinfo=timezone.utc).timestamp()
+    return datetime.strptime(text.split(".", maxsplit=1)[0], NAB_TIME).replace(tzinfo=timezone.utc).timestamp()
 
 
 def main() -> int:

@@ -1,6 +1,6 @@
 """False alarms on anomaly-free streams of shapes common in the field, learned as unknown sensors.
 
-Usage: python bench/eval_quiet.py [--files 4] [--rows 4032] [--seed 1] [--set learning.leave_out_outliers=false]
+Usage: python -m bench.eval_quiet [--files 4] [--rows 4032] [--seed 1] [--set learning.leave_out_outliers=false]
 
 Every stream holds no anomaly, so every alarm is a false one. Each file is replayed as
 `edge-agent replay` replays a file without a model, and as bench/eval_nab.py does: its
@@ -24,15 +24,14 @@ from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+from bench.eval_nab import learning_rows
+from edge_agent.agent import decision_of, learning_plan
+from edge_agent.config import load_config
+from edge_agent.domain import Reading, Verdict
+from edge_agent.durations import Duration
+from edge_agent.replay import learn_and_score
 
-from edge_agent.agent import decision_of, learning_plan  # noqa: E402
-from edge_agent.config import load_config  # noqa: E402
-from edge_agent.durations import Duration  # noqa: E402
-from edge_agent.domain import Reading, Verdict  # noqa: E402
-from edge_agent.replay import learn_and_score  # noqa: E402
-from eval_nab import learning_rows  # noqa: E402  (bench/, the script's own folder)
+REPO = Path(__file__).resolve().parent.parent
 
 STEP_S = 300.0  # 5-minute rows
 DAY_ROWS = 288

@@ -1,6 +1,6 @@
 """Detection quality on labelled simulator streams, through the same engine as the live agent.
 
-Usage: python bench/eval_simulator.py [--sensors 24] [--hours 6] [--seed 101] [--config config.yaml] [--learn [--clean-learning] [--glitch 10]] [--set key=value]
+Usage: python -m bench.eval_simulator [--sensors 24] [--hours 6] [--seed 101] [--config config.yaml] [--learn [--clean-learning] [--glitch 10]] [--set key=value]
 
 Prints, per anomaly kind, the share of injections detected (at least one alert
 inside the injected stretch or within --grace readings after it), the share detected
@@ -28,14 +28,13 @@ from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+from edge_agent.agent import build_engine, decision_of, learning_plan, load_models
+from edge_agent.config import load_config
+from edge_agent.domain import Reading, Verdict
+from edge_agent.replay import learn_and_score
+from simulator.streams import SimReading, Simulation
 
-from edge_agent.agent import build_engine, decision_of, learning_plan, load_models  # noqa: E402
-from edge_agent.config import load_config  # noqa: E402
-from edge_agent.domain import Reading, Verdict  # noqa: E402
-from edge_agent.replay import learn_and_score  # noqa: E402
-from simulator.streams import Simulation, SimReading  # noqa: E402
+REPO = Path(__file__).resolve().parent.parent
 
 
 @dataclass(frozen=True)
@@ -83,10 +82,11 @@ def with_glitches(readings: list[SimReading], sigma: dict[str, float], nth: int,
     seen: dict[str, int] = defaultdict(int)
     out = []
     for r in readings:
+        moved = r
         if seen[r.sensor_id] == nth:
-            r = dataclasses.replace(r, value=round(r.value + sigmas * sigma[r.sensor_id], 4))
+            moved = dataclasses.replace(r, value=round(r.value + sigmas * sigma[r.sensor_id], 4))
         seen[r.sensor_id] += 1
-        out.append(r)
+        out.append(moved)
     return out
 
 
@@ -126,7 +126,7 @@ def main() -> int:
     # Per sensor: each scored reading's injection and alert, in stream order (learning readings left out).
     per_sensor: dict[str, list[tuple[int, int, str, int]]] = defaultdict(list)  # (anomaly_id, label, kind, alert)
     learning_ids: set[int] = set()
-    for r, v in zip(readings, verdicts):
+    for r, v in zip(readings, verdicts, strict=True):
         if v.learning:
             learning_ids.add(r.anomaly_id)
             continue

@@ -1,6 +1,6 @@
 """SKAB evaluation with the benchmark's own protocol, through the agent's replay code.
 
-Usage: python bench/eval_skab.py [--data ../shared/datasets/skab] [--set decision.k=3 ...]
+Usage: python -m bench.eval_skab [--data ../shared/datasets/skab] [--set decision.k=3 ...]
 
 For every experiment file: the first 400 rows train a model with scikit-learn, the
 rest is scored as a stream, reading by reading, with that model. The labels of all
@@ -23,18 +23,17 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+from bench.corpus import report_skipped
+from edge_agent.agent import decision_of, learning_plan
+from edge_agent.config import load_config
+from edge_agent.durations import Duration
+from edge_agent.engine import Decision, LearningPlan
+from edge_agent.progress import Progress
+from edge_agent.replay import ReplayRow, replay, replay_learning
+from edge_agent.table import SensorTable, TableError, read_table
+from edge_agent.training import TrainingError, train_model
 
-from edge_agent.agent import decision_of, learning_plan  # noqa: E402
-from edge_agent.config import load_config  # noqa: E402
-from edge_agent.durations import Duration  # noqa: E402
-from edge_agent.engine import Decision, LearningPlan  # noqa: E402
-from edge_agent.progress import Progress  # noqa: E402
-from edge_agent.replay import ReplayRow, replay, replay_learning  # noqa: E402
-from edge_agent.table import SensorTable, TableError, read_table  # noqa: E402
-from edge_agent.training import TrainingError, train_model  # noqa: E402
-from corpus import report_skipped  # noqa: E402  (bench/, the script's own folder)
+REPO = Path(__file__).resolve().parent.parent
 
 LEARN_ROWS = 400
 PUBLISHED = [
@@ -130,7 +129,7 @@ class Confusion:
 
     def add(self, rows: list[ReplayRow], labels: Sequence[int]) -> dict[str, int]:
         f = {"tp": 0, "fp": 0, "fn": 0, "tn": 0}
-        for row, label in zip(rows, labels):
+        for row, label in zip(rows, labels, strict=True):
             pred = row.verdict.anomaly
             f[("t" if pred == label else "f") + ("p" if pred else "n")] += 1
         self.tp, self.fp, self.fn, self.tn = self.tp + f["tp"], self.fp + f["fp"], self.fn + f["fn"], self.tn + f["tn"]

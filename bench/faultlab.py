@@ -200,17 +200,14 @@ class Sent:
     info: paho.MQTTMessageInfo
     good: bool
     at: float
+    # The broker acknowledged it (PUBACK, seen by the sensor's on_publish): from here on
+    # it must not be lost. (info.is_published() raises for a message published while
+    # disconnected, though paho queues it and sends it on reconnect.)
+    accepted: bool = False
 
     @property
     def key(self) -> tuple[str, Any]:
         return (self.sensor_id, self.ts)
-
-    @property
-    def accepted(self) -> bool:
-        """The broker acknowledged it (PUBACK): from here on it must not be lost."""
-        # is_published() raises for a message published while disconnected (rc NO_CONN), though
-        # paho queued it and sends it on reconnect; the flag it guards is what counts.
-        return bool(self.info._published)
 
 
 class Sensor:
@@ -222,6 +219,11 @@ class Sensor:
         self.client.reconnect_delay_set(0.2, 1)
         self.sent: list[Sent] = []
         self._lock = threading.Lock()
+        # paho does not reuse a message id while its message is unacknowledged, so an
+        # id maps to one Sent; a PUBACK can beat publish() to the record (_early).
+        self._unacked: dict[int, Sent] = {}
+        self._early: set[int] = set()
+        self.client.on_publish = self._on_publish
         self.client.connect(broker.host, broker.port, keepalive=10)
         self.client.loop_start()
 
@@ -231,7 +233,20 @@ class Sensor:
         record = Sent(sensor_id, ts, info, good, time.time())
         with self._lock:
             self.sent.append(record)
+            if info.mid in self._early:
+                self._early.discard(info.mid)
+                record.accepted = True
+            else:
+                self._unacked[info.mid] = record
         return record
+
+    def _on_publish(self, client: paho.Client, userdata: Any, mid: int, reason_code: Any, properties: Any) -> None:
+        with self._lock:
+            record = self._unacked.pop(mid, None)
+            if record is None:
+                self._early.add(mid)
+            else:
+                record.accepted = True
 
     def reading(self, sensor_id: str, ts: int, value: float) -> Sent:
         payload = json.dumps({"value": value, "ts": ts})

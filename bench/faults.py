@@ -1,9 +1,9 @@
 """The fault scenarios (agent killed or stopped, broker restarted or away, floods, hostile input, HTTP fuzz) and their table.
 
-    .venv/bin/python bench/faults.py                  # every scenario but backlog-500k (several minutes), then the table
-    .venv/bin/python bench/faults.py --only hostile   # one scenario (a name from SCENARIOS)
-    .venv/bin/python bench/faults.py --only backlog-500k   # a 500,000-reading backlog (on request only)
-    .venv/bin/python bench/faults.py --models DIR     # models whose "default" scores every sensor
+    .venv/bin/python -m bench.faults                  # every scenario but backlog-500k (several minutes), then the table
+    .venv/bin/python -m bench.faults --only hostile   # one scenario (a name from SCENARIOS)
+    .venv/bin/python -m bench.faults --only backlog-500k   # a 500,000-reading backlog (on request only)
+    .venv/bin/python -m bench.faults --models DIR     # models whose "default" scores every sensor
 
 Each scenario starts a Mosquitto of its own on a loopback port (persistence on, the delivery
 limits of broker/mosquitto.conf) and the agent as a subprocess (``edge-agent run --config
@@ -24,17 +24,17 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import ExitStack
+from contextlib import ExitStack, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from faultlab import (
+from bench.faultlab import (
     Lab,
     Observer,
     ScenarioResult,
-    Sent,
     Sensor,
+    Sent,
     Stream,
     markdown_table,
     metric_value,
@@ -43,7 +43,7 @@ from faultlab import (
     tally,
     wait_until,
 )
-from httpfuzz import fuzz_cases, send_raw
+from bench.httpfuzz import fuzz_cases, send_raw
 
 SENSORS = ["vibration-1", "vibration-2", "vibration-3", "vibration-4"]
 CATCH_UP_TIMEOUT = 60.0
@@ -129,7 +129,7 @@ def _stage(
 def agent_sigkill(lab: Lab, kills: int = 2) -> ScenarioResult:
     """The agent is SIGKILLed mid-stream and started again at once (as systemd or Docker would), ``kills`` times."""
     with ExitStack() as stack:
-        broker, observer, agent, sensor = _stage(stack, lab, "faults-kill", "kill")
+        _broker, observer, agent, sensor = _stage(stack, lab, "faults-kill", "kill")
         t0 = time.monotonic()
         stream = stack.enter_context(Stream(sensor, SENSORS, rate=400, count=400 * (2 + 3 * kills))).start()
         recoveries = []
@@ -155,7 +155,7 @@ def agent_sigkill(lab: Lab, kills: int = 2) -> ScenarioResult:
 def agent_sigterm(lab: Lab) -> ScenarioResult:
     """The agent is stopped with SIGTERM mid-stream (an upgrade) and started again."""
     with ExitStack() as stack:
-        broker, observer, agent, sensor = _stage(stack, lab, "faults-term", "term")
+        _broker, observer, agent, sensor = _stage(stack, lab, "faults-term", "term")
         t0 = time.monotonic()
         stream = stack.enter_context(Stream(sensor, SENSORS, rate=400, count=400 * 6)).start()
         _sleep_until(t0, 2.0)
@@ -498,10 +498,8 @@ def http_fuzz(lab: Lab, requests: int = 3000, stalled: int = 20, seed: int = 202
         rate = requests / (time.monotonic() - started)
         timed_out = 0
         for s in slow:
-            try:
+            with suppress(OSError):
                 timed_out += s.recv(4096).startswith(b"HTTP/1.1 408 ")
-            except OSError:
-                pass
         stream.join()
         _finish(sensor, observer)
         after = {path: agent.http(path)[0] for path in ("/healthz", "/readyz", "/metrics")}

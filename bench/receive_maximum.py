@@ -1,6 +1,6 @@
 """Does the broker keep to a client's receive maximum once the client acknowledges? Prints one table row per case.
 
-    .venv/bin/python bench/receive_maximum.py
+    .venv/bin/python -m bench.receive_maximum
 
 A client with manual acknowledgements (as the agent) connects with MQTT 5 receive maximum
 ``WINDOW`` and a persistent session; 2,000 QoS 1 messages are queued for it. Case "never":

@@ -112,8 +112,9 @@ class History:
         return self.capacity if self._full else self._next
 
     def _ordered(self, a: np.ndarray, n: int | None) -> np.ndarray:
-        ordered = np.concatenate([a[self._next:], a[: self._next]]) if self._full else a[: self._next]
-        return ordered[-n:].copy() if n is not None else ordered.copy()
+        ordered: np.ndarray = np.concatenate([a[self._next:], a[: self._next]]) if self._full else a[: self._next]
+        copied: np.ndarray = ordered[-n:].copy() if n is not None else ordered.copy()
+        return copied
 
     def latest(self, n: int | None = None) -> np.ndarray:
         """The newest ``n`` readings (all by default), oldest first, as a copy."""

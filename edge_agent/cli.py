@@ -10,7 +10,7 @@ import shlex
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from edge_agent.config import AgentConfig, ConfigError, LearningConfig, load_config
 from edge_agent.progress import Progress
@@ -98,7 +98,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     out = Path(args.out)
     try:
         table = read_table(args.input, columns)
-        kwargs = {"transforms": transforms} if transforms else {}
+        kwargs: dict[str, Any] = {"transforms": transforms} if transforms else {}
         progress = Progress(len(table), f"features of {Path(args.input).name}", quiet=args.quiet)
         model, estimator = train_model(
             table, name=args.name or out.name, version=args.model_version, sensor_pattern=args.sensors,

@@ -130,7 +130,7 @@ class VerdictPrinter:
         self.count += 1
         value = v.get("value", v.get("values"))
         score = float(v.get("score", 0.0))
-        bar = "#" * int(round(score * 20))
+        bar = "#" * round(score * 20)
         flag = "  << ANOMALY" if v.get("anomaly") else ""
         self.anomalies += bool(v.get("anomaly"))
         stamp = time.strftime("%H:%M:%S", time.localtime(float(v["ts"]))) if isinstance(v.get("ts"), (int, float)) else str(v.get("ts"))
@@ -183,7 +183,7 @@ def _run(cfg: AgentConfig, base: Path, args: argparse.Namespace, host: str, port
     sim_thread: threading.Thread | None = None
     try:
         agent.start()
-        http_host, http_port = agent.http_address or ("-", 0)
+        _, http_port = agent.http_address or ("-", 0)
         verdicts = _filter(cfg.topics.verdicts, demo_id, "+")
         alerts = _filter(cfg.topics.alerts, demo_id, "#")
         print(_banner(where, host, port, http_port, verdicts, alerts, args, demo_id), flush=True)

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 
-def write_durably(path: Path, write: Callable[[BinaryIO], None]) -> None:
+def write_durably(path: Path, write: Callable[[BinaryIO], object]) -> None:
     """``write`` into a fresh temporary name, fsync, rename over ``path``: readers never see half a file."""
     # A fresh name opened with "x" (not mkstemp) so the file gets the usual umask permissions.
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp")

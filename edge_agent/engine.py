@@ -237,10 +237,10 @@ class ScoringEngine:
                 scores = [model.score_row(group[0][3])]
             else:
                 raw, calibrated = model.score_features(np.array([row for *_, row in group], dtype=np.float64))
-                scores = list(zip(raw.tolist(), calibrated.tolist()))
+                scores = list(zip(raw.tolist(), calibrated.tolist(), strict=True))
             # A reading scored in two contexts (see detector) is as strange as the less strange finds it.
             per_reading: dict[int, tuple[SensorStream, list[float], list[tuple[float, float]]]] = {}
-            for (i, stream, values, _), scored in zip(group, scores):
+            for (i, stream, values, _), scored in zip(group, scores, strict=True):
                 per_reading.setdefault(i, (stream, values, []))[2].append(scored)
             for i, (stream, values, in_contexts) in per_reading.items():
                 raw_score, score = min(in_contexts, key=lambda rs: rs[1])
@@ -354,11 +354,12 @@ class ScoringEngine:
             ordered = [float(values[f]) for f in model.fields]
         with self._lock:
             stream = self._streams.get(sensor_id) if sensor_id is not None else None
-            row = (stream.context if stream is not None else SensorContext(model.spec)).row(ordered)
-        raw, score = model.score_row(row)
+            rows = (stream.context if stream is not None else SensorContext(model.spec)).rows(ordered)
+        # As the stream would score it: in each context the sensor has, the less strange (see detector).
+        raw, score = min((model.score_row(row) for row in rows), key=lambda scored: scored[1])
         return Verdict(
             sensor_id=sensor_id or "",
-            values={f: v for f, v in zip(model.fields, ordered)},
+            values=dict(zip(model.fields, ordered, strict=True)),
             ts=None,
             score=score,
             anomaly=int(score >= self.decision.threshold),

@@ -97,7 +97,7 @@ def _header(path: str | Path) -> list[str]:
 
 def _runs(mask: np.ndarray) -> list[tuple[int, int]]:
     edges = np.diff(np.r_[0, mask.astype(np.int8), 0])
-    return list(zip(np.flatnonzero(edges == 1).tolist(), np.flatnonzero(edges == -1).tolist()))
+    return list(zip(np.flatnonzero(edges == 1).tolist(), np.flatnonzero(edges == -1).tolist(), strict=True))
 
 
 def evaluate(rows: Sequence[ReplayRow], labels: np.ndarray, timestamps: Sequence[float | None]) -> Evaluation:
@@ -113,7 +113,7 @@ def evaluate(rows: Sequence[ReplayRow], labels: np.ndarray, timestamps: Sequence
         if at is not None and timestamps[start] is not None and timestamps[at] is not None:
             delay = float(timestamps[at]) - float(timestamps[start])  # type: ignore[arg-type]
         events.append(Event(start, end, at, delay))
-    outside = flagged & ~((np.asarray(labels[: len(rows)]) > 0))
+    outside = flagged & ~(np.asarray(labels[: len(rows)]) > 0)
     return Evaluation(
         scored=int(scored.sum()), learning=int((~scored).sum()),
         tp=int((flagged & truth).sum()), fp=int((flagged & ~truth).sum()), fn=int((~flagged & truth).sum()),
@@ -126,8 +126,8 @@ def report(result: Evaluation, path: str) -> str:
     lines = [
         f"{Path(path).name}: {result.scored} rows scored ({result.learning} learned from, not counted)",
         f"  F1 {result.f1:.3f}   precision {result.precision:.3f}   recall {result.recall:.3f}   (per row)",
-        f"  false alarms: {result.fp} of {result.normal} normal rows flagged ({100 * result.false_alarm_rate:.2f} %), "
-        f"in {result.false_alarm_stretches} stretch(es)",
+        (f"  false alarms: {result.fp} of {result.normal} normal rows flagged ({100 * result.false_alarm_rate:.2f} %), "
+        f"in {result.false_alarm_stretches} stretch(es)"),
     ]
     found = [e for e in result.events if e.detected_at is not None]
     lines.append(f"  labelled events: {len(result.events)}, detected {len(found)}")

@@ -23,9 +23,9 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from itertools import islice
 from collections.abc import Sequence
 from dataclasses import dataclass
+from itertools import islice
 
 import numpy as np
 
@@ -108,7 +108,7 @@ class FeatureSpec:
         baseline's memory is not counted: it is a slow average, not a window of readings."""
         windows = [_recent_window(*parse_transform(t)) for t in self.transforms]
         needs_prev = any(parse_transform(t)[0] == "delta" for t in self.transforms)
-        return max([w for w in windows] + [1 if needs_prev else 0])
+        return max(list(windows) + [1 if needs_prev else 0])
 
     @property
     def forest_columns(self) -> list[int]:
@@ -281,17 +281,17 @@ class FeatureState:
     def take_in(self, values: Sequence[float], at: float | None = None, step: bool = True) -> None:
         """Take a reading into the windows, drift baselines and seasons; with ``step`` it is
         also the last reading (what the next one's change and repeats count from)."""
-        for win, x in zip(self._windows, values):
+        for win, x in zip(self._windows, values, strict=True):
             win.push(x, step)
         if self._seasons is not None and at is not None:
-            for profiles, x in zip(self._seasons, values):
+            for profiles, x in zip(self._seasons, values, strict=True):
                 for profile in profiles:
                     profile.push(x, at)
 
     def step(self, values: Sequence[float]) -> None:
         """A reading kept out of the windows still follows the last one: the next reading's
         change and repeats count from it."""
-        for win, x in zip(self._windows, values):
+        for win, x in zip(self._windows, values, strict=True):
             win.step(x)
 
     def peek(self, values: Sequence[float], at: float | None = None) -> list[float]:
@@ -307,7 +307,7 @@ class FeatureState:
 
     def _row(self, values: Sequence[float], at: float | None) -> list[float]:
         row: list[float] = []
-        for j, (win, x) in enumerate(zip(self._windows, values)):
+        for j, (win, x) in enumerate(zip(self._windows, values, strict=True)):
             origin = win.origin if win.origin is not None else x
             y = x - origin
             drifts = seasons = 0
@@ -367,5 +367,5 @@ def feature_matrix(spec: FeatureSpec, rows: np.ndarray, times: np.ndarray | None
     if times is None:
         out = [state.update(r) for r in rows.tolist()]
     else:
-        out = [state.update(r, None if t != t else t) for r, t in zip(rows.tolist(), times.tolist())]
+        out = [state.update(r, None if t != t else t) for r, t in zip(rows.tolist(), times.tolist(), strict=True)]
     return np.array(out, dtype=np.float64).reshape(len(rows), len(spec.names))

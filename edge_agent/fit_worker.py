@@ -17,6 +17,7 @@ before there was a worker. Both are logged and counted (``on_event``).
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import logging
@@ -218,10 +219,8 @@ class FitWorker:
             return None
         for stream in (proc.stdin, proc.stdout):
             if stream is not None:
-                try:
+                with contextlib.suppress(OSError):
                     stream.close()
-                except OSError:
-                    pass
         try:
             return proc.wait(5)
         except subprocess.TimeoutExpired:

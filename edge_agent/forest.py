@@ -339,7 +339,9 @@ class Forest:
     def save(self, path: str | os.PathLike[str]) -> None:
         """Write the forest as a compressed .npz (no pickle), atomically: readers never see half a file."""
         # ~5x smaller than .npy files: hourly refits wear an SD card less.
-        write_durably(Path(path), lambda handle: np.savez_compressed(handle, **self.to_arrays()))
+        # Typed as Any: numpy's stub reads any ** key as its allow_pickle flag.
+        arrays: dict[str, Any] = self.to_arrays()
+        write_durably(Path(path), lambda handle: np.savez_compressed(handle, **arrays))
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> Forest:

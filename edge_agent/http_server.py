@@ -199,7 +199,7 @@ def _target_path(target: bytes) -> bytes:
     if target.startswith(b"/"):
         return target.split(b"?", 1)[0]
     lower = target[:8].lower()
-    if lower.startswith(b"http://") or lower.startswith(b"https://"):
+    if lower.startswith((b"http://", b"https://")):
         rest = target.split(b"//", 1)[1]
         slash = rest.find(b"/")
         return rest[slash:].split(b"?", 1)[0] if slash >= 0 else b"/"

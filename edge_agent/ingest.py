@@ -35,13 +35,13 @@ import re
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from itertools import accumulate
 from typing import Any
 
 from edge_agent.config import SourceConfig
 from edge_agent.domain import InvalidReading, Reading
 from edge_agent.jsonvalues import NOT_FINITE, WRONG_TYPE, Rejected, describe, finite_number
+from edge_agent.timestamps import BadTimestamp, epoch_seconds
 from edge_agent.topics import SourcePattern, minimal_subscriptions, sensor_id_parts, topic_matches
 
 TOO_LARGE = "too_large"  # payload over max_payload_bytes (checked before decoding)
@@ -75,10 +75,6 @@ FIELD_SET_MARK = "@"
 RATE_SUFFIX = "_rate"
 #: Longest detail message.
 MAX_DETAIL = 100
-#: Timestamps over this are epoch milliseconds; seconds must stay under it (year ~5138).
-_MS_THRESHOLD = 1e11
-#: Longest ISO-8601 timestamp string looked at.
-_MAX_ISO_LENGTH = 64
 
 # Used only for payloads with more than MAX_DEPTH brackets. The string pattern is written
 # so that it always matches (an unterminated string runs to the end), which keeps it linear
@@ -222,40 +218,14 @@ def _compile_fleet(where: str, source: SourceConfig) -> _Fleet | None:
 
 
 def _timestamp(raw: Any, name: str) -> float:
-    """Epoch seconds for a ts value (epoch s/ms number or ISO-8601 string)."""
+    """Epoch seconds for a ts value (epoch s/ms number or ISO-8601 string), by the rule replay uses too."""
     kind = type(raw)
-    if kind is int or kind is float:
-        try:
-            seconds = float(raw)
-        except OverflowError:
-            raise Rejected(BAD_TIMESTAMP, f"{name!r} overflows a float") from None
-        if not math.isfinite(seconds):
-            raise Rejected(BAD_TIMESTAMP, f"{name!r} is {seconds!r}")
-        if seconds > _MS_THRESHOLD:
-            seconds /= 1000.0
-    elif kind is str:
-        seconds = _iso_timestamp(raw, name)
-    else:
+    if kind is not int and kind is not float and kind is not str:  # bool too: type(True) is bool
         raise Rejected(BAD_TIMESTAMP, f"{name!r} must be epoch seconds or ISO-8601, got {describe(raw)}")
-    if not 0.0 <= seconds < _MS_THRESHOLD:
-        raise Rejected(BAD_TIMESTAMP, f"{name!r} out of range: {str(raw)[:30]}")
-    return seconds
-
-
-def _iso_timestamp(text: str, name: str) -> float:
-    bad = Rejected(BAD_TIMESTAMP, f"{name!r} is not ISO-8601: {text[:30]!r}")
-    if len(text) > _MAX_ISO_LENGTH or not text.isascii():
-        raise bad
-    # Python 3.10's fromisoformat does not know the 'Z' suffix.
-    if text[-1:] in ("Z", "z"):
-        text = text[:-1] + "+00:00"
     try:
-        moment = datetime.fromisoformat(text)
-        if moment.tzinfo is None:
-            moment = moment.replace(tzinfo=timezone.utc)
-        return moment.timestamp()
-    except (ValueError, OverflowError):
-        raise bad from None
+        return epoch_seconds(raw, name)
+    except BadTimestamp as e:
+        raise Rejected(BAD_TIMESTAMP, str(e)) from None
 
 
 def _reject_sensor_id(sensor_id: str, topic: str) -> None:

@@ -67,6 +67,8 @@ class MosquittoBroker:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
+        if MOSQUITTO is None:
+            raise RuntimeError("the mosquitto binary is not installed")
         self.proc = subprocess.Popen([MOSQUITTO, "-c", str(self.conf)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         try:
             wait_listening(self.host, self.port)

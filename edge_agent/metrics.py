@@ -57,7 +57,7 @@ class AgentMetrics:
         self.duplicates = Counter("edge_agent_duplicate_readings", "Readings recognised as redelivered; their verdict is marked duplicate.", registry=registry)
         self.latency = Histogram("edge_agent_scoring_latency_seconds", "Time to score one batch of readings.", buckets=LATENCY_BUCKETS, registry=registry)
         self.batch_size = Histogram("edge_agent_batch_size", "Readings scored together.", buckets=BATCH_BUCKETS, registry=registry)
-        self.broker_connected = Gauge("edge_agent_broker_connected", "1 while connected to the MQTT broker.", registry=registry)
+        self.broker_connected = Gauge("edge_agent_broker_connected", "1 while connected to the MQTT broker and subscribed to the sources.", registry=registry)
         self.model_info = Gauge("edge_agent_model_info", "Loaded models (value 1), one series per model: its current version.", ["model", "version", "sha256"], registry=registry)
         self._model_labels: dict[str, tuple[str, str]] = {}  # model name -> the (version, sha256) of its series
         self.queue_depth = Gauge("edge_agent_queue_depth", "Readings handed over and waiting to be scored.", registry=registry)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import bisect
 import hashlib
+import itertools
 import json
 import math
 import os
@@ -114,7 +115,8 @@ class Calibration:
         return cls(raw=tuple(float(k) for k in knots) + (top,), score=CALIBRATION_SCORES + (1.0,))
 
     def __call__(self, raw: np.ndarray) -> np.ndarray:
-        return np.interp(raw, self.raw, self.score)
+        calibrated: np.ndarray = np.interp(raw, self.raw, self.score)
+        return calibrated
 
     def to_dict(self) -> dict[str, list[float]]:
         return {"raw": list(self.raw), "score": list(self.score)}
@@ -122,7 +124,7 @@ class Calibration:
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> Calibration:
         raw, score = tuple(map(float, d["raw"])), tuple(map(float, d["score"]))
-        if len(raw) != len(score) or len(raw) < 2 or any(b <= a for a, b in zip(raw, raw[1:])):
+        if len(raw) != len(score) or len(raw) < 2 or any(b <= a for a, b in itertools.pairwise(raw)):
             raise ValueError("calibration needs two equally long lists with increasing 'raw' knots")
         return cls(raw=raw, score=score)
 
@@ -235,12 +237,14 @@ class RangeGuard:
     @cached_property
     def spread(self) -> np.ndarray:
         """The training range of each feature, never zero (a constant feature gets a sliver)."""
-        return np.maximum(self.high - self.low, 1e-6 * np.maximum(1.0, np.maximum(np.abs(self.high), np.abs(self.low))))
+        spread: np.ndarray = np.maximum(self.high - self.low, 1e-6 * np.maximum(1.0, np.maximum(np.abs(self.high), np.abs(self.low))))
+        return spread
 
     def excess(self, x: np.ndarray) -> np.ndarray:
         """How far each row lies beyond range and margin, in multiples of the range (<= 0 inside)."""
-        beyond = np.maximum(x - self.high, self.low - x) / self.spread - self.margin
-        return beyond.max(axis=1)
+        beyond: np.ndarray = np.maximum(x - self.high, self.low - x) / self.spread - self.margin
+        worst: np.ndarray = beyond.max(axis=1)
+        return worst
 
     def score(self, x: np.ndarray, threshold: float) -> np.ndarray:
         """0 within range and margin; else from ``threshold`` towards 1 as the excess grows."""
@@ -284,13 +288,13 @@ class SensorModel:
         Numpy's per-call overhead on a handful of values costs more than the arithmetic,
         so the steps below are the same as the vectorised ones, done on floats.
         """
-        x = [m if v != v else v for v, m in zip(row, self._impute)]  # NaN != NaN
+        x = [m if v != v else v for v, m in zip(row, self._impute, strict=True)]  # NaN != NaN
         cols = self._forest_columns
         raw = self.forest.anomaly_score_one(np.asarray(x if cols is None else [x[i] for i in cols]))
         calibrated = _interp(raw, self.calibration.raw, self.calibration.score)
         g = self._guard
         excess = max(
-            max(v - hi, lo - v) / spread - margin for v, lo, hi, spread, margin in zip(x, g[0], g[1], g[2], g[3])
+            max(v - hi, lo - v) / spread - margin for v, lo, hi, spread, margin in zip(x, g[0], g[1], g[2], g[3], strict=True)
         )
         if excess > 0:
             threshold = CALIBRATION_SCORES[-1]
@@ -299,7 +303,8 @@ class SensorModel:
 
     @cached_property
     def _impute(self) -> list[float]:
-        return self.impute.tolist()
+        values: list[float] = self.impute.tolist()
+        return values
 
     @cached_property
     def _forest_columns(self) -> list[int] | None:

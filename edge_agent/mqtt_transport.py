@@ -15,6 +15,7 @@ not recognise (the agent restarted in between) carries ``"redelivered": true``.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import ssl
@@ -56,6 +57,10 @@ log = logging.getLogger(__name__)
 # loopback or LAN link busy. Brokers allow at least this (Mosquitto: 20 by default,
 # and it tolerates more; the shipped broker config allows 512).
 OUTGOING_WINDOW = 64
+
+# last_error before the first connection attempt has ended (readiness shows it).
+NOT_TRIED = "not connected yet"
+REFUSED = "broker refused the connection"
 
 
 # MQTT's own ceiling on a packet's size (its remaining-length field).
@@ -119,7 +124,7 @@ class BoundedClient(paho.Client):
             if len(packet["packet"]) > _PUBLISH_HEAD:
                 packet["packet"] = packet["packet"][:_PUBLISH_HEAD]
             bufsize = min(bufsize, _SKIP_CHUNK)
-        return super()._sock_recv(bufsize)  # type: ignore[misc]
+        return super()._sock_recv(bufsize)
 
 
 def _no_delay(client: paho.Client, userdata: Any, sock: Any) -> None:
@@ -130,10 +135,8 @@ def _no_delay(client: paho.Client, userdata: Any, sock: Any) -> None:
     """
     import socket
 
-    try:
+    with contextlib.suppress(OSError, AttributeError):  # not a TCP socket (a test double, a unix socket)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    except (OSError, AttributeError):  # not a TCP socket (a test double, a unix socket)
-        pass
 
 
 class MQTTTransport:
@@ -171,7 +174,7 @@ class MQTTTransport:
         self._held: deque[tuple[Verdict, bool]] = deque()  # (verdict, redelivered) while disconnected
         self._last_refusal_log = 0.0
         self._refusing = False  # the broker refused a verdict and none has gone through since
-        self.last_error: str = "not connected yet"
+        self.last_error: str = NOT_TRIED
         # Where the session's filters are remembered (set by the agent; None: not remembered).
         self.subscriptions_file: Path | None = None
         self._record: SubscriptionRecord | None = None
@@ -276,7 +279,7 @@ class MQTTTransport:
 
     def _on_connect(self, client: paho.Client, userdata: Any, flags: Any, reason: Any, properties: Any) -> None:
         if reason.is_failure:
-            self.last_error = f"broker refused the connection: {reason}"
+            self.last_error = f"{REFUSED}: {reason}"
             log.error("%s (%s:%d)", self.last_error, self.cfg.mqtt.host, self.cfg.mqtt.port)
             return
         # Readings of earlier connections can no longer be acknowledged; the broker redelivers them.
@@ -289,7 +292,6 @@ class MQTTTransport:
         self.last_error = ""
         announced = getattr(properties, "MaximumPacketSize", None) if properties is not None else None
         self.max_packet = min(self.cfg.mqtt.broker_max_packet_size or MQTT_MAX_PACKET, announced or MQTT_MAX_PACKET)
-        self.metrics.broker_connected.set(1)
         self.metrics.verdicts_held.set(0)
         log.info(
             "connected to %s:%d (session %s)", self.cfg.mqtt.host, self.cfg.mqtt.port,
@@ -314,12 +316,13 @@ class MQTTTransport:
             log.info("published %d verdicts held while disconnected", len(held))
 
     def _on_subscribe(self, client: paho.Client, userdata: Any, mid: int, reasons: Any, properties: Any) -> None:
-        refused = [f for f, r in zip(self._subscriptions, reasons) if r.is_failure]
+        refused = [f for f, r in zip(self._subscriptions, reasons, strict=True) if r.is_failure]
         if refused:
             self.last_error = f"broker refused the subscription to {', '.join(refused)}"
             log.error("%s", self.last_error)
             return
         self._subscribed = True
+        self.metrics.broker_connected.set(1)  # "connected and subscribed": readings can arrive now
         if self._record is not None:
             self._record.save()
 
@@ -333,11 +336,14 @@ class MQTTTransport:
         # (refused, unreachable, a certificate that does not verify, a host name mismatch).
         error = sys.exc_info()[1]
         reason = str(error) if error is not None else "connection failed"
-        self.last_error = f"cannot connect to {self.cfg.mqtt.host}:{self.cfg.mqtt.port}: {reason}"
+        self._attempt_failed(f"cannot connect to {self.cfg.mqtt.host}:{self.cfg.mqtt.port}: {reason}")
+
+    def _attempt_failed(self, why: str) -> None:
+        self.last_error = why
         now = time.monotonic()
         if now - self._last_refusal_log >= 10.0:  # a broker that is away for an hour: not a line per retry
             self._last_refusal_log = now
-            log.warning("%s; retrying", self.last_error)
+            log.warning("%s; retrying", why)
 
     def _on_disconnect(self, client: paho.Client, userdata: Any, flags: Any, reason: Any, properties: Any) -> None:
         with self._lock:
@@ -345,10 +351,15 @@ class MQTTTransport:
             self._connected = False
             self._subscribed = False
         self.metrics.broker_connected.set(0)
-        # A refused CONNACK is followed by a disconnect too: keep the refusal as the reason.
-        if was_connected and not self._closing:
+        if self._closing:
+            return
+        if was_connected:
             self.last_error = f"disconnected from broker: {reason}"
             log.warning("%s; reconnecting", self.last_error)
+        elif not self.last_error.startswith(REFUSED):  # a refused CONNACK is followed by a disconnect too: keep it
+            # Closed before any CONNACK, e.g. by a TLS 1.3 broker that wants a client
+            # certificate: it checks only after the handshake, so connecting "succeeded".
+            self._attempt_failed(f"the broker closed the connection before accepting it ({reason})")
 
     def _on_message(self, client: paho.Client, userdata: Any, message: paho.MQTTMessage) -> None:
         if self._closing:
@@ -549,10 +560,8 @@ class MQTTTransport:
         self._closing = True
         if self._connected:
             info = self._publish(self.status_topic, "offline", retain=True)
-            try:
+            with contextlib.suppress(RuntimeError, ValueError):
                 info.wait_for_publish(timeout)
-            except (RuntimeError, ValueError):
-                pass
         self.client.disconnect()
         self.client.loop_stop()
         self.metrics.broker_connected.set(0)

@@ -135,7 +135,7 @@ def openapi_document() -> dict[str, Any]:
         "description": "Prometheus text exposition format.",
         "content": {"text/plain": {"schema": {"type": "string"}}},
     }
-    ready = {
+    ready: dict[str, dict[str, Any]] = {
         "get": {
             "summary": "Ready when the models are loaded, the broker is connected and learned models can be saved",
             "responses": {

@@ -16,7 +16,7 @@ MAX_FIELD_PANELS = 8
 def _stretches(mask: np.ndarray) -> list[tuple[int, int]]:
     """(start, end) index pairs of the runs where ``mask`` is true, end exclusive."""
     edges = np.diff(np.r_[0, mask.astype(np.int8), 0])
-    return list(zip(np.flatnonzero(edges == 1), np.flatnonzero(edges == -1)))
+    return list(zip(np.flatnonzero(edges == 1), np.flatnonzero(edges == -1), strict=True))
 
 
 def _x_axis(table: SensorTable, n: int) -> tuple[np.ndarray, bool]:
@@ -54,7 +54,7 @@ def plot_replay(path: str | Path, table: SensorTable, rows: Sequence[ReplayRow],
     scores = np.array([r.verdict.score for r in rows])
     fields = table.fields[:MAX_FIELD_PANELS]
     fig, axes = plt.subplots(len(fields) + 1, 1, sharex=True, figsize=(12, 1.8 * (len(fields) + 1) + 0.8), squeeze=False)
-    panels = [a for a in axes[:, 0]]
+    panels = list(axes[:, 0])
     edges = _edges(x)
     for ax in panels:
         for a, b in _stretches(learning):
@@ -66,7 +66,7 @@ def plot_replay(path: str | Path, table: SensorTable, rows: Sequence[ReplayRow],
         if table.labels is not None:
             for a, b in _stretches(table.labels[: len(rows)] > 0):
                 ax.axvspan(edges[a], edges[b], ymin=0.9, color="#444444", lw=0)
-    for ax, j in zip(panels, range(len(fields))):
+    for ax, j in zip(panels, range(len(fields)), strict=False):
         ax.plot(x, table.values[:, j], lw=0.8, color="#1f4e79")
         ax.set_ylabel(fields[j], rotation=0, ha="right", fontsize=8)
     ax = panels[-1]

@@ -11,8 +11,7 @@ from edge_agent.domain import InvalidReading, Reading, Verdict
 from edge_agent.engine import Decision, LearningPlan, ScoringEngine
 from edge_agent.model import SensorModel
 from edge_agent.table import SensorTable
-from edge_agent.learning import fit_request
-from edge_agent.training import TrainingError
+from edge_agent.training import TrainingError, fit_request
 
 # Rows handed to the engine at once: the size of a busy live batch. Scores do not
 # depend on it (features are computed reading by reading).
@@ -34,7 +33,7 @@ def readings_of(table: SensorTable, start: int = 0, stop: int | None = None) -> 
         ts = table.timestamps[i]
         yield Reading(
             sensor_id=sensor,
-            values=dict(zip(table.fields, table.values[i].tolist())),
+            values=dict(zip(table.fields, table.values[i].tolist(), strict=True)),
             received_at=float(i),
             ts=ts,
             ts_raw=table.timestamp_raw[i] if ts is not None else None,
@@ -51,7 +50,7 @@ def replay(
     batch: list[Reading] = []
 
     def flush() -> None:
-        for reading, result in zip(batch, engine.score(batch).results):
+        for reading, result in zip(batch, engine.score(batch).results, strict=True):
             if isinstance(result, InvalidReading):
                 raise ValueError(f"{table.path}: row for sensor {reading.sensor_id!r}: {result.reason}: {result.detail}")
             out.append(ReplayRow(result, learning=len(out) < learn_rows))
@@ -120,7 +119,7 @@ def write_replay(path: str | Path, table: SensorTable, rows: Sequence[ReplayRow]
     with open(path, "w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f)
         writer.writerow(output_header(table.header))
-        for source, row in zip(table.rows, rows):
+        for source, row in zip(table.rows, rows, strict=True):
             v = row.verdict
             writer.writerow([
                 *source,

@@ -11,10 +11,11 @@ import csv
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
+
+from edge_agent.timestamps import BadTimestamp, epoch_seconds_of_text
 
 TIMESTAMP_COLUMNS = ("timestamp", "datetime", "time", "ts")
 SENSOR_COLUMN = "sensor_id"
@@ -52,23 +53,6 @@ class SensorTable:
             sensor_ids=self.sensor_ids[:n] if self.sensor_ids is not None else None,
             labels=self.labels[:n] if keep_labels and self.labels is not None else None,
         )
-
-
-def _parse_timestamp(text: str) -> float | None:
-    text = text.strip()
-    if not text:
-        return None
-    try:
-        return float(text)
-    except ValueError:
-        pass
-    try:
-        dt = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    if dt.tzinfo is None:
-        dt = dt.replace(tzinfo=timezone.utc)
-    return dt.timestamp()
 
 
 def read_table(
@@ -123,8 +107,14 @@ def read_table(
             values[r, c] = x
 
     ts_col = next((index[h] for h in header if h.lower() in TIMESTAMP_COLUMNS), None)
-    timestamp_raw = [row[ts_col] for row in rows] if ts_col is not None else [None] * len(rows)
-    timestamps = [_parse_timestamp(t) if t is not None else None for t in timestamp_raw]
+    timestamp_raw: list[str | None] = [row[ts_col] for row in rows] if ts_col is not None else [None] * len(rows)
+    timestamps: list[float | None] = [None] * len(rows)
+    if ts_col is not None:
+        for r, row in enumerate(rows):
+            try:  # the rule the live agent applies to a payload's ts
+                timestamps[r] = epoch_seconds_of_text(row[ts_col], header[ts_col])
+            except BadTimestamp as e:
+                raise TableError(f"{path}: row {r + 2}: {e}") from None
     sensor_ids = [row[index[SENSOR_COLUMN]] for row in rows] if SENSOR_COLUMN in index else None
     label_col = next((index[h] for h in header if h.lower() in LABEL_COLUMNS and h not in chosen), None)
     labels = None

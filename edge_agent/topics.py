@@ -278,7 +278,7 @@ def filter_covers(a: str, b: str) -> bool:
     lb, mb = _split(b)
     if len(lb) < len(la) or (not ma and (mb or len(lb) != len(la))):
         return False
-    return all(x == "+" or (x == y and y != "+") for x, y in zip(la, lb))
+    return all(x == "+" or (x == y and y != "+") for x, y in zip(la, lb, strict=False))
 
 
 def filters_overlap(a: str, b: str) -> bool:
@@ -293,14 +293,14 @@ def filters_overlap(a: str, b: str) -> bool:
         return False
     if mb and not ma and len(la) < len(lb):
         return False
-    return all(x == "+" or y == "+" or x == y for x, y in zip(la, lb))
+    return all(x == "+" or y == "+" or x == y for x, y in zip(la, lb, strict=False))
 
 
 def _generalize(a: str, b: str) -> str:
     """The narrowest filter of this shape covering two overlapping filters."""
     la, ma = _split(a)
     lb, mb = _split(b)
-    common = [x if x == y else "+" for x, y in zip(la, lb)]
+    common = [x if x == y else "+" for x, y in zip(la, lb, strict=False)]
     if ma or mb or len(la) != len(lb):
         common.append("#")
     return "/".join(common)

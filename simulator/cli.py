@@ -19,9 +19,16 @@ from types import FrameType
 from typing import Any, TextIO
 
 import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.reasoncodes import ReasonCode
 
 from simulator.streams import (
-    ANOMALY_KINDS, CSV_HEADER, DEFAULT_ANOMALY_RATE, PROFILES, SENSOR_KINDS, SimReading,
+    ANOMALY_KINDS,
+    CSV_HEADER,
+    DEFAULT_ANOMALY_RATE,
+    PROFILES,
+    SENSOR_KINDS,
+    SimReading,
     Simulation,
 )
 
@@ -82,26 +89,26 @@ class Publisher:
         self.topic_prefix = topic_prefix.rstrip("/")
         self.qos = qos
         self.keepalive = keepalive
-        self._client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id)
+        self._client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id)
         if username is not None:
             self._client.username_pw_set(username, password)
         self._client.on_connect = self._on_connect
         self._client.on_disconnect = self._on_disconnect
         self._client.on_publish = self._on_publish
         self._cond = threading.Condition()
-        self._connack: mqtt.ReasonCode | None = None
+        self._connack: ReasonCode | None = None
         self._closing = False
         self.published = 0
         self.acknowledged = 0
 
     def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any,
-                    reason_code: mqtt.ReasonCode, properties: Any) -> None:
+                    reason_code: ReasonCode, properties: Any) -> None:
         with self._cond:
             self._connack = reason_code
             self._cond.notify_all()
 
     def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any,
-                       reason_code: mqtt.ReasonCode, properties: Any) -> None:
+                       reason_code: ReasonCode, properties: Any) -> None:
         connected = self._connack is not None and not self._connack.is_failure
         if connected and not self._closing:
             # paho reconnects by itself; QoS>0 messages queue meanwhile.
@@ -109,7 +116,7 @@ class Publisher:
                   file=sys.stderr)
 
     def _on_publish(self, client: mqtt.Client, userdata: Any, mid: int,
-                    reason_code: mqtt.ReasonCode, properties: Any) -> None:
+                    reason_code: ReasonCode, properties: Any) -> None:
         with self._cond:
             self.acknowledged += 1
             self._cond.notify_all()
@@ -155,7 +162,7 @@ class Publisher:
             with self._cond:
                 while self.acknowledged < self.published:
                     before = self.acknowledged
-                    self._cond.wait_for(lambda: self.acknowledged != before or self.acknowledged >= self.published,
+                    self._cond.wait_for(lambda: self.acknowledged != before or self.acknowledged >= self.published,  # noqa: B023 - called in this iteration
                                         timeout=flush_timeout)
                     if self.acknowledged == before:
                         break
@@ -348,10 +355,8 @@ def run(args: argparse.Namespace, stop: threading.Event) -> int:
         return 1
     finally:
         if publisher is not None:
-            try:
+            with contextlib.suppress(KeyboardInterrupt):
                 publisher.close(flush_timeout=args.flush_timeout)
-            except KeyboardInterrupt:
-                pass
             stats.published, stats.acknowledged = publisher.published, publisher.acknowledged
     print(stats.summary(publishing, args.csv, args.qos), file=summary_out, flush=True)
     if publishing:

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import count as counter
 from types import MappingProxyType
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 
@@ -367,11 +367,10 @@ class Simulation:
         if duration is not None and duration < 0:
             raise ValueError("duration must not be negative")
         ids = counter(1)
-        streams: list[_SensorStream] = []
-        hazard = self.hazard
-        for spec in self.sensors:
-            streams.append(_SensorStream(spec, self.seed, self.rate, hazard, self.anomaly_kinds,
-                                         gap=self.anomaly_gap, warmup=self.warmup))
+        streams = [
+            _SensorStream(spec, self.seed, self.rate, self.hazard, self.anomaly_kinds, gap=self.anomaly_gap, warmup=self.warmup)
+            for spec in self.sensors
+        ]
         max_ticks = None if duration is None else self.ticks_for(duration)
         emitted = 0
         tick = 0

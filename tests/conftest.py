@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sys
 import tempfile
 import threading
 import time
@@ -17,9 +16,8 @@ import paho.mqtt.client as paho
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-sys.path.insert(0, str(Path(__file__).parent))
-
-from brokers import start_test_broker  # noqa: E402
+# tests/ is on sys.path (pytest puts a conftest's folder there): brokers is its neighbour.
+from brokers import start_test_broker
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -161,7 +159,7 @@ def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     temp = 21 + rng.normal(0, 0.3, n)
     hum = 45 - 0.5 * (temp - 21) + rng.normal(0, 0.5, n)
     climate = root / "climate.csv"
-    climate.write_text("temperature,humidity\n" + "\n".join(f"{a:.3f},{b:.3f}" for a, b in zip(temp, hum)) + "\n")
+    climate.write_text("temperature,humidity\n" + "\n".join(f"{a:.3f},{b:.3f}" for a, b in zip(temp, hum, strict=True)) + "\n")
     model, est = train_model(read_table(climate), name="climate", version="t1")
     save_model(model, root / "climate", est)
     return root

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -15,7 +18,9 @@ from typing import Any
 
 import pytest
 
-from conftest import REPO, send_normal_then_spike
+from conftest import REPO, agent_overrides, send_normal_then_spike
+from edge_agent.agent import Agent, load_models
+from edge_agent.config import load_config
 
 pytestmark = pytest.mark.broker
 
@@ -128,7 +133,7 @@ def test_readyz_follows_the_broker_and_the_agent_reconnects(start_agent, collect
     while _http(agent, "/readyz")[0] != 503:
         assert time.monotonic() < deadline, "readyz stayed 200 with the broker down"
         time.sleep(0.05)
-    status, body = _http(agent, "/readyz")
+    _, body = _http(agent, "/readyz")
     assert "not connected" in json.loads(body)["reason"]
     assert _http(agent, "/healthz")[0] == 200
     broker.start()
@@ -205,9 +210,98 @@ def test_replaying_a_csv_and_streaming_it_over_mqtt_give_the_same_scores(start_a
     agent = start_agent()
     aid = agent.cfg.agent_id
     out = collect([f"edge/{aid}/verdicts/#"])
-    for ts, (value,) in zip(table.timestamps, table.values.tolist()):
+    for ts, (value,) in zip(table.timestamps, table.values.tolist(), strict=True):
         sensor.send_json("sensors/replayed", {"value": value, "ts": ts})
     got = [json.loads(m.payload) for m in out.wait_count(f"edge/{aid}/verdicts/replayed", len(table))]
     assert [g["score"] for g in got] == [round(r.verdict.score, 6) for r in expected]
     assert [g["anomaly"] for g in got] == [r.verdict.anomaly for r in expected]
     assert got[100]["anomaly"] == 1
+
+
+
+class SubackHold:
+    """A TCP relay in front of a real broker that holds back SUBACKs until ``release()``.
+
+    Everything else passes at once, so a client behind it is connected (CONNACK) but
+    not yet subscribed for as long as the test wants.
+    """
+
+    def __init__(self, broker: Any) -> None:
+        self._broker = (broker.host, broker.port)
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.host, self.port = self._listener.getsockname()
+        self.released = threading.Event()
+        self._sockets: list[socket.socket] = [self._listener]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def release(self) -> None:
+        self.released.set()
+
+    def close(self) -> None:
+        self.released.set()
+        for s in self._sockets:
+            s.close()
+
+    def _accept(self) -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                client, _ = self._listener.accept()
+                upstream = socket.create_connection(self._broker)
+                self._sockets += [client, upstream]
+                threading.Thread(target=self._pump, args=(client, upstream, False), daemon=True).start()
+                threading.Thread(target=self._pump, args=(upstream, client, True), daemon=True).start()
+
+    def _pump(self, source: socket.socket, sink: socket.socket, from_broker: bool) -> None:
+        buf = b""
+        with contextlib.suppress(OSError):
+            while chunk := source.recv(65536):
+                if not from_broker:
+                    sink.sendall(chunk)
+                    continue
+                buf += chunk
+                while (packet := _next_packet(buf)) is not None:
+                    buf = buf[len(packet):]
+                    if packet[0] & 0xF0 == 0x90:  # SUBACK
+                        self.released.wait()
+                    sink.sendall(packet)
+        with contextlib.suppress(OSError):
+            sink.shutdown(socket.SHUT_WR)
+
+
+def _next_packet(buf: bytes) -> bytes | None:
+    """The first whole MQTT packet in ``buf`` (fixed header, variable-length size), or None."""
+    size, shift = 0, 0
+    for i in range(1, min(len(buf), 5)):
+        size |= (buf[i] & 0x7F) << shift
+        shift += 7
+        if not buf[i] & 0x80:
+            end = i + 1 + size
+            return buf[:end] if len(buf) >= end else None
+    return None
+
+
+def test_broker_connected_is_1_only_once_the_subscription_is_granted(broker: Any, models_dir: Path) -> None:
+    """edge_agent_broker_connected is documented as "connected and subscribed"."""
+    hold = SubackHold(broker)
+    try:
+        overrides = [o for o in agent_overrides(broker, models_dir) if not o.startswith("mqtt.port=")]
+        cfg = load_config(None, [*overrides, "mqtt.host=127.0.0.1", f"mqtt.port={hold.port}"], {})
+        agent = Agent(cfg, load_models(cfg), env={})
+        agent.start()
+        try:
+            deadline = time.monotonic() + 10
+            while agent.transport.last_error:  # "" from the CONNACK on
+                assert time.monotonic() < deadline, agent.transport.last_error
+                time.sleep(0.02)
+            time.sleep(0.2)  # the SUBACK would have come by now
+            assert agent.registry.get_sample_value("edge_agent_broker_connected") == 0.0
+            assert not agent.readiness()[0]
+            hold.release()
+            while agent.registry.get_sample_value("edge_agent_broker_connected") != 1.0:
+                assert time.monotonic() < deadline + 10, "still 0 after the SUBACK"
+                time.sleep(0.02)
+            assert agent.readiness()[0]
+        finally:
+            agent.stop(timeout=2)
+    finally:
+        hold.close()

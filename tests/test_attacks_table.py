@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import re
-import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "bench"))
+from bench import attacks
 
-import attacks  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 
 def test_every_attack_names_tests_that_exist() -> None:

@@ -20,7 +20,7 @@ def _run(*args: str) -> subprocess.CompletedProcess[str]:
 def test_eval_skab_prints_both_rows_and_the_healthy_share(tmp_path: Path) -> None:
     skab_like_csv(tmp_path / "valve1" / "0.csv", 700, fault_from=550, seed=1)
     skab_like_csv(tmp_path / "anomaly-free" / "anomaly-free.csv", 900, fault_from=None, seed=2)
-    done = _run("bench/eval_skab.py", "--data", str(tmp_path), "-q", "--set", "learning.rows=300")
+    done = _run("-m", "bench.eval_skab", "--data", str(tmp_path), "-q", "--set", "learning.rows=300")
     assert done.returncode == 0, done.stderr
     out = done.stdout
     assert "1 files under" in out and "300 rows scored in each mode" in out
@@ -37,7 +37,7 @@ def test_eval_skab_skips_a_file_it_cannot_score_and_names_it(tmp_path: Path) -> 
     unlabelled = tmp_path / "other" / "9.csv"
     unlabelled.parent.mkdir()
     unlabelled.write_text("datetime;Pressure\n2020-03-09 10:00:00;1.0\n")
-    done = _run("bench/eval_skab.py", "--data", str(tmp_path), "-q")
+    done = _run("-m", "bench.eval_skab", "--data", str(tmp_path), "-q")
     assert done.returncode == 0, done.stderr
     assert "SKAB: 1 files under" in done.stdout and "(1 skipped, see stderr)" in done.stdout
     assert f"skipped {unlabelled}: no anomaly column" in done.stderr
@@ -46,12 +46,12 @@ def test_eval_skab_skips_a_file_it_cannot_score_and_names_it(tmp_path: Path) -> 
 
     valve = tmp_path / "valve1" / "0.csv"
     valve.unlink()
-    nothing = _run("bench/eval_skab.py", "--data", str(tmp_path), "-q")
+    nothing = _run("-m", "bench.eval_skab", "--data", str(tmp_path), "-q")
     assert nothing.returncode == 2 and "no usable SKAB files" in nothing.stderr
 
 
 def test_eval_simulator_scores_shipped_and_learned_models(tmp_path: Path) -> None:
-    shipped = _run("bench/eval_simulator.py", "--sensors", "4", "--hours", "0.5")
+    shipped = _run("-m", "bench.eval_simulator", "--sensors", "4", "--hours", "0.5")
     assert shipped.returncode == 0, shipped.stderr
     assert "shipped models" in shipped.stdout and "false alarms:" in shipped.stdout
     assert "| detected before it ended |" in shipped.stdout
@@ -60,35 +60,33 @@ def test_eval_simulator_scores_shipped_and_learned_models(tmp_path: Path) -> Non
 
     config = tmp_path / "agent.yaml"
     config.write_text("learning:\n  enabled: true\n  rows: 300\n")
-    learned = _run("bench/eval_simulator.py", "--sensors", "4", "--hours", "0.5", "--learn", "--config", str(config))
+    learned = _run("-m", "bench.eval_simulator", "--sensors", "4", "--hours", "0.5", "--learn", "--config", str(config))
     assert learned.returncode == 0, learned.stderr
     assert "each sensor learning its own model" in learned.stdout and "false alarms:" in learned.stdout
-    clean = _run("bench/eval_simulator.py", "--sensors", "4", "--hours", "0.5", "--learn", "--clean-learning",
+    clean = _run("-m", "bench.eval_simulator", "--sensors", "4", "--hours", "0.5", "--learn", "--clean-learning",
                  "--glitch", "10", "--config", str(config), "--set", "learning.leave_out_outliers=true")
     assert clean.returncode == 0, clean.stderr
     assert "each sensor learning its own model from clean readings, one reading off by 10 noise widths" in clean.stdout
 
 
 def test_a_glitch_moves_one_reading_per_sensor_by_its_noise_width() -> None:
-    sys.path.insert(0, str(REPO / "bench"))
-    from eval_simulator import with_glitches
+    from bench.eval_simulator import with_glitches
     from simulator.streams import Simulation
 
     sim = Simulation(n_sensors=2, rate=1.0, seed=1, start=0.0, anomaly_rate=0.0)
     readings = list(sim.iter_readings(count=20))
     sigma = {s.sensor_id: s.sigma for s in sim.sensors}
     moved = with_glitches(readings, sigma, 3, 10.0)
-    changed = [(a.sensor_id, b.value - a.value) for a, b in zip(readings, moved) if a.value != b.value]
+    changed = [(a.sensor_id, b.value - a.value) for a, b in zip(readings, moved, strict=True) if a.value != b.value]
     assert [sid for sid, _ in changed] == [s.sensor_id for s in sim.sensors]  # one each: its 4th reading
     assert all(d == pytest.approx(10 * sigma[sid], abs=1e-4) for sid, d in changed)
 
-    too_short = _run("bench/eval_simulator.py", "--sensors", "2", "--hours", "0.05", "--learn")
+    too_short = _run("-m", "bench.eval_simulator", "--sensors", "2", "--hours", "0.05", "--learn")
     assert too_short.returncode == 1 and "nothing scored" in too_short.stderr
 
 
 def test_simulator_outcomes_tell_a_find_inside_an_injection_from_one_after_it() -> None:
-    sys.path.insert(0, str(REPO / "bench"))
-    import eval_simulator
+    from bench import eval_simulator
 
     # (anomaly_id, label, kind, alert): a drift (id 1, rows 2-5) alerted only at row 7, after
     # it snapped back; a level shift (id 2, rows 20-22) alerted at once; a stuck one (id 3)
@@ -111,8 +109,7 @@ def test_simulator_outcomes_tell_a_find_inside_an_injection_from_one_after_it() 
 
 
 def test_nab_scoring_weighs_detections_as_the_benchmark_does() -> None:
-    sys.path.insert(0, str(REPO / "bench"))
-    import eval_nab
+    from bench import eval_nab
 
     assert eval_nab.probation(100) == 15 and eval_nab.probation(10_000) == 750
     detections = [0] * 200
@@ -134,8 +131,7 @@ def test_nab_scoring_weighs_detections_as_the_benchmark_does() -> None:
 
 
 def test_nab_threshold_search_finds_the_best_corpus_threshold() -> None:
-    sys.path.insert(0, str(REPO / "bench"))
-    import eval_nab
+    from bench import eval_nab
 
     rng = np.random.default_rng(9)
     for _ in range(50):  # with 0/1 scores, the search at threshold 1 is the fixed-detections score
@@ -165,7 +161,7 @@ def test_nab_threshold_search_finds_the_best_corpus_threshold() -> None:
 
 
 def test_eval_nab_scores_a_simulated_corpus_in_nab_layout() -> None:
-    done = _run("bench/eval_nab.py", "--simulate", "2", "-q", "--per-file")
+    done = _run("-m", "bench.eval_nab", "--simulate", "2", "-q", "--per-file")
     assert done.returncode == 0, done.stderr
     assert "2 files from 2 simulator streams" in done.stdout
     assert "| standard | reward_low_FP_rate | reward_low_FN_rate |" in done.stdout
@@ -174,7 +170,7 @@ def test_eval_nab_scores_a_simulated_corpus_in_nab_layout() -> None:
     # the same windows; onsets are a subset of the flags, so never more outside the windows
     assert rows["episode onsets"][0] == rows["every anomalous reading"][0]
     assert int(rows["episode onsets"][2]) <= int(rows["every anomalous reading"][2])
-    refused = _run("bench/eval_nab.py", "--data", "x")
+    refused = _run("-m", "bench.eval_nab", "--data", "x")
     assert refused.returncode == 2 and "give --data and --labels" in refused.stderr
 
 
@@ -192,7 +188,7 @@ def test_eval_nab_reads_nab_layout_and_skips_a_file_it_cannot_read(tmp_path: Pat
         "realX/missing.csv": [],
     }
     (tmp_path / "labels.json").write_text(json.dumps(labels))
-    args = ("bench/eval_nab.py", "--data", str(tmp_path / "data"), "--labels", str(tmp_path / "labels.json"), "-q")
+    args = ("-m", "bench.eval_nab", "--data", str(tmp_path / "data"), "--labels", str(tmp_path / "labels.json"), "-q")
     done = _run(*args)
     assert done.returncode == 0, done.stderr
     assert "NAB-style: 1 files from" in done.stdout and "(1 skipped, see stderr)" in done.stdout
@@ -208,7 +204,7 @@ def test_eval_nab_reads_nab_layout_and_skips_a_file_it_cannot_read(tmp_path: Pat
 
 
 def test_eval_quiet_counts_false_alarms_on_every_shape() -> None:
-    done = _run("bench/eval_quiet.py", "--files", "1", "--rows", "1000")
+    done = _run("-m", "bench.eval_quiet", "--files", "1", "--rows", "1000")
     assert done.returncode == 0, done.stderr
     assert "learning from the first 150 rows" in done.stdout
     rows = {line.split("|")[1].strip(): line.split("|")[2:-1] for line in done.stdout.splitlines()[3:] if line.startswith("| ")}
@@ -218,5 +214,5 @@ def test_eval_quiet_counts_false_alarms_on_every_shape() -> None:
     # episodes never outnumber flagged readings, and the total adds up
     assert all(int(cells[2]) <= int(cells[1]) for cells in rows.values())
     assert int(rows["all"][2]) == sum(int(cells[2]) for name, cells in rows.items() if name != "all")
-    refused = _run("bench/eval_quiet.py", "--rows", "100")
+    refused = _run("-m", "bench.eval_quiet", "--rows", "100")
     assert refused.returncode == 2 and "--rows" in refused.stderr

@@ -5,28 +5,38 @@ from __future__ import annotations
 import doctest
 import json
 import math
+import types
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 import edge_agent.features
+import edge_agent.timestamps
 from edge_agent.domain import InvalidReading, Reading, Verdict
 from edge_agent.engine import Decision, ScoringEngine, UnknownSensor
 from edge_agent.features import FeatureSpec, feature_matrix, parse_transform
 from edge_agent.model import (
-    CALIBRATION_SCORES, LONE_EXTREMES, Calibration, ModelError, RangeGuard, load_estimator, load_model, tail_quantile,
+    CALIBRATION_SCORES,
+    LONE_EXTREMES,
+    Calibration,
+    ModelError,
+    RangeGuard,
+    load_estimator,
+    load_model,
+    tail_quantile,
 )
 
 
-def test_feature_doctests() -> None:
-    result = doctest.testmod(edge_agent.features)
+@pytest.mark.parametrize("module", [edge_agent.features, edge_agent.timestamps], ids=lambda m: m.__name__)
+def test_doctests(module: types.ModuleType) -> None:
+    result = doctest.testmod(module)
     assert result.attempted > 0 and result.failed == 0
 
 
 @pytest.mark.parametrize("bad", ["median", "std", "std:1", "std:x", "value:3", "delta:2"])
 def test_unknown_or_malformed_transforms_are_refused(bad: str) -> None:
-    with pytest.raises(ValueError, match=bad.split(":")[0]):
+    with pytest.raises(ValueError, match=bad.split(":", maxsplit=1)[0]):
         parse_transform(bad)
 
 
@@ -167,10 +177,10 @@ def test_a_tampered_model_file_is_refused(models_dir: Path, tmp_path: Path) -> N
     data = bytearray((copy / "forest.npz").read_bytes())
     data[len(data) // 2] ^= 0xFF
     (copy / "forest.npz").write_bytes(bytes(data))
-    with pytest.raises(ModelError, match="sha256.*tampered"):
+    with pytest.raises(ModelError, match=r"sha256.*tampered"):
         load_model(copy)
     (copy / "model.joblib").write_bytes(b"not what was trained")
-    with pytest.raises(ModelError, match="model.joblib has sha256"):
+    with pytest.raises(ModelError, match=r"model\.joblib has sha256"):
         load_estimator(copy)
 
 
@@ -180,7 +190,7 @@ def test_a_pinned_hash_overrides_the_manifest(models_dir: Path) -> None:
 
 
 def test_missing_model_directory_names_the_problem(tmp_path: Path) -> None:
-    with pytest.raises(ModelError, match="no manifest.json"):
+    with pytest.raises(ModelError, match=r"no manifest\.json"):
         load_model(tmp_path)
 
 
@@ -247,7 +257,7 @@ def test_redelivered_reading_gets_the_same_verdict_marked_duplicate(engine: Scor
     assert again.score == first[1].score  # type: ignore[union-attr]
     # Without a timestamp, equal values are a duplicate only when the transport says so.
     plain = Reading("p", {"value": 0.9}, 1.0)
-    engine.score([plain]).results
+    engine.score([plain])
     assert not engine.score([Reading("p", {"value": 0.9}, 2.0)]).results[0].duplicate  # type: ignore[union-attr]
     assert engine.score([Reading("p", {"value": 0.9}, 3.0, redelivered=True)]).results[0].duplicate  # type: ignore[union-attr]
 
@@ -300,7 +310,7 @@ def test_onset_marks_the_first_anomalous_reading_of_each_episode(models_dir: Pat
 def test_predict_is_the_seed_contract_and_leaves_state_alone(engine: ScoringEngine) -> None:
     assert engine.predict({"value": 0.95}).anomaly == 0
     assert engine.predict({"value": 50.0}).anomaly == 1
-    engine.score([_reading("s", 0.9, 1)]).results
+    engine.score([_reading("s", 0.9, 1)])
     before = engine.predict({"value": 0.91}, "s").score
     engine.predict({"value": 10.0}, "s")
     assert engine.predict({"value": 0.91}, "s").score == before

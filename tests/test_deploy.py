@@ -15,7 +15,6 @@ import sys
 import tempfile
 import threading
 import time
-import tomllib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -25,6 +24,7 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 import pytest
+import tomllib
 import yaml
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
@@ -317,8 +317,7 @@ def dashboard_exprs() -> list[tuple[str, str]]:
     found: list[tuple[str, str]] = []
     for panel in dashboard()["panels"]:
         for p in [panel, *panel.get("panels", [])]:
-            for target in p.get("targets", []):
-                found.append((str(p.get("title")), str(target.get("expr", ""))))
+            found.extend((str(p.get("title")), str(target.get("expr", ""))) for target in p.get("targets", []))
     return found
 
 
@@ -406,7 +405,7 @@ def health_server(status: int) -> Iterator[int]:
     """A loopback HTTP server answering every GET with ``status``."""
 
     class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+        def do_GET(self) -> None:  # http.server's naming
             self.send_response(status if self.path == "/healthz" else 404)
             self.send_header("Content-Length", "0")
             self.end_headers()
@@ -819,7 +818,7 @@ def test_dashboard_is_valid_grafana_json() -> None:
         ids.append(panel["id"])
         grid = panel["gridPos"]
         x, y, w, h = (int(grid[k]) for k in ("x", "y", "w", "h"))
-        assert w > 0 and h > 0 and 0 <= x and x + w <= 24, panel["title"]
+        assert w > 0 and h > 0 and x >= 0 and x + w <= 24, panel["title"]
         for ox, oy, ow, oh, other in boxes:
             overlap = x < ox + ow and ox < x + w and y < oy + oh and oy < y + h
             assert not overlap, f"{panel['title']!r} overlaps {other!r}"

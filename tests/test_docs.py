@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
 
 from conftest import REPO
 from edge_agent.config import config_reference_markdown, config_reference_page
@@ -28,8 +33,37 @@ def test_ci_runs_the_readme_test_command() -> None:
     readme = (REPO / "README.md").read_text()
     commands = re.findall(r"```sh\n(.*?)\n```", readme, re.S)
     test_command = commands[1].strip()
-    assert "pytest" in test_command
+    assert test_command.endswith("&& .ci/check")
     assert test_command in (REPO / ".ci" / "run").read_text()
+
+
+def _fake_tools(tmp_path: Path, failing: str | None) -> Path:
+    """A copy of .ci/check beside a .venv whose ruff, mypy and python log their call and pass, or fail."""
+    (tmp_path / ".ci").mkdir()
+    shutil.copy2(REPO / ".ci" / "check", tmp_path / ".ci" / "check")
+    bin_dir = tmp_path / ".venv" / "bin"
+    bin_dir.mkdir(parents=True)
+    for tool in ("ruff", "mypy", "python"):
+        status = 1 if tool == failing else 0
+        script = bin_dir / tool
+        script.write_text(f'#!/bin/sh\necho "{tool} $*" >> "{tmp_path}/calls"\nexit {status}\n')
+        script.chmod(0o755)
+    return tmp_path / "calls"
+
+
+@pytest.mark.parametrize("failing", [None, "ruff", "mypy", "python"])
+def test_the_check_script_runs_lint_types_then_tests_and_fails_on_any(tmp_path: Path, failing: str | None) -> None:
+    calls = _fake_tools(tmp_path, failing)
+    result = subprocess.run([str(tmp_path / ".ci" / "check"), "-x"], capture_output=True, text=True, timeout=30)
+    ran = calls.read_text().splitlines()
+    expected = ["ruff check .", "mypy ", "python -m pytest -x"]
+    if failing is None:
+        assert result.returncode == 0, result.stderr
+        assert ran == expected
+    else:
+        assert result.returncode != 0
+        stop = [line.split()[0] for line in expected].index(failing)
+        assert ran == expected[: stop + 1], "a failing step must stop the gate"
 
 
 def _anchors(page) -> set[str]:

@@ -3,9 +3,12 @@ the sensor context, seasonal features and durations."""
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 
+from conftest import REPO
 from edge_agent.adaptation import MIN_LEARNING_ROWS, LearningPlan, SensorAdaptation
 from edge_agent.config import ConfigError, load_config
 from edge_agent.dedup import RecentReadings
@@ -81,7 +84,7 @@ def test_routing_takes_the_first_matching_pattern_then_the_learned_model_then_th
     router = ModelRouter({"a": a, "b": b}, assign=[("pump-*", "a"), ("*", "b")], default="b", learned={"x": a})
     assert router.assigned("pump-1") is a and router.assigned("fan") is b
     assert ModelRouter({"a": a}, learned={"x": b}).assigned("x") is b
-    with pytest.raises(UnknownSensor, match="models.default is unset"):
+    with pytest.raises(UnknownSensor, match=r"models\.default is unset"):
         ModelRouter({"a": a}).default_model("y")
     with pytest.raises(KeyError, match="not loaded"):
         ModelRouter({"a": a}, assign=[("*", "zzz")])
@@ -132,7 +135,7 @@ def test_a_held_stretch_ends_in_the_context_that_explains_the_readings_after_it(
         for _ in range(5):
             context.advance([1.0], flagged=False)
         context.advance([5.0], flagged=True)
-        for i in range(SETTLE):
+        for _ in range(SETTLE):
             assert len(context.rows([1.0])) == 2  # both contexts kept while the stretch settles
             context.advance([1.0], flagged=False, scores=(0.45, 0.1) if live_explains else (0.1, 0.45))
         return context.rows([1.0])
@@ -167,7 +170,7 @@ def test_a_value_normal_at_noon_is_found_at_three_in_the_morning() -> None:
     values = 10 + 5 * np.sin(2 * np.pi * (t / 86400 - 0.25)) + rng.normal(0, 0.2, len(t))  # low at 00:00, high at 12:00
     model = learn_model(spec, values[:4 * 288, None], "s", "1", times=t[:4 * 288])
     engine = ScoringEngine({"s": model}, default="s")
-    readings = [Reading("x", {"value": float(v)}, float(ts), ts=float(ts), ts_raw=ts) for v, ts in zip(values, t)]
+    readings = [Reading("x", {"value": float(v)}, float(ts), ts=float(ts), ts_raw=ts) for v, ts in zip(values, t, strict=True)]
     three_am = 5 * 288 + 36
     readings[three_am] = Reading("x", {"value": 15.0}, float(t[three_am]), ts=float(t[three_am]), ts_raw=t[three_am])
     verdicts = engine.score(readings).results
@@ -182,7 +185,7 @@ def test_durations_are_read_with_units_and_named_when_wrong() -> None:
     assert cfg.learning.period == 90.0 and cfg.learning.refit_every == 1800.0
     with pytest.raises(ConfigError, match=r"learning.period.*'soon'.*duration such as 90s"):
         load_config(None, ["learning.period=soon"], {})
-    with pytest.raises(ConfigError, match="decision.new_normal_after"):
+    with pytest.raises(ConfigError, match=r"decision\.new_normal_after"):
         load_config(None, ["decision.new_normal_after=-5"], {})
     assert Duration.parse("1.5h") == 5400.0
 
@@ -212,3 +215,27 @@ def test_a_copied_feature_state_goes_its_own_way() -> None:
     state.update([100.0], at=3600.0 * 41)
     assert twin.peek([7.0], at=3600.0 * 40) == before
     assert state.peek([7.0], at=3600.0 * 40) != before
+
+
+# docs/architecture.md: "the last 32 readings it remembers to recognise redeliveries".
+DOCUMENTED_MEMORY = 32
+
+
+def test_the_duplicate_memory_holds_the_documented_number_of_readings(models_dir) -> None:  # type: ignore[no-untyped-def]
+    from edge_agent.model import load_model
+
+    assert re.search(rf"the last {DOCUMENTED_MEMORY} readings it\s+remembers to recognise redeliveries",
+                     (REPO / "docs" / "architecture.md").read_text())
+    engine = ScoringEngine({"m": load_model(models_dir / "default")}, default="m")
+
+    def resent_after(sensor: str, others: int) -> Verdict:
+        """Send a sensor's first reading, ``others`` more one by one (as live), then the first again."""
+        readings = [Reading(sensor, {"value": 0.9 + 0.001 * i}, float(i), ts=float(i), ts_raw=i) for i in range(others + 1)]
+        for reading in readings:
+            engine.score([reading])
+        (again,) = engine.score([readings[0]]).results
+        assert isinstance(again, Verdict)
+        return again
+
+    assert resent_after("kept", DOCUMENTED_MEMORY - 1).duplicate  # the oldest of the last 32: recognised
+    assert not resent_after("forgotten", DOCUMENTED_MEMORY).duplicate  # one more in between: scored anew

@@ -1,6 +1,6 @@
 """Fault injection against a real Mosquitto: no reading the broker accepted is lost, hostile input is refused.
 
-Each scenario lives in bench/faults.py (``python bench/faults.py`` prints the same table for
+Each scenario lives in bench/faults.py (``python -m bench.faults`` prints the same table for
 docs/architecture.md); here each one runs once and its numbers are asserted. The agent is a subprocess
 (``edge-agent run --config config.yaml``) so it can be SIGKILLed; its models are the session's
 freshly trained ones, whose ``default`` model scores every sensor.
@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -25,7 +24,9 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.reasoncodes import ReasonCode
 from prometheus_client import CollectorRegistry
 
-from conftest import FAULT_TABLE, REPO
+from bench import faults
+from bench.faultlab import TABLE_HEADER, Lab, ScenarioResult, Sensor, running_broker, table_row
+from conftest import FAULT_TABLE
 from edge_agent.config import load_config
 from edge_agent.domain import Reading, Verdict
 from edge_agent.ingest import PayloadParser
@@ -33,11 +34,6 @@ from edge_agent.local_broker import MOSQUITTO
 from edge_agent.metrics import AgentMetrics
 from edge_agent.mqtt_transport import MQTTTransport
 from edge_agent.pipeline import Envelope
-
-sys.path.insert(0, str(REPO / "bench"))
-
-import faults  # noqa: E402
-from faultlab import TABLE_HEADER, Lab, ScenarioResult, Sensor, running_broker, table_row  # noqa: E402
 
 pytestmark = pytest.mark.faults
 

@@ -146,7 +146,7 @@ def test_dashboard_shows_what_an_operator_watches(live: Exposed) -> None:
         "broker connection": r"\bedge_agent_broker_connected\b",
         "model versions": r"by \([^)]*\bversion\b[^)]*\) \(edge_agent_model_info\)",
     }
-    for what, pattern in watched.items():
+    for pattern in watched.values():
         panel_with(pattern)
     # The models table shows the version label the live agent really sets.
     assert "version" in live.labels["edge_agent_model_info"]

@@ -388,7 +388,7 @@ def test_source_shaped_payloads(parser: PayloadParser, shaped: tuple[str, tuple[
     finite = all(math.isfinite(n) if isinstance(n, float) else abs(n) < 1e300 for n in numbers)
     if isinstance(result, Reading):
         assert result.sensor_id == "s"
-        assert result.values == {f: float(n) for f, n in zip(fields, numbers)}
+        assert result.values == {f: float(n) for f, n in zip(fields, numbers, strict=True)}
         assert list(result.values) == list(fields)
     elif not finite:
         assert result.reason == "not_finite"

@@ -93,7 +93,7 @@ def test_a_sensor_learns_then_scores(tmp_path: Path) -> None:
 
 def test_learned_models_survive_a_restart_and_tampering_is_refused(tmp_path: Path) -> None:
     engine, learner = _engine(tmp_path)
-    engine.score(_readings("pump/1", [1.0 + 0.01 * (i % 5) for i in range(200)])).results
+    engine.score(_readings("pump/1", [1.0 + 0.01 * (i % 5) for i in range(200)]))
     _wait_for_model(engine, "pump/1")
     learner.stop()
     manifest = json.loads((model_dir(tmp_path, "pump/1") / "manifest.json").read_text())
@@ -114,13 +114,13 @@ def test_learned_models_survive_a_restart_and_tampering_is_refused(tmp_path: Pat
 def test_refit_swaps_in_a_new_model_without_blocking_scoring(tmp_path: Path) -> None:
     engine, learner = _engine(tmp_path, rows=100, refit_every=150)
     rng = np.random.default_rng(2)
-    engine.score(_readings("drifty", list(10 + rng.normal(0, 0.1, 100)))).results
+    engine.score(_readings("drifty", list(10 + rng.normal(0, 0.1, 100))))
     _wait_for_model(engine, "drifty")
     first = engine.learned["drifty"]
     # The level drifts slowly; the refit learns the new normal from unflagged readings.
     values = list(10 + np.linspace(0, 0.5, 400) + rng.normal(0, 0.1, 400))
     started = time.perf_counter()
-    engine.score(_readings("drifty", values, start=100)).results
+    engine.score(_readings("drifty", values, start=100))
     assert time.perf_counter() - started < 5  # fits happen on the learner's thread
     deadline = time.monotonic() + 10
     while engine.learned["drifty"] is first:

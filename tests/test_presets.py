@@ -221,7 +221,7 @@ def check_device(agent: Agent, device: Device, collect: Any, sensor: Any) -> Non
     assert len(out.json(f"edge/{aid}/verdicts/")) == len(device.scored)
     assert len(out.json(f"edge/{aid}/errors")) == len(device.rejected)
 
-    for expected, verdict in zip(device.scored, verdicts):
+    for expected, verdict in zip(device.scored, verdicts, strict=True):
         assert verdict["sensor_id"] == expected.sensor
         got = {"value": verdict["value"]} if "value" in verdict else verdict["values"]
         assert got == pytest.approx(expected.values) and list(got) == list(expected.values)

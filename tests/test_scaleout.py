@@ -34,8 +34,8 @@ OVERLAYS = ("single", "sharded")
 def test_partition_is_the_same_in_every_process() -> None:
     ids = [f"sensor-{i}" for i in range(50)] + ["Küche 1", "vibration-3", ""]
     here = [partition_of(s, 7) for s in ids]
-    code = "import json, sys; from edge_agent.partition import partition_of; " \
-           "print(json.dumps([partition_of(s, 7) for s in json.loads(sys.argv[1])]))"
+    code = ("import json, sys; from edge_agent.partition import partition_of; "
+            "print(json.dumps([partition_of(s, 7) for s in json.loads(sys.argv[1])]))")
     for seed in ("1", "2"):  # str hashes differ between these interpreters; the partition must not
         env = {**os.environ, "PYTHONHASHSEED": seed}
         out = subprocess.run([sys.executable, "-c", code, json.dumps(ids)], capture_output=True, text=True, env=env, timeout=30)

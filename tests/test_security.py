@@ -40,6 +40,7 @@ from edge_agent.config import ConfigError, HTTPConfig, http_token, load_config
 from edge_agent.domain import Verdict
 from edge_agent.http_api import HttpApi
 from edge_agent.local_broker import MOSQUITTO, MosquittoBroker, free_port, wait_listening
+from edge_agent.mqtt_transport import NOT_TRIED
 
 needs_mosquitto = pytest.mark.skipif(MOSQUITTO is None, reason="needs the mosquitto binary")
 needs_openssl = pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command")
@@ -420,7 +421,7 @@ def test_agent_logs_in_with_the_password_from_env_or_file_and_scores(auth_broker
             try:
                 before = len(viewer.messages)
                 assert not sensor.publish("sensors/pump-1", json.dumps({"value": 0.9, "ts": len(extra)})).is_failure
-                assert viewer.wait(lambda: len(viewer.messages) > before)
+                assert viewer.wait(lambda: len(viewer.messages) > before)  # noqa: B023 - waited on in this iteration
             finally:
                 agent.stop(timeout=5)
 
@@ -570,8 +571,10 @@ def tls_agent(broker: MosquittoBroker, models_dir: Path, *overrides: str) -> Age
 
 
 def wait_state(agent: Agent, ready: bool, timeout: float = 10.0) -> str:
+    """Wait for the agent to be ready, or to have tried the broker and failed; the reason it gives."""
     deadline = time.monotonic() + timeout
-    while agent.readiness()[0] != ready:
+    # A new agent is not ready before its first attempt: "not ready" counts only once one has failed.
+    while agent.readiness()[0] != ready or (not ready and agent.transport.last_error == NOT_TRIED):
         assert time.monotonic() < deadline, agent.readiness()
         time.sleep(0.05)
     if not ready:
@@ -635,7 +638,8 @@ def test_mutual_tls_needs_the_client_certificate(certs: Certs, models_dir: Path)
     with tls_broker(certs, certs.server, require_certificate=True) as broker:
         agent = tls_agent(broker, models_dir, f"mqtt.tls.ca_file={certs.ca}")
         try:
-            wait_state(agent, False)
+            # Not just "not ready": a refused attempt, with the reason an operator reads on /readyz.
+            assert "closed the connection before accepting it" in wait_state(agent, False)
         finally:
             agent.stop(timeout=2)
         cert, key = certs.client

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import REPO
 
+from conftest import REPO
 from edge_agent.adaptation import LearnRequest
 from edge_agent.agent import Agent, load_models
 from edge_agent.config import load_config

@@ -25,11 +25,11 @@ def test_a_restart_with_other_sources_gets_nothing_from_the_old_filters(start_ag
     old.stop(timeout=5)
 
     # While the agent is away, the session queues what its filters match.
-    for i in range(5):
+    for _ in range(5):
         sensor.send("old/a", "0.91")
         sensor.send("sensors/b", "0.92")
     start_agent(*same, 'sources=[{"topic": "sensors/+"}]')
-    for i in range(5):
+    for _ in range(5):
         sensor.send("old/a", "0.93")
         sensor.send("sensors/b", "0.94")
     out.wait_count(f"edge/{aid}/verdicts/b", 10)

@@ -23,7 +23,12 @@ import pytest
 
 from simulator.cli import main
 from simulator.streams import (
-    ANOMALY_KINDS, ANOMALY_LENGTHS, CSV_HEADER, PROFILES, SimReading, Simulation,
+    ANOMALY_KINDS,
+    ANOMALY_LENGTHS,
+    CSV_HEADER,
+    PROFILES,
+    SimReading,
+    Simulation,
 )
 
 MOSQUITTO = "/usr/sbin/mosquitto"
@@ -144,7 +149,7 @@ def test_noise_is_autocorrelated_like_a_real_sensor(clean: list[SimReading]) -> 
 def test_labels_line_up_with_injected_stretches(noisy: list[SimReading],
                                                clean: list[SimReading]) -> None:
     assert [(r.ts, r.sensor_id) for r in noisy] == [(r.ts, r.sensor_id) for r in clean]
-    for n, c in zip(noisy, clean):
+    for n, c in zip(noisy, clean, strict=True):
         if n.anomaly:
             assert n.anomaly_kind in ANOMALY_KINDS and n.anomaly_id > 0
             # every labelled reading is altered (a stuck value may meet the real one by chance)
@@ -393,7 +398,7 @@ def test_cli_publishes_paced_readings_to_broker(mosquitto_port: int, tmp_path: P
     with out.open(newline="") as fh:
         rows = list(csv.DictReader(fh))
     assert len(messages) == len(rows) == 15
-    for (topic, payload, qos), row in zip(messages, rows):
+    for (topic, payload, qos), row in zip(messages, rows, strict=True):
         assert topic == f"plant/{row['sensor_id']}"
         assert qos == 1
         assert set(payload) == {"value", "ts"}  # labels never leak into the payload

@@ -19,7 +19,11 @@ from typing import Any
 
 import pytest
 import yaml
+
 from conftest import REPO
+from edge_agent.agent import state_dir
+from edge_agent.cli import build_parser
+from edge_agent.config import AgentConfig, load_config
 from test_deploy import (
     deployed_agent_config,
     deployed_config_path,
@@ -32,10 +36,6 @@ from test_deploy import (
 )
 from test_scaleout import K8S, OVERLAYS, container, load_overlay, pod_configs, workload
 from test_systemd import single, values
-
-from edge_agent.agent import state_dir
-from edge_agent.cli import build_parser
-from edge_agent.config import AgentConfig, load_config
 
 
 @dataclass(frozen=True)
@@ -80,7 +80,7 @@ def image_places() -> list[Place]:
 def compose_places() -> list[Place]:
     places = image_places()
     agent = service("agent")
-    for entry, m in zip(agent.get("volumes", []), mounts(agent)):
+    for entry, m in zip(agent.get("volumes", []), mounts(agent), strict=True):
         options = str(entry).split(":")[2:] if isinstance(entry, str) else []
         read_only = "ro" in ",".join(options).split(",") or (isinstance(entry, dict) and bool(entry.get("read_only")))
         places.append(Place(m.target, not read_only, True, f"{'bind mount' if m.is_bind else 'named volume'} {m.source}"))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import types
 from collections.abc import Mapping
-from typing import Any, Union, get_args, get_origin
+from typing import Any, TypeGuard, Union, get_args, get_origin
 
 from edge_agent.durations import Duration
 
@@ -18,6 +18,11 @@ def optional_inner(tp: Any) -> tuple[Any, bool]:
         if len(rest) == 1 and len(args) == 2:
             return rest[0], True
     return tp, False
+
+
+def is_section(tp: object) -> TypeGuard[type[Any]]:
+    """Whether a type hint names a config section (a dataclass type, not an instance)."""
+    return isinstance(tp, type) and dataclasses.is_dataclass(tp)
 
 
 def dataclass_fields(cls: type) -> dict[str, dataclasses.Field[Any]]:
@@ -67,7 +72,7 @@ def describe(tp: Any, meta: Mapping[str, Any]) -> str:
         text = "a list of " + _plural(get_args(inner)[0])
     elif origin is dict:
         text = "a mapping of non-empty strings to " + _plural(get_args(inner)[1])
-    elif dataclasses.is_dataclass(inner):
+    elif is_section(inner):
         text = f"a mapping with keys {key_list(inner)}"
     else:
         raise TypeError(f"unsupported config type {tp!r}")

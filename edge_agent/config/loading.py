@@ -15,6 +15,7 @@ from edge_agent.config.fieldtypes import (
     dataclass_fields,
     describe,
     field_default,
+    is_section,
     join_path,
     optional_inner,
     show,
@@ -61,7 +62,7 @@ def _apply_override(
         current = holder[key]
         inner, _ = optional_inner(tp)
         origin = get_origin(inner)
-        if dataclasses.is_dataclass(inner):
+        if is_section(inner):
             if current is None:
                 current = holder[key] = {}
             if not isinstance(current, dict):

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from typing import Any, get_args, get_origin, get_type_hints
 
 from edge_agent.config.fieldtypes import (
     dataclass_fields,
     field_default,
+    is_section,
     join_path,
     optional_inner,
     range_text,
@@ -22,7 +22,7 @@ def _type_name(tp: Any) -> str:
     origin = get_origin(inner)
     if origin is list:
         item = get_args(inner)[0]
-        name = "list of mappings" if dataclasses.is_dataclass(item) else f"list of {_type_name(item)}s"
+        name = "list of mappings" if is_section(item) else f"list of {_type_name(item)}s"
     elif origin is dict:
         name = f"map of {_type_name(get_args(inner)[0])} to {_type_name(get_args(inner)[1])}"
     else:
@@ -37,7 +37,7 @@ def _reference_rows(cls: type, prefix: str) -> list[tuple[str, str, str, str]]:
         tp = hints[name]
         path = join_path(prefix, name)
         inner, _ = optional_inner(tp)
-        if dataclasses.is_dataclass(inner):
+        if is_section(inner):
             rows.extend(_reference_rows(inner, path))
             continue
         doc = spec.metadata.get("doc", "")
@@ -48,7 +48,7 @@ def _reference_rows(cls: type, prefix: str) -> list[tuple[str, str, str, str]]:
         default = json.dumps(field_default(spec))
         rows.append((path, _type_name(tp), default, doc))
         item = get_args(inner)[0] if get_origin(inner) is list else None
-        if dataclasses.is_dataclass(item):
+        if is_section(item):
             rows.extend(_reference_rows(item, f"{path}[]"))
     return rows
 

@@ -6,6 +6,8 @@ there, so that a default is written once.
 
 from __future__ import annotations
 
+import copy
+import functools
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,7 +20,7 @@ def _f(default: Any, doc: str, **bounds: Any) -> Any:
     """A config field with a default, a description and optional bounds/choices."""
     meta = {"doc": doc, **bounds}
     if isinstance(default, (list, dict)):
-        return field(default_factory=lambda d=default: type(d)(d), metadata=meta)
+        return field(default_factory=functools.partial(copy.copy, default), metadata=meta)
     return field(default=default, metadata=meta)
 
 

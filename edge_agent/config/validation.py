@@ -12,6 +12,7 @@ from edge_agent.config.errors import ConfigError, Problem
 from edge_agent.config.fieldtypes import (
     dataclass_fields,
     describe,
+    is_section,
     join_path,
     optional_inner,
     show,
@@ -60,7 +61,7 @@ def convert(raw: Any, tp: Any, meta: Mapping[str, Any], path: str, problems: lis
     if raw is None:
         if optional:
             return None
-        if dataclasses.is_dataclass(inner):
+        if is_section(inner):
             raw = {}  # an empty section (all its keys commented out) means all defaults
         elif origin is dict:
             return {}
@@ -69,14 +70,14 @@ def convert(raw: Any, tp: Any, meta: Mapping[str, Any], path: str, problems: lis
         problems.append(Problem(path, show(raw), describe(tp, meta)))
         return _INVALID
 
-    if dataclasses.is_dataclass(inner):
+    if is_section(inner):
         return _convert_dataclass(inner, raw, path, problems) if isinstance(raw, dict) else bad()
     if origin is list:
         if not isinstance(raw, list):
             return bad()
         item_tp = get_args(inner)[0]
         items = [convert(item, item_tp, {}, f"{path}[{i}]", problems) for i, item in enumerate(raw)]
-        if dataclasses.is_dataclass(item_tp):
+        if is_section(item_tp):
             # Keep the positions so that rules on the other items still run (and name the right index).
             return [item_tp() if item is _INVALID else item for item in items]
         return _INVALID if any(item is _INVALID for item in items) else items
@@ -158,7 +159,7 @@ def _output_topic_error(text: str, per_sensor: bool) -> str | None:
         return "a topic template containing {sensor_id}, so that each sensor gets its own topic"
     try:
         # Sample values: a wildcard or other defect in the literal parts shows up when rendered.
-        template.render(**{name: "x" for name in template.names})
+        template.render(**dict.fromkeys(template.names, "x"))
     except ValueError as exc:
         return f"a publishable topic ({exc})"
     return None

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import yaml
 
@@ -61,7 +61,7 @@ class StrictLoader(yaml.SafeLoader):
     """SafeLoader with YAML 1.2 core scalars that rejects duplicate keys (PyYAML keeps the last silently)."""
 
     yaml_implicit_resolvers = _yaml12_resolvers()
-    yaml_constructors = {
+    yaml_constructors: ClassVar[dict[str | None, Any]] = {
         **yaml.SafeLoader.yaml_constructors,
         "tag:yaml.org,2002:int": _construct_int,
         "tag:yaml.org,2002:float": _construct_float,
