@@ -140,9 +140,23 @@ class HomeAssistantConfig:
 
 
 @dataclass
-class PartitionConfig:
-    count: int = _f(1, "Agents sharing this site's sensors; each scores only the sensors whose id hashes to its index, so a sensor's stream stays on one agent.", min=1, max=1024)
-    index: int = _f(0, "This agent's share, from 0 to count - 1.", min=0, max=1023)
+class NatsConfig:
+    enabled: bool = _f(False, "Join the group of agents on NATS JetStream (docs/operations.md#scale-out) instead of subscribing to the sources on MQTT: readings come from the stream the bridge (edge-agent bridge) fills, each agent consumes its share of the partitions.")
+    servers: list[str] = _f(["nats://localhost:4222"], "NATS server URLs (nats://host:port), tried in turn.")
+    stream: str = _f("READINGS", "JetStream stream holding the readings.")
+    subject: str = _f("readings", "Subject prefix: readings are published on <subject>.<sensor> and stored on <subject>.<partition>.<sensor>.")
+    partitions: int = _f(12, "Partitions the stream's subject transform spreads the sensors over (partition(n, sensor)); fixed when the stream is made. More agents than partitions leave agents idle.", min=1, max=1024)
+    replicas: int = _f(1, "Replicas of the stream and the buckets (1, or 3 on a 3-node cluster).", min=1, max=5)
+    group: str = _f("agents", "Priority group name of the pinned consumers (at most 16 characters: letters, digits, -, _, /, =).")
+    bucket: str = _f("edge-group", "KV bucket holding the partition assignment; <bucket>-members holds the members, each key expiring member_ttl after its last heartbeat.")
+    models_bucket: str = _f("edge-models", "Object store bucket holding learned models by partition and sensor: a sensor that moves keeps its model.")
+    max_ack_pending: int = _f(1000, "Readings of one partition handed out and not yet acknowledged, at most: the backpressure window.", min=1, max=1_000_000)
+    ack_wait: Duration = _f(Duration.parse("30s"), "A reading not acknowledged this long after delivery is delivered again (to whichever agent holds its partition then).", min=0.5, max=86400.0)
+    pin_timeout: Duration = _f(Duration.parse("10s"), "A pinned agent that has not pulled for this long loses the pin, so the partition's next owner can take over after a crash.", min=0.5, max=3600.0)
+    member_ttl: Duration = _f(Duration.parse("10s"), "An agent whose heartbeat is this old is out of the group; it beats every third of this.", min=1.0, max=3600.0)
+    duplicate_window: Duration = _f(Duration.parse("2m"), "The stream drops a reading whose Nats-Msg-Id it stored within this window (a bridge resending after a crash).", min=1.0, max=7 * 86400.0)
+    max_age: Duration = _f(Duration.parse("1d"), "Readings older than this leave the stream, answered or not (0: never).", min=0.0, max=365 * 86400.0)
+    outputs: str = _f("mqtt", "Where verdicts, alerts and errors go: mqtt (the topics, on mqtt.host), nats (the same names with . for /, on the NATS servers), or both.", choices=["mqtt", "nats", "both"])
 
 
 @dataclass
@@ -159,7 +173,7 @@ class AgentConfig:
     pipeline: PipelineConfig = field(default_factory=PipelineConfig, metadata={"doc": "Hand-over, batching and limits."})
     http: HTTPConfig = field(default_factory=HTTPConfig, metadata={"doc": "HTTP API."})
     homeassistant: HomeAssistantConfig = field(default_factory=HomeAssistantConfig, metadata={"doc": "Home Assistant MQTT discovery."})
-    partition: PartitionConfig = field(default_factory=PartitionConfig, metadata={"doc": "Sharing one site's sensors among several agents."})
+    nats: NatsConfig = field(default_factory=NatsConfig, metadata={"doc": "Scale-out on NATS JetStream: the bridge and the group of agents."})
 
 
 # --------------------------------------------------------------------------- problems
@@ -370,6 +384,10 @@ _INVALID = object()  # sentinel: this value was reported as a problem; the field
 def _unknown_key(cls: type, key: Any, path: str) -> Problem:
     names = list(_fields(cls))
     expected = f"one of the keys {', '.join(names)}"
+    if cls.__name__ == "AgentConfig" and key == "partition":
+        # The hash-broadcast scheme is gone: every agent read every reading (docs/operations.md#scale-out).
+        return Problem(path, "the removed partition section", "nats.* instead: agents share sensors as a JetStream "
+                       "consumer group (docs/operations.md#scale-out); remove partition.count and partition.index")
     if "password" in str(key).lower():
         expected += (
             "; the broker password is never read from the config file: put it in the environment"
@@ -617,8 +635,27 @@ def _check_rules(cfg: AgentConfig, problems: list[Problem]) -> None:
     if clean("homeassistant.status_topic") and validate_topic_name(ha.status_topic):
         add("homeassistant.status_topic", ha.status_topic, "a topic name without wildcards, e.g. homeassistant/status")
 
-    if clean("partition.count", "partition.index") and cfg.partition.index >= cfg.partition.count:
-        add("partition.index", cfg.partition.index, f"less than partition.count ({cfg.partition.count})")
+    _check_nats(cfg.nats, clean, add)
+
+
+_NATS_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
+_NATS_GROUP = re.compile(r"[A-Za-z0-9_/=-]{1,16}")
+_NATS_SUBJECT = re.compile(r"[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*")
+
+
+def _check_nats(nats: NatsConfig, clean: Callable[..., bool], add: Callable[[str, Any, str], None]) -> None:
+    for key in ("stream", "bucket", "models_bucket"):
+        if clean(f"nats.{key}") and not _NATS_NAME.fullmatch(getattr(nats, key)):
+            add(f"nats.{key}", getattr(nats, key), "a name of letters, digits, - and _ (at most 64)")
+    if clean("nats.group") and not _NATS_GROUP.fullmatch(nats.group):
+        add("nats.group", nats.group, "at most 16 letters, digits, -, _, / or =")
+    if clean("nats.subject") and not _NATS_SUBJECT.fullmatch(nats.subject):
+        add("nats.subject", nats.subject, "a subject without wildcards or spaces, e.g. readings")
+    for i, url in enumerate(nats.servers):
+        if not re.fullmatch(r"(nats|tls|ws|wss)://[^\s/]+", url):
+            add(f"nats.servers[{i}]", url, "a URL such as nats://host:4222")
+    if clean("nats.servers") and not nats.servers:
+        add("nats.servers", nats.servers, "at least one server URL")
 
 
 def parse_config(data: Mapping[str, Any]) -> AgentConfig:
