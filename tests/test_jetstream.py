@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+import signal
 import string
 import subprocess
 import sys
@@ -146,6 +147,15 @@ def start_bridge(broker: Any, models_dir: Path, nats_server: NatsServer) -> Iter
     yield start
     for b in bridges:
         b.stop()
+
+
+def assert_repeats_marked(got: dict[str, list[tuple[str, dict[str, Any]]]]) -> None:
+    """A second verdict for a reading (redelivered after a kill or a hand-over) says so, as on MQTT."""
+    for answered in got.values():
+        seen: set[Any] = set()
+        for _, v in answered:
+            assert v["ts"] not in seen or v.get("redelivered") or v.get("duplicate"), v
+            seen.add(v["ts"])
 
 
 def wait_settled(members: list[Any], partitions: int = 6, timeout: float = 20.0) -> None:
@@ -371,12 +381,7 @@ def test_a_killed_member_hands_its_partitions_over_with_nothing_lost_and_models_
         assert not any(v.get("learning") for v in after), f"{s} relearned after the move"
         assert after[0].get("windows_restarted") is True, after[0]
         assert not any(v.get("windows_restarted") for v in after[1:])
-        # A repeat of a reading the victim may have answered before dying is marked.
-        seen: set[Any] = set()
-        for agent, v in got[s]:
-            if v["ts"] in seen:
-                assert agent == survivor and (v.get("redelivered") or v.get("duplicate")), v
-            seen.add(v["ts"])
+    assert_repeats_marked(got)
     print(f"kill to every reading answered: {took:.1f} s; {len(theirs)} of {len(sensors)} sensors moved")
 
 
@@ -414,11 +419,7 @@ def test_scaling_from_2_to_3_moves_at_most_40_percent_of_sensors_and_loses_nothi
     print(f"scale 2 -> 3: {len(moved_sensors)} of {len(sensors)} sensors moved ({share:.0%})")
     assert 0 < share <= 0.40
     assert {a for s in sensors for a in after[s]} == {m.cfg.agent_id for m in group}
-    for s in sensors:  # every reading answered in order on each member; repeats marked
-        seen: set[Any] = set()
-        for _, v in got[s]:
-            assert v["ts"] not in seen or v.get("redelivered") or v.get("duplicate"), v
-            seen.add(v["ts"])
+    assert_repeats_marked(got)
 
 
 @pytest.mark.broker
@@ -453,3 +454,45 @@ def test_a_killed_bridge_loses_nothing_and_its_resends_are_dropped_by_the_stream
     print(f"bridge killed mid-stream: {repeats} repeated verdict(s)")
     for s in sensors:
         assert sorted({v["ts"] for _, v in got[s]}) == list(range(100))
+
+
+@pytest.mark.broker
+def test_a_reading_is_acknowledged_to_jetstream_only_once_its_verdict_is_delivered(
+    start_member: Any, broker: Any, nats_server: NatsServer,
+) -> None:
+    import asyncio
+
+    import nats
+
+    from edge_agent.jetstream.envelope import HEADER, VERSION
+    from edge_agent.jetstream.jsapi import api
+
+    member = start_member("nats.partitions=1")
+    wait_settled([member], 1)
+
+    async def publish_and_read_state(count: int) -> int:
+        nc = await nats.connect(nats_server.url)
+        try:
+            js = nc.jetstream()
+            for ts in range(count):
+                body = encode(Reading("tank-1", {"value": 0.9}, time.time(), ts=float(ts), ts_raw=ts))
+                await js.publish("readings.tank-1", body, headers={HEADER: VERSION})
+            state = await api(nc, "CONSUMER.INFO.READINGS.READINGS-p0")
+            return int(state["num_ack_pending"]) + int(state["num_pending"])
+        finally:
+            await nc.close()
+
+    if broker.kind != "mosquitto":
+        pytest.skip("needs a broker process to pause")
+    # Paused, not stopped: its port stays its own, and no PUBACK comes for a verdict.
+    broker.proc.send_signal(signal.SIGSTOP)
+    try:
+        asyncio.run(publish_and_read_state(5))
+        time.sleep(2.0)
+        assert asyncio.run(publish_and_read_state(0)) == 5, "readings acknowledged without a delivered verdict"
+    finally:
+        broker.proc.send_signal(signal.SIGCONT)  # the PUBACKs come, and acknowledge the readings
+    deadline = time.monotonic() + 30
+    while asyncio.run(publish_and_read_state(0)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert asyncio.run(publish_and_read_state(0)) == 0
