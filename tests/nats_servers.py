@@ -82,3 +82,44 @@ def cluster(size: int = 3) -> list[NatsServer]:
     for s in servers:
         s.start()
     return servers
+
+
+async def publish_readings(url: str, sensors: int, readings: int, subject: str = "readings", prefix: str = "pump") -> None:
+    """``readings`` readings of ``sensors`` sensors straight into the stream, as the bridge writes them (ts 0, 1, ...)."""
+    import asyncio
+    import time
+
+    import nats
+
+    from edge_agent.domain import Reading
+    from edge_agent.jetstream.envelope import HEADER, VERSION, encode, token
+
+    nc = await nats.connect(url)
+    js = nc.jetstream()
+    batch = []
+    for i in range(readings):
+        sensor, ts = f"{prefix}-{i % sensors}", i // sensors
+        body = encode(Reading(sensor, {"value": 0.9 + 0.01 * (ts % 7)}, time.time(), ts=float(ts), ts_raw=ts))
+        batch.append(js.publish(f"{subject}.{token(sensor)}", body, headers={HEADER: VERSION}))
+        if len(batch) == 500:
+            await asyncio.gather(*batch)
+            batch = []
+    await asyncio.gather(*batch)
+    await nc.close()
+
+
+async def outstanding(url: str, partitions: int, stream: str = "READINGS") -> int:
+    """Readings of the stream not yet delivered, or delivered and not acknowledged, over all partitions."""
+    import nats
+
+    from edge_agent.jetstream.jsapi import api
+
+    nc = await nats.connect(url)
+    try:
+        total = 0
+        for p in range(partitions):
+            state = await api(nc, f"CONSUMER.INFO.{stream}.{stream}-p{p}")
+            total += int(state["num_pending"]) + int(state["num_ack_pending"])
+        return total
+    finally:
+        await nc.close()

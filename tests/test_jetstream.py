@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import os
 import random
 import signal
 import string
@@ -20,7 +22,7 @@ from typing import Any
 
 import pytest
 from conftest import Collector, Publisher, agent_overrides
-from nats_servers import NATS_SERVER, NatsServer
+from nats_servers import NATS_SERVER, NatsServer, outstanding, publish_readings
 
 from edge_agent.config import ConfigError, load_config
 from edge_agent.domain import InvalidReading, Reading
@@ -496,3 +498,29 @@ def test_a_reading_is_acknowledged_to_jetstream_only_once_its_verdict_is_deliver
     while asyncio.run(publish_and_read_state(0)) and time.monotonic() < deadline:
         time.sleep(0.2)
     assert asyncio.run(publish_and_read_state(0)) == 0
+
+
+@pytest.mark.broker
+@pytest.mark.slow
+def test_a_member_restarting_with_a_backlog_answers_every_waiting_reading(
+    members: Any, nats_server: NatsServer, collect: Any,
+) -> None:
+    # The 90,000 take minutes on two shared cores; EDGE_TEST_BACKLOG sets the size.
+    backlog = int(os.environ.get("EDGE_TEST_BACKLOG", "600"))
+    sensors = 50
+    out = collect(["edge/+/verdicts/#"])
+    window = "nats.max_ack_pending=10"  # small: the pulls must keep refilling the window
+    first = members(window)
+    wait_owned([first])
+    first.kill()
+    asyncio.run(publish_readings(nats_server.url, sensors, backlog, prefix="tank"))
+    again = members(window)  # a new process (its own name: the dead one's key expires)
+    started = time.monotonic()
+    deadline = started + float(os.environ.get("EDGE_TEST_BACKLOG_DEADLINE", "300"))
+    while asyncio.run(outstanding(nats_server.url, 6)):
+        assert time.monotonic() < deadline, "backlog not drained"
+        time.sleep(0.5)
+    took = time.monotonic() - started
+    got = wait_all_answered(out, {f"tank-{i}": backlog // sensors for i in range(sensors)}, timeout=60)
+    assert {a for answered in got.values() for a, _ in answered} == {again.agent_id}
+    print(f"backlog of {backlog} answered {took:.1f} s after the restart")

@@ -52,8 +52,7 @@ class PartitionConsumer:
         self._stopping = False
         self._task: asyncio.Task[None] | None = None
         self._request = 0
-        self._done = asyncio.Event()
-        self._left = 0
+        self._asked: dict[int, int] = {}  # open pull -> readings it may still bring
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run())
@@ -66,7 +65,6 @@ class PartitionConsumer:
     async def release(self, timeout: float) -> bool:
         """Stop pulling, wait for what is held to be acknowledged, then unpin. True if all was acknowledged."""
         self._stopping = True
-        self._done.set()
         self._room.set()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
@@ -88,47 +86,57 @@ class PartitionConsumer:
         inbox = self.nc.new_inbox()
         sub = await self.nc.subscribe(f"{inbox}.*", cb=self._on_message)
         subject = f"$JS.API.CONSUMER.MSG.NEXT.{self.layout.stream}.{self.layout.consumer(self.partition)}"
+        # Pulls overlap: a new one goes out as soon as the window has room, without waiting for
+        # an open one to fill or expire (the server may hold one back while our acks are in flight).
+        least = max(1, min(self.max_batch, self.window // 4))
         try:
             while not self._stopping:
-                room = min(self.window - self.in_flight, self.max_batch)
-                if room <= 0:
+                asked = sum(self._asked.values())
+                room = min(self.window - self.in_flight - asked, self.max_batch)
+                if room < least and (asked or room <= 0):
                     self._room.clear()
-                    await self._room.wait()
+                    try:
+                        await asyncio.wait_for(self._room.wait(), PULL_EXPIRES + 1.0)
+                    except asyncio.TimeoutError:
+                        self._asked.clear()  # their 408s did not come (a server restart, say): ask again
                     continue
                 self._request += 1
-                self._left = room
-                self._done.clear()
+                self._asked[self._request] = room
                 try:
                     await self.nc.publish(subject, next_request(self.layout, room, PULL_EXPIRES, self.pin_id),
                                           reply=f"{inbox}.{self._request}")
-                    await asyncio.wait_for(self._done.wait(), PULL_EXPIRES + 1.0)
-                except asyncio.TimeoutError:
-                    pass  # the server's 408 did not come (it restarted, say): pull again
                 except NATS_ERRORS as e:  # disconnected: nats-py reconnects; pull again shortly
                     log.debug("pull on partition %d: %s", self.partition, e)
+                    self._asked.pop(self._request, None)
                     await asyncio.sleep(0.5)
         finally:
             await sub.unsubscribe()
 
     async def _on_message(self, msg: Msg) -> None:
-        current = msg.subject.rsplit(".", 1)[-1] == str(self._request)
+        try:
+            request = int(msg.subject.rsplit(".", 1)[-1])
+        except ValueError:
+            request = -1
         headers = msg.headers or {}
         status = headers.get("Status")
         if status is not None and not msg.reply:
-            if current:
-                if status == "423":  # the pin moved on (this client was away too long): ask again without it
-                    self.pin_id = None
-                self._done.set()
+            # The pull ended (408: expired, 409: the server cut it short, 423: the pin moved on).
+            if status == "423":
+                self.pin_id = None
+            self._asked.pop(request, None)
+            self._room.set()
             return
         pin = headers.get("Nats-Pin-Id")
         if pin and pin != self.pin_id:
             self.pin_id = pin
             self.on_pinned(self.partition)
         self.in_flight += 1
-        if current:
-            self._left -= 1
-            if self._left <= 0:
-                self._done.set()
+        left = self._asked.get(request)
+        if left is not None:
+            if left <= 1:
+                del self._asked[request]
+            else:
+                self._asked[request] = left - 1
         self.deliver(msg, self)
 
 
