@@ -81,7 +81,37 @@ def cluster(size: int = 3) -> list[NatsServer]:
                for i in range(size)]
     for s in servers:
         s.start()
+    wait_jetstream(servers[0].url)
     return servers
+
+
+def wait_jetstream(url: str, timeout: float = 60.0) -> None:
+    """Until JetStream answers its API (a new cluster elects its meta leader first)."""
+    import asyncio
+    import time
+
+    import nats
+
+    from edge_agent.jetstream.jsapi import NATS_ERRORS, api
+
+    async def ready() -> bool:
+        try:
+            nc = await nats.connect(url)
+        except NATS_ERRORS:
+            return False
+        try:
+            await api(nc, "INFO", timeout=2)
+            return True
+        except NATS_ERRORS:
+            return False
+        finally:
+            await nc.close()
+
+    deadline = time.monotonic() + timeout
+    while not asyncio.run(ready()):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"JetStream at {url} did not answer in {timeout} s")
+        time.sleep(0.5)
 
 
 async def publish_readings(url: str, sensors: int, readings: int, subject: str = "readings", prefix: str = "pump") -> None:

@@ -524,3 +524,47 @@ def test_a_member_restarting_with_a_backlog_answers_every_waiting_reading(
     got = wait_all_answered(out, {f"tank-{i}": backlog // sensors for i in range(sensors)}, timeout=60)
     assert {a for answered in got.values() for a, _ in answered} == {again.agent_id}
     print(f"backlog of {backlog} answered {took:.1f} s after the restart")
+
+
+@pytest.mark.broker
+@pytest.mark.slow
+def test_a_3_node_cluster_losing_a_node_mid_stream_loses_nothing(
+    broker: Any, models_dir: Path, collect: Any,
+) -> None:
+    from nats_servers import cluster
+    from prometheus_client import CollectorRegistry
+
+    from edge_agent.agent import load_models
+    from edge_agent.jetstream.bridge import Bridge
+    from edge_agent.jetstream.group_agent import GroupAgent
+
+    servers = cluster(3)
+    urls = json.dumps([s.url for s in servers])
+    started: list[Any] = []
+    try:
+        def overrides(*extra: str) -> list[str]:
+            return [*group_overrides(broker, models_dir, servers[0]), f"nats.servers={urls}", "nats.replicas=3", *extra]
+
+        out = collect(["edge/+/verdicts/#"])
+        for _ in range(2):
+            member = GroupAgent(load_config(None, overrides(), {}), load_models(load_config(None, overrides(), {})), env={})
+            member.start()
+            started.append(member)
+        wait_settled(started)
+        bridge = Bridge(load_config(None, overrides("agent_id=bridge-c"), {}), CollectorRegistry(), {})
+        bridge.start()
+        assert bridge.connected.wait(10)
+        started.append(bridge)
+        sensors = [f"pipe-{i}" for i in range(10)]
+        sender = threading.Thread(target=send_rounds, args=(broker, sensors, range(60), 0.03))
+        sender.start()
+        time.sleep(0.8)
+        servers[0].kill()  # a node, with whatever leaders and clients it had
+        sender.join()
+        got = wait_all_answered(out, {s: 60 for s in sensors}, timeout=120)
+        assert_repeats_marked(got)
+    finally:
+        for part in started:
+            part.stop()
+        for s in servers:
+            s.close()
