@@ -27,12 +27,13 @@ COPY edge_agent/ ./edge_agent/
 COPY simulator/ ./simulator/
 
 # The project itself is pure Python: build its wheel, then install it with its
-# runtime dependencies (no scikit-learn: scoring is plain numpy) into a venv
+# runtime dependencies (no scikit-learn: scoring is plain numpy) and nats-py (for the group on
+# NATS JetStream, pure Python) into a venv
 # that the runtime stage copies as a whole.
 RUN --mount=type=cache,target=/root/.cache/pip \
     pip wheel --no-deps --wheel-dir /wheels . \
  && python -m venv /opt/venv \
- && /opt/venv/bin/pip install --only-binary=:all: /wheels/*.whl
+ && /opt/venv/bin/pip install --only-binary=:all: "$(ls /wheels/*.whl)[nats]"
 
 # -------------------------------------------------------------- runtime stage
 FROM ${PYTHON_IMAGE} AS runtime

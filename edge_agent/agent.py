@@ -24,7 +24,6 @@ from edge_agent.learning import Learner, load_learned
 from edge_agent.metrics import AgentMetrics
 from edge_agent.model import SensorModel, load_model
 from edge_agent.mqtt_transport import MQTTTransport
-from edge_agent.partition import PartitionFilter
 from edge_agent.pipeline import Envelope, Pipeline, VerdictSink
 from edge_agent.session import record_path
 from edge_agent.training import fit_request
@@ -173,11 +172,6 @@ class Agent:
             overfill=lambda: self.transport.ledger.full,
         )
         self.intake: Callable[[Envelope], None] = self.pipeline.submit
-        if cfg.partition.count > 1:
-            # Other agents' sensors are acknowledged unscored, on the network thread, before the hand-over.
-            partition = PartitionFilter(cfg.partition, self.pipeline.submit, self.transport.settle, self.registry)
-            self.parser.owns = partition.owns
-            self.intake = partition
         self.http = (
             HttpApi(cfg.http, self.engine.predict, self.readiness, self.registry,
                     token=http_token(cfg, environment))
@@ -245,25 +239,30 @@ class Agent:
 
     def run(self) -> int:
         """Run until SIGTERM/SIGINT; a second signal exits at once."""
-        signals_seen = 0
-        wake = threading.Event()
+        return run_until_signalled(self.start, self.stop, "finishing the readings in hand")
 
-        def on_signal(signum: int, frame: FrameType | None) -> None:
-            nonlocal signals_seen
-            signals_seen += 1
-            if signals_seen > 1:
-                log.warning("second signal: exiting now")
-                os._exit(1)
-            log.info("received %s: finishing the readings in hand", signal.Signals(signum).name)
-            wake.set()
 
-        previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
-        try:
-            self.start()
-            while not wake.wait(1.0):
-                pass
-            self.stop()
-        finally:
-            for s, handler in previous.items():
-                signal.signal(s, handler)
-        return 0
+def run_until_signalled(start: Callable[[], None], stop: Callable[[], object], doing: str) -> int:
+    """``start``, wait for SIGTERM/SIGINT, ``stop`` (logging ``doing``); a second signal exits at once."""
+    signals_seen = 0
+    wake = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        nonlocal signals_seen
+        signals_seen += 1
+        if signals_seen > 1:
+            log.warning("second signal: exiting now")
+            os._exit(1)
+        log.info("received %s: %s", signal.Signals(signum).name, doing)
+        wake.set()
+
+    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        start()
+        while not wake.wait(1.0):
+            pass
+        stop()
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    return 0

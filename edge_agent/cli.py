@@ -16,7 +16,9 @@ from edge_agent.config import AgentConfig, ConfigError, LearningConfig, load_con
 from edge_agent.progress import Progress
 
 if TYPE_CHECKING:
+    from edge_agent.agent import Agent
     from edge_agent.engine import Decision, LearningPlan
+    from edge_agent.jetstream.group_agent import GroupAgent
     from edge_agent.model import SensorModel
     from edge_agent.replay import ReplayRow
     from edge_agent.table import SensorTable
@@ -57,13 +59,60 @@ def cmd_run(args: argparse.Namespace) -> int:
     except ModelError as e:
         print(f"edge-agent: cannot load model: {e}", file=sys.stderr)
         return EXIT_FAILURE
-    agent = Agent(cfg, models, base=_config_base(args))
+    agent: Agent | GroupAgent
+    if cfg.nats.enabled:
+        group = _nats_module("edge_agent.jetstream.group_agent")
+        if group is None:
+            return EXIT_FAILURE
+        agent = group.GroupAgent(cfg, models, base=_config_base(args))
+    else:
+        agent = Agent(cfg, models, base=_config_base(args))
     try:
         return agent.run()
     except OSError as e:
         print(f"edge-agent: {e}", file=sys.stderr)
         agent.stop(timeout=1.0)
         return EXIT_FAILURE
+
+
+def _nats_module(name: str) -> Any:
+    """Import a module that needs nats-py (the optional extra `nats`), or say how to get it."""
+    import importlib
+
+    try:
+        return importlib.import_module(name)
+    except ModuleNotFoundError as e:
+        if e.name != "nats":
+            raise
+        print("edge-agent: nats.enabled and the bridge need nats-py: pip install 'edge-anomaly-agent[nats]'", file=sys.stderr)
+        return None
+
+
+def cmd_bridge(args: argparse.Namespace) -> int:
+    """MQTT readings into the JetStream stream (docs/operations.md#scale-out)."""
+    import signal
+    import threading
+
+    from prometheus_client import CollectorRegistry
+
+    cfg = _load(args)
+    _setup_logging(cfg.log_level)
+    module = _nats_module("edge_agent.jetstream.bridge")
+    if module is None:
+        return EXIT_FAILURE
+    bridge = module.Bridge(cfg, CollectorRegistry(), dict(os.environ))
+    wake = threading.Event()
+    for s in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(s, lambda signum, frame: wake.set())
+    try:
+        bridge.start()
+    except (ConnectionError, OSError) as e:
+        print(f"edge-agent bridge: {e}", file=sys.stderr)
+        return EXIT_FAILURE
+    while not wake.wait(1.0):
+        pass
+    bridge.stop()
+    return 0
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
@@ -299,6 +348,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="run the agent")
     _config_args(p)
     p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("bridge", help="forward MQTT readings into the NATS JetStream stream of the agent group")
+    _config_args(p)
+    p.set_defaults(func=cmd_bridge)
 
     p = sub.add_parser("check-config", help="validate the config (and load its models), then exit")
     _config_args(p)

