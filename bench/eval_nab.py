@@ -294,7 +294,8 @@ def main() -> int:
             windows = window_rows(table.timestamps, spans)
             per_reading.append(([v.score for v in verdicts], windows))
             dump[name] = {"score": [v.score for v in verdicts], "anomaly": [v.anomaly for v in verdicts],
-                          "event": [v.event for v in verdicts], "windows": windows, "value": table.values[:, 0].tolist()}
+                          "event": [v.event for v in verdicts], "windows": windows, "value": table.values[:, 0].tolist(),
+                          "raw": [v.raw_score for v in verdicts], "ts": list(table.timestamps)}
             scores["anomaly"][name] = score_file([v.anomaly for v in verdicts], windows)
             scores["onset"][name] = score_file([int(v.onset) for v in verdicts], windows)
             if args.per_file:

@@ -30,16 +30,18 @@ class Remembered:
     model_version: str
     learning: bool
     event: str | None
+    model_score: float | None = None
 
     @classmethod
     def of(cls, v: Verdict) -> Remembered:
-        return cls(v.score, v.anomaly, v.raw_score, v.model, v.model_version, v.learning, v.event)
+        return cls(v.score, v.anomaly, v.raw_score, v.model, v.model_version, v.learning, v.event, v.model_score)
 
     def verdict_for(self, reading: Reading) -> Verdict:
         return Verdict(
             sensor_id=reading.sensor_id, values=reading.values, ts=reading.echoed_ts,
             score=self.score, anomaly=self.anomaly, model=self.model, model_version=self.model_version,
             learning=self.learning, raw_score=self.raw_score, duplicate=True, event=self.event,
+            model_score=self.model_score,
         )
 
 

@@ -70,6 +70,9 @@ class Verdict:
     # "onset" (its first anomalous reading), "end" (the first normal one after it) or
     # "new_normal" (the episode lasted so long that its level is the normal now).
     event: str | None = None
+    # The model's own score, which flags the reading; ``score`` is the same but inside an
+    # episode, where it is the reading's surprise against the episode (see edge_agent.episodes).
+    model_score: float | None = None
 
     @property
     def onset(self) -> bool:

@@ -310,20 +310,21 @@ class ScoringEngine:
         adaptation = stream.adaptation
         if stream.adapting:
             # A new normal's refit is on its way: the old model would flag the new level again.
-            flagged, anomaly, event = score >= self.decision.threshold, False, None
+            flagged, anomaly, event, surprise = score >= self.decision.threshold, False, None, score
         else:
             judgement = judge(self.decision, stream.episode, score, at, can_adapt=adaptation is not None)
-            flagged, anomaly, event = judgement.flagged, judgement.anomaly, judgement.event
+            flagged, anomaly, event, surprise = judgement.flagged, judgement.anomaly, judgement.event, judgement.surprise
         verdict = Verdict(
             sensor_id=reading.sensor_id,
             values=reading.values,
             ts=reading.echoed_ts,
-            score=score,
+            score=surprise,
             anomaly=int(anomaly),
             model=stream.model.name,
             model_version=stream.model.version,
             raw_score=raw,
             event=event,
+            model_score=score,
         )
         stream.context.advance(values, flagged and not stream.adapting, at, context_scores)
         if event == NEW_NORMAL:

@@ -11,6 +11,11 @@ Pure and per sensor: ``judge`` reads a score and its time and says what this rea
 - An episode still alerting ``new_normal_after`` seconds after its onset (by the readings'
   own clocks) has become the sensor's **new normal**: that reading is not anomalous, says
   ``new_normal``, and the alert ends. Whoever owns the sensor's model then adapts it.
+- The **surprise** of a reading is its score, except inside an episode after its onset:
+  there it is judged against the episode's strongest score so far, and scaled to stay
+  below the threshold (``threshold * IN_EPISODE * score / peak``). The episode already
+  told of that much; a reading that only continues it is no news. So the score peaks at
+  the onset, and a threshold on it, whichever is chosen, finds each episode once.
 
 >>> d = Decision(new_normal_after=60.0)
 >>> state = d.new_state()
@@ -18,6 +23,11 @@ Pure and per sensor: ``judge`` reads a score and its time and says what this rea
 [None, 'onset', None, 'end']
 >>> [judge(d, state, 0.9, t).event for t in (10, 40, 70, 71)]
 ['onset', None, 'new_normal', 'onset']
+>>> [round(judge(d, d.new_state(), s, 0).surprise, 2) for s in (0.8,)]
+[0.8]
+>>> state = d.new_state()
+>>> [round(judge(d, state, s, t).surprise, 3) for s, t in [(0.8, 0), (0.9, 1), (0.6, 2), (0.1, 3)]]
+[0.8, 0.45, 0.3, 0.1]
 """
 
 from __future__ import annotations
@@ -26,6 +36,10 @@ from collections import deque
 from dataclasses import dataclass
 
 ONSET, END, NEW_NORMAL = "onset", "end", "new_normal"
+
+# Inside an episode a reading's surprise is at most this share of the threshold: below
+# it, so that an episode's later readings never read as onsets of their own.
+IN_EPISODE = 0.9
 
 
 @dataclass(frozen=True)
@@ -49,6 +63,7 @@ class EpisodeState:
     recent_flags: deque[bool]
     alerting: bool = False
     onset_at: float = 0.0
+    peak: float = 0.0  # the open episode's strongest score so far
 
 
 @dataclass(frozen=True)
@@ -56,6 +71,7 @@ class Judgement:
     flagged: bool  # the score reached the threshold (whatever the episode rules make of it)
     anomaly: bool  # the sensor alerts with this reading
     event: str | None = None  # ONSET, END, NEW_NORMAL or None
+    surprise: float = 0.0  # the reading's score as news: see the module's docstring
 
     @property
     def onset(self) -> bool:
@@ -74,15 +90,17 @@ def judge(decision: Decision, state: EpisodeState, score: float, at: float, can_
     if not alert and state.alerting and decision.clear is not None:
         alert = score >= decision.clear
     if alert and not state.alerting:
-        state.alerting, state.onset_at = True, at
-        return Judgement(flagged, True, ONSET)
+        state.alerting, state.onset_at, state.peak = True, at, score
+        return Judgement(flagged, True, ONSET, score)
     if not state.alerting:
-        return Judgement(flagged, False)
+        return Judgement(flagged, False, None, score)
     if not alert:
         state.alerting = False
-        return Judgement(flagged, False, END)
+        return Judgement(flagged, False, END, score)
+    state.peak = max(state.peak, score)
+    surprise = min(score, decision.threshold * IN_EPISODE * score / state.peak) if state.peak > 0 else score
     if can_adapt and decision.new_normal_after and at - state.onset_at >= decision.new_normal_after:
         state.recent_flags.clear()
         state.alerting = False
-        return Judgement(flagged, False, NEW_NORMAL)
-    return Judgement(flagged, True)
+        return Judgement(flagged, False, NEW_NORMAL, surprise)
+    return Judgement(flagged, True, None, surprise)

@@ -66,6 +66,9 @@ def test_a_permanent_level_shift_is_alerted_once_then_becomes_the_new_normal() -
     assert new_normal <= onset + horizon + 1
     assert sum(v.anomaly for v in after[new_normal:]) == 0  # adapted at once, no alert after it
     assert not any(v.learning for v in after)  # and never blind: every reading scored
+    # The score peaks at the onset: the episode's later readings are no news (see episodes).
+    assert after[onset].score >= 0.5
+    assert all(v.anomaly and v.score < 0.5 for v in after[onset + 1:new_normal])
 
 
 def test_alerts_end_soon_after_a_dip() -> None:

@@ -266,7 +266,7 @@ def test_k_of_n_flags_only_when_k_of_the_last_n_scores_cross_the_threshold(model
     engine = ScoringEngine({"default": load_model(models_dir / "default")}, default="default", decision=Decision(0.5, 2, 3))
     values = [0.9] * 30 + [4.0, 0.9, 0.9, 0.9, 0.9, 5.0, 0.9, 6.0, 0.9, 0.9, 0.9, 0.9]
     verdicts = engine.score([_reading("s", v, i) for i, v in enumerate(values)]).results
-    over = [v.score >= 0.5 for v in verdicts]  # type: ignore[union-attr]
+    over = [v.model_score >= 0.5 for v in verdicts]  # type: ignore[union-attr,operator]
     expected = [int(sum(over[max(0, i - 2) : i + 1]) >= 2) for i in range(len(over))]
     assert [v.anomaly for v in verdicts] == expected  # type: ignore[union-attr]
     assert 0 < sum(expected) < len(expected)
@@ -278,7 +278,7 @@ def test_hysteresis_keeps_an_alert_while_the_score_stays_over_the_clear_threshol
     values = list(0.8 + rng.normal(0, 0.02, 40)) + [1.3] + list(1.0 + rng.normal(0, 0.02, 8)) + list(0.8 + rng.normal(0, 0.02, 40))
     readings = [_reading("s", float(v), i) for i, v in enumerate(values)]
     plain = ScoringEngine({"m": model}, default="m").score(readings).results
-    scores = [v.score for v in plain]  # type: ignore[union-attr]
+    scores = [v.model_score for v in plain]  # type: ignore[union-attr]
 
     held = ScoringEngine({"m": model}, default="m", decision=Decision(0.5, 1, 1, clear=0.2))
     verdicts = held.score(readings[:45]).results + held.score(readings[45:]).results  # the alert state carries across calls

@@ -49,6 +49,21 @@ def test_a_lasting_episode_becomes_the_new_normal_by_the_readings_clock_only_whe
     assert _events(Decision(new_normal_after=0.0), lasting).count("new_normal") == 0
 
 
+def test_the_surprise_peaks_at_the_onset_and_an_episode_s_later_readings_stay_below_the_threshold() -> None:
+    d = Decision()
+    state = d.new_state()
+    scores = [0.1, 0.8, 0.9, 0.7, 0.95, 0.2, 0.3, 0.85]
+    got = [judge(d, state, s, float(t)) for t, s in enumerate(scores)]
+    surprise = [j.surprise for j in got]
+    assert [j.event for j in got] == [None, "onset", None, None, None, "end", None, "onset"]
+    assert surprise[1] == 0.8 and surprise[7] == 0.85  # each onset keeps its score
+    assert surprise[0] == 0.1 and surprise[5:7] == [0.2, 0.3]  # so do readings outside episodes
+    inside = surprise[2:5]
+    assert all(s < d.threshold for s in inside), inside  # the episode already told of them
+    assert inside[0] > inside[1]  # and they still rank by their score against the episode's peak
+    assert all(j.anomaly for j in got[1:5])  # the alert holds for as long as before
+
+
 def test_a_reading_delivered_twice_in_one_batch_gets_its_first_verdict_again(models_dir) -> None:  # type: ignore[no-untyped-def]
     from edge_agent.model import load_model
 
