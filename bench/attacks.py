@@ -22,7 +22,7 @@ from pathlib import Path
 
 from prometheus_client import CollectorRegistry, generate_latest
 
-from edge_agent.domain import Verdict
+from edge_agent.core.domain import Verdict
 from edge_agent.metrics import AgentMetrics
 
 REPO = Path(__file__).resolve().parents[1]

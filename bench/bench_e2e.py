@@ -35,7 +35,7 @@ from typing import Any
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 
-from edge_agent.local_broker import MosquittoBroker, free_port
+from edge_agent.mqtt.local_broker import MosquittoBroker, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(sys.executable).parent
@@ -342,7 +342,7 @@ def machine() -> list[str]:
 
 
 def _mosquitto_version() -> str:
-    from edge_agent.local_broker import MOSQUITTO
+    from edge_agent.mqtt.local_broker import MOSQUITTO
 
     if MOSQUITTO is None:
         return "no mosquitto"

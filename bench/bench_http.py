@@ -29,11 +29,11 @@ import numpy as np
 from prometheus_client import CollectorRegistry
 
 from edge_agent.config import HTTPConfig
-from edge_agent.engine import ScoringEngine
-from edge_agent.features import FeatureSpec
-from edge_agent.forest import Forest
-from edge_agent.http_api import HttpApi
-from edge_agent.model import SensorModel, build_model
+from edge_agent.core.engine import ScoringEngine
+from edge_agent.core.features import FeatureSpec
+from edge_agent.core.forest import Forest
+from edge_agent.core.model import SensorModel, build_model
+from edge_agent.http.api import HttpApi
 
 BODY = b'{"value": 0.95}'
 WARMUP_SECONDS = 1.0
@@ -66,7 +66,7 @@ def train(trees: int) -> SensorModel:
 
 def shipped_model() -> SensorModel:
     """The model /predict really uses out of the box: models/default (five streaming features)."""
-    from edge_agent.model import load_model
+    from edge_agent.model_files import load_model
 
     return load_model(Path(__file__).resolve().parent.parent / "models" / "default")
 

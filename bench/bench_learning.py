@@ -25,13 +25,13 @@ from pathlib import Path
 
 import numpy as np
 
-from edge_agent.adaptation import History
-from edge_agent.domain import Reading
-from edge_agent.engine import Decision, LearningPlan, ScoringEngine
-from edge_agent.features import DEFAULT_TRANSFORMS, FeatureSpec
-from edge_agent.model import load_model, save_model
-from edge_agent.replay import learn_and_score
-from edge_agent.training import learn_model
+from edge_agent.core.adaptation import History
+from edge_agent.core.domain import Reading
+from edge_agent.core.engine import Decision, LearningPlan, ScoringEngine
+from edge_agent.core.features import DEFAULT_TRANSFORMS, FeatureSpec
+from edge_agent.model_files import load_model, save_model
+from edge_agent.tools.replay import learn_and_score
+from edge_agent.tools.training import learn_model
 
 REPO = Path(__file__).resolve().parent.parent
 

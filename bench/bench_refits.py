@@ -50,9 +50,9 @@ from bench.bench_e2e import (
     wait_ready,
     wait_status,
 )
-from edge_agent.features import DEFAULT_TRANSFORMS, FeatureSpec
+from edge_agent.core.features import DEFAULT_TRANSFORMS, FeatureSpec
 from edge_agent.learning import save_learned
-from edge_agent.training import learn_model
+from edge_agent.tools.training import learn_model
 
 # No refits at all (what the machine's load alone costs), the way fits ran before the fit
 # process (a thread, refits not spread), then the new ways.
@@ -208,8 +208,8 @@ import numpy as np
 def rss():
     kb = {l.split(':')[0]: int(l.split()[1]) for l in open('/proc/self/status') if l.startswith(('VmRSS', 'VmHWM'))}
     return kb['VmRSS'] / 1024
-from edge_agent.domain import Reading
-from edge_agent.engine import LearningPlan, ScoringEngine
+from edge_agent.core.domain import Reading
+from edge_agent.core.engine import LearningPlan, ScoringEngine
 from edge_agent.learning import load_learned
 base = rss()
 learned = load_learned(__import__('pathlib').Path(sys.argv[2]))

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 from sklearn.ensemble import IsolationForest
 
-from edge_agent.forest import Forest
+from edge_agent.core.forest import Forest
 
 
 @dataclass(frozen=True)
@@ -81,7 +81,7 @@ def main() -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         n, seconds, ours_single = time_single(forest.score_one, rows[: args.singles], budget=10.0)
-        results.append(Throughput("edge_agent.forest", "single reading (score_one)", n, seconds))
+        results.append(Throughput("edge_agent.core.forest", "single reading (score_one)", n, seconds))
         n_sk, seconds, sk_single = time_single(
             lambda x: float(estimator.score_samples(x[np.newaxis, :])[0]), rows[: args.sklearn_singles], budget=10.0
         )
@@ -90,9 +90,9 @@ def main() -> None:
         diffs.append(float(np.max(np.abs(ours_single[:common] - sk_single[:common]))))
 
         seconds, ours_batch1 = time_batch(lambda r: forest.score_samples(r, n_threads=1), rows, repeats=3)
-        results.append(Throughput("edge_agent.forest", f"batch, 1 thread ({args.rows:,} rows)", args.rows, seconds))
+        results.append(Throughput("edge_agent.core.forest", f"batch, 1 thread ({args.rows:,} rows)", args.rows, seconds))
         seconds, ours_batch = time_batch(forest.score_samples, rows, repeats=3)
-        results.append(Throughput("edge_agent.forest", f"batch, default threads ({args.rows:,} rows)", args.rows, seconds))
+        results.append(Throughput("edge_agent.core.forest", f"batch, default threads ({args.rows:,} rows)", args.rows, seconds))
         seconds, sk_batch = time_batch(estimator.score_samples, rows, repeats=1)
         results.append(Throughput("sklearn", f"batch, one call ({args.rows:,} rows)", args.rows, seconds))
         diffs += [float(np.max(np.abs(ours_batch - sk_batch))), float(np.max(np.abs(ours_batch1 - sk_batch)))]

@@ -26,13 +26,13 @@ import numpy as np
 
 from edge_agent.agent import build_engine, learning_plan, load_models
 from edge_agent.config import load_config
-from edge_agent.domain import Reading
-from edge_agent.engine import ScoringEngine
-from edge_agent.ingest import PayloadParser
+from edge_agent.core.domain import Reading
+from edge_agent.core.engine import ScoringEngine
 from edge_agent.learning import load_learned, model_dir, save_learned
 from edge_agent.metrics import AgentMetrics
+from edge_agent.mqtt.ingest import PayloadParser
 from edge_agent.pipeline import Envelope, Pipeline
-from edge_agent.training import fit_request
+from edge_agent.tools.training import fit_request
 
 ROOT = Path(__file__).resolve().parent.parent
 

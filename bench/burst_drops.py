@@ -26,7 +26,7 @@ import paho.mqtt.client as paho
 
 from edge_agent.agent import Agent, load_models
 from edge_agent.config import load_config
-from edge_agent.local_broker import MOSQUITTO, free_port, wait_listening
+from edge_agent.mqtt.local_broker import MOSQUITTO, free_port, wait_listening
 
 REPO = Path(__file__).resolve().parent.parent
 

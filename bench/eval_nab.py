@@ -43,10 +43,10 @@ from pathlib import Path
 from bench.corpus import report_skipped
 from edge_agent.agent import decision_of, learning_plan
 from edge_agent.config import load_config
-from edge_agent.progress import Progress
-from edge_agent.replay import replay_learning
-from edge_agent.table import TableError, read_table
-from edge_agent.training import TrainingError
+from edge_agent.tools.progress import Progress
+from edge_agent.tools.replay import replay_learning
+from edge_agent.tools.table import TableError, read_table
+from edge_agent.tools.training import TrainingError
 from simulator.streams import Simulation
 
 REPO = Path(__file__).resolve().parent.parent

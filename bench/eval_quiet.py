@@ -27,9 +27,9 @@ import numpy as np
 from bench.eval_nab import learning_rows
 from edge_agent.agent import decision_of, learning_plan
 from edge_agent.config import load_config
-from edge_agent.domain import Reading, Verdict
-from edge_agent.durations import Duration
-from edge_agent.replay import learn_and_score
+from edge_agent.core.domain import Reading, Verdict
+from edge_agent.core.durations import Duration
+from edge_agent.tools.replay import learn_and_score
 
 REPO = Path(__file__).resolve().parent.parent
 

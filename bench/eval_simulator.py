@@ -30,8 +30,8 @@ from pathlib import Path
 
 from edge_agent.agent import build_engine, decision_of, learning_plan, load_models
 from edge_agent.config import load_config
-from edge_agent.domain import Reading, Verdict
-from edge_agent.replay import learn_and_score
+from edge_agent.core.domain import Reading, Verdict
+from edge_agent.tools.replay import learn_and_score
 from simulator.streams import SimReading, Simulation
 
 REPO = Path(__file__).resolve().parent.parent

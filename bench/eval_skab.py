@@ -26,12 +26,12 @@ from pathlib import Path
 from bench.corpus import report_skipped
 from edge_agent.agent import decision_of, learning_plan
 from edge_agent.config import load_config
-from edge_agent.durations import Duration
-from edge_agent.engine import Decision, LearningPlan
-from edge_agent.progress import Progress
-from edge_agent.replay import ReplayRow, replay, replay_learning
-from edge_agent.table import SensorTable, TableError, read_table
-from edge_agent.training import TrainingError, train_model
+from edge_agent.core.durations import Duration
+from edge_agent.core.engine import Decision, LearningPlan
+from edge_agent.tools.progress import Progress
+from edge_agent.tools.replay import ReplayRow, replay, replay_learning
+from edge_agent.tools.table import SensorTable, TableError, read_table
+from edge_agent.tools.training import TrainingError, train_model
 
 REPO = Path(__file__).resolve().parent.parent
 

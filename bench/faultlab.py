@@ -28,7 +28,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from edge_agent.local_broker import MosquittoBroker, free_port
+from edge_agent.mqtt.local_broker import MosquittoBroker, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 # Delivery limits copied from the shipped broker config, so the scenarios test what is deployed.

@@ -13,20 +13,21 @@ from types import FrameType
 
 from prometheus_client import CollectorRegistry
 
-from edge_agent.adaptation import LearnRequest
 from edge_agent.config import AgentConfig, client_id, http_token
-from edge_agent.engine import Decision, LearningPlan, ScoringEngine
+from edge_agent.core.adaptation import LearnRequest
+from edge_agent.core.engine import Decision, LearningPlan, ScoringEngine
+from edge_agent.core.forest import Forest
+from edge_agent.core.model import SensorModel
 from edge_agent.fit_worker import FIT_IN_THREAD, WORKER_DIED, FitWorker
-from edge_agent.forest import Forest
-from edge_agent.http_api import HttpApi
-from edge_agent.ingest import PayloadParser
+from edge_agent.http.api import HttpApi
 from edge_agent.learning import Learner, load_learned
 from edge_agent.metrics import AgentMetrics
-from edge_agent.model import SensorModel, load_model
-from edge_agent.mqtt_transport import MQTTTransport
+from edge_agent.model_files import load_model
+from edge_agent.mqtt.ingest import PayloadParser
+from edge_agent.mqtt.session import record_path
+from edge_agent.mqtt.transport import MQTTTransport
 from edge_agent.pipeline import Envelope, Pipeline, VerdictSink
-from edge_agent.session import record_path
-from edge_agent.training import fit_request
+from edge_agent.tools.training import fit_request
 
 log = logging.getLogger(__name__)
 
@@ -151,7 +152,7 @@ class Agent:
         sink: VerdictSink = self.transport
         if cfg.homeassistant.enabled:
             # Imported only here: off by default, and its imports cost ~0.6 MB of a 50 MB budget.
-            from edge_agent.homeassistant import (
+            from edge_agent.mqtt.homeassistant import (
                 HomeAssistantDiscovery,
                 retained_publisher,
             )

@@ -13,15 +13,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from edge_agent.config import AgentConfig, ConfigError, LearningConfig, load_config
-from edge_agent.progress import Progress
+from edge_agent.tools.progress import Progress
 
 if TYPE_CHECKING:
     from edge_agent.agent import Agent
-    from edge_agent.engine import Decision, LearningPlan
+    from edge_agent.core.engine import Decision, LearningPlan
+    from edge_agent.core.model import SensorModel
     from edge_agent.jetstream.group_agent import GroupAgent
-    from edge_agent.model import SensorModel
-    from edge_agent.replay import ReplayRow
-    from edge_agent.table import SensorTable
+    from edge_agent.tools.replay import ReplayRow
+    from edge_agent.tools.table import SensorTable
 
 EXIT_USAGE = 2
 EXIT_FAILURE = 1
@@ -50,7 +50,7 @@ def _setup_logging(level: str) -> None:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from edge_agent.agent import Agent, load_models
-    from edge_agent.model import ModelError
+    from edge_agent.core.model import ModelError
 
     cfg = _load(args)
     _setup_logging(cfg.log_level)
@@ -117,7 +117,7 @@ def cmd_bridge(args: argparse.Namespace) -> int:
 
 def cmd_check_config(args: argparse.Namespace) -> int:
     from edge_agent.agent import load_models
-    from edge_agent.model import ModelError
+    from edge_agent.core.model import ModelError
 
     cfg = _load(args)
     try:
@@ -138,9 +138,9 @@ def cmd_config_reference(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from edge_agent.model import save_model
-    from edge_agent.table import TableError, read_table
-    from edge_agent.training import TrainingError, train_model
+    from edge_agent.model_files import save_model
+    from edge_agent.tools.table import TableError, read_table
+    from edge_agent.tools.training import TrainingError, train_model
 
     columns = [c.strip() for c in args.columns.split(",")] if args.columns else None
     transforms = [t.strip() for t in args.features.split(",")] if args.features else None
@@ -209,7 +209,7 @@ def _learned_rows(
     args: argparse.Namespace, command: str, table: SensorTable, plan: LearningPlan, decision: Decision, progress: Progress
 ) -> list[ReplayRow] | None:
     """The table replayed as the live agent learns an unknown sensor; None (said why) when nothing is left to score."""
-    from edge_agent.replay import replay_learning
+    from edge_agent.tools.replay import replay_learning
 
     if plan.rows >= len(table):
         flag = "--learn-rows" if args.learn_rows is not None else "learning.rows"
@@ -221,7 +221,7 @@ def _learned_rows(
 
 def _pinned_model(cfg: AgentConfig, model_dir: Path) -> SensorModel:
     """A model directory loaded with the config's pins for its forest and its manifest."""
-    from edge_agent.model import load_model
+    from edge_agent.model_files import load_model
 
     return load_model(model_dir, cfg.models.pinned_sha256.get(model_dir.name),
                       pinned_manifest_sha256=cfg.models.pinned_manifest_sha256.get(model_dir.name))
@@ -229,7 +229,7 @@ def _pinned_model(cfg: AgentConfig, model_dir: Path) -> SensorModel:
 
 def _plotted(path: str, table: SensorTable, rows: Sequence[ReplayRow], threshold: float, command: str) -> bool:
     """Draw a replay's plot; False (said why) when it cannot be drawn."""
-    from edge_agent.plot import plot_replay
+    from edge_agent.tools.plot import plot_replay
 
     try:
         plot_replay(path, table, rows, threshold)
@@ -241,11 +241,11 @@ def _plotted(path: str, table: SensorTable, rows: Sequence[ReplayRow], threshold
 
 def cmd_replay(args: argparse.Namespace) -> int:
     from edge_agent.agent import learning_plan
-    from edge_agent.durations import Duration
-    from edge_agent.model import ModelError
-    from edge_agent.replay import replay, write_replay
-    from edge_agent.table import TableError, read_table
-    from edge_agent.training import TrainingError
+    from edge_agent.core.durations import Duration
+    from edge_agent.core.model import ModelError
+    from edge_agent.tools.replay import replay, write_replay
+    from edge_agent.tools.table import TableError, read_table
+    from edge_agent.tools.training import TrainingError
 
     setup = _replay_setup(args, "replay")
     if setup is None:
@@ -285,11 +285,11 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from edge_agent.agent import learning_plan
-    from edge_agent.evaluate import evaluate, read_labelled, report
-    from edge_agent.model import ModelError
-    from edge_agent.replay import replay, write_replay
-    from edge_agent.table import TableError
-    from edge_agent.training import TrainingError
+    from edge_agent.core.model import ModelError
+    from edge_agent.tools.evaluate import evaluate, read_labelled, report
+    from edge_agent.tools.replay import replay, write_replay
+    from edge_agent.tools.table import TableError
+    from edge_agent.tools.training import TrainingError
 
     setup = _replay_setup(args, "evaluate")
     if setup is None:
@@ -320,7 +320,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from edge_agent.demo import run_demo
+    from edge_agent.tools.demo import run_demo
 
     return run_demo(args)
 

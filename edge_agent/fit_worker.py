@@ -32,11 +32,12 @@ from typing import IO, Any
 
 import numpy as np
 
-from edge_agent.adaptation import LearnRequest
-from edge_agent.features import FeatureSpec
-from edge_agent.forest import Forest
-from edge_agent.model import SensorModel, assemble_model
-from edge_agent.training import TrainingError, fit_request
+from edge_agent.core.adaptation import LearnRequest
+from edge_agent.core.features import FeatureSpec
+from edge_agent.core.forest import Forest
+from edge_agent.core.model import SensorModel
+from edge_agent.model_files import assemble_model
+from edge_agent.tools.training import TrainingError, fit_request
 
 log = logging.getLogger(__name__)
 

@@ -25,13 +25,14 @@ from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import unquote
 
-from edge_agent.adaptation import LearnRequest
-from edge_agent.domain import clip
+from edge_agent.core.adaptation import LearnRequest
+from edge_agent.core.domain import clip
+from edge_agent.core.engine import ScoringEngine
+from edge_agent.core.model import ModelError, SensorModel
 from edge_agent.durable import fsync_dir
-from edge_agent.engine import ScoringEngine
-from edge_agent.model import ModelError, SensorModel, load_model, save_model
+from edge_agent.model_files import load_model, save_model
 from edge_agent.pipeline import RateLimitedLog
-from edge_agent.training import TrainingError, fit_request
+from edge_agent.tools.training import TrainingError, fit_request
 
 log = logging.getLogger(__name__)
 

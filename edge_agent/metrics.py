@@ -7,8 +7,8 @@ from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from edge_agent.domain import InvalidReading, Verdict
-from edge_agent.model import SensorModel
+from edge_agent.core.domain import InvalidReading, Verdict
+from edge_agent.core.model import SensorModel
 
 # Scoring a batch takes tens of microseconds; the default buckets start at 5 ms.
 LATENCY_BUCKETS = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)

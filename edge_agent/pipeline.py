@@ -24,8 +24,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from edge_agent.domain import InvalidReading, Reading, Verdict, clip
-from edge_agent.engine import LearnRequest, Scored, ScoringEngine
+from edge_agent.core.domain import InvalidReading, Reading, Verdict, clip
+from edge_agent.core.engine import LearnRequest, Scored, ScoringEngine
 from edge_agent.metrics import AgentMetrics
 
 log = logging.getLogger(__name__)

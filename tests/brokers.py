@@ -9,7 +9,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 
-from edge_agent.local_broker import MOSQUITTO, EmbeddedBroker, MosquittoBroker, free_port, wait_listening
+from edge_agent.mqtt.local_broker import MOSQUITTO, EmbeddedBroker, MosquittoBroker, free_port, wait_listening
 
 __all__ = ["MosquittoBroker", "EmbeddedBroker", "ContainerBroker", "free_port", "start_test_broker"]
 

@@ -145,9 +145,9 @@ def normal_csv(path: Path, n: int = 2000, seed: int = 1) -> Path:
 @pytest.fixture(scope="session")
 def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A models directory with one univariate model 'default' and a two-field model 'climate'."""
-    from edge_agent.model import save_model
-    from edge_agent.table import read_table
-    from edge_agent.training import train_model
+    from edge_agent.model_files import save_model
+    from edge_agent.tools.table import read_table
+    from edge_agent.tools.training import train_model
 
     root = tmp_path_factory.mktemp("models")
     csv_path = normal_csv(root / "normal.csv")

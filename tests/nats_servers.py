@@ -13,7 +13,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from edge_agent.local_broker import free_port, wait_listening
+from edge_agent.mqtt.local_broker import free_port, wait_listening
 
 NATS_SERVER = shutil.which("nats-server", path=str(Path(sys.executable).parent)) or shutil.which("nats-server")
 
@@ -121,7 +121,7 @@ async def publish_readings(url: str, sensors: int, readings: int, subject: str =
 
     import nats
 
-    from edge_agent.domain import Reading
+    from edge_agent.core.domain import Reading
     from edge_agent.jetstream.envelope import HEADER, VERSION, encode, token
 
     nc = await nats.connect(url)

@@ -199,10 +199,10 @@ def test_cli_check_config_reports_bad_keys_with_exit_2(tmp_path: Path) -> None:
 
 def test_replaying_a_csv_and_streaming_it_over_mqtt_give_the_same_scores(start_agent, collect, sensor, models_dir, tmp_path) -> None:
     from conftest import normal_csv
-    from edge_agent.engine import Decision
-    from edge_agent.model import load_model
-    from edge_agent.replay import replay
-    from edge_agent.table import read_table
+    from edge_agent.core.engine import Decision
+    from edge_agent.model_files import load_model
+    from edge_agent.tools.replay import replay
+    from edge_agent.tools.table import read_table
 
     table = read_table(normal_csv(tmp_path / "r.csv", n=120, seed=11))
     table.values[100, 0] = 3.0  # one spike, so the comparison covers a flagged reading too

@@ -14,8 +14,8 @@ import pytest
 
 from edge_agent.agent import decision_of, learning_plan
 from edge_agent.config import load_config
-from edge_agent.domain import Reading, Verdict
-from edge_agent.replay import learn_and_score
+from edge_agent.core.domain import Reading, Verdict
+from edge_agent.tools.replay import learn_and_score
 
 MINUTE = 60.0
 DAY = 1440  # readings a day at one a minute

@@ -12,7 +12,7 @@ import pytest
 from conftest import Collector, Publisher, agent_overrides, started_agent
 from edge_agent.agent import Agent
 from edge_agent.config import load_config
-from edge_agent.local_broker import MOSQUITTO, MosquittoBroker
+from edge_agent.mqtt.local_broker import MOSQUITTO, MosquittoBroker
 
 pytestmark = pytest.mark.broker
 

@@ -16,10 +16,10 @@ import pytest
 
 from conftest import REPO, normal_csv, skab_like_csv
 from edge_agent.cli import main
-from edge_agent.engine import Decision
-from edge_agent.model import load_model
-from edge_agent.replay import replay
-from edge_agent.table import read_table
+from edge_agent.core.engine import Decision
+from edge_agent.model_files import load_model
+from edge_agent.tools.replay import replay
+from edge_agent.tools.table import read_table
 
 
 def test_train_writes_a_verified_model_with_manifest(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -188,7 +188,7 @@ def test_replay_plot_draws_a_png(tmp_path: Path) -> None:
 def test_progress_shows_only_on_a_terminal() -> None:
     import io
 
-    from edge_agent.progress import Progress
+    from edge_agent.tools.progress import Progress
 
     class Tty(io.StringIO):
         def isatty(self) -> bool:
@@ -295,8 +295,8 @@ def test_train_without_scikit_learn_names_the_extra_to_install(tmp_path: Path) -
 
 
 def test_replay_plot_uses_time_when_the_file_has_timestamps(tmp_path: Path) -> None:
-    from edge_agent.plot import _x_axis
-    from edge_agent.table import read_table
+    from edge_agent.tools.plot import _x_axis
+    from edge_agent.tools.table import read_table
 
     timed = normal_csv(tmp_path / "t.csv", n=400)  # a timestamp column, one reading a second
     x, is_time = _x_axis(read_table(timed), 400)

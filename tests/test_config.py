@@ -538,9 +538,9 @@ def test_reference_lists_every_leaf_key_with_type_and_default() -> None:
 def test_the_scoring_core_takes_the_config_defaults_whole() -> None:
     # One set of defaults: the config's come from Decision and LearningPlan, and the agent
     # hands every decision.* and learning.* key on, so a default config builds the core's defaults.
-    from edge_agent.adaptation import LearningPlan
     from edge_agent.agent import decision_of, learning_plan
-    from edge_agent.episodes import Decision
+    from edge_agent.core.adaptation import LearningPlan
+    from edge_agent.core.episodes import Decision
 
     cfg = load_config(None, env={})
     assert decision_of(cfg) == Decision()

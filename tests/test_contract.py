@@ -23,13 +23,14 @@ import numpy as np
 import pytest
 
 from conftest import REPO
-from edge_agent.domain import Reading, Verdict
-from edge_agent.engine import Decision, ScoringEngine
-from edge_agent.features import DEFAULT_TRANSFORMS, FeatureSpec
-from edge_agent.model import SensorModel, load_model, save_model
-from edge_agent.replay import ReplayRow, replay, write_replay
-from edge_agent.table import read_table
-from edge_agent.training import learn_model, train_model
+from edge_agent.core.domain import Reading, Verdict
+from edge_agent.core.engine import Decision, ScoringEngine
+from edge_agent.core.features import DEFAULT_TRANSFORMS, FeatureSpec
+from edge_agent.core.model import SensorModel
+from edge_agent.model_files import load_model, save_model
+from edge_agent.tools.replay import ReplayRow, replay, write_replay
+from edge_agent.tools.table import read_table
+from edge_agent.tools.training import learn_model, train_model
 
 SHIPPED = sorted(p.name for p in (REPO / "models").iterdir() if (p / "manifest.json").exists())
 ROWS = 260

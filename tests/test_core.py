@@ -11,24 +11,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import edge_agent.features
-import edge_agent.timestamps
-from edge_agent.domain import InvalidReading, Reading, Verdict
-from edge_agent.engine import Decision, ScoringEngine, UnknownSensor
-from edge_agent.features import FeatureSpec, feature_matrix, parse_transform
-from edge_agent.model import (
-    CALIBRATION_SCORES,
-    LONE_EXTREMES,
-    Calibration,
-    ModelError,
-    RangeGuard,
-    load_estimator,
-    load_model,
-    tail_quantile,
-)
+import edge_agent.core.features
+import edge_agent.core.timestamps
+from edge_agent.core.domain import InvalidReading, Reading, Verdict
+from edge_agent.core.engine import Decision, ScoringEngine, UnknownSensor
+from edge_agent.core.features import FeatureSpec, feature_matrix, parse_transform
+from edge_agent.core.model import CALIBRATION_SCORES, LONE_EXTREMES, Calibration, ModelError, RangeGuard, tail_quantile
+from edge_agent.model_files import load_estimator, load_model
 
 
-@pytest.mark.parametrize("module", [edge_agent.features, edge_agent.timestamps], ids=lambda m: m.__name__)
+@pytest.mark.parametrize("module", [edge_agent.core.features, edge_agent.core.timestamps], ids=lambda m: m.__name__)
 def test_doctests(module: types.ModuleType) -> None:
     result = doctest.testmod(module)
     assert result.attempted > 0 and result.failed == 0
@@ -56,7 +48,7 @@ def test_streaming_features_match_a_direct_computation() -> None:
 
 
 def test_drift_compares_the_last_ten_with_a_baseline_of_the_readings_before_them() -> None:
-    from edge_agent.features import DRIFT_RECENT
+    from edge_agent.core.features import DRIFT_RECENT
 
     rng = np.random.default_rng(1)
     x = 1013.25 + np.cumsum(rng.normal(0, 0.01, 400))
@@ -76,7 +68,7 @@ def test_drift_compares_the_last_ten_with_a_baseline_of_the_readings_before_them
 
 
 def test_the_forest_never_sees_a_drift_feature_and_its_range_is_checked_only_once_learned() -> None:
-    from edge_agent.training import learn_model
+    from edge_agent.tools.training import learn_model
 
     spec = FeatureSpec(("value",), ("value", "delta", "drift:600"))
     assert spec.forest_columns == [0, 1] and spec.baselines == {2: 600}
@@ -333,7 +325,7 @@ def test_the_single_row_path_scores_like_the_batch_path(models_dir: Path) -> Non
 def test_models_with_the_same_forest_file_share_it(models_dir: Path, tmp_path: Path) -> None:
     import shutil
 
-    from edge_agent.forest import Forest
+    from edge_agent.core.forest import Forest
 
     shutil.copytree(models_dir / "default", tmp_path / "twin")
     forests: dict[str, Forest] = {}

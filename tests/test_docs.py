@@ -11,7 +11,7 @@ import pytest
 
 from conftest import REPO
 from edge_agent.config import config_reference_markdown, config_reference_page
-from edge_agent.ingest import REASONS
+from edge_agent.mqtt.ingest import REASONS
 
 DOCS = REPO / "docs"
 

@@ -9,17 +9,17 @@ import numpy as np
 import pytest
 
 from conftest import REPO
-from edge_agent.adaptation import MIN_LEARNING_ROWS, LearningPlan, SensorAdaptation
 from edge_agent.config import ConfigError, load_config
-from edge_agent.dedup import RecentReadings
-from edge_agent.detector import SensorContext
-from edge_agent.domain import Reading, Verdict
-from edge_agent.durations import Duration
-from edge_agent.engine import ScoringEngine
-from edge_agent.episodes import Decision, judge
-from edge_agent.features import FeatureSpec, feature_matrix
-from edge_agent.routing import ModelRouter, UnknownSensor
-from edge_agent.training import learn_model
+from edge_agent.core.adaptation import MIN_LEARNING_ROWS, LearningPlan, SensorAdaptation
+from edge_agent.core.dedup import RecentReadings
+from edge_agent.core.detector import SensorContext
+from edge_agent.core.domain import Reading, Verdict
+from edge_agent.core.durations import Duration
+from edge_agent.core.engine import ScoringEngine
+from edge_agent.core.episodes import Decision, judge
+from edge_agent.core.features import FeatureSpec, feature_matrix
+from edge_agent.core.routing import ModelRouter, UnknownSensor
+from edge_agent.tools.training import learn_model
 
 
 def _events(decision: Decision, scores_at: list[tuple[float, float]], can_adapt: bool = True) -> list[str | None]:
@@ -65,7 +65,7 @@ def test_the_surprise_peaks_at_the_onset_and_an_episode_s_later_readings_stay_be
 
 
 def test_a_reading_delivered_twice_in_one_batch_gets_its_first_verdict_again(models_dir) -> None:  # type: ignore[no-untyped-def]
-    from edge_agent.model import load_model
+    from edge_agent.model_files import load_model
 
     engine = ScoringEngine({"m": load_model(models_dir / "default")}, default="m")
     readings = [Reading("s", {"value": 0.9 + 0.01 * (i % 3)}, float(i), ts=float(i), ts_raw=i) for i in range(40)]
@@ -93,7 +93,7 @@ def test_duplicate_memory_is_bounded_and_keys_on_time_and_values() -> None:
 
 
 def test_routing_takes_the_first_matching_pattern_then_the_learned_model_then_the_default(models_dir) -> None:  # type: ignore[no-untyped-def]
-    from edge_agent.model import load_model
+    from edge_agent.model_files import load_model
 
     a, b = load_model(models_dir / "default"), load_model(models_dir / "default")
     router = ModelRouter({"a": a, "b": b}, assign=[("pump-*", "a"), ("*", "b")], default="b", learned={"x": a})
@@ -141,7 +141,7 @@ def test_a_flagged_reading_stays_out_of_the_clean_context_until_its_change_is_ac
 
 
 def test_a_held_stretch_ends_in_the_context_that_explains_the_readings_after_it() -> None:
-    from edge_agent.detector import SETTLE
+    from edge_agent.core.detector import SETTLE
 
     spec = FeatureSpec(("value",), ("value", "mean:5"))
 
@@ -206,7 +206,7 @@ def test_durations_are_read_with_units_and_named_when_wrong() -> None:
 
 
 def test_a_history_grows_as_readings_come_and_keeps_order_across_growth() -> None:
-    from edge_agent.adaptation import History
+    from edge_agent.core.adaptation import History
 
     h = History(capacity=300, n_fields=1)
     h.append([0.0], at=0.0)
@@ -237,7 +237,7 @@ DOCUMENTED_MEMORY = 32
 
 
 def test_the_duplicate_memory_holds_the_documented_number_of_readings(models_dir) -> None:  # type: ignore[no-untyped-def]
-    from edge_agent.model import load_model
+    from edge_agent.model_files import load_model
 
     assert re.search(rf"the last {DOCUMENTED_MEMORY} readings it\s+remembers to recognise redeliveries",
                      (REPO / "docs" / "architecture.md").read_text())
@@ -254,3 +254,21 @@ def test_the_duplicate_memory_holds_the_documented_number_of_readings(models_dir
 
     assert resent_after("kept", DOCUMENTED_MEMORY - 1).duplicate  # the oldest of the last 32: recognised
     assert not resent_after("forgotten", DOCUMENTED_MEMORY).duplicate  # one more in between: scored anew
+
+
+def test_the_scoring_core_opens_no_files_and_knows_no_adapter() -> None:
+    # docs/architecture.md promises edge_agent/core/ needs no files, network or MQTT: the
+    # adapters and model_files.py do that. A core module importing one of these breaks it.
+    import ast
+
+    forbidden = ("socket", "subprocess", "paho", "prometheus_client", "pathlib", "shutil", "tempfile", "asyncio")
+    for path in sorted((REPO / "edge_agent" / "core").glob("*.py")):
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            for name in names:
+                assert not name.startswith(forbidden), f"{path.name} imports {name}"
+                assert not name.startswith("edge_agent.") or name.startswith("edge_agent.core."), f"{path.name} imports {name}"
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Name):
+                assert node.func.id != "open", f"{path.name} opens a file"

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from edge_agent.cli import main
-from edge_agent.domain import Verdict
-from edge_agent.evaluate import evaluate
-from edge_agent.replay import ReplayRow
+from edge_agent.core.domain import Verdict
+from edge_agent.tools.evaluate import evaluate
+from edge_agent.tools.replay import ReplayRow
 
 
 def _rows(flags: str) -> list[ReplayRow]:

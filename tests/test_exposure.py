@@ -7,8 +7,8 @@ import http.client
 from prometheus_client import CollectorRegistry, generate_latest
 
 from edge_agent.config import HTTPConfig
-from edge_agent.domain import Verdict
-from edge_agent.http_api import HttpApi
+from edge_agent.core.domain import Verdict
+from edge_agent.http.api import HttpApi
 from edge_agent.metrics import AgentMetrics
 
 

@@ -28,11 +28,11 @@ from bench import faults
 from bench.faultlab import TABLE_HEADER, Lab, ScenarioResult, Sensor, running_broker, table_row
 from conftest import FAULT_TABLE
 from edge_agent.config import load_config
-from edge_agent.domain import Reading, Verdict
-from edge_agent.ingest import PayloadParser
-from edge_agent.local_broker import MOSQUITTO
+from edge_agent.core.domain import Reading, Verdict
 from edge_agent.metrics import AgentMetrics
-from edge_agent.mqtt_transport import MQTTTransport
+from edge_agent.mqtt.ingest import PayloadParser
+from edge_agent.mqtt.local_broker import MOSQUITTO
+from edge_agent.mqtt.transport import MQTTTransport
 from edge_agent.pipeline import Envelope
 
 pytestmark = pytest.mark.faults

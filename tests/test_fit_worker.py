@@ -10,10 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edge_agent.adaptation import MIN_LEARNING_ROWS, LearningPlan, LearnRequest, SensorAdaptation, share_of
-from edge_agent.domain import Reading
-from edge_agent.engine import ScoringEngine
-from edge_agent.features import DEFAULT_TRANSFORMS, FeatureSpec
+from edge_agent.core.adaptation import MIN_LEARNING_ROWS, LearningPlan, LearnRequest, SensorAdaptation, share_of
+from edge_agent.core.domain import Reading
+from edge_agent.core.engine import ScoringEngine
+from edge_agent.core.features import DEFAULT_TRANSFORMS, FeatureSpec
 from edge_agent.fit_worker import (
     FIT_IN_THREAD,
     FIT_IN_WORKER,
@@ -22,7 +22,7 @@ from edge_agent.fit_worker import (
     FitWorkerError,
 )
 from edge_agent.learning import Learner
-from edge_agent.training import TrainingError, fit_request
+from edge_agent.tools.training import TrainingError, fit_request
 
 
 def _request(rows: int = 400, fields: int = 2) -> LearnRequest:

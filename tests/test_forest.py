@@ -15,7 +15,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from sklearn.ensemble import IsolationForest
 
-from edge_agent.forest import Forest, average_path_length
+from edge_agent.core.forest import Forest, average_path_length
+from edge_agent.model_files import load_forest, save_forest
 
 # Values beyond float32 overflow to inf on the way in, with numpy's warning (sklearn's too).
 pytestmark = pytest.mark.filterwarnings("ignore:overflow encountered in cast:RuntimeWarning")
@@ -299,8 +300,8 @@ def test_arrays_and_file_round_trip_give_identical_scores(tmp_path: Path, multiv
     rebuilt = Forest.from_arrays(forest.to_arrays())
     np.testing.assert_array_equal(rebuilt.score_samples(X_test), expected)
     path = tmp_path / "forest.npz"
-    forest.save(path)
-    loaded = Forest.load(path)
+    save_forest(forest, path)
+    loaded = load_forest(path)
     np.testing.assert_array_equal(loaded.score_samples(X_test), expected)
     assert_same(loaded.score_samples(X_test), sklearn_scores(estimator, X_test))
     for name, array in forest.to_arrays().items():
@@ -314,8 +315,8 @@ def test_arrays_and_file_round_trip_give_identical_scores(tmp_path: Path, multiv
 def test_univariate_file_round_trip(tmp_path: Path) -> None:
     X = np.random.default_rng(2).normal(size=(700, 1))
     estimator, forest = fit(X, n_estimators=60, random_state=5)
-    forest.save(tmp_path / "uni.npz")
-    loaded = Forest.load(tmp_path / "uni.npz")
+    save_forest(forest, tmp_path / "uni.npz")
+    loaded = load_forest(tmp_path / "uni.npz")
     X_test = np.random.default_rng(3).normal(size=(3000, 1)) * 3
     assert_same(loaded.score_samples(X_test), sklearn_scores(estimator, X_test))
 
@@ -362,13 +363,13 @@ def test_inconsistent_arrays_are_refused(tmp_path: Path, multivariate: tuple[Iso
     path = tmp_path / "bad.npz"
     np.savez(path, **arrays)
     with pytest.raises(ValueError, match="corrupt forest file"):
-        Forest.load(path)
+        load_forest(path)
 
 
 def test_corrupt_files_are_refused(tmp_path: Path, multivariate: tuple[IsolationForest, Forest]) -> None:
     _, forest = multivariate
     good = tmp_path / "good.npz"
-    forest.save(good)
+    save_forest(forest, good)
     data = good.read_bytes()
     truncated = tmp_path / "truncated.npz"
     truncated.write_bytes(data[: len(data) // 2])
@@ -389,18 +390,18 @@ def test_corrupt_files_are_refused(tmp_path: Path, multivariate: tuple[Isolation
     np.savez(pickled, **{**forest.to_arrays(), "threshold": np.array([object()] * 3, dtype=object)})
     for path in (truncated, garbage, empty, npy, flipped, pickled):
         with pytest.raises(ValueError, match="corrupt forest file"):
-            Forest.load(path)
+            load_forest(path)
     with pytest.raises(FileNotFoundError):
-        Forest.load(tmp_path / "absent.npz")
+        load_forest(tmp_path / "absent.npz")
 
 
 def test_module_needs_neither_sklearn_nor_scipy() -> None:
-    code = "import sys, edge_agent.forest; bad = {'sklearn', 'scipy'} & set(sys.modules); assert not bad, bad"
+    code = "import sys, edge_agent.core.forest; bad = {'sklearn', 'scipy'} & set(sys.modules); assert not bad, bad"
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
 
 
 def test_a_forest_grown_on_the_device_is_held_in_about_nine_bytes_a_node() -> None:
-    from edge_agent.forest_fit import fit_forest
+    from edge_agent.core.forest_fit import fit_forest
 
     X = np.random.default_rng(4).normal(size=(3000, 5))
     forest = fit_forest(X, trees=100, max_samples=256, seed=1)

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from edge_agent.homeassistant import discovery_id
+from edge_agent.mqtt.homeassistant import discovery_id
 
 pytestmark = pytest.mark.broker
 

@@ -24,11 +24,11 @@ from prometheus_client import CollectorRegistry, generate_latest
 
 from edge_agent.agent import build_engine, load_models
 from edge_agent.config import AgentConfig, load_config
-from edge_agent.domain import InvalidReading, Reading, Verdict
-from edge_agent.ingest import REASONS, PayloadParser
+from edge_agent.core.domain import InvalidReading, Reading, Verdict
+from edge_agent.core.model import SensorModel
 from edge_agent.metrics import AgentMetrics
-from edge_agent.model import SensorModel
-from edge_agent.mqtt_transport import MQTTTransport
+from edge_agent.mqtt.ingest import REASONS, PayloadParser
+from edge_agent.mqtt.transport import MQTTTransport
 from edge_agent.pipeline import Envelope, Pipeline
 
 CAP = 5  # pipeline.max_sensors here: small, so the examples reach it

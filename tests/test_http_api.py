@@ -20,13 +20,13 @@ from prometheus_client.parser import text_string_to_metric_families
 from sklearn.ensemble import IsolationForest
 
 from edge_agent.config import HTTPConfig
-from edge_agent.domain import Verdict
-from edge_agent.engine import ScoringEngine
-from edge_agent.features import FeatureSpec, feature_matrix
-from edge_agent.forest import Forest
-from edge_agent.http_api import HttpApi
-from edge_agent.http_server import MAX_HEAD_BYTES
-from edge_agent.model import SensorModel, build_model
+from edge_agent.core.domain import Verdict
+from edge_agent.core.engine import ScoringEngine
+from edge_agent.core.features import FeatureSpec, feature_matrix
+from edge_agent.core.forest import Forest
+from edge_agent.core.model import SensorModel, build_model
+from edge_agent.http.api import HttpApi
+from edge_agent.http.server import MAX_HEAD_BYTES
 
 READ_TIMEOUT = 0.5
 MAX_BODY = 1024

@@ -13,9 +13,9 @@ from pathlib import Path
 from prometheus_client import CollectorRegistry
 
 from edge_agent.config import HTTPConfig
-from edge_agent.engine import ScoringEngine
-from edge_agent.http_api import HttpApi
-from edge_agent.model import load_model
+from edge_agent.core.engine import ScoringEngine
+from edge_agent.http.api import HttpApi
+from edge_agent.model_files import load_model
 
 SLOW = 300  # more than the server's 256 connections
 DRIP_SECONDS = 0.5

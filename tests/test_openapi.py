@@ -10,8 +10,8 @@ import pytest
 import schemathesis
 from hypothesis import HealthCheck, settings
 
-from edge_agent.http_api import ALLOWED
-from edge_agent.openapi import OPENAPI_PATH, openapi_document
+from edge_agent.http.api import ALLOWED
+from edge_agent.http.openapi import OPENAPI_PATH, openapi_document
 
 pytestmark = pytest.mark.broker
 

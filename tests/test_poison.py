@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 
 from conftest import Collector, Publisher, agent_config, started_agent
-from edge_agent.local_broker import MOSQUITTO, MosquittoBroker
-from edge_agent.mqtt_transport import packet_size
+from edge_agent.mqtt.local_broker import MOSQUITTO, MosquittoBroker
+from edge_agent.mqtt.transport import packet_size
 
 pytestmark = pytest.mark.skipif(MOSQUITTO is None, reason="needs the mosquitto binary")
 

@@ -46,7 +46,7 @@ def test_the_running_agent_never_imports_scikit_learn_or_scipy(broker, tmp_path)
         print(json.dumps({{"predict": json.load(urllib.request.urlopen(req)),
                           "learned": "boiler" in agent.engine.learned,
                           "heavy": sorted(m for m in sys.modules if m.split(".")[0] in ("sklearn", "scipy", "joblib")),
-                          "on_request": sorted({{"edge_agent.homeassistant", "difflib", "importlib.metadata"}} & set(sys.modules))}}))
+                          "on_request": sorted({{"edge_agent.mqtt.homeassistant", "difflib", "importlib.metadata"}} & set(sys.modules))}}))
         agent.stop(); c.loop_stop()
     """)
     r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=90, cwd=tmp_path)

@@ -34,13 +34,13 @@ from paho.mqtt.enums import CallbackAPIVersion
 from prometheus_client import CollectorRegistry, generate_latest
 
 from conftest import REPO, agent_config
-from edge_agent import http_server
 from edge_agent.agent import Agent, load_models
 from edge_agent.config import ConfigError, HTTPConfig, http_token, load_config
-from edge_agent.domain import Verdict
-from edge_agent.http_api import HttpApi
-from edge_agent.local_broker import MOSQUITTO, MosquittoBroker, free_port, wait_listening
-from edge_agent.mqtt_transport import NOT_TRIED
+from edge_agent.core.domain import Verdict
+from edge_agent.http import server as http_server
+from edge_agent.http.api import HttpApi
+from edge_agent.mqtt.local_broker import MOSQUITTO, MosquittoBroker, free_port, wait_listening
+from edge_agent.mqtt.transport import NOT_TRIED
 
 needs_mosquitto = pytest.mark.skipif(MOSQUITTO is None, reason="needs the mosquitto binary")
 needs_openssl = pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command")

@@ -13,12 +13,12 @@ import numpy as np
 import pytest
 
 from conftest import REPO
-from edge_agent.adaptation import LearnRequest
 from edge_agent.agent import Agent, load_models
 from edge_agent.config import load_config
-from edge_agent.domain import Reading
-from edge_agent.engine import LearningPlan, ScoringEngine
-from edge_agent.features import FeatureSpec
+from edge_agent.core.adaptation import LearnRequest
+from edge_agent.core.domain import Reading
+from edge_agent.core.engine import LearningPlan, ScoringEngine
+from edge_agent.core.features import FeatureSpec
 from edge_agent.learning import LEARNED_DIR, Learner, load_learned
 
 

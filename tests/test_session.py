@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from edge_agent.session import SubscriptionRecord
+from edge_agent.mqtt.session import SubscriptionRecord
 
 pytestmark = pytest.mark.broker
 

@@ -12,10 +12,11 @@ from urllib.parse import quote
 
 import pytest
 
-from edge_agent.domain import Reading
-from edge_agent.engine import LearningPlan, ScoringEngine
+from edge_agent.core.domain import Reading
+from edge_agent.core.engine import LearningPlan, ScoringEngine
+from edge_agent.core.model import ModelError
 from edge_agent.learning import LEARNED_DIR, Learner, load_learned, model_dir
-from edge_agent.model import MANIFEST, MANIFEST_DIGEST, ModelError, load_model, save_model
+from edge_agent.model_files import MANIFEST, MANIFEST_DIGEST, load_model, save_model
 
 SHIPPED = Path(__file__).resolve().parents[1] / "models"
 HOSTILE_IDS = [

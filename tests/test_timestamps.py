@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 
 from edge_agent.config import SourceConfig
-from edge_agent.domain import InvalidReading, Reading
-from edge_agent.ingest import PayloadParser
-from edge_agent.replay import readings_of
-from edge_agent.table import TableError, read_table
+from edge_agent.core.domain import InvalidReading, Reading
+from edge_agent.mqtt.ingest import PayloadParser
+from edge_agent.tools.replay import readings_of
+from edge_agent.tools.table import TableError, read_table
 
 EXPECTED_SECONDS = 1764244800.0  # 2025-11-27T12:00:00Z
 

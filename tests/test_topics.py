@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from edge_agent.topics import (
+from edge_agent.mqtt.topics import (
     MAX_TOPIC_BYTES,
     SourcePattern,
     TopicTemplate,
@@ -277,7 +277,7 @@ def test_matching_never_raises(f: str, topic: str) -> None:
 
 # --- overlapping filters: a broker sends a message once per matching subscription ------------
 
-from edge_agent.topics import filter_covers, filters_overlap, minimal_subscriptions  # noqa: E402
+from edge_agent.mqtt.topics import filter_covers, filters_overlap, minimal_subscriptions  # noqa: E402
 
 
 @pytest.mark.parametrize(

@@ -7,7 +7,7 @@ import types
 from collections.abc import Mapping
 from typing import Any, TypeGuard, Union, get_args, get_origin
 
-from edge_agent.durations import Duration
+from edge_agent.core.durations import Duration
 
 
 def optional_inner(tp: Any) -> tuple[Any, bool]:

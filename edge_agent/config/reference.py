@@ -14,7 +14,7 @@ from edge_agent.config.fieldtypes import (
     range_text,
 )
 from edge_agent.config.schema import AgentConfig
-from edge_agent.durations import Duration
+from edge_agent.core.durations import Duration
 
 
 def _type_name(tp: Any) -> str:

@@ -11,9 +11,9 @@ import functools
 from dataclasses import dataclass, field
 from typing import Any
 
-from edge_agent.adaptation import LearningPlan
-from edge_agent.durations import Duration
-from edge_agent.episodes import Decision
+from edge_agent.core.adaptation import LearningPlan
+from edge_agent.core.durations import Duration
+from edge_agent.core.episodes import Decision
 
 
 def _f(default: Any, doc: str, **bounds: Any) -> Any:

@@ -18,9 +18,9 @@ from edge_agent.config.fieldtypes import (
     show,
 )
 from edge_agent.config.schema import AgentConfig, NatsConfig, SourceConfig
-from edge_agent.durations import Duration
-from edge_agent.features import parse_transform
-from edge_agent.topics import (
+from edge_agent.core.durations import Duration
+from edge_agent.core.features import parse_transform
+from edge_agent.mqtt.topics import (
     TopicTemplate,
     sensor_id_parts,
     validate_filter,

@@ -26,12 +26,12 @@ from paho.mqtt.properties import Properties
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from edge_agent.config import AgentConfig, mqtt_password
-from edge_agent.domain import InvalidReading, Reading, clip
-from edge_agent.ingest import PayloadParser
+from edge_agent.core.domain import InvalidReading, Reading, clip
 from edge_agent.jetstream.connection import NatsThread
 from edge_agent.jetstream.envelope import HEADER, VERSION, encode, msg_id, token
 from edge_agent.jetstream.jsapi import Layout, ensure_stream
-from edge_agent.topics import render
+from edge_agent.mqtt.ingest import PayloadParser
+from edge_agent.mqtt.topics import render
 
 log = logging.getLogger(__name__)
 

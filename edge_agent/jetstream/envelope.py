@@ -17,7 +17,7 @@ import json
 import math
 from typing import Any
 
-from edge_agent.domain import InvalidReading, Reading
+from edge_agent.core.domain import InvalidReading, Reading
 
 #: Header marking a body written by the bridge (its value is the envelope's version).
 HEADER = "Edge-Reading"

@@ -27,9 +27,9 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from edge_agent.agent import build_engine, run_until_signalled, state_dir
 from edge_agent.config import AgentConfig, SourceConfig, http_token
-from edge_agent.domain import InvalidReading, Reading, Verdict, clip
-from edge_agent.http_api import HttpApi
-from edge_agent.ingest import PayloadParser
+from edge_agent.core.domain import InvalidReading, Reading, Verdict, clip
+from edge_agent.core.model import SensorModel
+from edge_agent.http.api import HttpApi
 from edge_agent.jetstream.bridge import layout_of
 from edge_agent.jetstream.connection import NatsThread
 from edge_agent.jetstream.envelope import HEADER, decode, untoken
@@ -39,9 +39,9 @@ from edge_agent.jetstream.model_store import ModelStore
 from edge_agent.jetstream.outputs import MqttOutput, subject_of, verdict_body
 from edge_agent.learning import Learner, load_learned
 from edge_agent.metrics import AgentMetrics
-from edge_agent.model import SensorModel
+from edge_agent.mqtt.ingest import PayloadParser
+from edge_agent.mqtt.topics import TopicTemplate, render
 from edge_agent.pipeline import Envelope, Pipeline
-from edge_agent.topics import TopicTemplate, render
 
 log = logging.getLogger(__name__)
 

@@ -17,8 +17,9 @@ from pathlib import Path
 from nats.js.errors import NotFoundError
 from nats.js.object_store import ObjectStore
 
+from edge_agent.core.model import ModelError, SensorModel
 from edge_agent.learning import folder_name, model_dir, save_learned
-from edge_agent.model import ModelError, SensorModel, load_model
+from edge_agent.model_files import load_model
 
 log = logging.getLogger(__name__)
 

@@ -18,8 +18,8 @@ import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 
 from edge_agent.config import AgentConfig, mqtt_password
-from edge_agent.domain import Verdict
-from edge_agent.episodes import NEW_NORMAL
+from edge_agent.core.domain import Verdict
+from edge_agent.core.episodes import NEW_NORMAL
 from edge_agent.jetstream.envelope import token
 
 log = logging.getLogger(__name__)

@@ -39,10 +39,10 @@ from itertools import accumulate
 from typing import Any
 
 from edge_agent.config import SourceConfig
-from edge_agent.domain import InvalidReading, Reading
-from edge_agent.jsonvalues import NOT_FINITE, WRONG_TYPE, Rejected, describe, finite_number
-from edge_agent.timestamps import BadTimestamp, epoch_seconds
-from edge_agent.topics import SourcePattern, minimal_subscriptions, sensor_id_parts, topic_matches
+from edge_agent.core.domain import InvalidReading, Reading
+from edge_agent.core.jsonvalues import NOT_FINITE, WRONG_TYPE, Rejected, describe, finite_number
+from edge_agent.core.timestamps import BadTimestamp, epoch_seconds
+from edge_agent.mqtt.topics import SourcePattern, minimal_subscriptions, sensor_id_parts, topic_matches
 
 TOO_LARGE = "too_large"  # payload over max_payload_bytes (checked before decoding)
 EMPTY = "empty"  # no bytes, or only whitespace

@@ -66,12 +66,12 @@ class Verdict:
     learning: bool = False
     raw_score: float | None = None
     duplicate: bool = False
-    # What this reading does to the sensor's anomalous episode (see edge_agent.episodes):
+    # What this reading does to the sensor's anomalous episode (see edge_agent.core.episodes):
     # "onset" (its first anomalous reading), "end" (the first normal one after it) or
     # "new_normal" (the episode lasted so long that its level is the normal now).
     event: str | None = None
     # The model's own score, which flags the reading; ``score`` is the same but inside an
-    # episode, where it is the reading's surprise against the episode (see edge_agent.episodes).
+    # episode, where it is the reading's surprise against the episode (see edge_agent.core.episodes).
     model_score: float | None = None
 
     @property

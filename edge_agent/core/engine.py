@@ -24,14 +24,14 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from edge_agent.adaptation import LearningPlan, LearnRequest, SensorAdaptation
-from edge_agent.dedup import RecentReadings
-from edge_agent.detector import SensorContext
-from edge_agent.domain import InvalidReading, Reading, Verdict
-from edge_agent.episodes import NEW_NORMAL, Decision, EpisodeState, judge
-from edge_agent.features import FeatureSpec
-from edge_agent.model import SensorModel
-from edge_agent.routing import ModelRouter, UnknownSensor
+from edge_agent.core.adaptation import LearningPlan, LearnRequest, SensorAdaptation
+from edge_agent.core.dedup import RecentReadings
+from edge_agent.core.detector import SensorContext
+from edge_agent.core.domain import InvalidReading, Reading, Verdict
+from edge_agent.core.episodes import NEW_NORMAL, Decision, EpisodeState, judge
+from edge_agent.core.features import FeatureSpec
+from edge_agent.core.model import SensorModel
+from edge_agent.core.routing import ModelRouter, UnknownSensor
 
 __all__ = ["Decision", "LearningPlan", "LearnRequest", "Scored", "ScoringEngine", "UnknownSensor"]
 

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from edge_agent.features import DEFAULT_TRANSFORMS, FeatureSpec
+from edge_agent.core.features import DEFAULT_TRANSFORMS, FeatureSpec
 
 # A forest learned from fewer readings says little: a sensor reporting every 5 minutes
 # learns for ~4 hours with the default hour-long period.

@@ -16,7 +16,7 @@ import re
 from collections.abc import Sequence
 from pathlib import Path
 
-from edge_agent.topics import topic_matches
+from edge_agent.mqtt.topics import topic_matches
 
 log = logging.getLogger(__name__)
 

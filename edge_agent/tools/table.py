@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edge_agent.timestamps import BadTimestamp, epoch_seconds_of_text
+from edge_agent.core.timestamps import BadTimestamp, epoch_seconds_of_text
 
 TIMESTAMP_COLUMNS = ("timestamp", "datetime", "time", "ts")
 SENSOR_COLUMN = "sensor_id"

@@ -1,6 +1,6 @@
 """The OpenAPI 3 description of the agent's HTTP API, served at GET /openapi.json.
 
-Written by hand next to the server it describes (edge_agent/http_api.py) and kept true by
+Written by hand next to the server it describes (edge_agent/http/api.py) and kept true by
 tests/test_openapi.py, which runs schemathesis against a live agent: every status code and
 body the server can answer is declared here, and nothing is declared that it does not answer.
 """

@@ -4,7 +4,7 @@ Requests are parsed by hand (request line, headers, a Content-Length body) in an
 ``asyncio.Protocol``: ``http.server`` costs several times more per request, and a scoring call
 is only tens of microseconds, so the parser is most of the work. Every answer the server itself
 makes is JSON; no input can produce a stack trace or a 5xx other than the documented 503s and a
-logged, counted 500 for a bug. What each path does is a ``Route`` (edge_agent/http_api.py).
+logged, counted 500 for a bug. What each path does is a ``Route`` (edge_agent/http/api.py).
 
 Slow clients cannot hold the server: a request must arrive within ``read_timeout``, and when all
 connections are taken a new one sheds the connection that has waited longest for its request (a

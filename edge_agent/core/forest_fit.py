@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from edge_agent.forest import Forest, float32_floor
+from edge_agent.core.forest import Forest, float32_floor
 
 
 @dataclass

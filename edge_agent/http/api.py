@@ -1,6 +1,6 @@
 """The agent's HTTP API: /predict, /metrics, /healthz, /readyz and the OpenAPI document.
 
-The routes over edge_agent/http_server.py, which knows nothing of them. With a token
+The routes over edge_agent/http/server.py, which knows nothing of them. With a token
 configured (http.token_env / http.token_file), POST /predict needs ``Authorization: Bearer
 <token>`` (compared in constant time) and answers 401 without it; /metrics too with
 http.metrics_token; /healthz and /readyz stay open for probes, and are answered from the
@@ -16,9 +16,11 @@ from collections.abc import Callable, Mapping
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from edge_agent.config import HTTPConfig
-from edge_agent.domain import Verdict
-from edge_agent.engine import UnknownSensor
-from edge_agent.http_server import (
+from edge_agent.core.domain import Verdict
+from edge_agent.core.engine import UnknownSensor
+from edge_agent.core.jsonvalues import Rejected, describe, finite_number
+from edge_agent.http.openapi import OPENAPI_PATH, openapi_json
+from edge_agent.http.server import (
     JSON_TYPE,
     MAX_CONNECTIONS,
     Deferred,
@@ -33,8 +35,6 @@ from edge_agent.http_server import (
     check_content_type,
     json_response,
 )
-from edge_agent.jsonvalues import Rejected, describe, finite_number
-from edge_agent.openapi import OPENAPI_PATH, openapi_json
 
 log = logging.getLogger(__name__)
 

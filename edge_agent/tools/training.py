@@ -10,11 +10,11 @@ from typing import Any
 
 import numpy as np
 
-from edge_agent.adaptation import LearnRequest
-from edge_agent.features import DEFAULT_TRANSFORMS, FeatureSpec, feature_matrix, parse_transform
-from edge_agent.forest import Forest
-from edge_agent.model import SensorModel, build_model
-from edge_agent.table import SensorTable, groups
+from edge_agent.core.adaptation import LearnRequest
+from edge_agent.core.features import DEFAULT_TRANSFORMS, FeatureSpec, feature_matrix, parse_transform
+from edge_agent.core.forest import Forest
+from edge_agent.core.model import SensorModel, build_model
+from edge_agent.tools.table import SensorTable, groups
 
 # A field whose consecutive training readings correlate more than this wanders
 # (temperatures warming up, slow process values): its level is not expected to stay
@@ -47,7 +47,7 @@ def sklearn_fitter(x: np.ndarray, trees: int, max_samples: int, seed: int) -> tu
 
 def numpy_fitter(x: np.ndarray, trees: int, max_samples: int, seed: int) -> tuple[Forest, Any]:
     """The numpy fitter of models learned on the device (no scikit-learn at run time)."""
-    from edge_agent.forest_fit import fit_forest
+    from edge_agent.core.forest_fit import fit_forest
 
     return fit_forest(x, trees, max_samples, seed), None
 
@@ -221,7 +221,7 @@ def training_record(
         "sensors": list(sensors),
         "isolation_forest": {
             "n_estimators": trees, "max_samples": max_samples, "random_state": seed,
-            "fitted_with": "scikit-learn" if fitter is sklearn_fitter else "numpy (edge_agent.forest_fit)",
+            "fitted_with": "scikit-learn" if fitter is sklearn_fitter else "numpy (edge_agent.core.forest_fit)",
         },
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "command": command,

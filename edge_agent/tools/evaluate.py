@@ -1,6 +1,6 @@
 """``edge-agent evaluate``: how the agent would have done on a user's labelled CSV.
 
-The file is replayed exactly as ``edge-agent replay`` does (``edge_agent.replay``: the sensor
+The file is replayed exactly as ``edge-agent replay`` does (``edge_agent.tools.replay``: the sensor
 learns from its first rows as the live agent would, or a given model scores it), then the
 verdicts of the scored rows are compared with the file's own label column: the figures the
 benchmarks in bench/ give (F1, false-alarm rate, delay per labelled event).
@@ -14,8 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from edge_agent.replay import ReplayRow
-from edge_agent.table import META_COLUMNS, SensorTable, TableError, read_table
+from edge_agent.tools.replay import ReplayRow
+from edge_agent.tools.table import META_COLUMNS, SensorTable, TableError, read_table
 
 
 @dataclass(frozen=True)

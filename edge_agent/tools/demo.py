@@ -30,9 +30,9 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from edge_agent.agent import Agent, load_models
 from edge_agent.config import AgentConfig, client_id, load_config, mqtt_password
-from edge_agent.local_broker import MOSQUITTO, EmbeddedBroker, MosquittoBroker
-from edge_agent.model import ModelError
-from edge_agent.topics import render
+from edge_agent.core.model import ModelError
+from edge_agent.mqtt.local_broker import MOSQUITTO, EmbeddedBroker, MosquittoBroker
+from edge_agent.mqtt.topics import render
 
 log = logging.getLogger(__name__)
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import fnmatch
 from collections.abc import Mapping, Sequence
 
-from edge_agent.model import SensorModel
+from edge_agent.core.model import SensorModel
 
 
 class UnknownSensor(LookupError):

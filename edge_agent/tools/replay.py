@@ -7,11 +7,11 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from edge_agent.domain import InvalidReading, Reading, Verdict
-from edge_agent.engine import Decision, LearningPlan, ScoringEngine
-from edge_agent.model import SensorModel
-from edge_agent.table import SensorTable
-from edge_agent.training import TrainingError, fit_request
+from edge_agent.core.domain import InvalidReading, Reading, Verdict
+from edge_agent.core.engine import Decision, LearningPlan, ScoringEngine
+from edge_agent.core.model import SensorModel
+from edge_agent.tools.table import SensorTable
+from edge_agent.tools.training import TrainingError, fit_request
 
 # Rows handed to the engine at once: the size of a busy live batch. Scores do not
 # depend on it (features are computed reading by reading).

@@ -11,7 +11,7 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from edge_agent.domain import Reading, Verdict
+from edge_agent.core.domain import Reading, Verdict
 
 # Recent readings remembered per sensor (a hash and the few fields of a verdict: ~200 bytes
 # each, so 32 cost ~6 KiB a sensor). A redelivery comes within the broker's in-flight window

@@ -26,10 +26,10 @@ from typing import Any
 
 from edge_agent import package_version
 from edge_agent.config import AgentConfig
-from edge_agent.domain import InvalidReading, Verdict
-from edge_agent.mqtt_transport import MQTTTransport
+from edge_agent.core.domain import InvalidReading, Verdict
+from edge_agent.mqtt.topics import TopicTemplate, render
+from edge_agent.mqtt.transport import MQTTTransport
 from edge_agent.pipeline import Envelope, VerdictSink
-from edge_agent.topics import TopicTemplate, render
 
 log = logging.getLogger(__name__)
 

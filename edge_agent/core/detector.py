@@ -28,7 +28,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from edge_agent.features import DRIFT_RECENT, FeatureSpec, FeatureState
+from edge_agent.core.features import DRIFT_RECENT, FeatureSpec, FeatureState
 
 # Readings after a held stretch over which its two contexts are compared before one goes on.
 SETTLE = 3

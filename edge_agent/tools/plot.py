@@ -7,8 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
-from edge_agent.replay import ReplayRow
-from edge_agent.table import SensorTable
+from edge_agent.tools.replay import ReplayRow
+from edge_agent.tools.table import SensorTable
 
 MAX_FIELD_PANELS = 8
 

@@ -6,7 +6,7 @@ has acknowledged its verdict. A reading the broker accepted is therefore either
 answered or redelivered, whatever happens to the agent in between.
 
 Which publish settles which reading, what a reconnect invalidates and how many publishes
-may be in flight is decided by the ack ledger (edge_agent/ledger.py, no paho); this module
+may be in flight is decided by the ack ledger (edge_agent/mqtt/ledger.py, no paho); this module
 carries its decisions out on the wire. Every publish goes through
 :meth:`MQTTTransport._publish`, which registers its message id with the ledger.
 A verdict whose reading the broker flagged as a redelivery (DUP) and that the engine did
@@ -40,14 +40,14 @@ from edge_agent.config import (
     client_id,
     mqtt_password,
 )
-from edge_agent.domain import InvalidReading, Reading, Verdict, clip
-from edge_agent.episodes import NEW_NORMAL
-from edge_agent.ingest import PayloadParser
-from edge_agent.ledger import AckLedger, Outcome, Receipt
+from edge_agent.core.domain import InvalidReading, Reading, Verdict, clip
+from edge_agent.core.episodes import NEW_NORMAL
 from edge_agent.metrics import AgentMetrics
+from edge_agent.mqtt.ingest import PayloadParser
+from edge_agent.mqtt.ledger import AckLedger, Outcome, Receipt
+from edge_agent.mqtt.session import SubscriptionRecord
+from edge_agent.mqtt.topics import TopicTemplate, render
 from edge_agent.pipeline import Envelope
-from edge_agent.session import SubscriptionRecord
-from edge_agent.topics import TopicTemplate, render
 
 log = logging.getLogger(__name__)
 

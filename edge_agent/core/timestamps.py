@@ -13,7 +13,7 @@ lie in [0, ``MS_THRESHOLD``) seconds, from 1970 to about the year 5138.
 >>> epoch_seconds(-5, "ts")
 Traceback (most recent call last):
 ...
-edge_agent.timestamps.BadTimestamp: 'ts' out of range: -5
+edge_agent.core.timestamps.BadTimestamp: 'ts' out of range: -5
 """
 
 from __future__ import annotations

@@ -1,0 +1,1 @@
+"""Offline tools: training, replay, evaluation, plots and the demo."""
