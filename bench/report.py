@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import re
 import subprocess
 import sys
 import time
@@ -128,12 +129,62 @@ def write_page(name: str) -> Path:
     return path
 
 
+README = REPO / "README.md"
+FIGURES_START = "<!-- figures: written by python -m bench.report from docs/results/; do not edit by hand -->"
+FIGURES_END = "<!-- end of figures -->"
+# (page, label, pattern): the first group of the pattern's first match in that page is the figure.
+HEADLINES = (
+    ("detection", "NAB dev, standard profile: per-reading score (one corpus threshold)",
+     r"\| per-reading score, best corpus threshold[^|]*\|(?:[^|]*\|){3}\s*([0-9.-]+)"),
+    ("detection", "NAB dev, standard profile: the agent's alert onsets", r"\| episode onsets \|(?:[^|]*\|){3}\s*([0-9.-]+)"),
+    ("detection", "SKAB: F1 / FAR % (scikit-learn model of the first 400 rows)",
+     r"\| \*\*edge-agent, scikit-learn model[^|]*\| \*\*([0-9.]+)\*\* \| \*\*([0-9.]+)\*\*"),
+    ("detection", "SKAB: F1 / FAR % (learning on the device)",
+     r"\| \*\*edge-agent learning on the device[^|]*\| \*\*([0-9.]+)\*\* \| \*\*([0-9.]+)\*\*"),
+    ("performance", "End to end over MQTT: readings/s, QoS 1 in and out", r"\| agent throughput, QoS 1 in/out[^|]*\| ([0-9,]+) readings/s"),
+    ("performance", "End to end: p99 latency at 1,000 readings/s", r"\| agent latency at 1,000/s for 10 s: p99 \| ([0-9.]+ ms)"),
+    ("performance", "Agent peak RSS after 100 sensors", r"\| agent peak RSS after 100 sensors[^|]*\| ([0-9.]+ MB)"),
+)
+
+
+def headlines() -> list[str]:
+    """The README's figure lines, each taken from a generated page, with the page's commit."""
+    rows = ["| figure | value | from |", "|---|---|---|"]
+    for page, label, pattern in HEADLINES:
+        path = RESULTS / f"{page}.md"
+        text = path.read_text() if path.exists() else ""
+        found = re.search(pattern, text)
+        commit = re.search(r"on commit `([0-9a-f]+)`", text)
+        value = " / ".join(found.groups()) if found else "not measured"
+        where = f"[{page}.md](docs/results/{page}.md) at `{commit.group(1)}`" if commit else f"docs/results/{page}.md"
+        rows.append(f"| {label} | {value} | {where} |")
+    faults = RESULTS / "faults.md"
+    if faults.exists():
+        text = faults.read_text()
+        section = text.split("## Fault scenarios", 1)[-1].split("\n## ", 1)[0]
+        scenarios = [line.split("|") for line in section.splitlines() if re.match(r"\| [^-|][^|]* \| \d+ \| \d+ \| \d+ \| \d+ \|", line)]
+        lost = sum(int(cells[5]) for cells in scenarios)
+        commit = re.search(r"on commit `([0-9a-f]+)`", text)
+        rows.append(f"| Fault scenarios: readings accepted and never answered, all {len(scenarios)} scenarios | {lost} | "
+                    f"[faults.md](docs/results/faults.md) at `{commit.group(1) if commit else '?'}` |")
+    return rows
+
+
+def update_readme() -> None:
+    text = README.read_text()
+    start, end = text.index(FIGURES_START), text.index(FIGURES_END)
+    block = "\n".join([FIGURES_START, *headlines()]) + "\n"
+    README.write_text(text[:start] + block + text[end:])
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("page", choices=[*PAGES, "all"])
+    ap.add_argument("page", choices=[*PAGES, "all", "readme"])
     args = ap.parse_args()
-    for name in PAGES if args.page == "all" else [args.page]:
-        print(write_page(name))
+    if args.page != "readme":
+        for name in PAGES if args.page == "all" else [args.page]:
+            print(write_page(name))
+    update_readme()
     return 0
 
 

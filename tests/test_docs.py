@@ -90,3 +90,12 @@ def test_every_local_link_in_the_readme_and_docs_resolves() -> None:
                 assert anchor in _anchors(path), f"{page.relative_to(REPO)} links to {target}#{anchor}: no such heading"
             checked += 1
     assert checked > 20
+
+
+def test_readme_figures_are_the_generated_ones() -> None:
+    # The README's figures are copied from docs/results/ by bench/report.py, never typed in.
+    from bench.report import FIGURES_END, FIGURES_START, headlines
+
+    text = (REPO / "README.md").read_text()
+    block = text[text.index(FIGURES_START) + len(FIGURES_START):text.index(FIGURES_END)]
+    assert block.strip().splitlines() == headlines()

@@ -18,7 +18,7 @@ while it holds its lock, so a learner may call ``install`` from any thread.
 from __future__ import annotations
 
 import threading
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -356,14 +356,19 @@ class ScoringEngine:
         with self._lock:
             stream = self._streams.get(sensor_id) if sensor_id is not None else None
             rows = (stream.context if stream is not None else SensorContext(model.spec)).rows(ordered)
-        # As the stream would score it: in each context the sensor has, the less strange (see detector).
+            episode = stream.episode if stream is not None else self.decision.new_state()
+            episode = EpisodeState(deque(episode.recent_flags, maxlen=self.decision.n), episode.alerting,
+                                   episode.onset_at, episode.peak)
+        # As the stream would score it: in each context the sensor has, the less strange (see detector),
+        # and judged against the sensor's open episode, on a copy (a peek moves nothing).
         raw, score = min((model.score_row(row) for row in rows), key=lambda scored: scored[1])
+        judgement = judge(self.decision, episode, score, episode.onset_at, can_adapt=False)
         return Verdict(
             sensor_id=sensor_id or "",
             values=dict(zip(model.fields, ordered, strict=True)),
             ts=None,
-            score=score,
-            anomaly=int(score >= self.decision.threshold),
+            score=judgement.surprise,
+            anomaly=int(judgement.anomaly),
             model=model.name,
             model_version=model.version,
             raw_score=raw,
