@@ -17,10 +17,11 @@ import threading
 import time
 
 import paho.mqtt.client as paho
-from faultlab import running_broker
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
+
+from bench.faultlab import running_broker
 
 WINDOW = 50
 MESSAGES = 2000
