@@ -579,13 +579,6 @@ def test_fleet_parsing_is_total(topic: str, payloads: list[bytes], redelivered: 
                 assert "/" not in item.sensor_id and "+" not in item.sensor_id
 
 
-def test_the_ack_rides_on_a_reading_this_agent_keeps() -> None:
-    parser = _fleet_parser(topic="tele/{sensor}/SENSOR", each="DS18B20*", fields=["Temperature"])
-    parser.owns = lambda sensor_id: sensor_id.endswith("-1")  # DS18B20-2 belongs to another agent of the partition
-    items = _all(parser, "tele/ds/SENSOR", {"DS18B20-1": {"Temperature": 1}, "DS18B20-2": {"Temperature": 2}})
-    assert [i.sensor_id for i in items] == ["ds-DS18B20-2", "ds-DS18B20-1"]  # the last item settles the message
-
-
 @pytest.mark.parametrize("value", ["0.95", True, None, [1], {"a": 1}, 10**400])
 def test_mqtt_and_http_reject_a_value_in_the_same_words(parser: PayloadParser, value: Any) -> None:
     # One check for both ways in: the error a sensor gets on the errors topic is the one a

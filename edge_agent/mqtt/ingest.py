@@ -264,9 +264,6 @@ class PayloadParser:
         self._known: OrderedDict[str, dict[str, float]] = OrderedDict()  # sensor -> last known values
         self._counters: OrderedDict[tuple[str, str], _Counter] = OrderedDict()  # (sensor, field) -> last reading
         self._seq: OrderedDict[str, int] = OrderedDict()  # sensor -> last sequence number
-        #: Whether this agent scores a sensor (partitions): the acknowledgement of a message rides on
-        #: a reading this agent keeps, never on one it hands straight back as another agent's.
-        self.owns: Callable[[str], bool] = lambda sensor_id: True
         #: Called with (sensor id, readings missing, last seq, this seq) when a sequence has a gap.
         self.on_gap: Callable[[str, int, int, int], None] | None = None
 
@@ -426,8 +423,7 @@ class PayloadParser:
             return out
         # The acknowledgement rides on the last item (rejections are answered at once, readings
         # in order after scoring): the message is acknowledged when all are answered.
-        owns = self.owns
-        last = max((i for i, r in enumerate(out) if isinstance(r, Reading) and owns(r.sensor_id)), default=len(out) - 1)
+        last = max((i for i, r in enumerate(out) if isinstance(r, Reading)), default=len(out) - 1)
         if last != len(out) - 1:  # rejections after it are answered first: move the carrier to the end
             out.append(out.pop(last))
         return out
