@@ -41,8 +41,9 @@ def load_models(cfg: AgentConfig, base: Path | None = None) -> dict[str, SensorM
     models = {}
     forests: dict[str, Forest] = {}
     for name in names:
+        # Shared by every sensor assigned to it: held for speed, not memory (Forest).
         models[name] = load_model(directory / name, cfg.models.pinned_sha256.get(name), forests,
-                                  pinned_manifest_sha256=cfg.models.pinned_manifest_sha256.get(name))
+                                  pinned_manifest_sha256=cfg.models.pinned_manifest_sha256.get(name), wide=True)
         if models[name].name != name:
             log.info("model directory %s holds model %r", directory / name, models[name].name)
     return models

@@ -49,8 +49,11 @@ def save_forest(forest: Forest, path: str | os.PathLike[str]) -> None:
     arrays: dict[str, Any] = forest.to_arrays()
     write_durably(Path(path), lambda handle: np.savez_compressed(handle, **arrays))
 
-def load_forest(path: str | os.PathLike[str]) -> Forest:
-    """Read a forest written by ``save_forest``; ValueError (naming the file) if it is corrupt."""
+def load_forest(path: str | os.PathLike[str], *, wide: bool = False) -> Forest:
+    """Read a forest written by ``save_forest``; ValueError (naming the file) if it is corrupt.
+
+    ``wide``: held for speed rather than memory (``Forest``), for a forest many sensors share.
+    """
     try:
         archive = np.load(path, allow_pickle=False)
         if not isinstance(archive, np.lib.npyio.NpzFile):
@@ -62,7 +65,7 @@ def load_forest(path: str | os.PathLike[str]) -> Forest:
     except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile, zlib.error) as exc:
         raise ValueError(f"{path}: corrupt forest file: {exc}") from exc
     try:
-        return Forest.from_arrays(arrays)
+        return Forest.from_arrays(arrays, wide=wide)
     except ValueError as exc:
         raise ValueError(f"{path}: corrupt forest file: {exc}") from exc
 
@@ -153,7 +156,7 @@ def _verified(directory: Path, entry: Any, pinned: str | None, what: str) -> Pat
 
 def load_model(
     directory: Path | str, pinned_sha256: str | None = None, forests: dict[str, Forest] | None = None,
-    pinned_manifest_sha256: str | None = None, require_digest: bool = False,
+    pinned_manifest_sha256: str | None = None, require_digest: bool = False, wide: bool = False,
 ) -> SensorModel:
     """Load a model directory, checking the manifest's and the forest file's sha256 before reading them.
 
@@ -162,14 +165,16 @@ def load_model(
     always have one).
 
     ``forests`` (sha256 -> Forest) lets models whose forest files are identical share
-    one copy in memory (the shipped ``default`` is the ``vibration`` forest).
+    one copy in memory (the shipped ``default`` is the ``vibration`` forest). ``wide``
+    holds the forest for speed rather than memory: for a model many sensors share, not
+    for one sensor's learned model.
     """
     directory = Path(directory)
     manifest = _read_manifest(directory, pinned_manifest_sha256, require_digest)
     forest_path = _verified(directory, manifest.get("forest"), pinned_sha256, "forest")
     sha = manifest["forest"]["sha256"]
     try:
-        forest = forests[sha] if forests is not None and sha in forests else load_forest(forest_path)
+        forest = forests[sha] if forests is not None and sha in forests else load_forest(forest_path, wide=wide)
     except ValueError as e:
         raise ModelError(f"model {directory}: malformed manifest or forest: {e}") from None
     if forests is not None:

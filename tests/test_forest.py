@@ -124,6 +124,8 @@ def test_batch_and_single_scores_match_sklearn(n_rows: int, n_features: int, kin
     assert_same(forest.anomaly_score(probes), -expected)
     singles = np.array([forest.score_one(row) for row in probes[::7]])
     assert_same(singles, expected[::7])
+    wide = Forest.from_sklearn(estimator, wide=True)  # a shared model's walk tables: same scores
+    assert_same(np.array([wide.score_one(row) for row in probes[::7]]), expected[::7])
 
 
 def test_many_seeded_random_forests_match_sklearn() -> None:
@@ -186,6 +188,8 @@ def test_nan_follows_sklearn_missing_value_routing() -> None:
         expected = sklearn_scores(estimator, probes)
         assert_same(forest.score_samples(probes), expected)
         assert_same(np.array([forest.score_one(r) for r in probes[:20]]), expected[:20])
+        wide = Forest.from_sklearn(estimator, wide=True)
+        assert_same(np.array([wide.score_one(r) for r in probes[:20]]), expected[:20])
 
 
 def test_single_training_sample_scores_like_sklearn() -> None:

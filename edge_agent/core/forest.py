@@ -170,6 +170,12 @@ class Forest:
     node's path length as a small code into its few distinct values (one per leaf
     depth and size): about 8-10 bytes a node instead of 53 (a learned model's forest
     ~110 KB instead of ~700 KB), and the same scores to the last bit. The public arrays are rebuilt in their int64/float64 form on request.
+
+    ``wide=True`` trades memory for speed, for a forest that many sensors share (a
+    shipped model): ``score_one`` then walks pointer-width copies of ``left`` and
+    ``feature`` (16 bytes a node more). numpy's ``take`` converts small-typed indexes on
+    every call, which makes a compact forest's single reading about a third slower
+    (``python -m bench.bench_scoring`` measures both).
     """
 
     __slots__ = (
@@ -188,6 +194,8 @@ class Forest:
         "_steps",
         "_threshold32",
         "_threshold64",
+        "_walk_feature",
+        "_walk_left",
         "max_depth",
         "max_samples",
         "n_features",
@@ -197,7 +205,7 @@ class Forest:
 
     def __init__(
         self, feature: ArrayLike, threshold: ArrayLike, left: ArrayLike, nan_right: ArrayLike, path_length: ArrayLike,
-        roots: ArrayLike, n_features: int, max_samples: int, max_depth: int,
+        roots: ArrayLike, n_features: int, max_samples: int, max_depth: int, *, wide: bool = False,
     ) -> None:
         full = SimpleNamespace(
             feature=_typed(feature, "feature", "iu", np.int64),
@@ -227,6 +235,10 @@ class Forest:
         self._root_threshold32 = self._threshold32[self._roots]
         self._root_left = self._left[self._roots].astype(np.intp)
         self._steps = self._build_step_table()
+        # A step table scores a one-feature forest's reading without a walk.
+        walks = wide and self._steps is None
+        self._walk_left = _frozen(full.left.astype(np.intp)) if walks else None
+        self._walk_feature = _frozen(full.feature.astype(np.intp)) if walks else None
         self._prefix_steps, self._prefix_size = _single_row_prefix(depth, self.n_trees, self.max_depth)
 
     def __setattr__(self, name: str, value: Any) -> None:
@@ -258,7 +270,8 @@ class Forest:
     def nbytes(self) -> int:
         """Bytes of the node arrays held (what a model's forest costs in memory)."""
         held = (self._feature, self._left, self._threshold32, self._threshold64, self._nan_right, self._path_code,
-                self._path_values, self.roots, self._roots, self._root_feature, self._root_threshold32, self._root_left)
+                self._path_values, self.roots, self._roots, self._root_feature, self._root_threshold32, self._root_left,
+                self._walk_left, self._walk_feature)
         steps = self._steps
         return sum(a.nbytes for a in held if a is not None) + (steps.cuts.nbytes + steps.scores.nbytes if steps else 0)
 
@@ -273,7 +286,7 @@ class Forest:
     # ----------------------------------------------------------------- building
 
     @classmethod
-    def from_sklearn(cls, estimator: Any) -> Forest:
+    def from_sklearn(cls, estimator: Any, *, wide: bool = False) -> Forest:
         """Flatten a fitted ``sklearn.ensemble.IsolationForest`` (duck-typed, sklearn not imported)."""
         try:
             trees = list(estimator.estimators_)
@@ -307,6 +320,7 @@ class Forest:
             n_features=n_features,
             max_samples=max_samples,
             max_depth=int(nodes["depth"].max()),
+            wide=wide,
         )
 
     def to_arrays(self) -> dict[str, np.ndarray]:
@@ -318,7 +332,7 @@ class Forest:
         return arrays
 
     @classmethod
-    def from_arrays(cls, arrays: Mapping[str, Any]) -> Forest:
+    def from_arrays(cls, arrays: Mapping[str, Any], *, wide: bool = False) -> Forest:
         """Rebuild a forest from ``to_arrays`` output; ValueError if anything is missing or inconsistent."""
         missing = [name for name in (*NODE_ARRAYS, "roots", *SCALARS, "format_version") if name not in arrays]
         if missing:
@@ -328,7 +342,7 @@ class Forest:
             raise ValueError(f"forest format version {version} is not supported (expected {FORMAT_VERSION})")
         return cls(
             arrays["feature"], arrays["threshold"], arrays["left"], arrays["nan_right"], arrays["path_length"],
-            arrays["roots"], *(_scalar(arrays, name) for name in SCALARS),
+            arrays["roots"], *(_scalar(arrays, name) for name in SCALARS), wide=wide,
         )
 
     # ----------------------------------------------------------------- scoring
@@ -371,9 +385,15 @@ class Forest:
     def _score_row(self, row: np.ndarray) -> float:
         if self._steps is not None and not math.isnan(row[0]):
             return float(self._steps.scores[np.searchsorted(self._steps.cuts, row[0])])
-        if any(map(math.isnan, row.tolist())):  # 4x cheaper than np.isnan(row).any() for a few values
+        # Without a node that sends NaN right, NaN compares False and goes left, as sklearn
+        # sends it: the walk below is right for it too.
+        if self._nan_right is not None and any(map(math.isnan, row.tolist())):  # 4x cheaper than np.isnan(...).any()
             return float(self._score_block(row[np.newaxis, :])[0])
-        left, feature, threshold = self._left, self._feature, self._threshold32
+        wide = self._walk_left is not None and self._walk_feature is not None
+        left = self._walk_left if wide else self._left
+        feature = self._walk_feature if wide else self._feature
+        assert left is not None and feature is not None
+        threshold = self._threshold32
         node = self._roots
         if self._prefix_steps:
             # Level-major layout: the nodes of the first levels are a prefix of the table.
@@ -383,7 +403,10 @@ class Forest:
             for _ in range(self._prefix_steps):
                 node = following.take(node)
         for _ in range(self.max_depth - self._prefix_steps):
-            node = left.take(node) + (row.take(feature.take(node)) > threshold.take(node))
+            if wide:
+                node = left.take(node) + (row.take(feature.take(node)) > threshold.take(node))
+            else:  # kept pointer-wide (dtype=): take converts a small-typed index on every call
+                node = np.add(left.take(node), row.take(feature.take(node)) > threshold.take(node), dtype=np.intp)
         # accumulate adds tree after tree, in sklearn's order (a plain sum pairs them up).
         return float(self._score_depth(np.add.accumulate(self._path_values.take(self._path_code.take(node)))[-1]))
 
