@@ -16,6 +16,7 @@ import asyncio
 import json
 import logging
 from collections.abc import Awaitable, Callable
+from contextlib import suppress
 from typing import Any
 
 from nats.aio.client import Client
@@ -113,17 +114,15 @@ class PartitionConsumer:
             await sub.unsubscribe()
 
     async def _on_message(self, msg: Msg) -> None:
-        try:
-            request = int(msg.subject.rsplit(".", 1)[-1])
-        except ValueError:
-            request = -1
         headers = msg.headers or {}
         status = headers.get("Status")
         if status is not None and not msg.reply:
             # The pull ended (408: expired, 409: the server cut it short, 423: the pin moved on).
+            # A status comes on the pull's own inbox subject, which names the pull.
             if status == "423":
                 self.pin_id = None
-            self._asked.pop(request, None)
+            with suppress(ValueError):
+                self._asked.pop(int(msg.subject.rsplit(".", 1)[-1]), None)
             self._room.set()
             return
         pin = headers.get("Nats-Pin-Id")
@@ -131,12 +130,17 @@ class PartitionConsumer:
             self.pin_id = pin
             self.on_pinned(self.partition)
         self.in_flight += 1
-        left = self._asked.get(request)
-        if left is not None:
+        # A reading comes on its stream subject, not the pull's inbox, so it cannot say which
+        # pull brought it: the server fills waiting pulls in the order they came, so it counts
+        # against the oldest. (Reading the pull from the subject never matched, so no pull
+        # was ever used up: each window then waited out PULL_EXPIRES, 3 readings/s at window 10.)
+        oldest = next(iter(self._asked), None)
+        if oldest is not None:
+            left = self._asked[oldest]
             if left <= 1:
-                del self._asked[request]
+                del self._asked[oldest]
             else:
-                self._asked[request] = left - 1
+                self._asked[oldest] = left - 1
         self.deliver(msg, self)
 
 
