@@ -51,6 +51,13 @@ AGENT_METRICS: frozenset[str] = frozenset({
     "edge_agent_verdicts_held",
     "edge_agent_verdicts_dropped_total",
     "edge_agent_duplicate_readings_total",
+    # A member of a NATS consumer group (nats.enabled) adds these.
+    "edge_agent_partitions_owned",
+    "edge_agent_partition_pending",
+    "edge_agent_partition_ack_pending",
+    "edge_agent_partition_pins_total",
+    "edge_agent_partition_takes_total",
+    "edge_agent_partition_releases_total",
 })
 HISTOGRAM_METRICS: frozenset[str] = frozenset({"edge_agent_scoring_latency_seconds", "edge_agent_batch_size"})
 HISTOGRAM_SUFFIXES: tuple[str, ...] = ("_bucket", "_sum", "_count")

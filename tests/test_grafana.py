@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import json
 import re
+import time
 import urllib.request
+from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -113,16 +116,39 @@ def test_exposition_reader_sees_names_and_labels() -> None:
         "le", "sensor", "job", "reason", "instance"}
 
 
-def test_every_query_uses_metrics_and_labels_the_live_agent_exposes(live: Exposed) -> None:
+@pytest.fixture
+def live_member(broker: Any, models_dir: Path) -> Iterator[Exposed]:
+    """What an agent of a NATS consumer group exposes once it holds its partitions."""
+    from nats_servers import NatsServer
+    from test_jetstream import Member, group_overrides, metrics_text, wait_owned
+
+    server = NatsServer()
+    server.start()
+    member = Member(group_overrides(broker, models_dir, server))
+    try:
+        wait_owned([member])
+        # The partitions' lag is refreshed every heartbeat (member_ttl / 3).
+        deadline = time.monotonic() + 10
+        while "edge_agent_partition_pending{" not in metrics_text(member.http_port) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        yield exposed(metrics_text(member.http_port))
+    finally:
+        member.kill()
+        server.close()
+
+
+def test_every_query_uses_metrics_and_labels_the_live_agent_exposes(live: Exposed, live_member: Exposed) -> None:
+    """Each query against what a single agent exposes, or, for the group's, a group member."""
     checked = 0
     for where, expr in queries():
         names = promql_metric_names(expr)
         assert names, f"{where}: no metric in {expr}"
-        unknown = {n for n in names if not live.knows(n) and n not in PROMETHEUS_SERIES}
+        agent = live_member if any(n.startswith("edge_agent_partition") for n in names) else live
+        unknown = {n for n in names if not agent.knows(n) and n not in PROMETHEUS_SERIES}
         assert not unknown, f"{where}: {sorted(unknown)} not exposed by the agent ({expr})"
         available = set(TARGET_LABELS)
         for name in names:
-            available |= live.labels.get(name, PROMETHEUS_SERIES.get(name, set()))
+            available |= agent.labels.get(name, PROMETHEUS_SERIES.get(name, set()))
         missing = label_names(expr) - available
         assert not missing, f"{where}: labels {sorted(missing)} exist on none of {sorted(names)}"
         checked += 1

@@ -253,14 +253,19 @@ def spawn(args: list[str]) -> subprocess.Popen[bytes]:
                             stderr=open(tempfile.mktemp(prefix="edge-member-", suffix=".log"), "wb"))
 
 
-def metric(port: int, name: str) -> float | None:
+def metrics_text(port: int) -> str:
+    """An agent's /metrics, or "" while it does not answer."""
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as response:
-            for line in response.read().decode().splitlines():
-                if line.startswith(name + " "):
-                    return float(line.split()[1])
+            return str(response.read().decode())
     except OSError:
-        return None
+        return ""
+
+
+def metric(port: int, name: str) -> float | None:
+    for line in metrics_text(port).splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
     return None
 
 
@@ -422,6 +427,11 @@ def test_scaling_from_2_to_3_moves_at_most_40_percent_of_sensors_and_loses_nothi
     assert 0 < share <= 0.40
     assert {a for s in sensors for a in after[s]} == {m.cfg.agent_id for m in group}
     assert_repeats_marked(got)
+    # Each member reports the lag of the partitions it holds now, not of those it let go.
+    for m in group:
+        reported = {s.labels["partition"] for f in m.registry.collect() if f.name == "edge_agent_partition_pending"
+                    for s in f.samples}
+        assert reported <= {str(p) for p in m.partitions}, (reported, m.partitions)
 
 
 @pytest.mark.broker

@@ -34,6 +34,7 @@ needs_prometheus = pytest.mark.skipif(PROMETHEUS is None and not IN_CI, reason="
 EXPECTED_ALERTS = {
     "EdgeAgentDown", "EdgeAgentBrokerDisconnected", "EdgeAgentModelNotLoaded", "EdgeAgentSensorsWithoutModel",
     "EdgeAgentAnomalyRateHigh", "EdgeAgentInvalidMessages", "EdgeAgentVerdictsDropped",
+    "EdgeAgentPartitionLagGrowing", "EdgeAgentPartitionUnowned", "EdgeAgentPartitionRepins",
 }
 
 
@@ -168,6 +169,37 @@ def rule_unit_tests() -> list[dict[str, Any]]:
             "alert_rule_test": [
                 _alert("EdgeAgentAnomalyRateHigh", f"{DAY - 10}m"),
                 _alert("EdgeAgentAnomalyRateHigh", f"{DAY + 30}m", {**A, "sensor": "s1", **warn}),
+            ],
+        },
+        {
+            # A group of two members over 6 partitions: b holds 0, 1, 2 and 5, a holds 3 and 4.
+            "interval": "1m",
+            "input_series": [
+                # Partition 0 grows by 200 readings a minute; 1 holds a large but shrinking
+                # backlog; 2 a small steady one.
+                _series("edge_agent_partition_pending", {**B, "partition": "0"}, "0+200x40"),
+                _series("edge_agent_partition_pending", {**B, "partition": "1"}, "9000-100x40"),
+                _series("edge_agent_partition_pending", {**B, "partition": "2"}, "50x40"),
+                _series("edge_agent_partition_pending", {**B, "partition": "5"}, "0x40"),
+                # a dies at minute 20 (its series end) and no one takes 3 and 4 over.
+                _series("edge_agent_partition_pending", {**A, "partition": "3"}, "0x20"),
+                _series("edge_agent_partition_pending", {**A, "partition": "4"}, "0x20"),
+                _series("edge_agent_partitions_owned", A, "2x20"),
+                _series("edge_agent_partitions_owned", B, "4x40"),
+                # b is re-pinned 5 times in 5 minutes with no partition taken; a once, with its take.
+                _series("edge_agent_partition_pins_total", B, "4x10 4+1x5 9x25"),
+                _series("edge_agent_partition_takes_total", B, "4x40"),
+                _series("edge_agent_partition_pins_total", A, "2x10 3x10"),
+                _series("edge_agent_partition_takes_total", A, "2x10 3x10"),
+            ],
+            "alert_rule_test": [
+                _alert("EdgeAgentPartitionLagGrowing", "12m"),  # over 1000 since minute 6, not for 10 minutes yet
+                _alert("EdgeAgentPartitionLagGrowing", "20m", {"partition": "0", **warn}),
+                _alert("EdgeAgentPartitionUnowned", "18m"),  # all 6 owned
+                _alert("EdgeAgentPartitionUnowned", "24m"),  # a's series are still within the lookback
+                _alert("EdgeAgentPartitionUnowned", "35m", {"severity": "critical"}),
+                _alert("EdgeAgentPartitionRepins", "9m"),
+                _alert("EdgeAgentPartitionRepins", "16m", {**B, **warn}),
             ],
         },
     ]

@@ -221,6 +221,9 @@ class GroupAgent:
                 if not await consumer.release(float(self.cfg.nats.ack_wait)):
                     log.warning("partition %d handed over with readings unanswered; they are redelivered", p)
                 self.group_metrics.releases.inc()
+                # Its lag is now the new owner's to report: a stale series here would double it.
+                self.group_metrics.pending.remove(str(p))
+                self.group_metrics.ack_pending.remove(str(p))
                 log.info("released partition %d", p)
             for p in sorted(owned - set(self.consumers)):
                 await self._take(p)
@@ -254,6 +257,8 @@ class GroupAgent:
                 state = await consumer_state(nc, self.layout, p)
             except NATS_ERRORS as e:  # a slow server: the next beat tries again
                 log.debug("consumer state of partition %d: %s", p, e)
+                continue
+            if p not in self.consumers:  # released while its state was asked for
                 continue
             self.group_metrics.pending.labels(str(p)).set(state.get("num_pending", 0))
             self.group_metrics.ack_pending.labels(str(p)).set(state.get("num_ack_pending", 0))
