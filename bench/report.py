@@ -74,6 +74,10 @@ PERFORMANCE = [
             "The agent as a subprocess behind its own Mosquitto, against a no-model echo: throughput with QoS 1 in "
             "and out, latency at a paced rate, RSS after 100 sensors.",
             ("-m", "bench.bench_e2e",)),
+    Section("Past one machine: the NATS JetStream consumer group",
+            "The same readings through 1, 2 and 3 agent processes of one group on this machine: verdicts/s and agent "
+            "CPU per reading (readings published straight into the stream; the bridge and Mosquitto not counted).",
+            ("-m", "bench.bench_group")),
 ]
 
 FAULTS = [
