@@ -148,6 +148,10 @@ HEADLINES = (
     ("performance", "End to end over MQTT: readings/s, QoS 1 in and out", r"\| agent throughput, QoS 1 in/out[^|]*\| ([0-9,]+) readings/s"),
     ("performance", "End to end: p99 latency at 1,000 readings/s", r"\| agent latency at 1,000/s for 10 s: p99 \| ([0-9.]+ ms)"),
     ("performance", "Agent peak RSS after 100 sensors", r"\| agent peak RSS after 100 sensors[^|]*\| ([0-9.]+ MB)"),
+    ("performance", "Scoring core: single readings/s, a shared model / a learned one",
+     r"\| single reading \(score_one\), wide[^|]*\|[^|]*\| ([0-9,]+) \|[\s\S]*?\| single reading \(score_one\), compact[^|]*\|[^|]*\| ([0-9,]+) \|"),
+    ("performance", "Consumer group: SIGKILL to every moved sensor scored again (default timings)",
+     r"\| defaults \(member_ttl[^|]*\| ([0-9.]+ s) \|"),
 )
 
 
