@@ -3,6 +3,7 @@ the sensor context, seasonal features and durations."""
 
 from __future__ import annotations
 
+import math
 import re
 
 import numpy as np
@@ -216,7 +217,25 @@ def test_a_history_grows_as_readings_come_and_keeps_order_across_growth() -> Non
     assert len(h) == 300 and h.latest().ravel().tolist() == [float(i) for i in range(700, 1000)]
     assert h.latest_times(3).tolist() == [997.0, 998.0, 999.0]
     assert h.latest_flags().tolist() == [i % 7 == 0 for i in range(700, 1000)]
-    assert h.nbytes == 300 * (8 + 1 + 8)
+    assert h.nbytes == 300 * (4 + 1 + 4) + 8  # float32 offsets, a flag, a float32 time offset; the origin
+
+
+def test_a_history_keeps_small_steps_of_large_values_and_times_across_months() -> None:
+    from edge_agent.core.adaptation import History
+
+    h = History(capacity=1000, n_fields=1)
+    start = 1_700_000_000.0
+    meter = [1_000_000.0 + 0.001 * i for i in range(3000)]  # Wh: float32 alone would hold steps of 0.0625
+    for i, wh in enumerate(meter):
+        h.append([wh], at=start + 3600.37 * i)  # about a reading an hour: 125 days
+    np.testing.assert_allclose(np.diff(h.latest()[:, 0]), 0.001, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(h.latest()[:, 0], meter[-1000:], rtol=0, atol=1e-6)
+    np.testing.assert_allclose(h.latest_times(), [start + 3600.37 * i for i in range(2000, 3000)], rtol=0, atol=0.2)
+    # A field with no value at first, then values beyond float32's range, kept exactly.
+    h = History(capacity=100, n_fields=1)
+    for i in range(200):
+        h.append([math.nan if i < 5 else 1e300 * (1 + i % 3)])
+    assert h.latest()[:, 0].tolist() == [1e300 * (1 + i % 3) for i in range(100, 200)]
 
 
 def test_a_copied_feature_state_goes_its_own_way() -> None:

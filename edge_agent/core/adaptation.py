@@ -21,6 +21,7 @@ and it learns from all of them.
 from __future__ import annotations
 
 import hashlib
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -68,65 +69,93 @@ class LearnRequest:
 class History:
     """The last ``capacity`` readings of one sensor, whether each was flagged, and its time.
 
-    Float arrays (~17 bytes a reading with its flag and time): a deque of Python lists
-    costs about ten times that, which matters when every sensor of a site keeps an hour of
-    readings to learn from. They start small and double as readings come, up to
-    ``capacity``: a sensor id that sends one reading (a typo, a flood) costs a few hundred
-    bytes here, not the ~120 KB of a full history (bench/bench_sensor_memory.py).
+    Float arrays: a deque of Python lists costs about ten times as much, which matters when
+    every sensor of a site keeps hours of readings to learn from. They start small and double
+    as readings come, up to ``capacity``: a sensor id that sends one reading (a typo, a flood)
+    costs a few hundred bytes here (bench/bench_sensor_memory.py).
+
+    Held as float32 offsets, 9 bytes a reading instead of 17: values from each field's first
+    finite value and times from the first time, so precision follows how far a sensor's
+    readings move, not their magnitude (an energy meter at 1,000,000 Wh keeps its 0.001 steps;
+    a 64-bit epoch second in float32 would be 128 s coarse). Offsets too large for float32
+    switch the values to float64; times are rebased every ``REBASE`` seconds.
     """
 
-    __slots__ = ("_rows", "_flags", "_times", "_next", "_full", "capacity")
+    __slots__ = ("_rows", "_flags", "_times", "_next", "_full", "capacity", "_origin", "_epoch")
 
     INITIAL = 8
+    REBASE = 2.0**20  # seconds (12 days) of offset at most: float32 keeps them to 1/8 s
+    WIDEST = 1e30  # a value offset beyond this is held in float64
 
     def __init__(self, capacity: int, n_fields: int) -> None:
         self.capacity = capacity
         size = min(self.INITIAL, capacity)
-        self._rows = np.empty((size, n_fields), dtype=np.float64)
+        self._rows = np.empty((size, n_fields), dtype=np.float32)
         self._flags = np.zeros(size, dtype=bool)
-        self._times = np.full(size, np.nan)
+        self._times = np.full(size, np.nan, dtype=np.float32)
+        self._origin = np.full(n_fields, np.nan)  # each field's first finite value
+        self._epoch = math.nan  # the time offsets are from
         self._next = 0
         self._full = False
 
     def append(self, values: Sequence[float], flagged: bool = False, at: float | None = None) -> None:
         if self._next == len(self._rows) and not self._full:
             self._grow()
-        self._rows[self._next] = values
+        row = np.asarray(values, dtype=np.float64)
+        unset = np.isnan(self._origin)
+        if unset.any():  # a field's first finite value (its readings so far were all NaN)
+            first = unset & np.isfinite(row)
+            self._origin[first] = row[first]
+        offset = row - self._origin
+        if self._rows.dtype == np.float32 and np.nanmax(np.abs(offset), initial=0.0) > self.WIDEST:
+            self._rows = self._rows.astype(np.float64)
+        self._rows[self._next] = offset
         self._flags[self._next] = flagged
-        self._times[self._next] = np.nan if at is None else at
+        self._times[self._next] = np.nan if at is None else self._time_offset(at)
         self._next += 1
         if self._next == self.capacity:
             self._next, self._full = 0, True
 
+    def _time_offset(self, at: float) -> float:
+        if math.isnan(self._epoch):
+            self._epoch = at
+        elif abs(at - self._epoch) > self.REBASE:
+            self._times = (self._times.astype(np.float64) + (self._epoch - at)).astype(np.float32)
+            self._epoch = at
+        return at - self._epoch
+
     def _grow(self) -> None:
         size = min(2 * len(self._rows), self.capacity)
-        self._rows = np.concatenate([self._rows, np.empty((size - len(self._rows), self._rows.shape[1]))])
-        self._flags = np.concatenate([self._flags, np.zeros(size - len(self._flags), dtype=bool)])
-        self._times = np.concatenate([self._times, np.full(size - len(self._times), np.nan)])
+        more = size - len(self._rows)
+        self._rows = np.concatenate([self._rows, np.empty((more, self._rows.shape[1]), dtype=self._rows.dtype)])
+        self._flags = np.concatenate([self._flags, np.zeros(more, dtype=bool)])
+        self._times = np.concatenate([self._times, np.full(more, np.nan, dtype=np.float32)])
 
     @property
     def nbytes(self) -> int:
-        return self._rows.nbytes + self._flags.nbytes + self._times.nbytes
+        return self._rows.nbytes + self._flags.nbytes + self._times.nbytes + self._origin.nbytes
 
     def __len__(self) -> int:
         return self.capacity if self._full else self._next
 
     def _ordered(self, a: np.ndarray, n: int | None) -> np.ndarray:
         ordered: np.ndarray = np.concatenate([a[self._next:], a[: self._next]]) if self._full else a[: self._next]
-        copied: np.ndarray = ordered[-n:].copy() if n is not None else ordered.copy()
-        return copied
+        return ordered[-n:] if n is not None else ordered
 
     def latest(self, n: int | None = None) -> np.ndarray:
-        """The newest ``n`` readings (all by default), oldest first, as a copy."""
-        return self._ordered(self._rows, n)
+        """The newest ``n`` readings (all by default), oldest first, as a new float64 array."""
+        values: np.ndarray = self._origin + self._ordered(self._rows, n).astype(np.float64)
+        return values
 
     def latest_flags(self, n: int | None = None) -> np.ndarray:
         """Whether each of ``latest(n)`` was flagged."""
-        return self._ordered(self._flags, n)
+        flags: np.ndarray = self._ordered(self._flags, n).copy()
+        return flags
 
     def latest_times(self, n: int | None = None) -> np.ndarray:
         """The time of each of ``latest(n)`` (NaN where a reading had none)."""
-        return self._ordered(self._times, n)
+        times: np.ndarray = self._epoch + self._ordered(self._times, n).astype(np.float64)
+        return times
 
 
 class SensorAdaptation:
