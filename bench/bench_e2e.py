@@ -33,9 +33,9 @@ from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as paho
-from paho.mqtt.enums import CallbackAPIVersion
 
-from edge_agent.mqtt.local_broker import MosquittoBroker, free_port
+from bench import kit
+from bench.kit import MosquittoBroker, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(sys.executable).parent
@@ -80,9 +80,7 @@ class Published:
 
 
 def _client(client_id: str, inflight: int) -> paho.Client:
-    client = paho.Client(callback_api_version=CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=True)
-    client.max_inflight_messages_set(inflight)
-    return client
+    return kit.client(client_id=client_id, clean_session=True, max_inflight=inflight)
 
 
 def collect(port: int, topic_filter: str, expected: int, timeout: float, latencies: bool, ready: MpEvent, out: Any) -> None:

@@ -25,7 +25,8 @@ from paho.mqtt.reasoncodes import ReasonCode
 from prometheus_client import CollectorRegistry
 
 from bench import faults
-from bench.faultlab import TABLE_HEADER, Lab, ScenarioResult, Sensor, running_broker, table_row
+from bench.faultlab import TABLE_HEADER, Lab, ScenarioResult, table_row
+from bench.kit import Sensor, running_broker
 from conftest import FAULT_TABLE
 from edge_agent.config import load_config
 from edge_agent.core.domain import Reading, Verdict

@@ -22,7 +22,8 @@ from typing import Any
 
 import pytest
 
-from conftest import Collector, Publisher, agent_overrides
+from bench.kit import Collector, Endpoint, Sensor
+from conftest import agent_overrides
 from edge_agent.config import ConfigError, load_config
 from edge_agent.core.domain import InvalidReading, Reading
 from edge_agent.jetstream.assignment import moved, owned_by, rebalance
@@ -204,7 +205,7 @@ def test_bridge_and_two_members_answer_every_reading_once_each_sensor_on_one_mem
     members = [start_member(), start_member()]
     wait_settled(members)
     start_bridge()
-    sensor = Publisher(broker.host, broker.port)
+    sensor = Sensor(broker)
     sensors = [f"pump-{i}" for i in range(12)]
     try:
         for ts in range(20):
@@ -231,7 +232,7 @@ def test_sensors_publishing_to_nats_own_mqtt_listener_are_scored_too(
     out = collect(["edge/+/verdicts/#"])
     start_member()
     assert nats_server.mqtt_port is not None
-    direct = Publisher(nats_server.host, nats_server.mqtt_port)  # a sensor that knows no Mosquitto
+    direct = Sensor(Endpoint(nats_server.host, nats_server.mqtt_port))  # a sensor that knows no Mosquitto
     try:
         for ts in range(5):
             direct.send_json("readings/boiler-1", {"value": 0.9, "ts": ts})
@@ -317,7 +318,7 @@ LEARN = ["learning.enabled=true", "learning.rows=50", "learning.period=0", "lear
 
 
 def send_rounds(broker: Any, sensors: list[str], rounds: range, pause: float = 0.0) -> None:
-    sensor = Publisher(broker.host, broker.port)
+    sensor = Sensor(broker)
     try:
         for ts in rounds:
             for s in sensors:

@@ -30,9 +30,9 @@ import paho.mqtt.client as paho
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from paho.mqtt.enums import CallbackAPIVersion
 from prometheus_client import CollectorRegistry, generate_latest
 
+from bench import kit
 from conftest import REPO, agent_config
 from edge_agent.agent import Agent, load_models
 from edge_agent.config import ConfigError, HTTPConfig, http_token, load_config
@@ -291,11 +291,8 @@ class Client:
         self.connack = threading.Event()
         self.reason: Any = None
         self._cond = threading.Condition()
-        self.client = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"sec-{uuid.uuid4().hex[:8]}", protocol=paho.MQTTv5)
-        if user is not None:
-            self.client.username_pw_set(user, password if password is not None else PASSWORDS[user])
-        if tls:
-            self.client.tls_set(**tls)
+        login = (user, password if password is not None else PASSWORDS[user]) if user is not None else None
+        self.client = kit.client("sec", protocol=paho.MQTTv5, auth=login, tls=tls or None)
         self.client.on_connect = self._on_connect
         self.client.on_message = self._record(self.messages)
         self.client.on_publish = lambda c, u, mid, rc, p: self._store(self.acks, mid, rc)
