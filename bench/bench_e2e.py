@@ -86,7 +86,8 @@ def _client(client_id: str, inflight: int) -> paho.Client:
 def collect(port: int, topic_filter: str, expected: int, timeout: float, latencies: bool, ready: MpEvent, out: Any) -> None:
     """Subscriber process: count unique verdicts (by sensor id and echoed ts) until all are in or time is up."""
     seen: set[tuple[str, float]] = set()
-    state = {"dups": 0, "anomalies": 0, "first": None, "last": None}
+    counts = {"dups": 0, "anomalies": 0}
+    span: dict[str, float] = {}  # when the first and the last unique verdict arrived
     lat: list[float] = []
     done = threading.Event()
 
@@ -98,14 +99,13 @@ def collect(port: int, topic_filter: str, expected: int, timeout: float, latenci
         body = json.loads(message.payload)
         key = (body.get("sensor_id"), body.get("ts"))
         if key in seen:
-            state["dups"] += 1
+            counts["dups"] += 1
             return
         seen.add(key)
-        if state["first"] is None:
-            state["first"] = now
-        state["last"] = now
+        span.setdefault("first", now)
+        span["last"] = now
         if body.get("anomaly"):
-            state["anomalies"] += 1
+            counts["anomalies"] += 1
         if latencies and isinstance(body.get("ts"), (int, float)):
             lat.append((now - body["ts"]) * 1000.0)
         if len(seen) >= expected:
@@ -122,7 +122,7 @@ def collect(port: int, topic_filter: str, expected: int, timeout: float, latenci
     finally:
         client.disconnect()
         client.loop_stop()
-    out.put(Collected(len(seen), state["dups"], state["anomalies"], state["first"], state["last"], lat))
+    out.put(Collected(len(seen), counts["dups"], counts["anomalies"], span.get("first"), span.get("last"), lat))
 
 
 def publish(port: int, sensors: list[str], n: int, rate: float | None, seed: int, out: Any) -> None:

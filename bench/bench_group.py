@@ -21,8 +21,8 @@ import time
 import urllib.request
 from pathlib import Path
 
+from bench.nats_servers import NatsServer, outstanding, publish_readings
 from edge_agent.mqtt.local_broker import free_port
-from tests.nats_servers import NatsServer, outstanding, publish_readings
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import tempfile
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from bench.kit import Broker, Collector, Sensor, start_test_broker
+from edge_agent.core.domain import InvalidReading, Verdict
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -47,6 +48,15 @@ def sensor(broker: Broker) -> Iterator[Sensor]:
     """A sensor (the kit's) on the test's broker: ``send`` waits for the broker's PUBACK."""
     with Sensor(broker, max_inflight=1000) as s:
         yield s
+
+
+def verdicts_of(results: Iterable[Verdict | InvalidReading]) -> list[Verdict]:
+    """The verdicts of a scoring call whose readings were all valid (a rejection fails the test, naming it)."""
+    out = []
+    for r in results:
+        assert isinstance(r, Verdict), r
+        out.append(r)
+    return out
 
 
 def skab_like_csv(path: Path, n: int, fault_from: int | None, seed: int) -> None:

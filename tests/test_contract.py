@@ -87,7 +87,7 @@ KINDS = [*(_shipped(n) for n in SHIPPED), Kind("trained", _trained, True), Kind(
 
 @pytest.fixture(params=KINDS, ids=lambda k: k.name)
 def kind(request: pytest.FixtureRequest) -> Kind:
-    return request.param  # type: ignore[no-any-return]
+    return request.param
 
 
 def _readings(model: SensorModel, sensor: str = "s-1") -> list[Reading]:
@@ -253,7 +253,7 @@ def _home_assistant_sink(cfg: AgentConfig, transport: MQTTTransport) -> VerdictS
 MQTT_SINKS = {"mqtt": _mqtt_sink, "homeassistant": _home_assistant_sink}
 
 
-@pytest.fixture(params=MQTT_SINKS.values(), ids=MQTT_SINKS.keys())
+@pytest.fixture(params=list(MQTT_SINKS.values()), ids=list(MQTT_SINKS))
 def make_rig(request: pytest.FixtureRequest, broker: Broker) -> Iterator[Callable[[], Rig]]:
     """Rigs on the test's broker, one agent id: a second rig is the same agent's next session."""
     if broker.kind == "embedded":

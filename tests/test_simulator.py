@@ -14,6 +14,7 @@ import time
 from collections import defaultdict
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -59,7 +60,7 @@ def _stretches(series: list[SimReading]) -> dict[int, list[int]]:
 
 # A long stream with frequent anomalies and the same stream without any: the healthy
 # signal is drawn from its own generator, so the two differ exactly where anomalies are.
-LONG = dict(n_sensors=4, rate=1.0, seed=11, start=START)
+LONG: dict[str, Any] = dict(n_sensors=4, rate=1.0, seed=11, start=START)
 LONG_COUNT = 4 * 6000
 
 
@@ -250,7 +251,7 @@ def test_invalid_simulation_arguments_are_rejected() -> None:
     for bad in (dict(n_sensors=0), dict(n_sensors=1, rate=0.0), dict(n_sensors=1, anomaly_rate=2.0),
                 dict(n_sensors=1, kinds=("pressure",)), dict(n_sensors=1, anomaly_kinds=("bogus",))):
         with pytest.raises(ValueError):
-            Simulation(**bad)  # type: ignore[arg-type]
+            Simulation(**bad)
 
 
 # --- the CLI without a broker ------------------------------------------------------
