@@ -33,9 +33,9 @@ from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as paho
-from paho.mqtt.enums import CallbackAPIVersion
 
-from edge_agent.mqtt.local_broker import MosquittoBroker, free_port
+from bench import kit
+from bench.kit import MosquittoBroker, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(sys.executable).parent
@@ -80,15 +80,14 @@ class Published:
 
 
 def _client(client_id: str, inflight: int) -> paho.Client:
-    client = paho.Client(callback_api_version=CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=True)
-    client.max_inflight_messages_set(inflight)
-    return client
+    return kit.client(client_id=client_id, clean_session=True, max_inflight=inflight)
 
 
 def collect(port: int, topic_filter: str, expected: int, timeout: float, latencies: bool, ready: MpEvent, out: Any) -> None:
     """Subscriber process: count unique verdicts (by sensor id and echoed ts) until all are in or time is up."""
     seen: set[tuple[str, float]] = set()
-    state = {"dups": 0, "anomalies": 0, "first": None, "last": None}
+    counts = {"dups": 0, "anomalies": 0}
+    span: dict[str, float] = {}  # when the first and the last unique verdict arrived
     lat: list[float] = []
     done = threading.Event()
 
@@ -100,14 +99,13 @@ def collect(port: int, topic_filter: str, expected: int, timeout: float, latenci
         body = json.loads(message.payload)
         key = (body.get("sensor_id"), body.get("ts"))
         if key in seen:
-            state["dups"] += 1
+            counts["dups"] += 1
             return
         seen.add(key)
-        if state["first"] is None:
-            state["first"] = now
-        state["last"] = now
+        span.setdefault("first", now)
+        span["last"] = now
         if body.get("anomaly"):
-            state["anomalies"] += 1
+            counts["anomalies"] += 1
         if latencies and isinstance(body.get("ts"), (int, float)):
             lat.append((now - body["ts"]) * 1000.0)
         if len(seen) >= expected:
@@ -124,7 +122,7 @@ def collect(port: int, topic_filter: str, expected: int, timeout: float, latenci
     finally:
         client.disconnect()
         client.loop_stop()
-    out.put(Collected(len(seen), state["dups"], state["anomalies"], state["first"], state["last"], lat))
+    out.put(Collected(len(seen), counts["dups"], counts["anomalies"], span.get("first"), span.get("last"), lat))
 
 
 def publish(port: int, sensors: list[str], n: int, rate: float | None, seed: int, out: Any) -> None:

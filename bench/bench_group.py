@@ -32,10 +32,10 @@ from pathlib import Path
 import nats
 from nats.aio.msg import Msg
 
+from bench.nats_servers import NatsServer, outstanding, publish_readings
 from edge_agent.core.domain import Reading
 from edge_agent.jetstream.envelope import HEADER, VERSION, encode, token
 from edge_agent.mqtt.local_broker import free_port
-from tests.nats_servers import NatsServer, outstanding, publish_readings
 
 REPO = Path(__file__).resolve().parent.parent
 

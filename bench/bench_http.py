@@ -24,6 +24,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 from prometheus_client import CollectorRegistry
@@ -127,8 +128,8 @@ def python_clients(host: str, port: int, connections: int, start_at: float, stop
             break
         measuring = measuring or now >= start_at
         for key, _ in sel.select(timeout=1.0):
-            sock, state = key.fileobj, key.data
-            chunk = sock.recv(65536)  # type: ignore[union-attr]
+            conn, state = cast(socket.socket, key.fileobj), key.data
+            chunk = conn.recv(65536)
             if not chunk:
                 raise ConnectionError("server closed the connection")
             state[0] += chunk
@@ -140,7 +141,7 @@ def python_clients(host: str, port: int, connections: int, start_at: float, stop
                 latencies.append(done - state[1])
                 errors += status != 200
             state[1] = time.perf_counter_ns()
-            sock.send(request)  # type: ignore[union-attr]
+            conn.send(request)
     for sock in socks:
         sock.close()
     out.put((latencies, errors))

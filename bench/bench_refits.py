@@ -41,15 +41,14 @@ from bench.bench_e2e import (
     AGENT_ID,
     ROOT,
     BenchError,
-    MosquittoBroker,
     Target,
-    free_port,
     machine,
     percentile,
     run_load,
     wait_ready,
     wait_status,
 )
+from bench.kit import MosquittoBroker, free_port
 from edge_agent.core.features import DEFAULT_TRANSFORMS, FeatureSpec
 from edge_agent.learning import save_learned
 from edge_agent.tools.training import learn_model
@@ -98,7 +97,7 @@ def metric(http_port: int, name: str) -> float:
 
 def children_kb(pid: int, key: str) -> list[int]:
     """``key`` (VmHWM, VmRSS) of the process's children (the fit process), in kB."""
-    out = []
+    out: list[int] = []
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
             if int(stat.read_text().rpartition(")")[2].split()[1]) != pid:

@@ -22,8 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
-import paho.mqtt.client as paho
-
+from bench import kit
 from edge_agent.agent import Agent, load_models
 from edge_agent.config import load_config
 from edge_agent.mqtt.local_broker import MOSQUITTO, free_port, wait_listening
@@ -77,7 +76,7 @@ def run(limits: str, sensors: int, readings: int) -> tuple[int, int, float, floa
             scored = total(agent, "edge_agent_readings")
             # The sensors go on: one more reading each, after the burst, shows the drops at its end as gaps.
             names = {s.labels["sensor"] for m in agent.registry.collect() if m.name == "edge_agent_readings" for s in m.samples}
-            tail = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=f"tail-{port}")
+            tail = kit.client(client_id=f"tail-{port}")
             tail.connect("127.0.0.1", port)
             tail.loop_start()
             for name in sorted(names):

@@ -19,7 +19,8 @@ from types import FrameType
 from typing import Any
 
 import paho.mqtt.client as paho
-from paho.mqtt.enums import CallbackAPIVersion
+
+from bench import kit
 
 
 @dataclass
@@ -32,9 +33,8 @@ class Echo:
     inflight: int = 1000
 
     def __post_init__(self) -> None:
-        self.client = paho.Client(callback_api_version=CallbackAPIVersion.VERSION2, client_id="bench-echo", clean_session=True)
         # The agent keeps up to receive_maximum verdicts in flight; give the echo room too.
-        self.client.max_inflight_messages_set(self.inflight)
+        self.client = kit.client(client_id="bench-echo", clean_session=True, max_inflight=self.inflight)
         self.client.on_connect = self._on_connect
         self.client.on_subscribe = self._on_subscribe
         self.client.on_message = self._on_message

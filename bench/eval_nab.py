@@ -316,7 +316,7 @@ def main() -> int:
     print("| detections | windows | detected | outside windows | " + " | ".join(PROFILES) + " |")
     print("|---|---|---|---|" + "---|" * len(PROFILES))
     for kind, label in (("anomaly", "every anomalous reading"), ("onset", "episode onsets")):
-        files = scores[kind].values()
+        files = list(scores[kind].values())
         windows_total = sum(len(s.window_hits) for s in files)
         detected = sum(w is not None for s in files for w in s.window_hits)
         outside = sum(len(s.false_positives) for s in files)

@@ -61,7 +61,7 @@ def injection_outcomes(
         if aid and aid not in left_out:
             spans[aid].append(i)
     outcomes = []
-    covered = set()
+    covered: set[int] = set()
     for idx in spans.values():
         start, end = idx[0], idx[-1] + grace
         covered.update(range(start, end + 1))
@@ -173,9 +173,9 @@ def main() -> int:
         cells = []
         for sk in sensor_kinds:
             found = by_sensor_kind.get((sk, kind), [])
-            hits = sum(1 for o in found if o.delay is not None)
+            found_in_time = sum(1 for o in found if o.delay is not None)
             during = sum(1 for o in found if o.before_end)
-            cells.append(f"{hits / len(found):.0%} / {during / len(found):.0%} ({len(found)})" if found else "-")
+            cells.append(f"{found_in_time / len(found):.0%} / {during / len(found):.0%} ({len(found)})" if found else "-")
         print(f"| {kind} | {' | '.join(cells)} |")
     print(f"| false alarms per sensor-hour | {' | '.join(f'{kind_false_alarms[sk] / kind_hours[sk]:.2f}' for sk in sensor_kinds)} |")
     print(f"\nfalse alarms: {false_alarms} in {hours:.0f} sensor-hours = {false_alarms / hours:.2f} per sensor per hour")

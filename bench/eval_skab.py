@@ -20,7 +20,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable
 from pathlib import Path
 
 from bench.corpus import report_skipped
@@ -91,13 +91,13 @@ def main() -> int:
     refits = f"refit every {Duration(plan.refit_every)}" if plan.refit_every else "no refits"
     healthy = Path(args.data) / "anomaly-free" / "anomaly-free.csv"
     healthy_line = ""
-    table = read_table(healthy) if healthy.is_file() else None
-    if table is not None and len(table) <= cfg.learning.rows:
+    healthy_table = read_table(healthy) if healthy.is_file() else None
+    if healthy_table is not None and len(healthy_table) <= cfg.learning.rows:
         healthy_line = f"\nanomaly-free recording: not longer than learning.rows {cfg.learning.rows}, nothing to score"
-    elif table is not None:
-        flagged, scored = flagged_share(table, learning_plan(cfg), decision)
+    elif healthy_table is not None:
+        flagged, scored = flagged_share(healthy_table, learning_plan(cfg), decision)
         # each field alone: a univariate stream, like a single sensor's
-        alone = [flagged_share(read_table(healthy, [f]), learning_plan(cfg), decision) for f in table.fields]
+        alone = [flagged_share(read_table(healthy, [f]), learning_plan(cfg), decision) for f in healthy_table.fields]
         shares = [100 * f / n for f, n in alone]
         healthy_line = (f"\nanomaly-free recording, learned as an unknown sensor (learning.rows {cfg.learning.rows}, {refits}): "
                         f"{flagged} of {scored} scored readings flagged ({100 * flagged / scored:.2f} %); "
@@ -127,7 +127,7 @@ class Confusion:
     def __init__(self) -> None:
         self.tp = self.fp = self.fn = self.tn = 0
 
-    def add(self, rows: list[ReplayRow], labels: Sequence[int]) -> dict[str, int]:
+    def add(self, rows: list[ReplayRow], labels: Iterable[int]) -> dict[str, int]:
         f = {"tp": 0, "fp": 0, "fn": 0, "tn": 0}
         for row, label in zip(rows, labels, strict=True):
             pred = row.verdict.anomaly

@@ -1,7 +1,8 @@
-"""Harness for the fault scenarios: a killable agent process, sensors, a verdict observer and the tally.
+"""Harness for the fault scenarios: a killable agent process, a steady stream of readings and the tally.
 
 Used by ``bench/faults.py`` (the scenarios and the standalone table) and, through it, by
-``tests/test_faults.py``. Everything talks to a Mosquitto of its own on a loopback port.
+``tests/test_faults.py``. The broker, the sensor and the verdict observer are the shared test
+kit's (``bench/kit.py``); everything talks to a Mosquitto of its own on a loopback port.
 """
 
 from __future__ import annotations
@@ -16,42 +17,12 @@ import threading
 import time
 import urllib.error
 import urllib.request
-import uuid
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import paho.mqtt.client as paho
-from paho.mqtt.enums import CallbackAPIVersion
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
-
-from edge_agent.mqtt.local_broker import MosquittoBroker, free_port
-
-ROOT = Path(__file__).resolve().parent.parent
-# Delivery limits copied from the shipped broker config, so the scenarios test what is deployed.
-_SHIPPED_LIMITS = ("max_queued_messages", "max_queued_bytes", "max_inflight_messages", "persistent_client_expiration")
-
-
-def shipped_broker_limits() -> str:
-    """The delivery-limit lines of ``broker/mosquitto.conf``, to append to a test broker's config."""
-    text = (ROOT / "broker" / "mosquitto.conf").read_text()
-    lines = [line for line in text.splitlines() if line.split(" ", 1)[0] in _SHIPPED_LIMITS]
-    return "\n".join(lines)
-
-
-@contextmanager
-def running_broker(extra_config: str = "") -> Iterator[MosquittoBroker]:
-    """A Mosquitto of its own on a free loopback port, with persistence and the shipped limits (then ``extra_config``)."""
-    broker = MosquittoBroker(extra_config=f"{shipped_broker_limits()}\n{extra_config}")
-    broker.start()
-    try:
-        yield broker
-    finally:
-        broker.close()
-
+from bench.kit import ROOT, MosquittoBroker, Observed, Sensor, Sent, free_port
 
 # --------------------------------------------------------------------------- the agent process
 
@@ -191,88 +162,6 @@ class Lab:
 # --------------------------------------------------------------------------- sensors
 
 
-@dataclass(slots=True)
-class Sent:
-    """One reading a sensor published, and whether the agent owes it a verdict."""
-
-    sensor_id: str
-    ts: Any
-    info: paho.MQTTMessageInfo
-    good: bool
-    at: float
-    # The broker acknowledged it (PUBACK, seen by the sensor's on_publish): from here on
-    # it must not be lost. (info.is_published() raises for a message published while
-    # disconnected, though paho queues it and sends it on reconnect.)
-    accepted: bool = False
-
-    @property
-    def key(self) -> tuple[str, Any]:
-        return (self.sensor_id, self.ts)
-
-
-class Sensor:
-    """A sensor-side MQTT client: QoS 1, queues in memory while the broker is away (as paho does)."""
-
-    def __init__(self, broker: MosquittoBroker, name: str = "") -> None:
-        self.client = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"sensor-{name}-{uuid.uuid4().hex[:6]}")
-        self.client.max_inflight_messages_set(200)
-        self.client.reconnect_delay_set(0.2, 1)
-        self.sent: list[Sent] = []
-        self._lock = threading.Lock()
-        # paho does not reuse a message id while its message is unacknowledged, so an
-        # id maps to one Sent; a PUBACK can beat publish() to the record (_early).
-        self._unacked: dict[int, Sent] = {}
-        self._early: set[int] = set()
-        self.client.on_publish = self._on_publish
-        self.client.connect(broker.host, broker.port, keepalive=10)
-        self.client.loop_start()
-
-    def publish(self, topic: str, payload: bytes | str, *, sensor_id: str = "", ts: Any = None,
-                good: bool = False, qos: int = 1, retain: bool = False) -> Sent:
-        info = self.client.publish(topic, payload, qos=qos, retain=retain)
-        record = Sent(sensor_id, ts, info, good, time.time())
-        with self._lock:
-            self.sent.append(record)
-            if info.mid in self._early:
-                self._early.discard(info.mid)
-                record.accepted = True
-            else:
-                self._unacked[info.mid] = record
-        return record
-
-    def _on_publish(self, client: paho.Client, userdata: Any, mid: int, reason_code: Any, properties: Any) -> None:
-        with self._lock:
-            record = self._unacked.pop(mid, None)
-            if record is None:
-                self._early.add(mid)
-            else:
-                record.accepted = True
-
-    def reading(self, sensor_id: str, ts: int, value: float) -> Sent:
-        payload = json.dumps({"value": value, "ts": ts})
-        return self.publish(f"sensors/{sensor_id}", payload, sensor_id=sensor_id, ts=ts, good=True)
-
-    def wait_accepted(self, timeout: float) -> bool:
-        """Until the broker has acknowledged everything published (QoS 1), or ``timeout``."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            with self._lock:
-                if all(s.accepted for s in self.sent if s.info.mid):
-                    return True
-            time.sleep(0.05)
-        return False
-
-    def close(self) -> None:
-        self.client.disconnect()
-        self.client.loop_stop()
-
-    def __enter__(self) -> Sensor:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-
 class Stream:
     """Normal readings of a few sensors at a steady rate, from a thread, until stopped or ``count`` reached."""
 
@@ -314,101 +203,6 @@ class Stream:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()  # a scenario that failed half-way leaves no thread publishing behind it
-
-
-# --------------------------------------------------------------------------- the observer
-
-
-@dataclass(frozen=True, slots=True)
-class Observed:
-    at: float
-    topic: str
-    payload: bytes
-    dup: bool
-
-
-class Observer:
-    """Subscribes to the agent's output with a persistent session, so a broker restart loses nothing of it."""
-
-    def __init__(self, broker: MosquittoBroker, agent_id: str) -> None:
-        self.agent_id = agent_id
-        self.messages: list[Observed] = []
-        # Verdict keys in arrival order, and as a set: a 500,000-reading backlog is checked as it drains.
-        self._answered_log: list[tuple[str, Any]] = []
-        self._answered: set[tuple[str, Any]] = set()
-        self._cond = threading.Condition()
-        self._subscribed = threading.Event()
-        self.client = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"observer-{agent_id}", protocol=paho.MQTTv5)
-        self.client.reconnect_delay_set(0.2, 1)
-        self.client.on_message = self._on_message
-        self.client.on_connect = self._on_connect
-        self.client.on_subscribe = lambda *a: self._subscribed.set()
-        props = Properties(PacketTypes.CONNECT)
-        props.SessionExpiryInterval = 600
-        self.client.connect(broker.host, broker.port, keepalive=10, clean_start=False, properties=props)
-        self.client.loop_start()
-        if not self._subscribed.wait(10):
-            raise TimeoutError("observer did not subscribe")
-
-    def _on_connect(self, client: paho.Client, userdata: Any, flags: Any, reason: Any, properties: Any) -> None:
-        if not reason.is_failure:
-            client.subscribe([(f"edge/{self.agent_id}/verdicts/#", 1), (f"edge/{self.agent_id}/errors", 1),
-                              (f"edge/{self.agent_id}/status", 1)])
-
-    def _on_message(self, client: paho.Client, userdata: Any, message: paho.MQTTMessage) -> None:
-        observed = Observed(time.time(), message.topic, message.payload, bool(message.dup))
-        key = _key(observed) if message.topic.startswith(f"edge/{self.agent_id}/verdicts/") else None
-        with self._cond:
-            self.messages.append(observed)
-            if key is not None:
-                self._answered.add(key)
-                self._answered_log.append(key)
-            self._cond.notify_all()
-
-    def verdicts(self) -> list[Observed]:
-        prefix = f"edge/{self.agent_id}/verdicts/"
-        with self._cond:
-            return [m for m in self.messages if m.topic.startswith(prefix)]
-
-    def errors(self) -> list[Observed]:
-        topic = f"edge/{self.agent_id}/errors"
-        with self._cond:
-            return [m for m in self.messages if m.topic == topic]
-
-    def answered_keys(self) -> set[tuple[str, Any]]:
-        with self._cond:
-            return set(self._answered)
-
-    def wait_answered(self, keys: Iterable[tuple[str, Any]], timeout: float) -> bool:
-        """Until a verdict for every key has arrived, or ``timeout``."""
-        deadline = time.monotonic() + timeout
-        with self._cond:
-            pending = set(keys) - self._answered
-            seen = len(self._answered_log)
-            while True:
-                pending.difference_update(self._answered_log[seen:])
-                seen = len(self._answered_log)
-                if not pending:
-                    return True
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    return False
-                self._cond.wait(min(left, 0.5))
-
-    def close(self) -> None:
-        self.client.disconnect()
-        self.client.loop_stop()
-
-    def __enter__(self) -> Observer:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-
-def _key(m: Observed) -> tuple[str, Any]:
-    v = json.loads(m.payload)
-    return (v["sensor_id"], v["ts"])
 
 
 # --------------------------------------------------------------------------- the tally

@@ -31,19 +31,16 @@ from typing import Any
 
 from bench.faultlab import (
     Lab,
-    Observer,
     ScenarioResult,
-    Sensor,
-    Sent,
     Stream,
     markdown_table,
     metric_value,
-    running_broker,
     sensor_label_count,
     tally,
     wait_until,
 )
 from bench.httpfuzz import fuzz_cases, send_raw
+from bench.kit import Observer, Sensor, Sent, running_broker
 
 SENSORS = ["vibration-1", "vibration-2", "vibration-3", "vibration-4"]
 CATCH_UP_TIMEOUT = 60.0

@@ -17,11 +17,8 @@ import threading
 import time
 
 import paho.mqtt.client as paho
-from paho.mqtt.enums import CallbackAPIVersion
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
 
-from bench.faultlab import running_broker
+from bench import kit
 
 WINDOW = 50
 MESSAGES = 2000
@@ -29,7 +26,7 @@ MESSAGES = 2000
 
 def case(order: str) -> tuple[int, int, int]:
     """(received, acknowledged, most unacknowledged at once) for one acknowledgement order."""
-    with running_broker() as broker:
+    with kit.running_broker() as broker:
         waiting: collections.deque[int] = collections.deque()
         counts = {"received": 0, "acked": 0, "peak": 0}
         lock = threading.Lock()
@@ -40,16 +37,14 @@ def case(order: str) -> tuple[int, int, int]:
                 waiting.append(message.mid)
                 counts["peak"] = max(counts["peak"], counts["received"] - counts["acked"])
 
-        agent = paho.Client(CallbackAPIVersion.VERSION2, client_id="window-probe", protocol=paho.MQTTv5, manual_ack=True)
+        agent = kit.client(client_id="window-probe", protocol=paho.MQTTv5, manual_ack=True)
         agent.on_message = on_message
         agent.on_connect = lambda client, *_: client.subscribe("probe/#", 1)
-        props = Properties(PacketTypes.CONNECT)
-        props.ReceiveMaximum = WINDOW
-        props.SessionExpiryInterval = 60
-        agent.connect(broker.host, broker.port, clean_start=False, properties=props)
+        agent.connect(broker.host, broker.port, clean_start=False,
+                      properties=kit.session_properties(60, receive_maximum=WINDOW))
         agent.loop_start()
         time.sleep(0.5)
-        sensor = paho.Client(CallbackAPIVersion.VERSION2, client_id="window-sensor")
+        sensor = kit.client(client_id="window-sensor")
         sensor.connect(broker.host, broker.port)
         sensor.loop_start()
         stop = threading.Event()

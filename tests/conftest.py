@@ -1,29 +1,25 @@
-"""Shared fixtures: a real broker per test, MQTT clients that collect what arrives, trained models."""
+"""Shared fixtures: a real broker per test, the kit's sensor and collectors on it (bench/kit.py), trained models."""
 
 from __future__ import annotations
 
-import json
 import tempfile
-import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import paho.mqtt.client as paho
 import pytest
-from paho.mqtt.enums import CallbackAPIVersion
 
-# tests/ is on sys.path (pytest puts a conftest's folder there): brokers is its neighbour.
-from brokers import start_test_broker
+from bench.kit import Broker, Collector, Sensor, start_test_broker
+from edge_agent.core.domain import InvalidReading, Verdict
 
 REPO = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture
-def broker() -> Iterator[Any]:
+def broker() -> Iterator[Broker]:
     """A broker of this test's own on a free port; the test may stop and restart it."""
     b = start_test_broker()
     try:
@@ -32,57 +28,13 @@ def broker() -> Iterator[Any]:
         b.close()
 
 
-class Collector:
-    """An MQTT client that records every message on its subscriptions."""
-
-    def __init__(self, host: str, port: int, topics: list[str]) -> None:
-        self.messages: list[paho.MQTTMessage] = []
-        self._cond = threading.Condition()
-        self._subscribed = threading.Event()
-        self.client = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"collector-{uuid.uuid4().hex[:8]}")
-        self.client.on_message = self._on_message
-        self.client.on_subscribe = lambda *a: self._subscribed.set()
-        self.client.on_connect = lambda c, u, f, rc, p: c.subscribe([(t, 1) for t in topics])
-        self.client.connect(host, port)
-        self.client.loop_start()
-        if not self._subscribed.wait(10):
-            raise TimeoutError("collector did not subscribe")
-
-    def _on_message(self, client: Any, userdata: Any, message: paho.MQTTMessage) -> None:
-        with self._cond:
-            self.messages.append(message)
-            self._cond.notify_all()
-
-    def wait_for(self, predicate: Callable[[list[paho.MQTTMessage]], bool], timeout: float = 10.0) -> list[paho.MQTTMessage]:
-        deadline = time.monotonic() + timeout
-        with self._cond:
-            while not predicate(self.messages):
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise TimeoutError(f"condition not met in {timeout} s; got {len(self.messages)} messages: "
-                                       f"{[(m.topic, m.payload[:80]) for m in self.messages[-5:]]}")
-                self._cond.wait(left)
-            return list(self.messages)
-
-    def wait_count(self, topic_prefix: str, n: int, timeout: float = 10.0) -> list[paho.MQTTMessage]:
-        msgs = self.wait_for(lambda ms: sum(m.topic.startswith(topic_prefix) for m in ms) >= n, timeout)
-        return [m for m in msgs if m.topic.startswith(topic_prefix)]
-
-    def json(self, topic_prefix: str) -> list[dict[str, Any]]:
-        with self._cond:
-            return [json.loads(m.payload) for m in self.messages if m.topic.startswith(topic_prefix)]
-
-    def close(self) -> None:
-        self.client.disconnect()
-        self.client.loop_stop()
-
-
 @pytest.fixture
-def collect(broker: Any) -> Iterator[Callable[[list[str]], Collector]]:
+def collect(broker: Broker) -> Iterator[Callable[[list[str]], Collector]]:
+    """Make collectors (the kit's) subscribed on the test's broker; closed at teardown."""
     made: list[Collector] = []
 
     def make(topics: list[str]) -> Collector:
-        c = Collector(broker.host, broker.port, topics)
+        c = Collector(broker, topics)
         made.append(c)
         return c
 
@@ -91,33 +43,20 @@ def collect(broker: Any) -> Iterator[Callable[[list[str]], Collector]]:
         c.close()
 
 
-class Publisher:
-    """A sensor: publishes readings at QoS 1 and waits until the broker has them."""
-
-    def __init__(self, host: str, port: int) -> None:
-        self.client = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"sensor-{uuid.uuid4().hex[:8]}")
-        self.client.max_inflight_messages_set(1000)
-        self.client.connect(host, port)
-        self.client.loop_start()
-
-    def send(self, topic: str, payload: bytes | str | float, qos: int = 1, retain: bool = False) -> None:
-        info = self.client.publish(topic, payload if not isinstance(payload, float) else str(payload), qos=qos, retain=retain)
-        if qos:
-            info.wait_for_publish(10)
-
-    def send_json(self, topic: str, obj: Any, qos: int = 1) -> None:
-        self.send(topic, json.dumps(obj), qos=qos)
-
-    def close(self) -> None:
-        self.client.disconnect()
-        self.client.loop_stop()
-
-
 @pytest.fixture
-def sensor(broker: Any) -> Iterator[Publisher]:
-    p = Publisher(broker.host, broker.port)
-    yield p
-    p.close()
+def sensor(broker: Broker) -> Iterator[Sensor]:
+    """A sensor (the kit's) on the test's broker: ``send`` waits for the broker's PUBACK."""
+    with Sensor(broker, max_inflight=1000) as s:
+        yield s
+
+
+def verdicts_of(results: Iterable[Verdict | InvalidReading]) -> list[Verdict]:
+    """The verdicts of a scoring call whose readings were all valid (a rejection fails the test, naming it)."""
+    out = []
+    for r in results:
+        assert isinstance(r, Verdict), r
+        out.append(r)
+    return out
 
 
 def skab_like_csv(path: Path, n: int, fault_from: int | None, seed: int) -> None:
@@ -189,7 +128,7 @@ def agent_config(broker: Any, models_dir: Path, *overrides: str) -> Any:
     return load_config(None, [*agent_overrides(broker, models_dir), *overrides], {})
 
 
-def send_normal_then_spike(sensor: Publisher, topic: str, normal: int = 30) -> None:
+def send_normal_then_spike(sensor: Sensor, topic: str, normal: int = 30) -> None:
     """``normal`` ordinary readings around 0.9, then one at 7.5 that every model here flags."""
     for i in range(normal):
         sensor.send_json(topic, {"value": 0.9 + 0.01 * (i % 3), "ts": 1000 + i})

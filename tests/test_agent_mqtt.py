@@ -142,9 +142,9 @@ def test_readyz_follows_the_broker_and_the_agent_reconnects(start_agent, collect
         time.sleep(0.05)
     aid = agent.cfg.agent_id
     out = collect([f"edge/{aid}/#"])
-    from conftest import Publisher
+    from bench.kit import Sensor
 
-    again = Publisher(broker.host, broker.port)
+    again = Sensor(broker)
     again.send_json("sensors/after", {"value": 0.9, "ts": 5})
     again.close()
     [m] = out.wait_count(f"edge/{aid}/verdicts/after", 1)

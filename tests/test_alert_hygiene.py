@@ -7,11 +7,12 @@ sensor without an assigned model does (``learn_and_score``: the live engine, fit
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 import pytest
 
+from conftest import verdicts_of
 from edge_agent.agent import decision_of, learning_plan
 from edge_agent.config import load_config
 from edge_agent.core.domain import Reading, Verdict
@@ -22,15 +23,13 @@ DAY = 1440  # readings a day at one a minute
 START = 1_767_225_600.0  # 2026-01-01 00:00 UTC
 
 
-def _verdicts(values: Sequence[float], *overrides: str) -> list[Verdict]:
+def _verdicts(values: Iterable[float], *overrides: str) -> list[Verdict]:
     cfg = load_config(None, list(overrides), {})
     readings = (
         Reading("s", {"value": float(v)}, received_at=START + i * MINUTE, ts=START + i * MINUTE, ts_raw=START + i * MINUTE)
         for i, v in enumerate(values)
     )
-    out = [v for _, v in learn_and_score(readings, learning_plan(cfg), decision_of(cfg))]
-    assert all(isinstance(v, Verdict) for v in out)
-    return out  # type: ignore[return-value]
+    return verdicts_of(v for _, v in learn_and_score(readings, learning_plan(cfg), decision_of(cfg)))
 
 
 def _episodes(verdicts: Sequence[Verdict]) -> int:
@@ -98,7 +97,7 @@ def test_a_slow_random_walk_raises_at_most_one_episode_a_week() -> None:
 
 
 @pytest.mark.broker
-def test_a_new_normal_is_announced_once_on_the_alerts_topic_and_counted(start_agent, collect, sensor, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_a_new_normal_is_announced_once_on_the_alerts_topic_and_counted(start_agent, collect, sensor, tmp_path) -> None:
     agent = start_agent("learning.enabled=true", "learning.rows=100", "learning.refit_every=0",
                         "decision.new_normal_after=30m", f"learning.state_dir={tmp_path}", "models.default=null")
     aid = agent.cfg.agent_id

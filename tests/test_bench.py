@@ -127,7 +127,9 @@ def test_nab_scoring_weighs_detections_as_the_benchmark_does() -> None:
     # a window that ends inside the probationary period (the first 30 of 200 rows) is not scored
     assert len(eval_nab.score_file([0] * 200, [(0, 20), (100, 110)]).window_hits) == 1
     tp, fn, fp = eval_nab.PROFILES["standard"]
-    assert s.raw(tp, fn, fp) == pytest.approx(s.window_hits[0] - 1.0 + 0.11 * sum(s.false_positives))
+    hit = s.window_hits[0]
+    assert hit is not None
+    assert s.raw(tp, fn, fp) == pytest.approx(hit - 1.0 + 0.11 * sum(s.false_positives))
 
 
 def test_nab_threshold_search_finds_the_best_corpus_threshold() -> None:

@@ -9,7 +9,8 @@ from typing import Any
 
 import pytest
 
-from conftest import Collector, Publisher, agent_overrides, started_agent
+from bench.kit import Collector, Sensor
+from conftest import agent_overrides, started_agent
 from edge_agent.agent import Agent
 from edge_agent.config import load_config
 from edge_agent.mqtt.local_broker import MOSQUITTO, MosquittoBroker
@@ -29,8 +30,8 @@ def test_readings_a_small_broker_queue_dropped_show_as_a_gap(models_dir: Path, t
                                                 f"learning.state_dir={tmp_path}",
                                                 'sources=[{"topic": "sensors/+", "seq_field": "seq"}]'], {}))
 
-    sensor = Publisher(broker.host, broker.port)
-    out = Collector(broker.host, broker.port, [f"edge/{aid}/verdicts/#"])
+    sensor = Sensor(broker)
+    out = Collector(broker, [f"edge/{aid}/verdicts/#"])
     try:
         agent = start()
         sensor.send_json("sensors/pump", {"value": 0.9, "seq": 1})

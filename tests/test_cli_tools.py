@@ -156,7 +156,7 @@ def test_replay_with_a_missing_model_says_so(tmp_path: Path, capsys: pytest.Capt
 @pytest.mark.broker
 @pytest.mark.parametrize("broker_kind", ["mosquitto", "embedded"])
 def test_demo_shows_verdicts_and_stops_cleanly(broker_kind: str, tmp_path: Path) -> None:
-    from brokers import MOSQUITTO, free_port
+    from bench.kit import MOSQUITTO, free_port
 
     if broker_kind == "mosquitto" and MOSQUITTO is None:
         pytest.skip("no mosquitto binary: the embedded case covers this machine")
@@ -219,7 +219,7 @@ def _demo_config(tmp_path: Path, broker: Any) -> Path:
 
 
 def _run_demo(config: Path, cwd: Path, *extra: str) -> subprocess.CompletedProcess[str]:
-    from brokers import free_port
+    from bench.kit import free_port
 
     return subprocess.run(
         [sys.executable, "-m", "edge_agent.cli", "demo", "--config", str(config), "--duration", "3", "--rate", "5",
@@ -230,10 +230,7 @@ def _run_demo(config: Path, cwd: Path, *extra: str) -> subprocess.CompletedProce
 
 @pytest.mark.broker
 def test_demo_on_the_configured_broker_leaves_no_session_and_no_retained_message(tmp_path: Path) -> None:
-    import paho.mqtt.client as paho
-    from paho.mqtt.enums import CallbackAPIVersion
-
-    from brokers import MOSQUITTO, MosquittoBroker
+    from bench.kit import MOSQUITTO, Collector, MosquittoBroker
 
     if MOSQUITTO is None:
         pytest.skip("needs mosquitto: its $SYS counters tell the sessions it keeps")
@@ -246,15 +243,9 @@ def test_demo_on_the_configured_broker_leaves_no_session_and_no_retained_message
         assert "left no trace" in r.stdout and "1 retained message(s) cleared" in r.stdout, r.stdout
         time.sleep(2.5)  # $SYS is refreshed every second here
 
-        seen: list[Any] = []
-        client = paho.Client(CallbackAPIVersion.VERSION2, client_id="inspector")
-        client.on_message = lambda c, u, m: seen.append(m)
-        client.on_connect = lambda c, u, f, rc, p: c.subscribe([("#", 0), ("$SYS/broker/clients/disconnected", 0)])
-        client.connect(broker.host, broker.port)
-        client.loop_start()
-        time.sleep(1.0)
-        client.disconnect()
-        client.loop_stop()
+        with Collector(broker, ["#", "$SYS/broker/clients/disconnected"]) as inspector:
+            time.sleep(1.0)
+        seen = inspector.messages
     finally:
         broker.close()
     retained = [m.topic for m in seen if m.retain and not m.topic.startswith("$SYS")]
@@ -267,7 +258,7 @@ def test_demo_on_the_configured_broker_leaves_no_session_and_no_retained_message
 def test_demo_by_default_starts_its_own_broker_on_the_port_asked_and_leaves_the_configured_one_alone(
     tmp_path: Path, broker: Any, collect: Any
 ) -> None:
-    from brokers import free_port
+    from bench.kit import free_port
 
     watcher = collect(["#"])
     port = free_port()

@@ -6,28 +6,41 @@ the device (the numpy fitter). For each: scoring leaves its input alone; a save/
 round trip scores the same; the same seed trains the same model; and scoring a batch,
 one reading at a time, through /predict or through replay gives the same answers.
 Verdict sinks (the MQTT payload, the HTTP /predict payload, the replay CSV) carry the
-verdict's score and decision unchanged and leave the verdict alone.
+verdict's score and decision unchanged and leave the verdict alone; the MQTT sinks as objects
+(the transport, and Home Assistant discovery in front of it), driven on a real Mosquitto, also
+publish the documented payload and acknowledge a reading once it is answered or settled, never before.
 """
 
 from __future__ import annotations
 
 import copy
 import csv
+import queue
+import time
+import uuid
 import zlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
+from prometheus_client import CollectorRegistry
 
+from bench.kit import Broker, Collector, Sensor
 from conftest import REPO
-from edge_agent.core.domain import Reading, Verdict
+from edge_agent.config import AgentConfig, load_config
+from edge_agent.core.domain import InvalidReading, Reading, Verdict
 from edge_agent.core.engine import Decision, ScoringEngine
 from edge_agent.core.features import DEFAULT_TRANSFORMS, FeatureSpec
 from edge_agent.core.model import SensorModel
+from edge_agent.metrics import AgentMetrics
 from edge_agent.model_files import load_model, save_model
+from edge_agent.mqtt.homeassistant import HomeAssistantDiscovery, retained_publisher
+from edge_agent.mqtt.ingest import PayloadParser
+from edge_agent.mqtt.transport import MQTTTransport
+from edge_agent.pipeline import Envelope, VerdictSink
 from edge_agent.tools.replay import ReplayRow, replay, write_replay
 from edge_agent.tools.table import read_table
 from edge_agent.tools.training import learn_model, train_model
@@ -74,7 +87,7 @@ KINDS = [*(_shipped(n) for n in SHIPPED), Kind("trained", _trained, True), Kind(
 
 @pytest.fixture(params=KINDS, ids=lambda k: k.name)
 def kind(request: pytest.FixtureRequest) -> Kind:
-    return request.param  # type: ignore[no-any-return]
+    return request.param
 
 
 def _readings(model: SensorModel, sensor: str = "s-1") -> list[Reading]:
@@ -205,3 +218,129 @@ def test_a_verdict_sink_carries_the_verdict_unchanged(sink: Callable[[Verdict, P
         out = sink(verdict, tmp_path)
         assert verdict == before
         assert out["score"] == round(verdict.score, 6) and out["anomaly"] == verdict.anomaly
+
+
+# -- the MQTT sinks as objects, on a real broker ---------------------------------------------------
+#
+# The agent hands each verdict to a VerdictSink (edge_agent.pipeline): the MQTT transport, or
+# Home Assistant discovery in front of it. Both are driven here as the pipeline drives them, on a
+# Mosquitto of the test's own (the kit's), and must keep the same contract: the verdict topic gets
+# the documented payload (Verdict.to_payload; an anomaly also on the alerts topic, first), the
+# verdict is left alone, and a reading is acknowledged to the broker once its verdict is out or it
+# is settled, never before: an unsettled one is redelivered to the agent's next session.
+
+
+@dataclass
+class Rig:
+    """A connected MQTT transport (the agent's own, with a persistent session) and the sink under test."""
+
+    transport: MQTTTransport
+    sink: VerdictSink
+    arrived: queue.Queue[Envelope]
+
+    def envelope(self, timeout: float = 10.0) -> Envelope:
+        return self.arrived.get(timeout=timeout)
+
+
+def _mqtt_sink(cfg: AgentConfig, transport: MQTTTransport) -> VerdictSink:
+    return transport
+
+
+def _home_assistant_sink(cfg: AgentConfig, transport: MQTTTransport) -> VerdictSink:
+    return HomeAssistantDiscovery(cfg, transport, retained_publisher(transport))
+
+
+MQTT_SINKS = {"mqtt": _mqtt_sink, "homeassistant": _home_assistant_sink}
+
+
+@pytest.fixture(params=list(MQTT_SINKS.values()), ids=list(MQTT_SINKS))
+def make_rig(request: pytest.FixtureRequest, broker: Broker) -> Iterator[Callable[[], Rig]]:
+    """Rigs on the test's broker, one agent id: a second rig is the same agent's next session."""
+    if broker.kind == "embedded":
+        pytest.skip("a persistent MQTT 5 session needs Mosquitto (amqtt speaks 3.1.1)")
+    agent_id = f"contract-{uuid.uuid4().hex[:6]}"
+    overrides = [f"agent_id={agent_id}", f"mqtt.host={broker.host}", f"mqtt.port={broker.port}",
+                 "mqtt.reconnect_min_delay=0.2", "mqtt.reconnect_max_delay=1", "homeassistant.enabled=true"]
+    cfg = load_config(None, overrides, {})
+    made: list[MQTTTransport] = []
+
+    def make() -> Rig:
+        transport = MQTTTransport(cfg, PayloadParser(cfg.sources, cfg.max_payload_bytes), AgentMetrics(CollectorRegistry()), {})
+        arrived: queue.Queue[Envelope] = queue.Queue()
+        transport.start(arrived.put)
+        made.append(transport)
+        deadline = time.monotonic() + 10
+        while not transport.connected:
+            assert time.monotonic() < deadline, transport.last_error
+            time.sleep(0.02)
+        return Rig(transport, request.param(cfg, transport), arrived)
+
+    yield make
+    for t in made:
+        t.close()
+
+
+def _verdict_for(envelope: Envelope, anomaly: int = 0) -> Verdict:
+    reading = envelope.item
+    assert isinstance(reading, Reading), reading
+    return Verdict(reading.sensor_id, dict(reading.values), reading.ts_raw, 0.123456789, anomaly, "default", "t1",
+                   event="onset" if anomaly else None)
+
+
+@pytest.mark.broker
+def test_an_mqtt_sink_publishes_the_documented_payload_and_leaves_the_verdict_alone(
+    make_rig: Callable[[], Rig], broker: Broker, sensor: Sensor, collect: Callable[[list[str]], Collector]
+) -> None:
+    rig = make_rig()
+    agent_id = rig.transport.cfg.agent_id
+    out = collect([f"edge/{agent_id}/verdicts/#", f"edge/{agent_id}/alerts/#", f"edge/{agent_id}/errors"])
+    sensor.send_json("sensors/pump-1", {"value": 0.9, "ts": 1})
+    sensor.send_json("sensors/pump-1", {"value": 7.5, "ts": 2})
+    for anomaly in (0, 1):
+        envelope = rig.envelope()
+        verdict = _verdict_for(envelope, anomaly)
+        before = copy.deepcopy(verdict)
+        rig.sink.publish_verdict(verdict, envelope)
+        assert verdict == before
+    rig.sink.publish_error(InvalidReading("bad_json", "not JSON", "sensors/x", "x"))
+    got = out.wait_for(lambda ms: len(ms) >= 4)
+    normal = _verdict_for(Envelope(Reading("pump-1", {"value": 0.9}, 0.0, ts_raw=1))).to_payload()
+    spike = _verdict_for(Envelope(Reading("pump-1", {"value": 7.5}, 0.0, ts_raw=2)), anomaly=1).to_payload()
+    # An anomaly goes to the alerts topic before its verdict, whose PUBACK settles the reading.
+    assert [(m.topic, m.json()) for m in got[:3]] == [
+        (f"edge/{agent_id}/verdicts/pump-1", normal),
+        (f"edge/{agent_id}/alerts/pump-1", spike),
+        (f"edge/{agent_id}/verdicts/pump-1", spike),
+    ]
+    report = got[3].json()
+    assert got[3].topic == f"edge/{agent_id}/errors" and set(report) == {"topic", "sensor_id", "reason", "detail", "ts"}
+    assert (report["topic"], report["sensor_id"], report["reason"], report["detail"]) == ("sensors/x", "x", "bad_json", "not JSON")
+    assert got[1].json()["score"] == 0.123457  # rounded to 6 places, as documented
+
+
+@pytest.mark.broker
+def test_an_mqtt_sink_acknowledges_a_reading_once_answered_or_settled_and_never_before(
+    make_rig: Callable[[], Rig], sensor: Sensor, collect: Callable[[list[str]], Collector]
+) -> None:
+    rig = make_rig()
+    agent_id = rig.transport.cfg.agent_id
+    out = collect([f"edge/{agent_id}/verdicts/#"])
+    for ts in (1, 2, 3):
+        sensor.send_json("sensors/pump-1", {"value": 0.9, "ts": ts})
+    answered, settled, _unsettled = (rig.envelope() for _ in range(3))
+    rig.sink.publish_verdict(_verdict_for(answered), answered)
+    rig.sink.settle(settled.token)  # a rejection: acknowledged with nothing published
+    out.wait_count(f"edge/{agent_id}/verdicts/", 1)
+    assert rig.transport.wait_for_acks(10)
+    rig.transport.close()
+
+    # The agent's next session: the broker redelivers the one reading nothing answered, and only it.
+    again = make_rig()
+    redelivered = again.envelope()
+    assert isinstance(redelivered.item, Reading) and redelivered.item.ts_raw == 3 and redelivered.item.redelivered
+    with pytest.raises(queue.Empty):
+        again.envelope(timeout=1.0)
+    # Its verdict says so: this process cannot know whether an earlier one went out.
+    again.sink.publish_verdict(_verdict_for(redelivered), redelivered)
+    (_, last) = out.wait_count(f"edge/{agent_id}/verdicts/", 2)
+    assert last.json() == {**_verdict_for(redelivered).to_payload(), "redelivered": True}

@@ -13,6 +13,7 @@ import pytest
 
 import edge_agent.core.features
 import edge_agent.core.timestamps
+from conftest import verdicts_of
 from edge_agent.core.domain import InvalidReading, Reading, Verdict
 from edge_agent.core.engine import Decision, ScoringEngine, UnknownSensor
 from edge_agent.core.features import FeatureSpec, feature_matrix, parse_transform
@@ -81,9 +82,9 @@ def test_the_forest_never_sees_a_drift_feature_and_its_range_is_checked_only_onc
     low, high = model.range_guard.low[2], model.range_guard.high[2]
     assert low == -high and high > 0.2  # judged by size either way: a pause in the warming is no drift
     engine = ScoringEngine({"s": model}, default="s")
-    verdicts = engine.score([Reading("p", {"value": float(v)}, float(i)) for i, v in enumerate(
-        np.concatenate([warming, 23.0 + rng.normal(0, 0.01, 1500)]))]).results
-    assert sum(v.anomaly for v in verdicts[3000:]) == 0  # type: ignore[union-attr]
+    verdicts = verdicts_of(engine.score([Reading("p", {"value": float(v)}, float(i)) for i, v in enumerate(
+        np.concatenate([warming, 23.0 + rng.normal(0, 0.01, 1500)]))]).results)
+    assert sum(v.anomaly for v in verdicts[3000:]) == 0
     # 400 rows (SKAB's protocol) never fill a 600-reading baseline: the check stays off
     short = learn_model(spec, warming[:400, None], "s", "1")
     assert math.isinf(short.range_guard.margin[2]) and math.isfinite(short.range_guard.margin[1])
@@ -200,12 +201,12 @@ def test_engine_flags_a_spike_and_not_normal_readings(engine: ScoringEngine) -> 
     rng = np.random.default_rng(5)
     readings = [_reading("vib", 0.9 + rng.normal(0, 0.03), i) for i in range(300)]
     readings.append(_reading("vib", 3.0, 300))
-    verdicts = engine.score(readings).results
+    verdicts = verdicts_of(engine.score(readings).results)
     assert all(isinstance(v, Verdict) for v in verdicts)
-    normal_flags = sum(v.anomaly for v in verdicts[20:300])  # type: ignore[union-attr]
+    normal_flags = sum(v.anomaly for v in verdicts[20:300])
     assert normal_flags <= 3
-    assert verdicts[-1].anomaly == 1  # type: ignore[union-attr]
-    assert verdicts[-1].score > verdicts[-2].score  # type: ignore[union-attr]
+    assert verdicts[-1].anomaly == 1
+    assert verdicts[-1].score > verdicts[-2].score
 
 
 def test_batching_does_not_change_scores(models_dir: Path) -> None:
@@ -214,7 +215,7 @@ def test_batching_does_not_change_scores(models_dir: Path) -> None:
     one_by_one = [ScoringEngine({"default": load_model(models_dir / "default")}, default="default")]
     batched = ScoringEngine({"default": load_model(models_dir / "default")}, default="default")
     a = [one_by_one[0].score([r]).results[0] for r in readings]
-    b = batched.score(readings[:77]).results + batched.score(readings[77:]).results
+    b = verdicts_of(batched.score(readings[:77]).results + batched.score(readings[77:]).results)
     # One reading alone takes the plain-Python path, a batch the numpy one: equal to the last bits.
     assert [v.score for v in a] == pytest.approx([v.score for v in b], abs=1e-12)  # type: ignore[union-attr]
     assert [v.anomaly for v in a] == [v.anomaly for v in b]  # type: ignore[union-attr]
@@ -243,10 +244,10 @@ def test_sensor_cap_evicts_the_new_sensor_heard_from_longest_ago(models_dir: Pat
 
 
 def test_redelivered_reading_gets_the_same_verdict_marked_duplicate(engine: ScoringEngine) -> None:
-    first = engine.score([_reading("s", 0.9, 1), _reading("s", 0.95, 2)]).results
+    first = verdicts_of(engine.score([_reading("s", 0.9, 1), _reading("s", 0.95, 2)]).results)
     again = engine.score([_reading("s", 0.95, 2)]).results[0]
     assert isinstance(again, Verdict) and again.duplicate
-    assert again.score == first[1].score  # type: ignore[union-attr]
+    assert again.score == first[1].score
     # Without a timestamp, equal values are a duplicate only when the transport says so.
     plain = Reading("p", {"value": 0.9}, 1.0)
     engine.score([plain])
@@ -254,13 +255,19 @@ def test_redelivered_reading_gets_the_same_verdict_marked_duplicate(engine: Scor
     assert engine.score([Reading("p", {"value": 0.9}, 3.0, redelivered=True)]).results[0].duplicate  # type: ignore[union-attr]
 
 
+def _model_score(v: Verdict) -> float:
+    """The model's own score, which every verdict of a scored (not learning) reading has."""
+    assert v.model_score is not None, v
+    return v.model_score
+
+
 def test_k_of_n_flags_only_when_k_of_the_last_n_scores_cross_the_threshold(models_dir: Path) -> None:
     engine = ScoringEngine({"default": load_model(models_dir / "default")}, default="default", decision=Decision(0.5, 2, 3))
     values = [0.9] * 30 + [4.0, 0.9, 0.9, 0.9, 0.9, 5.0, 0.9, 6.0, 0.9, 0.9, 0.9, 0.9]
-    verdicts = engine.score([_reading("s", v, i) for i, v in enumerate(values)]).results
-    over = [v.model_score >= 0.5 for v in verdicts]  # type: ignore[union-attr,operator]
+    verdicts = verdicts_of(engine.score([_reading("s", v, i) for i, v in enumerate(values)]).results)
+    over = [_model_score(v) >= 0.5 for v in verdicts]
     expected = [int(sum(over[max(0, i - 2) : i + 1]) >= 2) for i in range(len(over))]
-    assert [v.anomaly for v in verdicts] == expected  # type: ignore[union-attr]
+    assert [v.anomaly for v in verdicts] == expected
     assert 0 < sum(expected) < len(expected)
 
 
@@ -269,17 +276,17 @@ def test_hysteresis_keeps_an_alert_while_the_score_stays_over_the_clear_threshol
     rng = np.random.default_rng(0)
     values = list(0.8 + rng.normal(0, 0.02, 40)) + [1.3] + list(1.0 + rng.normal(0, 0.02, 8)) + list(0.8 + rng.normal(0, 0.02, 40))
     readings = [_reading("s", float(v), i) for i, v in enumerate(values)]
-    plain = ScoringEngine({"m": model}, default="m").score(readings).results
-    scores = [v.model_score for v in plain]  # type: ignore[union-attr]
+    plain = verdicts_of(ScoringEngine({"m": model}, default="m").score(readings).results)
+    scores = [_model_score(v) for v in plain]
 
     held = ScoringEngine({"m": model}, default="m", decision=Decision(0.5, 1, 1, clear=0.2))
-    verdicts = held.score(readings[:45]).results + held.score(readings[45:]).results  # the alert state carries across calls
+    verdicts = verdicts_of(held.score(readings[:45]).results + held.score(readings[45:]).results)  # the alert state carries across calls
     # an alert starts at the threshold and lasts until a score falls under 0.2
     expected, alerting = [], False
     for x in scores:
         alerting = x >= 0.5 or (alerting and x >= 0.2)
         expected.append(int(alerting))
-    assert [v.anomaly for v in verdicts] == expected  # type: ignore[union-attr]
+    assert [v.anomaly for v in verdicts] == expected
     assert sum(expected) > sum(int(x >= 0.5) for x in scores)  # it held the alert past the threshold
     assert expected[:40] == [0] * 40 and expected[-1] == 0  # and it clears
 
@@ -289,12 +296,12 @@ def test_onset_marks_the_first_anomalous_reading_of_each_episode(models_dir: Pat
     rng = np.random.default_rng(3)
     values = list(0.8 + rng.normal(0, 0.02, 40)) + [3.0, 3.1, 3.0] + list(0.8 + rng.normal(0, 0.02, 60)) + [4.0]
     readings = [Reading("s", {"value": float(v)}, float(i), ts=float(i), ts_raw=i) for i, v in enumerate(values)]
-    verdicts = engine.score(readings[:41]).results + engine.score(readings[41:]).results  # an episode spanning two calls
-    anomalies = [v.anomaly for v in verdicts]  # type: ignore[union-attr]
-    onsets = [int(v.onset) for v in verdicts]  # type: ignore[union-attr]
+    verdicts = verdicts_of(engine.score(readings[:41]).results + engine.score(readings[41:]).results)  # an episode spanning two calls
+    anomalies = [v.anomaly for v in verdicts]
+    onsets = [int(v.onset) for v in verdicts]
     assert onsets == [int(a and not (i and anomalies[i - 1])) for i, a in enumerate(anomalies)]
     assert onsets[40] == 1 and onsets[41] == onsets[42] == 0 and onsets[-1] == 1
-    assert verdicts[40].to_payload()["onset"] is True and "onset" not in verdicts[41].to_payload()  # type: ignore[union-attr]
+    assert verdicts[40].to_payload()["onset"] is True and "onset" not in verdicts[41].to_payload()
     [again] = engine.score([Reading("s", {"value": 4.0}, 500.0, ts=103.0, ts_raw=103, redelivered=True)]).results
     assert again.duplicate and again.onset  # type: ignore[union-attr]  # a redelivery repeats the original verdict
 

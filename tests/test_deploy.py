@@ -24,11 +24,9 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 import pytest
-import tomllib
 import yaml
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
 
+from bench import kit
 from edge_agent.config import AgentConfig, load_config
 
 REPO = Path(__file__).resolve().parent.parent
@@ -434,17 +432,14 @@ def health_server(status: int) -> Iterator[int]:
 
 def connect_like_the_agent(client_id: str, port: int, on_message: Any = None) -> mqtt.Client:
     """An MQTT v5 client with a persistent session, connected as the agent connects (clean_start=False)."""
-    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
-    client.username_pw_set("agent", BROKER_PASSWORDS["agent"])
-    props = Properties(PacketTypes.CONNECT)
-    props.SessionExpiryInterval = 3600
+    client = kit.client(client_id=client_id, protocol=mqtt.MQTTv5, auth=("agent", BROKER_PASSWORDS["agent"]))
     connected = threading.Event()
     client.on_connect = lambda c, u, flags, rc, p: connected.set() if not rc.is_failure else None
     if on_message is not None:
         client.on_message = on_message  # before connecting: queued messages arrive right away
     # Mosquitto 2.0 writes only clean_start=False sessions to its database; a clean-start
     # session, even with an expiry interval, would not survive a broker restart.
-    client.connect("127.0.0.1", port, keepalive=10, clean_start=False, properties=props)
+    client.connect("127.0.0.1", port, keepalive=10, clean_start=False, properties=kit.session_properties(3600))
     client.loop_start()
     assert connected.wait(PROCESS_DEADLINE_S), "no CONNACK"
     return client
@@ -531,6 +526,7 @@ def test_image_runs_the_agent_with_the_shipped_config() -> None:
     config_in_image = args.config
     assert config_in_image == "/app/config.yaml"
     assert any(c.dest == config_in_image and c.sources == ["config.yaml"] for c in dockerfile_copies(stage))
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+; on 3.10 (supported) this test skips
     scripts = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
     assert {"edge-agent", "edge-sim"} <= set(scripts), "entrypoints used by the image and compose"
 
@@ -774,16 +770,10 @@ def test_broker_keeps_queued_readings_for_an_absent_agent_across_a_restart(broke
         agent.disconnect()  # session (and subscription) kept for SessionExpiryInterval
         agent.loop_stop()
 
-        sensor = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="deploy-test-sensor")
-        sensor.username_pw_set("sensor", BROKER_PASSWORDS["sensor"])
-        sensor.connect("127.0.0.1", port)
-        sensor.loop_start()
-        infos = [sensor.publish(f"sensors/s{i % 8}", str(i), qos=1) for i in range(readings)]
-        for info in infos:
-            info.wait_for_publish(timeout=PROCESS_DEADLINE_S)
-            assert info.is_published()
-        sensor.disconnect()
-        sensor.loop_stop()
+        with kit.Sensor(kit.Endpoint("127.0.0.1", port), "deploy-test", auth=("sensor", BROKER_PASSWORDS["sensor"])) as sensor:
+            for i in range(readings):
+                sensor.publish(f"sensors/s{i % 8}", str(i))
+            assert sensor.wait_accepted(PROCESS_DEADLINE_S), "the broker did not acknowledge every reading"
     # Broker stopped (database saved) and started again on the same data directory.
     with running_mosquitto(conf, broker_dir) as port:
         received: set[str] = set()

@@ -9,7 +9,7 @@ import re
 import numpy as np
 import pytest
 
-from conftest import REPO
+from conftest import REPO, verdicts_of
 from edge_agent.config import ConfigError, load_config
 from edge_agent.core.adaptation import MIN_LEARNING_ROWS, LearningPlan, SensorAdaptation
 from edge_agent.core.dedup import RecentReadings
@@ -65,17 +65,17 @@ def test_the_surprise_peaks_at_the_onset_and_an_episode_s_later_readings_stay_be
     assert all(j.anomaly for j in got[1:5])  # the alert holds for as long as before
 
 
-def test_a_reading_delivered_twice_in_one_batch_gets_its_first_verdict_again(models_dir) -> None:  # type: ignore[no-untyped-def]
+def test_a_reading_delivered_twice_in_one_batch_gets_its_first_verdict_again(models_dir) -> None:
     from edge_agent.model_files import load_model
 
     engine = ScoringEngine({"m": load_model(models_dir / "default")}, default="m")
     readings = [Reading("s", {"value": 0.9 + 0.01 * (i % 3)}, float(i), ts=float(i), ts_raw=i) for i in range(40)]
     batch = readings + readings[10:30]  # a gateway flushing the same readings again, in the same batch
-    results = engine.score(batch).results
+    results = verdicts_of(engine.score(batch).results)
     firsts, again = results[:40], results[40:]
     assert all(isinstance(v, Verdict) and v.duplicate for v in again)
-    assert [(v.score, v.anomaly) for v in again] == [(v.score, v.anomaly) for v in firsts[10:30]]  # type: ignore[union-attr]
-    assert not any(v.duplicate for v in firsts)  # type: ignore[union-attr]
+    assert [(v.score, v.anomaly) for v in again] == [(v.score, v.anomaly) for v in firsts[10:30]]
+    assert not any(v.duplicate for v in firsts)
 
 
 def test_duplicate_memory_is_bounded_and_keys_on_time_and_values() -> None:
@@ -93,7 +93,7 @@ def test_duplicate_memory_is_bounded_and_keys_on_time_and_values() -> None:
     assert memory.duplicate_of(Reading("s", {"value": 7.0}, 1.0, redelivered=True), [7.0]) is not None
 
 
-def test_routing_takes_the_first_matching_pattern_then_the_learned_model_then_the_default(models_dir) -> None:  # type: ignore[no-untyped-def]
+def test_routing_takes_the_first_matching_pattern_then_the_learned_model_then_the_default(models_dir) -> None:
     from edge_agent.model_files import load_model
 
     a, b = load_model(models_dir / "default"), load_model(models_dir / "default")
@@ -126,7 +126,11 @@ def test_refits_come_by_time_once_a_model_knows_enough() -> None:
     spec = FeatureSpec(("value",))
     plan = LearningPlan(period=0.0, rows=100, refit_every=3600.0, refit_rows=200, refit_jitter=0.0)
     a = SensorAdaptation(plan, "s", spec, known=200)
-    due = [i for i in range(1000) if a.scored([0.0], False, at=10.0 * i) and not a.settled()]
+    due = []
+    for i in range(1000):
+        if a.scored([0.0], False, at=10.0 * i):
+            a.settled()  # each fit done at once
+            due.append(i)
     assert due == [360, 720]  # every hour at a reading every 10 s
 
 
@@ -189,10 +193,10 @@ def test_a_value_normal_at_noon_is_found_at_three_in_the_morning() -> None:
     readings = [Reading("x", {"value": float(v)}, float(ts), ts=float(ts), ts_raw=ts) for v, ts in zip(values, t, strict=True)]
     three_am = 5 * 288 + 36
     readings[three_am] = Reading("x", {"value": 15.0}, float(t[three_am]), ts=float(t[three_am]), ts_raw=t[three_am])
-    verdicts = engine.score(readings).results
-    assert verdicts[three_am].anomaly == 1  # type: ignore[union-attr]
-    assert verdicts[5 * 288 + 144].anomaly == 0  # type: ignore[union-attr]  # 15 at noon is normal
-    assert sum(v.anomaly for v in verdicts[4 * 288:]) <= 3  # type: ignore[union-attr]
+    verdicts = verdicts_of(engine.score(readings).results)
+    assert verdicts[three_am].anomaly == 1
+    assert verdicts[5 * 288 + 144].anomaly == 0  # 15 at noon is normal
+    assert sum(v.anomaly for v in verdicts[4 * 288:]) <= 3
 
 
 def test_durations_are_read_with_units_and_named_when_wrong() -> None:
@@ -255,7 +259,7 @@ def test_a_copied_feature_state_goes_its_own_way() -> None:
 DOCUMENTED_MEMORY = 32
 
 
-def test_the_duplicate_memory_holds_the_documented_number_of_readings(models_dir) -> None:  # type: ignore[no-untyped-def]
+def test_the_duplicate_memory_holds_the_documented_number_of_readings(models_dir) -> None:
     from edge_agent.model_files import load_model
 
     assert re.search(rf"the last {DOCUMENTED_MEMORY} readings it\s+remembers to recognise redeliveries",

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conftest import verdicts_of
 from edge_agent.core.adaptation import MIN_LEARNING_ROWS, LearningPlan, LearnRequest, SensorAdaptation, share_of
 from edge_agent.core.domain import Reading
 from edge_agent.core.engine import ScoringEngine
@@ -33,7 +34,7 @@ def _request(rows: int = 400, fields: int = 2) -> LearnRequest:
                         times=1.7e9 + np.arange(rows) * 60.0, keep=keep, leave_out_outliers=True)
 
 
-def _wait(condition, timeout: float = 10.0) -> None:  # type: ignore[no-untyped-def]
+def _wait(condition, timeout: float = 10.0) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
         assert time.monotonic() < deadline, "condition not met in time"
@@ -115,7 +116,7 @@ def test_a_worker_that_dies_twice_loses_the_fit_not_the_sensor(tmp_path: Path) -
     _wait(lambda: not engine._streams["boiler"].adaptation.fitting)  # type: ignore[union-attr]
     later = [Reading("boiler", {"value": 0.1}, 60.0 + i, ts=60.0 + i, ts_raw=60 + i) for i in range(MIN_LEARNING_ROWS + 1)]
     again = engine.score(later)
-    assert all(v.learning for v in again.results)
+    assert all(v.learning for v in verdicts_of(again.results))
     assert len(again.learn_requests) == 1
     learner.stop()
     dying.close()

@@ -365,7 +365,7 @@ def test_inconsistent_arrays_are_refused(tmp_path: Path, multivariate: tuple[Iso
     with pytest.raises(ValueError, match="forest"):
         Forest.from_arrays(arrays)
     path = tmp_path / "bad.npz"
-    np.savez(path, **arrays)
+    np.savez(path, **arrays)  # type: ignore[arg-type]  # numpy >= 2.1 stubs take **arrays for its allow_pickle flag
     with pytest.raises(ValueError, match="corrupt forest file"):
         load_forest(path)
 
@@ -391,7 +391,7 @@ def test_corrupt_files_are_refused(tmp_path: Path, multivariate: tuple[Isolation
     damaged[start : start + 8] = b"\xff" * 8
     flipped.write_bytes(bytes(damaged))
     pickled = tmp_path / "pickled.npz"
-    np.savez(pickled, **{**forest.to_arrays(), "threshold": np.array([object()] * 3, dtype=object)})
+    np.savez(pickled, **{**forest.to_arrays(), "threshold": np.array([object()] * 3, dtype=object)})  # type: ignore[arg-type]  # as above
     for path in (truncated, garbage, empty, npy, flipped, pickled):
         with pytest.raises(ValueError, match="corrupt forest file"):
             load_forest(path)

@@ -119,7 +119,7 @@ def test_exposition_reader_sees_names_and_labels() -> None:
 @pytest.fixture
 def live_member(broker: Any, models_dir: Path) -> Iterator[Exposed]:
     """What an agent of a NATS consumer group exposes once it holds its partitions."""
-    from nats_servers import NatsServer
+    from bench.nats_servers import NatsServer
     from test_jetstream import Member, group_overrides, metrics_text, wait_owned
 
     server = NatsServer()

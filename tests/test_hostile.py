@@ -20,6 +20,7 @@ import paho.mqtt.client as paho
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from paho.mqtt.enums import MQTTErrorCode
 from prometheus_client import CollectorRegistry, generate_latest
 
 from edge_agent.agent import build_engine, load_models
@@ -132,7 +133,12 @@ def test_any_messages_through_adapter_pipeline_and_engine(cfg: AgentConfig, mode
     transport = MQTTTransport(cfg, parser, metrics, {})  # never started: only its message callback is used
     transport._submit = pipeline.submit
     replays: list[int] = []  # retained messages seen before: acknowledged by the transport, quietly
-    transport.client.ack = lambda mid, qos: replays.append(mid)  # type: ignore[method-assign]
+
+    def record_ack(mid: int, qos: int) -> MQTTErrorCode:
+        replays.append(mid)
+        return paho.MQTT_ERR_SUCCESS
+
+    transport.client.ack = record_ack  # type: ignore[method-assign]
     pipeline.start()
     try:
         for mid, (topic, payload, qos, retain, dup) in enumerate(messages, start=1):

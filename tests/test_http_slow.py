@@ -107,14 +107,14 @@ class _SlowCollector:
     def __init__(self, seconds: float) -> None:
         self.seconds = seconds
 
-    def collect(self):  # type: ignore[no-untyped-def]
+    def collect(self):
         time.sleep(self.seconds)
         return iter(())
 
 
 def test_probes_are_answered_when_every_connection_is_busy(models_dir: Path) -> None:
     registry = CollectorRegistry()
-    registry.register(_SlowCollector(1.5))  # type: ignore[arg-type]
+    registry.register(_SlowCollector(1.5))
     engine = ScoringEngine({"default": load_model(models_dir / "default")}, default="default")
     api = HttpApi(HTTPConfig(host="127.0.0.1", port=0), engine.predict, lambda: (True, ""), registry, max_connections=2)
     address = api.start()

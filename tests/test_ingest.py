@@ -467,7 +467,8 @@ def test_several_sensors_in_one_message_get_an_id_each_and_the_last_carries_the_
     readings = _all(parser, "tele/ds1820/SENSOR", {"Time": "2024-01-01T01:00:00+01:00",
                                                    "DS18B20-1": {"Id": "01144D2D6EAA", "Temperature": 21.4},
                                                    "DS18B20-2": {"Id": "3C01D607A1B2", "Temperature": 19.1}, "TempUnit": "C"})
-    assert [(r.sensor_id, r.values, r.ts) for r in readings] == [
+    assert all(isinstance(r, Reading) for r in readings), readings
+    assert [(r.sensor_id, r.values, r.ts) for r in readings if isinstance(r, Reading)] == [
         ("ds1820-DS18B20-1", {"Temperature": 21.4}, JAN_1_2024),
         ("ds1820-DS18B20-2", {"Temperature": 19.1}, JAN_1_2024),
     ]

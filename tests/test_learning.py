@@ -13,6 +13,8 @@ import pytest
 from sklearn.ensemble import IsolationForest
 from sklearn.metrics import roc_auc_score
 
+from conftest import verdicts_of
+from edge_agent.core.adaptation import LearnRequest
 from edge_agent.core.domain import Reading, Verdict
 from edge_agent.core.engine import LearningPlan, Scored, ScoringEngine, UnknownSensor
 from edge_agent.core.features import DEFAULT_TRANSFORMS, MAX_REPEATS, FeatureSpec
@@ -76,18 +78,18 @@ def _wait_for_model(engine: ScoringEngine, sensor: str, timeout: float = 10.0) -
 def test_a_sensor_learns_then_scores(tmp_path: Path) -> None:
     engine, learner = _engine(tmp_path)
     rng = np.random.default_rng(1)
-    first = engine.score(_readings("boiler", list(20 + rng.normal(0, 0.2, 200)))).results
+    first = verdicts_of(engine.score(_readings("boiler", list(20 + rng.normal(0, 0.2, 200)))).results)
     assert all(isinstance(v, Verdict) and v.learning and v.anomaly == 0 for v in first)
-    assert first[-1].model_version == "200/200"  # type: ignore[union-attr]
+    assert first[-1].model_version == "200/200"
     with pytest.raises(UnknownSensor, match="still learning"):
         engine.predict({"value": 20.0}, "boiler")
     with pytest.raises(UnknownSensor, match="'never-seen' is unknown"):  # not "still learning": nothing is
         engine.predict({"value": 20.0}, "never-seen")
     _wait_for_model(engine, "boiler")
-    later = engine.score(_readings("boiler", list(20 + rng.normal(0, 0.2, 50)) + [35.0], start=200)).results
-    assert not any(v.learning for v in later)  # type: ignore[union-attr]
-    assert later[-1].anomaly == 1 and later[-1].model == "learned:boiler"  # type: ignore[union-attr]
-    assert sum(v.anomaly for v in later[:-1]) <= 1  # type: ignore[union-attr]
+    later = verdicts_of(engine.score(_readings("boiler", list(20 + rng.normal(0, 0.2, 50)) + [35.0], start=200)).results)
+    assert not any(v.learning for v in later)
+    assert later[-1].anomaly == 1 and later[-1].model == "learned:boiler"
+    assert sum(v.anomaly for v in later[:-1]) <= 1
     learner.stop()
 
 
@@ -189,34 +191,32 @@ def test_history_remembers_which_readings_were_flagged() -> None:
 class _InlineLearner:
     """Fits each request at once (after the scoring call returns) and keeps it for the test to inspect."""
 
-    def __init__(self) -> None:
-        self.requests: list = []
-        self.pending: list = []
-        self.engine: ScoringEngine | None = None
+    def __init__(self, engine: ScoringEngine) -> None:
+        self.requests: list[LearnRequest] = []
+        self.pending: list[LearnRequest] = []
+        self.engine = engine
 
-    def __call__(self, request) -> None:  # type: ignore[no-untyped-def]
+    def __call__(self, request: LearnRequest) -> None:
         self.requests.append(request)
         self.pending.append(request)
 
     def feed(self, readings: list[Reading]) -> list[Verdict]:
-        from edge_agent.learning import fit_request
+        from edge_agent.tools.training import fit_request
 
-        assert self.engine is not None
         out = []
         for reading in readings:
             scored = self.engine.score([reading])
-            out += scored.results
+            out += verdicts_of(scored.results)
             for request in scored.learn_requests:
                 self(request)
             while self.pending:
                 r = self.pending.pop(0)
                 self.engine.install(r.sensor_id, fit_request(r, str(len(self.requests))), learned_flagged=r.keep is None)
-        return out  # type: ignore[return-value]
+        return out
 
 
 def _inline(plan: LearningPlan) -> _InlineLearner:
-    learner = _InlineLearner()
-    learner.engine = ScoringEngine({}, learning=plan)
+    learner = _InlineLearner(ScoringEngine({}, learning=plan))
     return learner
 
 
@@ -302,12 +302,13 @@ def test_a_slow_ramp_is_flagged_while_it_climbs_not_only_when_it_snaps_back() ->
     first_alert = {}
     for transforms in (DEFAULT_TRANSFORMS, tuple(t for t in DEFAULT_TRANSFORMS if not t.startswith("drift"))):
         model = learn_model(FeatureSpec(("value",), transforms), temp[:3600, None], "s", "1")
-        verdicts = ScoringEngine({"s": model}, default="s").score(_readings("x", list(temp))).results
-        alerts = [i for i in range(3600, n) if verdicts[i].anomaly]  # type: ignore[union-attr]
+        verdicts = verdicts_of(ScoringEngine({"s": model}, default="s").score(_readings("x", list(temp))).results)
+        alerts = [i for i in range(3600, n) if verdicts[i].anomaly]
         assert all(i >= start for i in alerts)  # no false alarm in the half hour before
         first_alert["drift" in " ".join(transforms)] = alerts[0] - start if alerts else None
-    assert first_alert[True] is not None and first_alert[True] < length  # found while it climbs
-    assert first_alert[False] is None or first_alert[False] >= length  # without it: at the snap-back at best
+    with_drift, without_drift = first_alert[True], first_alert[False]
+    assert with_drift is not None and with_drift < length  # found while it climbs
+    assert without_drift is None or without_drift >= length  # without it: at the snap-back at best
 
 
 def test_a_sensor_that_counts_may_repeat_itself_but_not_freeze() -> None:
@@ -320,13 +321,13 @@ def test_a_sensor_that_counts_may_repeat_itself_but_not_freeze() -> None:
     counts = rng.poisson(20 + 15 * np.sin(2 * np.pi * np.arange(3600) / 288)).astype(float)
     model = learn_model(FeatureSpec(("value",), DEFAULT_TRANSFORMS), counts[:604, None], "s", "1", leave_out_outliers=True)
     engine = ScoringEngine({"s": model}, default="s")
-    normal = engine.score(_readings("x", list(counts[604:]))).results
+    normal = verdicts_of(engine.score(_readings("x", list(counts[604:]))).results)
     runs = [i for i in range(2, len(normal)) if counts[604 + i] == counts[603 + i] == counts[602 + i]]
     assert len(runs) > 10  # three equal counts in a row happen, and are not alarms
-    assert sum(v.anomaly for v in normal) <= 3  # type: ignore[union-attr]
-    frozen = engine.score(_readings("x", [counts[-1]] * 40)).results
-    first = next(i for i, v in enumerate(frozen) if v.anomaly)  # type: ignore[union-attr]
-    assert first <= 12 and all(v.anomaly for v in frozen[first:])  # type: ignore[union-attr]
+    assert sum(v.anomaly for v in normal) <= 3
+    frozen = verdicts_of(engine.score(_readings("x", [counts[-1]] * 40)).results)
+    first = next(i for i, v in enumerate(frozen) if v.anomaly)
+    assert first <= 12 and all(v.anomaly for v in frozen[first:])
     # the run length allowed: the one that gets as rare as one reading in 10,000
     # never repeated in 500 readings: a repeat is rarer than ~1 in 500, not impossible, so
     # one is allowed (q = 1/502 by the rule of succession) and a second in a row is stuck;
@@ -348,12 +349,12 @@ def test_a_repeat_unseen_while_learning_is_rare_not_stuck_but_a_frozen_sensor_is
     assert not np.any(learning[1:] == learning[:-1])
     model = learn_model(FeatureSpec(("value",), DEFAULT_TRANSFORMS), learning[:, None], "s", "1")
     engine = ScoringEngine({"s": model}, default="s")
-    verdicts = engine.score(_readings("x", list(later))).results
+    verdicts = verdicts_of(engine.score(_readings("x", list(later))).results)
     repeats = [i for i in range(2, len(later)) if later[i] == later[i - 1] != later[i - 2]]
     assert len(repeats) > 10  # each one was flagged as a frozen sensor before
-    assert sum(verdicts[i].anomaly for i in repeats) == 0  # type: ignore[union-attr]
-    frozen = engine.score(_readings("x", [later[-1]] * 10, start=len(later))).results
-    assert [v.anomaly for v in frozen[:3]] == [0, 1, 1]  # type: ignore[union-attr]  # repeated once: rare; twice: stuck
+    assert sum(verdicts[i].anomaly for i in repeats) == 0
+    frozen = verdicts_of(engine.score(_readings("x", [later[-1]] * 10, start=len(later))).results)
+    assert [v.anomaly for v in frozen[:3]] == [0, 1, 1]  # repeated once: rare; twice: stuck
 
 
 def test_repeats_left_out_as_outliers_still_count_towards_what_is_normal() -> None:
@@ -368,11 +369,11 @@ def test_repeats_left_out_as_outliers_still_count_towards_what_is_normal() -> No
     model = learn_model(FeatureSpec(("value",), DEFAULT_TRANSFORMS), load[:604, None], "s", "1", leave_out_outliers=True)
     assert model.manifest["training"]["rows"] < 604  # the filter did leave rows out
     engine = ScoringEngine({"s": model}, default="s")
-    verdicts = engine.score(_readings("x", list(load[604:]))).results
+    verdicts = verdicts_of(engine.score(_readings("x", list(load[604:]))).results)
     repeats = [i for i in range(2, len(verdicts)) if load[604 + i] == load[603 + i] != load[602 + i]]
     assert len(repeats) > 30
-    assert sum(verdicts[i].anomaly for i in repeats) == 0  # type: ignore[union-attr]
-    assert sum(v.anomaly for v in verdicts) <= 3  # type: ignore[union-attr]
+    assert sum(verdicts[i].anomaly for i in repeats) == 0
+    assert sum(v.anomaly for v in verdicts) <= 3
 
 
 def test_a_sensor_with_rare_recurring_extremes_keeps_them_unless_told_to_leave_outliers_out() -> None:
@@ -387,7 +388,7 @@ def test_a_sensor_with_rare_recurring_extremes_keeps_them_unless_told_to_leave_o
         learner = _inline(LearningPlan(rows=604, refit_every=600, refit_rows=1200, leave_out_outliers=leave_out))
         verdicts = learner.feed(_readings("s", level))
         assert len(learner.requests) > 1 and all(r.leave_out_outliers is leave_out for r in learner.requests)
-        flagged[leave_out] = sum(v.anomaly for v in verdicts)  # type: ignore[union-attr]
+        flagged[leave_out] = sum(v.anomaly for v in verdicts)
     assert flagged[False] == 0
     assert flagged[True] >= 22  # at least a reading at each later step: 2 a day for 11 days
 
@@ -404,7 +405,7 @@ def test_one_bad_reading_while_learning_does_not_hide_later_spikes_of_its_size()
     model = learner.engine.learned["s"]
     assert model.manifest["training"]["rows"] == 600  # nothing left out of the fit
     assert model.range_guard.high[0] < 15  # but the glitch is not the edge of the normal range
-    assert all(verdicts[i].anomaly for i in spikes)  # type: ignore[union-attr]
+    assert all(verdicts[i].anomaly for i in spikes)
 
 
 def test_an_abrupt_step_seen_once_while_learning_stays_strange_and_one_seen_twice_does_not() -> None:
@@ -416,7 +417,7 @@ def test_an_abrupt_step_seen_once_while_learning_stays_strange_and_one_seen_twic
         level = list(np.where(on, 80.0, 20.0) + rng.normal(0, 1, len(t)))
         learner = _inline(LearningPlan(rows=3600, refit_every=0))
         verdicts = learner.feed(_readings("s", level))
-        flagged[runs] = sum(v.anomaly for v in verdicts)  # type: ignore[union-attr]
+        flagged[runs] = sum(v.anomaly for v in verdicts)
     assert flagged[1] >= 4  # every later start and stop: 2 of each
     assert flagged[2] == 0
 

@@ -11,7 +11,8 @@ from typing import Any
 
 import pytest
 
-from conftest import Collector, Publisher, agent_config, started_agent
+from bench.kit import Collector, Sensor
+from conftest import agent_config, started_agent
 from edge_agent.mqtt.local_broker import MOSQUITTO, MosquittoBroker
 from edge_agent.mqtt.transport import packet_size
 
@@ -49,8 +50,8 @@ def test_a_verdict_too_large_for_the_broker_is_reported_and_the_good_readings_fl
     limit = ["mqtt.broker_max_packet_size=400"] if told else []
     aid = f"poison-{uuid.uuid4().hex[:6]}"
     agent = _start(small_broker, models_dir, f"agent_id={aid}", f"mqtt.protocol={protocol}", *limit)
-    out = Collector(small_broker.host, small_broker.port, [f"edge/{aid}/#"])
-    sensor = Publisher(small_broker.host, small_broker.port)
+    out = Collector(small_broker, [f"edge/{aid}/#"])
+    sensor = Sensor(small_broker)
     try:
         sensor.send_json(f"sensors/{LONG_ID}", {"value": 0.9})
         for i in range(200):
@@ -79,7 +80,7 @@ def test_a_verdict_too_large_for_the_broker_is_reported_and_the_good_readings_fl
         sensor.close()
 
 
-def test_a_huge_topic_is_reported_cut_short(broker: Any, models_dir: Path, collect: Any, sensor: Publisher, start_agent: Any) -> None:
+def test_a_huge_topic_is_reported_cut_short(broker: Any, models_dir: Path, collect: Any, sensor: Sensor, start_agent: Any) -> None:
     agent = start_agent()
     aid = agent.cfg.agent_id
     out = collect([f"edge/{aid}/errors"])

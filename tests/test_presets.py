@@ -212,7 +212,8 @@ def check_device(agent: Agent, device: Device, collect: Any, sensor: Any) -> Non
     # A counter's baseline first; a Scored without payload is another sensor of the message before it.
     baselines = [r for r in device.rejected if r.reason == "rate_pending"]
     others = [r for r in device.rejected if r.reason != "rate_pending"]
-    for message in [*baselines, *device.scored, *others]:
+    ordered: list[Scored | Rejected] = [*baselines, *device.scored, *others]
+    for message in ordered:
         if message.payload:
             sensor.send(message.topic, message.payload)
     verdicts = [json.loads(m.payload) for m in out.wait_count(f"edge/{aid}/verdicts/", len(device.scored))]

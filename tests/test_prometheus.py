@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 import yaml
 
-from brokers import free_port
+from bench.kit import free_port
 from conftest import REPO, send_normal_then_spike
 
 RULES = REPO / "deploy/prometheus/rules.yml"

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from conftest import Collector, Publisher
+from bench.kit import Collector, Sensor
 
 JUNK = 300
 
@@ -30,20 +30,20 @@ def test_retained_junk_is_counted_once_across_reconnects(broker: Any, models_dir
     if getattr(broker, "kind", "") != "mosquitto":
         pytest.skip("restarts Mosquitto with its persistence")
     tag = uuid.uuid4().hex[:6]
-    sensor = Publisher(broker.host, broker.port)
+    sensor = Sensor(broker)
     for i in range(JUNK):
         sensor.send(f"sensors/junk-{tag}-{i}", b"junk", retain=True)
     sensor.close()
     agent = start_agent(f"mqtt.protocol={protocol}")
     _wait(lambda: _retained(agent) == JUNK, f"the {JUNK} retained messages were not counted")
-    out = Collector(broker.host, broker.port, [f"edge/{agent.cfg.agent_id}/#"])
+    out = Collector(broker, [f"edge/{agent.cfg.agent_id}/#"])
     for _ in range(2):  # the broker restarts (its persistence keeps the session and the retained junk)
         broker.stop()
         broker.start()
         _wait(lambda: agent.readiness()[0], "the agent did not reconnect")
         out.close()
-        out = Collector(broker.host, broker.port, [f"edge/{agent.cfg.agent_id}/#"])
-        live = Publisher(broker.host, broker.port)
+        out = Collector(broker, [f"edge/{agent.cfg.agent_id}/#"])
+        live = Sensor(broker)
         live.send("sensors/live", b"0.9")
         live.close()
         out.wait_count(f"edge/{agent.cfg.agent_id}/verdicts/live", 1)

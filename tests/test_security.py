@@ -8,6 +8,7 @@ gets certificates made here with the openssl command line.
 
 from __future__ import annotations
 
+import hmac
 import http.client
 import json
 import logging
@@ -30,14 +31,13 @@ import paho.mqtt.client as paho
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from paho.mqtt.enums import CallbackAPIVersion
 from prometheus_client import CollectorRegistry, generate_latest
 
+from bench import kit
 from conftest import REPO, agent_config
 from edge_agent.agent import Agent, load_models
 from edge_agent.config import ConfigError, HTTPConfig, http_token, load_config
 from edge_agent.core.domain import Verdict
-from edge_agent.http import server as http_server
 from edge_agent.http.api import HttpApi
 from edge_agent.mqtt.local_broker import MOSQUITTO, MosquittoBroker, free_port, wait_listening
 from edge_agent.mqtt.transport import NOT_TRIED
@@ -138,13 +138,13 @@ def test_unauthorised_requests_are_counted(guarded: Api) -> None:
 
 def test_the_token_is_compared_in_constant_time(guarded: Api, monkeypatch: pytest.MonkeyPatch) -> None:
     seen: list[tuple[bytes, bytes]] = []
-    real = http_server.hmac.compare_digest
+    real = hmac.compare_digest
 
     def spy(a: bytes, b: bytes) -> bool:
         seen.append((a, b))
         return real(a, b)
 
-    monkeypatch.setattr(http_server.hmac, "compare_digest", spy)
+    monkeypatch.setattr(hmac, "compare_digest", spy)  # the server looks it up on each call
     assert predict(guarded.port, f"Bearer {TOKEN}")[0] == 200
     assert predict(guarded.port, "Bearer nearly")[0] == 401
     assert seen == [(TOKEN.encode(), TOKEN.encode()), (b"nearly", TOKEN.encode())]
@@ -291,11 +291,8 @@ class Client:
         self.connack = threading.Event()
         self.reason: Any = None
         self._cond = threading.Condition()
-        self.client = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"sec-{uuid.uuid4().hex[:8]}", protocol=paho.MQTTv5)
-        if user is not None:
-            self.client.username_pw_set(user, password if password is not None else PASSWORDS[user])
-        if tls:
-            self.client.tls_set(**tls)
+        login = (user, password if password is not None else PASSWORDS[user]) if user is not None else None
+        self.client = kit.client("sec", protocol=paho.MQTTv5, auth=login, tls=tls or None)
         self.client.on_connect = self._on_connect
         self.client.on_message = self._record(self.messages)
         self.client.on_publish = lambda c, u, mid, rc, p: self._store(self.acks, mid, rc)

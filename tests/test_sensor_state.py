@@ -32,7 +32,7 @@ def _agent(tmp_path: Path, *overrides: str) -> Agent:
     return Agent(cfg, load_models(cfg), env={})
 
 
-def _wait(condition, what: str, timeout: float = 30.0) -> None:  # type: ignore[no-untyped-def]
+def _wait(condition, what: str, timeout: float = 30.0) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
         assert time.monotonic() < deadline, what

@@ -4,23 +4,22 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import os
 import re
 import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 from collections import defaultdict
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
-import paho.mqtt.client as mqtt
 import pytest
 
+from bench.kit import Collector, Endpoint, start_test_broker
 from simulator.cli import main
 from simulator.streams import (
     ANOMALY_KINDS,
@@ -61,7 +60,7 @@ def _stretches(series: list[SimReading]) -> dict[int, list[int]]:
 
 # A long stream with frequent anomalies and the same stream without any: the healthy
 # signal is drawn from its own generator, so the two differ exactly where anomalies are.
-LONG = dict(n_sensors=4, rate=1.0, seed=11, start=START)
+LONG: dict[str, Any] = dict(n_sensors=4, rate=1.0, seed=11, start=START)
 LONG_COUNT = 4 * 6000
 
 
@@ -252,7 +251,7 @@ def test_invalid_simulation_arguments_are_rejected() -> None:
     for bad in (dict(n_sensors=0), dict(n_sensors=1, rate=0.0), dict(n_sensors=1, anomaly_rate=2.0),
                 dict(n_sensors=1, kinds=("pressure",)), dict(n_sensors=1, anomaly_kinds=("bogus",))):
         with pytest.raises(ValueError):
-            Simulation(**bad)  # type: ignore[arg-type]
+            Simulation(**bad)
 
 
 # --- the CLI without a broker ------------------------------------------------------
@@ -347,40 +346,20 @@ def mosquitto_port(tmp_path: Path) -> Iterator[int]:
         proc.wait(timeout=5)
 
 
-class _Collector:
-    """A subscriber recording (topic, payload, qos) of everything under a prefix."""
+def _subscriber(port: int, topic: str) -> Collector:
+    """The kit's collector on the module's broker, under one prefix."""
+    return Collector(Endpoint("127.0.0.1", port), [topic])
 
-    def __init__(self, port: int, topic: str) -> None:
-        self.messages: list[tuple[str, dict[str, object], int]] = []
-        self._cond = threading.Condition()
-        self._client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="sim-test-sub")
-        self._client.on_message = self._on_message
-        subscribed = threading.Event()
-        self._client.on_subscribe = lambda *a: subscribed.set()
-        self._client.connect("127.0.0.1", port)
-        self._client.subscribe(topic, qos=1)
-        self._client.loop_start()
-        assert subscribed.wait(5), "subscription not acknowledged"
 
-    def _on_message(self, client: mqtt.Client, userdata: object, msg: mqtt.MQTTMessage) -> None:
-        with self._cond:
-            self.messages.append((msg.topic, json.loads(msg.payload), msg.qos))
-            self._cond.notify_all()
-
-    def wait_for(self, n: int, timeout: float = 5.0) -> list[tuple[str, dict[str, object], int]]:
-        with self._cond:
-            self._cond.wait_for(lambda: len(self.messages) >= n, timeout=timeout)
-            return list(self.messages)
-
-    def close(self) -> None:
-        self._client.disconnect()
-        self._client.loop_stop()
+def _readings(sub: Collector, n: int, timeout: float = 5.0) -> list[tuple[str, dict[str, object], int]]:
+    """(topic, payload, qos) of the first ``n`` messages (TimeoutError if fewer come)."""
+    return [(m.topic, m.json(), m.qos) for m in sub.wait_for(lambda ms: len(ms) >= n, timeout)]
 
 
 @pytest.mark.broker
 def test_cli_publishes_paced_readings_to_broker(mosquitto_port: int, tmp_path: Path,
                                                 capsys: pytest.CaptureFixture[str]) -> None:
-    sub = _Collector(mosquitto_port, "plant/#")
+    sub = _subscriber(mosquitto_port, "plant/#")
     out = tmp_path / "pub.csv"
     try:
         began = time.monotonic()
@@ -388,7 +367,7 @@ def test_cli_publishes_paced_readings_to_broker(mosquitto_port: int, tmp_path: P
                    "--rate", "20", "--seed", "2", "--count", "15", "--topic-prefix", "plant",
                    "--start", str(START), "--csv", str(out), "--anomaly-rate", "0.2"])
         elapsed = time.monotonic() - began
-        messages = sub.wait_for(15)
+        messages = _readings(sub, 15)
     finally:
         sub.close()
     assert rc == 0
@@ -411,13 +390,13 @@ def test_cli_publishes_paced_readings_to_broker(mosquitto_port: int, tmp_path: P
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_cli_stops_cleanly_on_signal(mosquitto_port: int, sig: signal.Signals) -> None:
     prefix = f"signal-{sig.name}"  # its own topics: the broker is shared by this module's tests
-    sub = _Collector(mosquitto_port, f"{prefix}/#")
+    sub = _subscriber(mosquitto_port, f"{prefix}/#")
     proc = subprocess.Popen(
         [sys.executable, "-m", "simulator.cli", "--host", "127.0.0.1", "--port",
          str(mosquitto_port), "--sensors", "2", "--rate", "20", "--topic-prefix", prefix],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        assert len(sub.wait_for(4, timeout=10)) >= 4, "simulator never published"
+        assert len(_readings(sub, 4, timeout=10)) >= 4, "simulator never published"
         proc.send_signal(sig)
         out, err = proc.communicate(timeout=10)
     finally:
@@ -434,7 +413,6 @@ def test_cli_stops_cleanly_on_signal(mosquitto_port: int, sig: signal.Signals) -
 
 @pytest.mark.broker
 def test_cli_reports_readings_the_broker_never_acknowledged_and_exits_3() -> None:
-    from brokers import start_test_broker
 
     broker = start_test_broker()
     try:
@@ -442,9 +420,9 @@ def test_cli_reports_readings_the_broker_never_acknowledged_and_exits_3() -> Non
             [sys.executable, "-m", "simulator.cli", "--host", broker.host, "--port", str(broker.port), "--sensors", "2",
              "--rate", "100", "--count", "600", "--flush-timeout", "1", "--topic-prefix", "gone"],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        sub = _Collector(broker.port, "gone/#")
+        sub = _subscriber(broker.port, "gone/#")
         try:  # the simulator is publishing (its start takes seconds on a loaded machine)
-            assert sub.wait_for(5, timeout=30), "simulator never published"
+            assert _readings(sub, 5, timeout=30), "simulator never published"
         finally:
             sub.close()
         broker.stop()  # the broker goes away with readings still to come
@@ -458,11 +436,11 @@ def test_cli_reports_readings_the_broker_never_acknowledged_and_exits_3() -> Non
 
 @pytest.mark.broker
 def test_cli_seq_numbers_each_sensors_readings(mosquitto_port: int) -> None:
-    sub = _Collector(mosquitto_port, "seq/#")
+    sub = _subscriber(mosquitto_port, "seq/#")
     try:
         assert main(["--host", "127.0.0.1", "--port", str(mosquitto_port), "--sensors", "2", "--rate", "50",
                      "--count", "6", "--topic-prefix", "seq", "--seq"]) == 0
-        messages = sub.wait_for(6)
+        messages = _readings(sub, 6)
     finally:
         sub.close()
     by_sensor: dict[str, list[object]] = {}

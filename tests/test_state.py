@@ -143,7 +143,7 @@ def _edits() -> dict[str, object]:
         p = d / "forest.npz"
         p.write_bytes(p.read_bytes()[:-10] + b"0123456789")
 
-    def manifest(change):  # type: ignore[no-untyped-def]
+    def manifest(change):
         def edit(d: Path) -> None:
             m = json.loads((d / MANIFEST).read_text())
             change(m)

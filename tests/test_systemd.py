@@ -61,6 +61,7 @@ def runnable_copy(tmp_path: Path) -> Path:
 
 @pytest.mark.skipif(SYSTEMD_ANALYZE is None, reason="systemd-analyze not installed")
 def test_systemd_accepts_the_unit(tmp_path: Path) -> None:
+    assert SYSTEMD_ANALYZE is not None
     result = subprocess.run([SYSTEMD_ANALYZE, "verify", str(runnable_copy(tmp_path))],
                             capture_output=True, text=True, timeout=60)
     # verify exits 0 on unknown keys and only warns: any output is a mistake in the unit.
@@ -69,6 +70,7 @@ def test_systemd_accepts_the_unit(tmp_path: Path) -> None:
 
 @pytest.mark.skipif(SYSTEMD_ANALYZE is None, reason="systemd-analyze not installed")
 def test_systemd_rates_the_unit_well_protected(tmp_path: Path) -> None:
+    assert SYSTEMD_ANALYZE is not None
     result = subprocess.run([SYSTEMD_ANALYZE, "security", "--offline=yes", "--no-pager", str(runnable_copy(tmp_path))],
                             capture_output=True, text=True, timeout=60)
     match = re.search(r"Overall exposure level for \S+: ([0-9.]+)", result.stdout)
