@@ -609,7 +609,10 @@ def test_nats_secrets_that_are_missing_conflicting_or_unreadable_are_config_erro
     assert nats_access_problem({}, f"nats.tls.ca_file={not_pem}").path == "nats.tls"
 
 
-def test_nats_credentials_come_from_env_then_file_and_the_summary_names_only_their_source(tmp_path: Path) -> None:
+def test_nats_credentials_come_from_env_then_file_and_the_summary_names_only_their_source(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from edge_agent.jetstream import access
     from edge_agent.jetstream.access import nats_access
 
     password_file = tmp_path / "pw"
@@ -626,7 +629,14 @@ def test_nats_credentials_come_from_env_then_file_and_the_summary_names_only_the
     creds = tmp_path / "agent.creds"
     creds.write_text("-----BEGIN NATS USER JWT-----\neyJ0\n------END NATS USER JWT------\n"
                      "-----BEGIN USER NKEY SEED-----\nSUAM\n------END USER NKEY SEED------\n")
-    assert nats_access(load_config(None, (f"nats.creds_file={creds}",), env={}), {}).creds_file == str(creds)
+    creds_cfg = load_config(None, (f"nats.creds_file={creds}",), env={})
+    # nats-py needs nkeys (PyNaCl) to sign with the seed; without it the creds file is a config error.
+    monkeypatch.setattr(access, "nkeys_installed", lambda: True)
+    assert nats_access(creds_cfg, {}).creds_file == str(creds)
+    monkeypatch.setattr(access, "nkeys_installed", lambda: False)
+    with pytest.raises(ConfigError) as caught:
+        nats_access(creds_cfg, {})
+    assert caught.value.problems[0].path == "nats.creds_file" and "nats-py[nkeys]" in str(caught.value)
 
 
 def test_check_config_validates_the_nats_secrets_and_never_prints_them(capsys: pytest.CaptureFixture[str],

@@ -172,7 +172,7 @@ class NatsConfig:
     password_file: str | None = _f(None, "File holding the NATS user's password (used when the environment variable is unset).")
     token_env: str = _f("EDGE_AGENT_NATS_TOKEN", "Environment variable holding a NATS authentication token (the server's authorization { token }); unset or empty: no token.")
     token_file: str | None = _f(None, "File holding that token (used when the environment variable is unset).")
-    creds_file: str | None = _f(None, "NATS user credentials file: the user's JWT and NKey seed, as nsc generate creds writes it (a server in operator mode).")
+    creds_file: str | None = _f(None, "NATS user credentials file: the user's JWT and NKey seed, as nsc generate creds writes it (a server in operator mode; needs pip install 'nats-py[nkeys]').")
     tls: NatsTLSConfig = field(default_factory=NatsTLSConfig, metadata={"doc": "TLS to the NATS servers."})
 
 

@@ -58,9 +58,19 @@ def nats_access(cfg: AgentConfig, env: Mapping[str, str]) -> NatsAccess:
         if not all(marker in content for marker in _CREDS_MARKERS):
             raise ConfigError([Problem("nats.creds_file", show(n.creds_file), "a NATS user credentials file: "
                                        "a JWT and an NKey seed, as nsc generate creds writes it")])
+        if not nkeys_installed():
+            # nats-py signs the server's nonce with the seed through nkeys, imported only then: say so now.
+            raise ConfigError([Problem("nats.creds_file", show(n.creds_file), "the nkeys package installed as well, "
+                                       "which signs with the file's seed: pip install 'nats-py[nkeys]'")])
         return NatsAccess(creds_file=n.creds_file, tls=tls, tls_only=n.tls.enabled,
                           summary=f"credentials file {n.creds_file}{tls_text}")
     return NatsAccess(tls=tls, tls_only=n.tls.enabled, summary=f"no authentication{tls_text}")
+
+
+def nkeys_installed() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("nkeys") is not None
 
 
 def _tls_context(cfg: AgentConfig) -> tuple[ssl.SSLContext | None, str]:
