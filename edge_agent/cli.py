@@ -118,14 +118,20 @@ def cmd_bridge(args: argparse.Namespace) -> int:
 def cmd_check_config(args: argparse.Namespace) -> int:
     from edge_agent.agent import load_models
     from edge_agent.core.model import ModelError
+    from edge_agent.jetstream.access import nats_access
 
     cfg = _load(args)
+    # The NATS secrets and certificates (the bridge uses them even with nats.enabled off): a ConfigError naming the key.
+    access = nats_access(cfg, os.environ)
     try:
         models = load_models(cfg, _config_base(args))
     except ModelError as e:
         print(f"edge-agent: config is valid, but a model is not: {e}", file=sys.stderr)
         return EXIT_FAILURE
-    print(f"config OK: agent {cfg.agent_id}, broker {cfg.mqtt.host}:{cfg.mqtt.port}, "
+    nats_text = ""
+    if cfg.nats.enabled or access.summary != "no authentication":
+        nats_text = f", NATS {', '.join(cfg.nats.servers)} with {access.summary}"
+    print(f"config OK: agent {cfg.agent_id}, broker {cfg.mqtt.host}:{cfg.mqtt.port}{nats_text}, "
           f"{len(models)} model(s): {', '.join(f'{m.name}@{m.version}' for m in models.values())}")
     return 0
 

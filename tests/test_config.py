@@ -549,3 +549,106 @@ def test_the_scoring_core_takes_the_config_defaults_whole() -> None:
     assert decision_of(tuned).threshold == 0.7
     assert learning_plan(tuned).refit_rows == 900
     assert learning_plan(tuned).stale_share == 0.25
+
+
+# --------------------------------------------------------------------------- NATS credentials and TLS
+
+
+@pytest.mark.parametrize(("overrides", "path", "expected"), [
+    (("nats.user=agent", "nats.creds_file=/run/agent.creds"), "nats.creds_file", "one kind of NATS authentication"),
+    (("nats.user=agent", "nats.token_file=/run/token"), "nats.token_file", "since nats.user is set"),
+    (("nats.creds_file=/run/agent.creds", "nats.token_file=/run/token"), "nats.token_file", "since nats.creds_file is set"),
+    (("nats.password_file=/run/pw",), "nats.password_file", "together with nats.user"),
+    (("nats.tls.cert_file=/run/client.pem",), "nats.tls.key_file", "mutual TLS needs both"),
+    (("nats.tls.key_file=/run/client.key",), "nats.tls.cert_file", "mutual TLS needs both"),
+])
+def test_conflicting_nats_authentication_and_half_a_client_certificate(overrides: tuple[str, ...], path: str,
+                                                                       expected: str) -> None:
+    problem = only_problem(None, overrides)
+    assert problem.path == path and expected in problem.expected, str(problem)
+
+
+def nats_access_problem(env: dict[str, str], *overrides: str) -> Problem:
+    from edge_agent.jetstream.access import nats_access
+
+    cfg = load_config(None, overrides, env={})
+    with pytest.raises(ConfigError) as caught:
+        nats_access(cfg, env)
+    assert len(caught.value.problems) == 1, str(caught.value)
+    return caught.value.problems[0]
+
+
+def test_nats_secrets_that_are_missing_conflicting_or_unreadable_are_config_errors_that_never_show_them(
+    tmp_path: Path,
+) -> None:
+    secret = "Nats-s3cret-value"
+    problem = nats_access_problem({"EDGE_AGENT_NATS_TOKEN": secret}, "nats.user=agent")
+    assert problem.path == "nats.token_env" and "EDGE_AGENT_NATS_TOKEN" in problem.value and "nats.user" in problem.expected
+    assert secret not in str(problem)
+    problem = nats_access_problem({"EDGE_AGENT_NATS_TOKEN": secret}, "nats.creds_file=/run/agent.creds")
+    assert problem.path == "nats.token_env" and "nats.creds_file" in problem.expected
+    problem = nats_access_problem({}, "nats.user=agent")
+    assert problem.path == "nats.user" and "EDGE_AGENT_NATS_PASSWORD" in problem.expected
+    absent = tmp_path / "absent"
+    for key in ("password_file", "creds_file", "tls.ca_file"):
+        extra = ("nats.user=agent",) if key == "password_file" else ()
+        problem = nats_access_problem({}, *extra, f"nats.{key}={absent}")
+        assert problem.path == f"nats.{key}" and "readable" in problem.expected, str(problem)
+    empty = tmp_path / "empty"
+    empty.write_text("\n")
+    problem = nats_access_problem({}, "nats.user=agent", f"nats.password_file={empty}")
+    assert problem.path == "nats.password_file" and "empty" in problem.expected
+    problem = nats_access_problem({}, f"nats.token_file={empty}")
+    assert problem.path == "nats.token_file" and "empty" in problem.expected
+    not_creds = tmp_path / "not.creds"
+    not_creds.write_text(secret)
+    problem = nats_access_problem({}, f"nats.creds_file={not_creds}")
+    assert problem.path == "nats.creds_file" and "nsc generate creds" in problem.expected and secret not in str(problem)
+    not_pem = tmp_path / "ca.pem"
+    not_pem.write_text("not a certificate")
+    assert nats_access_problem({}, f"nats.tls.ca_file={not_pem}").path == "nats.tls"
+
+
+def test_nats_credentials_come_from_env_then_file_and_the_summary_names_only_their_source(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from edge_agent.jetstream import access
+    from edge_agent.jetstream.access import nats_access
+
+    password_file = tmp_path / "pw"
+    password_file.write_text("from-the-file\n")
+    cfg = load_config(None, ("nats.user=agent", f"nats.password_file={password_file}"), env={})
+    from_env = nats_access(cfg, {"EDGE_AGENT_NATS_PASSWORD": "from-the-env"})
+    assert (from_env.user, from_env.password) == ("agent", "from-the-env")
+    from_file = nats_access(cfg, {"EDGE_AGENT_NATS_PASSWORD": ""})  # empty counts as unset, as for MQTT
+    assert from_file.password == "from-the-file"
+    assert from_file.summary == f"user 'agent' (password from {password_file})"
+    assert "from-the" not in from_env.summary + repr(from_env) + repr(from_file)
+    token = nats_access(load_config(None, (), env={}), {"EDGE_AGENT_NATS_TOKEN": "tok"})
+    assert token.token == "tok" and "tok)" not in token.summary and token.tls is None
+    creds = tmp_path / "agent.creds"
+    creds.write_text("-----BEGIN NATS USER JWT-----\neyJ0\n------END NATS USER JWT------\n"
+                     "-----BEGIN USER NKEY SEED-----\nSUAM\n------END USER NKEY SEED------\n")
+    creds_cfg = load_config(None, (f"nats.creds_file={creds}",), env={})
+    # nats-py needs nkeys (PyNaCl) to sign with the seed; without it the creds file is a config error.
+    monkeypatch.setattr(access, "nkeys_installed", lambda: True)
+    assert nats_access(creds_cfg, {}).creds_file == str(creds)
+    monkeypatch.setattr(access, "nkeys_installed", lambda: False)
+    with pytest.raises(ConfigError) as caught:
+        nats_access(creds_cfg, {})
+    assert caught.value.problems[0].path == "nats.creds_file" and "nats-py[nkeys]" in str(caught.value)
+
+
+def test_check_config_validates_the_nats_secrets_and_never_prints_them(capsys: pytest.CaptureFixture[str],
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    from edge_agent.cli import main
+
+    args = ["check-config", "--config", str(REPO_CONFIG), "--set", "nats.enabled=true", "--set", "nats.user=agent"]
+    monkeypatch.delenv("EDGE_AGENT_NATS_PASSWORD", raising=False)
+    assert main(args) == 2
+    assert "nats.user: got 'agent', expected a password as well" in capsys.readouterr().err
+    monkeypatch.setenv("EDGE_AGENT_NATS_PASSWORD", "Pa55-never-printed")
+    assert main(args) == 0
+    out = capsys.readouterr()
+    assert "NATS nats://localhost:4222 with user 'agent' (password from EDGE_AGENT_NATS_PASSWORD)" in out.out
+    assert "Pa55-never-printed" not in out.out + out.err

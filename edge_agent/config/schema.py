@@ -141,6 +141,15 @@ class HomeAssistantConfig:
 
 
 @dataclass
+class NatsTLSConfig:
+    enabled: bool = _f(False, "Connect to NATS over TLS only: a server that does not require TLS is refused before any password or token is sent. (A server that requires TLS gets it even when this is off, verified against ca_file or the system CAs.)")
+    ca_file: str | None = _f(None, "CA bundle to verify the NATS servers' certificates (system CAs when unset).")
+    cert_file: str | None = _f(None, "Client certificate (PEM) for mutual TLS (the server's tls { verify: true }).")
+    key_file: str | None = _f(None, "Client private key (PEM) for mutual TLS.")
+    check_hostname: bool = _f(True, "Verify that a server's certificate matches the host name in its URL in nats.servers.")
+
+
+@dataclass
 class NatsConfig:
     enabled: bool = _f(False, "Join the group of agents on NATS JetStream (docs/operations.md#scale-out) instead of subscribing to the sources on MQTT: readings come from the stream the bridge (edge-agent bridge) fills, each agent consumes its share of the partitions.")
     servers: list[str] = _f(["nats://localhost:4222"], "NATS server URLs (nats://host:port), tried in turn.")
@@ -158,6 +167,13 @@ class NatsConfig:
     duplicate_window: Duration = _f(Duration.parse("2m"), "The stream drops a reading whose Nats-Msg-Id it stored within this window (a bridge resending after a crash).", min=1.0, max=7 * 86400.0)
     max_age: Duration = _f(Duration.parse("1d"), "Readings older than this leave the stream, answered or not (0: never).", min=0.0, max=365 * 86400.0)
     outputs: str = _f("mqtt", "Where verdicts, alerts and errors go: mqtt (the topics, on mqtt.host), nats (the same names with . for /, on the NATS servers), or both.", choices=["mqtt", "nats", "both"])
+    user: str | None = _f(None, "NATS user name (the server's authorization { user, password }); the password comes from password_env or password_file. One kind of authentication at a time: user, a token or creds_file.")
+    password_env: str = _f("EDGE_AGENT_NATS_PASSWORD", "Environment variable holding the NATS user's password.")
+    password_file: str | None = _f(None, "File holding the NATS user's password (used when the environment variable is unset).")
+    token_env: str = _f("EDGE_AGENT_NATS_TOKEN", "Environment variable holding a NATS authentication token (the server's authorization { token }); unset or empty: no token.")
+    token_file: str | None = _f(None, "File holding that token (used when the environment variable is unset).")
+    creds_file: str | None = _f(None, "NATS user credentials file: the user's JWT and NKey seed, as nsc generate creds writes it (a server in operator mode; needs pip install 'nats-py[nkeys]').")
+    tls: NatsTLSConfig = field(default_factory=NatsTLSConfig, metadata={"doc": "TLS to the NATS servers."})
 
 
 @dataclass

@@ -306,6 +306,19 @@ def _check_nats(nats: NatsConfig, clean: Callable[..., bool], add: Callable[[str
             add(f"nats.servers[{i}]", url, "a URL such as nats://host:4222")
     if clean("nats.servers") and not nats.servers:
         add("nats.servers", nats.servers, "at least one server URL")
+    tls = nats.tls
+    if clean("nats.tls.cert_file", "nats.tls.key_file") and (tls.cert_file is None) != (tls.key_file is None):
+        missing, present = ("key_file", "cert_file") if tls.key_file is None else ("cert_file", "key_file")
+        add(f"nats.tls.{missing}", None, f"a file as well, since nats.tls.{present} is set (mutual TLS needs both)")
+    # One kind of authentication: the server takes one, and a second one set would be silently ignored.
+    if nats.creds_file is not None and nats.user is not None and clean("nats.creds_file", "nats.user"):
+        add("nats.creds_file", nats.creds_file, "unset, since nats.user is set: one kind of NATS authentication at a time")
+    if nats.token_file is not None and clean("nats.token_file"):
+        other = "nats.user" if nats.user is not None else "nats.creds_file" if nats.creds_file is not None else None
+        if other:
+            add("nats.token_file", nats.token_file, f"unset, since {other} is set: one kind of NATS authentication at a time")
+    if nats.password_file is not None and nats.user is None and clean("nats.password_file"):
+        add("nats.password_file", nats.password_file, "set together with nats.user (the password is that user's)")
 
 
 def parse_config(data: Mapping[str, Any]) -> AgentConfig:

@@ -27,6 +27,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from edge_agent.config import AgentConfig, mqtt_password
 from edge_agent.core.domain import InvalidReading, Reading, clip
+from edge_agent.jetstream.access import nats_access
 from edge_agent.jetstream.connection import NatsThread
 from edge_agent.jetstream.envelope import HEADER, VERSION, encode, msg_id, token
 from edge_agent.jetstream.jsapi import Layout, ensure_stream
@@ -60,6 +61,7 @@ class Bridge:
         self.cfg = cfg
         self.layout = layout_of(cfg)
         self.parser = PayloadParser(cfg.sources, cfg.max_payload_bytes)
+        self.access = nats_access(cfg, env)  # before any thread starts: a missing secret is a ConfigError
         self.nats = NatsThread("nats-bridge")
         self._queue: asyncio.Queue[_Message] | None = None
         self._generation = 0
@@ -86,7 +88,7 @@ class Bridge:
         self.client.on_message = self._on_message
 
     def start(self) -> None:
-        nc = self.nats.connect(self.cfg.nats, f"edge-bridge-{self.cfg.agent_id}")
+        nc = self.nats.connect(self.cfg.nats, f"edge-bridge-{self.cfg.agent_id}", self.access)
         n = self.cfg.nats
         self.nats.run(ensure_stream(nc, self.layout, float(n.duplicate_window), float(n.max_age))).result(30)
         self._queue = self.nats.run(_make_queue()).result()

@@ -30,6 +30,7 @@ from edge_agent.config import AgentConfig, SourceConfig, http_token
 from edge_agent.core.domain import InvalidReading, Reading, Verdict, clip
 from edge_agent.core.model import SensorModel
 from edge_agent.http.api import HttpApi
+from edge_agent.jetstream.access import nats_access
 from edge_agent.jetstream.bridge import layout_of
 from edge_agent.jetstream.connection import NatsThread
 from edge_agent.jetstream.envelope import HEADER, decode, untoken
@@ -114,6 +115,7 @@ class GroupAgent:
             max_batch=cfg.pipeline.max_batch, error_log_interval=cfg.pipeline.error_log_interval,
             error_report_rate=cfg.pipeline.error_report_rate,
         )
+        self.access = nats_access(cfg, environment)  # before any thread starts: a missing secret is a ConfigError
         self.nats = NatsThread("nats-agent")
         outputs = cfg.nats.outputs
         self.to_nats = outputs in ("nats", "both")
@@ -145,7 +147,7 @@ class GroupAgent:
         self.pipeline.start()
         if self.mqtt is not None:
             self.mqtt.start()
-        self.nats.connect(self.cfg.nats, f"edge-agent-{self.cfg.agent_id}")
+        self.nats.connect(self.cfg.nats, f"edge-agent-{self.cfg.agent_id}", self.access)
         self.nats.run(self._setup()).result(60)
 
     async def _setup(self) -> None:
@@ -170,7 +172,8 @@ class GroupAgent:
     def readiness(self) -> tuple[bool, str]:
         nc = self.nats.nc
         if nc is None or not nc.is_connected:
-            return False, f"NATS not connected ({', '.join(self.cfg.nats.servers)})"
+            reason = f": {self.nats.last_error}" if self.nats.last_error else ""
+            return False, f"NATS not connected ({', '.join(self.cfg.nats.servers)}){reason}"
         if self.mqtt is not None and not self.mqtt.connected.is_set():
             return False, f"broker {self.cfg.mqtt.host}:{self.cfg.mqtt.port} not connected"
         return True, ""

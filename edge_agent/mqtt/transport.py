@@ -40,6 +40,7 @@ from edge_agent.config import (
     client_id,
     mqtt_password,
 )
+from edge_agent.config.secrets import unreadable_tls_files
 from edge_agent.core.domain import InvalidReading, Reading, Verdict, clip
 from edge_agent.core.episodes import NEW_NORMAL
 from edge_agent.metrics import AgentMetrics
@@ -221,15 +222,7 @@ class MQTTTransport:
     def _set_tls(self, client: paho.Client) -> None:
         """Verify the broker's certificate (and its host name unless turned off); mutual TLS with cert and key."""
         tls = self.cfg.mqtt.tls
-        problems = []
-        for key in ("ca_file", "cert_file", "key_file"):
-            path = getattr(tls, key)
-            if path is not None:
-                try:
-                    with open(path, "rb"):
-                        pass
-                except OSError as e:
-                    problems.append(Problem(f"mqtt.tls.{key}", repr(path), f"a readable PEM file ({e.strerror or e})"))
+        problems = unreadable_tls_files("mqtt.tls", tls)
         if problems:
             raise ConfigError(problems)
         try:
