@@ -617,7 +617,7 @@ def test_compose_group_profile_runs_the_bridge_and_members_against_its_nats() ->
 
 def test_compose_group_logs_in_to_its_nats_with_the_password_from_env(tmp_path: Path) -> None:
     """The bridge, the members and the NATS server take one .env variable; the server refuses to start without it."""
-    from nats_servers import NATS_SERVER, log_in_to_shipped_config
+    from bench.nats_servers import NATS_SERVER, log_in_to_shipped_config
 
     services = compose()["services"]
     nats = services["nats"]

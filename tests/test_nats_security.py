@@ -19,11 +19,11 @@ from typing import Any
 
 import pytest
 
-from conftest import Publisher
+from bench.kit import Sensor
+from bench.nats_servers import NATS_SERVER, NatsServer
 from edge_agent.config import load_config
 from edge_agent.jetstream.access import nats_access
 from edge_agent.jetstream.connection import NatsAccessError, NatsThread
-from nats_servers import NATS_SERVER, NatsServer
 from test_jetstream import group_overrides, wait_all_answered
 from tls_certs import Certs, generated_certs
 
@@ -136,7 +136,7 @@ def test_a_member_and_the_bridge_log_in_with_their_passwords_over_tls_and_answer
         bridge.start()
         try:
             assert bridge.connected.wait(10)
-            sensor = Publisher(broker.host, broker.port)
+            sensor = Sensor(broker)
             try:
                 for ts in range(5):
                     for s in ("pump-1", "pump-2", "pump-3"):

@@ -211,7 +211,7 @@ def test_the_group_logs_in_to_its_nats_server_with_the_password_of_one_secret(tm
     """The agents, the bridge and the NATS server read one Secret; the shipped nats.conf accepts the agents' login."""
     import re
 
-    from nats_servers import NATS_SERVER, log_in_to_shipped_config
+    from bench.nats_servers import NATS_SERVER, log_in_to_shipped_config
 
     docs = load_overlay("group")
     secrets = {s["metadata"]["name"]: s for s in by_kind(docs, "Secret")}
