@@ -150,6 +150,52 @@ def test_a_member_and_the_bridge_log_in_with_their_passwords_over_tls_and_answer
         member.stop(timeout=5)
 
 
+@pytest.mark.broker
+def test_the_bridge_and_a_members_mqtt_output_speak_tls_to_a_tls_only_broker(
+    server_with: Any, certs: Certs, models_dir: Path,
+) -> None:
+    """mqtt.tls holds for every MQTT connection, not only the single agent's: the bridge reads
+    readings and the member's output writes verdicts over TLS (a clear connection would be refused)."""
+    from prometheus_client import CollectorRegistry
+
+    from bench.kit import Collector, MosquittoBroker
+    from edge_agent.agent import load_models
+    from edge_agent.jetstream.bridge import Bridge
+    from edge_agent.jetstream.group_agent import GroupAgent
+
+    server = server_with()
+    tls_listener = f"cafile {certs.ca}\ncertfile {certs.server[0]}\nkeyfile {certs.server[1]}\ntls_version tlsv1.2\n"
+    broker = MosquittoBroker(extra_config=tls_listener)
+    broker.start()
+    try:
+        mqtt_tls = ["mqtt.host=localhost", "mqtt.tls.enabled=true", f"mqtt.tls.ca_file={certs.ca}"]
+        client_tls = {"ca_certs": str(certs.ca)}
+        out = Collector(broker, ["edge/+/verdicts/#"], tls=client_tls)
+        member_cfg = load_config(None, group_overrides(broker, models_dir, server, *mqtt_tls), {})
+        member = GroupAgent(member_cfg, load_models(member_cfg), env={})
+        bridge = Bridge(load_config(None, [*group_overrides(broker, models_dir, server, *mqtt_tls), "agent_id=bridge-1"], {}),
+                        CollectorRegistry(), {})
+        member.start()
+        try:
+            bridge.start()
+            try:
+                assert bridge.connected.wait(10), "the bridge did not connect over TLS"
+                sensor = Sensor(broker, tls=client_tls)
+                try:
+                    for ts in range(3):
+                        sensor.send_json("sensors/pump-tls", {"value": 0.9, "ts": ts})
+                finally:
+                    sensor.close()
+                wait_all_answered(out, {"pump-tls": 3}, timeout=30)
+            finally:
+                bridge.stop()
+        finally:
+            member.stop(timeout=5)
+            out.close()
+    finally:
+        broker.close()
+
+
 def test_the_bridge_command_with_a_wrong_password_exits_saying_authentication_failed(
     server_with: Any, tmp_path: Path,
 ) -> None:

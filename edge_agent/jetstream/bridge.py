@@ -25,12 +25,13 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
-from edge_agent.config import AgentConfig, mqtt_password
+from edge_agent.config import AgentConfig
 from edge_agent.core.domain import InvalidReading, Reading, clip
 from edge_agent.jetstream.access import nats_access
 from edge_agent.jetstream.connection import NatsThread
 from edge_agent.jetstream.envelope import HEADER, VERSION, encode, msg_id, token
 from edge_agent.jetstream.jsapi import Layout, ensure_stream
+from edge_agent.mqtt.access import apply_access
 from edge_agent.mqtt.ingest import PayloadParser
 from edge_agent.mqtt.topics import render
 
@@ -80,8 +81,7 @@ class Bridge:
         m = cfg.mqtt
         self.client = paho.Client(CallbackAPIVersion.VERSION2, client_id=m.client_id or f"edge-bridge-{cfg.agent_id}",
                                   protocol=paho.MQTTv5, manual_ack=True)
-        if m.username is not None:
-            self.client.username_pw_set(m.username, mqtt_password(cfg, env))
+        apply_access(self.client, cfg, env)  # the agent's user, password and TLS: this connection is no weaker
         self.client.reconnect_delay_set(int(m.reconnect_min_delay), max(1, int(m.reconnect_max_delay)))
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = lambda *a: self.connected.clear()

@@ -17,10 +17,11 @@ from typing import Any
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 
-from edge_agent.config import AgentConfig, mqtt_password
+from edge_agent.config import AgentConfig
 from edge_agent.core.domain import Verdict
 from edge_agent.core.episodes import NEW_NORMAL
 from edge_agent.jetstream.envelope import token
+from edge_agent.mqtt.access import apply_access
 
 log = logging.getLogger(__name__)
 
@@ -50,8 +51,7 @@ class MqttOutput:
         self.cfg = cfg
         self.client = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"{m.client_id or 'edge-agent-' + cfg.agent_id}-out",
                                   protocol=paho.MQTTv5 if m.protocol == "5" else paho.MQTTv311)
-        if m.username is not None:
-            self.client.username_pw_set(m.username, mqtt_password(cfg, env))
+        apply_access(self.client, cfg, env)  # the agent's user, password and TLS: this connection is no weaker
         self.client.max_inflight_messages_set(256)
         self.client.reconnect_delay_set(int(m.reconnect_min_delay), max(1, int(m.reconnect_max_delay)))
         self.connected = threading.Event()

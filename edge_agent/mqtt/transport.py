@@ -18,7 +18,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import ssl
 import sys
 import threading
 import time
@@ -33,17 +32,11 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
-from edge_agent.config import (
-    AgentConfig,
-    ConfigError,
-    Problem,
-    client_id,
-    mqtt_password,
-)
-from edge_agent.config.secrets import unreadable_tls_files
+from edge_agent.config import AgentConfig, client_id
 from edge_agent.core.domain import InvalidReading, Reading, Verdict, clip
 from edge_agent.core.episodes import NEW_NORMAL
 from edge_agent.metrics import AgentMetrics
+from edge_agent.mqtt.access import apply_access
 from edge_agent.mqtt.ingest import PayloadParser
 from edge_agent.mqtt.ledger import AckLedger, Outcome, Receipt
 from edge_agent.mqtt.session import SubscriptionRecord
@@ -205,10 +198,7 @@ class MQTTTransport:
         # paho annotates these as int but sleeps for float seconds (the tests use 0.2).
         client.reconnect_delay_set(min_delay=m.reconnect_min_delay, max_delay=m.reconnect_max_delay)  # type: ignore[arg-type]
         client.will_set(self.status_topic, "offline", qos=1, retain=True)
-        if m.username is not None:
-            client.username_pw_set(m.username, mqtt_password(self.cfg, env))
-        if m.tls.enabled:
-            self._set_tls(client)
+        apply_access(client, self.cfg, env)
         client.on_connect = self._on_connect
         client.on_socket_open = _no_delay
         client.on_connect_fail = self._on_connect_fail
@@ -218,18 +208,6 @@ class MQTTTransport:
         client.on_subscribe = self._on_subscribe
         client.on_unsubscribe = self._on_unsubscribe
         return client
-
-    def _set_tls(self, client: paho.Client) -> None:
-        """Verify the broker's certificate (and its host name unless turned off); mutual TLS with cert and key."""
-        tls = self.cfg.mqtt.tls
-        problems = unreadable_tls_files("mqtt.tls", tls)
-        if problems:
-            raise ConfigError(problems)
-        try:
-            client.tls_set(ca_certs=tls.ca_file, certfile=tls.cert_file, keyfile=tls.key_file, cert_reqs=ssl.CERT_REQUIRED)
-        except (OSError, ValueError) as e:  # ssl.SSLError is an OSError: not PEM, key not matching the certificate
-            raise ConfigError([Problem("mqtt.tls", "certificate files that do not load", f"PEM certificates and a matching key ({e})")]) from None
-        client.tls_insecure_set(not tls.check_hostname)
 
     def start(self, submit: Callable[[Envelope], None]) -> None:
         """Connect in the background (retrying with backoff) and start delivering readings."""
