@@ -316,6 +316,41 @@ def burst(lab: Lab, readings: int = 60_000, sensors: int = 10) -> ScenarioResult
         )
 
 
+def burst_duplicates(lab: Lab, readings: int = 10_000, sensors: int = 10) -> ScenarioResult:
+    """A gateway flushing its buffer twice over: every reading of a burst published twice in a row,
+    so that both copies often land in one batch. Each reading is owed one verdict; the second copy's
+    verdict must say ``duplicate`` and agree with the first."""
+    ids = [f"twice-{i}" for i in range(sensors)]
+    limits = f"max_queued_messages {2 * readings + 1000}\nmax_queued_bytes 0"
+    with ExitStack() as stack:
+        _, observer, agent, sensor = _stage(stack, lab, "faults-dup", "dup", broker_config=limits)
+        started = time.time()
+        for i in range(readings):
+            sensor_id, ts = ids[i % sensors], 1_700_000_000 + i // sensors
+            # A spike now and then, so that both verdicts of a pair have something to agree on.
+            value = 9.0 if i % 997 == 0 else round(0.9 + 0.02 * ((i * 7) % 5 - 2), 4)
+            sensor.reading(sensor_id, ts, value)
+            sensor.publish(f"sensors/{sensor_id}", json.dumps({"value": value, "ts": ts}), sensor_id=sensor_id, ts=ts)
+        publish_s = time.time() - started
+        keys = {s.key for s in sensor.sent if s.good}
+        drain = _drain(agent, observer, keys, timeout=max(CATCH_UP_TIMEOUT, readings / 100))
+        wait_until(lambda: len(observer.verdicts()) >= 2 * readings, 10)
+        time.sleep(0.5)
+        pairs: dict[tuple[str, Any], list[dict[str, Any]]] = {}
+        for m in observer.verdicts():
+            body = json.loads(m.payload)
+            pairs.setdefault((body["sensor_id"], body["ts"]), []).append(body)
+        disagree = sum(1 for copies in pairs.values() if len({c["anomaly"] for c in copies}) > 1)
+        twice = sum(1 for copies in pairs.values() if len(copies) == 2)
+        return ScenarioResult(
+            f"burst of {readings} readings from {sensors} sensors, each published twice", tally(sensor.sent, observer.verdicts()),
+            peak_rss=drain.peak_rss,
+            notes=f"published in {publish_s:.1f} s ({2 * readings / publish_s:.0f} messages/s); {twice} readings answered "
+                  f"twice, {disagree} pairs whose verdicts disagree; all answered {drain.seconds:.1f} s after the last",
+            details={"twice": twice, "disagree": disagree, "drain_s": drain.seconds, "exit": agent.terminate()},
+        )
+
+
 # --------------------------------------------------------------------------- hostile load
 
 
@@ -526,6 +561,7 @@ SCENARIOS: dict[str, Callable[[Lab], ScenarioResult]] = {
     "backlog": backlog,
     "backlog-500k": lambda lab: backlog(lab, 500_000),
     "burst": burst,
+    "burst-duplicates": burst_duplicates,
     "flood": sensor_flood,
     # Below the agent's rate: the flood's verdicts never pile up in paho's outgoing queue (issue 14, part 1).
     "flood-paced": lambda lab: sensor_flood(lab, rate=500),

@@ -135,6 +135,19 @@ def test_a_burst_from_a_gateway_is_answered_in_full_with_its_latency_measured(la
 
 
 @against_mosquitto
+def test_a_burst_published_twice_over_is_answered_once_per_reading_and_every_repeat_marked(
+    lab: Lab, record: list[ScenarioResult],
+) -> None:
+    r = faults.burst_duplicates(lab, readings=2000, sensors=10)
+    record.append(r)
+    assert_nothing_lost(r)
+    # Each reading's second copy is answered, marked as a duplicate, with the first one's verdict.
+    assert r.tally.duplicated == r.details["twice"] == 2000 and r.tally.unmarked_duplicates == 0
+    assert r.details["disagree"] == 0
+    assert r.details["exit"] == 0
+
+
+@against_mosquitto
 def test_flood_of_new_sensor_ids_is_capped_and_every_reading_answered(lab: Lab, record: list[ScenarioResult]) -> None:
     cap, flood = 1000, 10_000
     r = faults.sensor_flood(lab, flood=flood, cap=cap)
