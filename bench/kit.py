@@ -202,19 +202,35 @@ class Sent:
         return (self.sensor_id, self.ts)
 
 
+# Readings a Sensor holds unacknowledged at most. paho numbers QoS 1 messages with 16-bit ids
+# that wrap after 65,535 and refuses a publish (MQTT_ERR_QUEUE_SIZE) whose id a queued message
+# still holds: a sensor publishing faster than the broker acknowledges must wait below that.
+SENSOR_WINDOW = 60_000
+
+
+class PublishRefused(RuntimeError):
+    """The sensor's own client refused a reading: it never left the sensor, so nothing is owed for it."""
+
+
 class Sensor:
     """A sensor-side MQTT client: QoS 1 by default, queues in memory while the broker is away (as paho does).
 
     ``publish`` returns at once with the record; ``send`` waits until the broker has the message.
+    At most ``window`` readings wait unacknowledged: past it, ``publish`` waits for the broker,
+    so "as fast as it can" means as fast as the broker accepts, as for a real device.
     """
 
-    def __init__(self, broker: Any, name: str = "", *, max_inflight: int = 200, **client_args: Any) -> None:
+    def __init__(self, broker: Any, name: str = "", *, max_inflight: int = 200, window: int = SENSOR_WINDOW,
+                 window_timeout: float = 300.0, **client_args: Any) -> None:
         self.client = client(f"sensor-{name}" if name else "sensor", max_inflight=max_inflight,
                              reconnect_delay=(0.2, 1), **client_args)
         self.sent: list[Sent] = []
+        self.window = window
+        self.window_timeout = window_timeout
         self._lock = threading.Condition()
-        # paho does not reuse a message id while its message is unacknowledged, so an
-        # id maps to one Sent; a PUBACK can beat publish() to the record (_early).
+        # paho does not reuse a message id while its message is unacknowledged (it refuses the
+        # publish instead, which publish() raises), so an id maps to one Sent; a PUBACK can beat
+        # publish() to the record (_early).
         self._unacked: dict[int, Sent] = {}
         self._early: set[int] = set()
         self.client.on_publish = self._on_publish
@@ -223,14 +239,21 @@ class Sensor:
 
     def publish(self, topic: str, payload: bytes | str | float, *, sensor_id: str = "", ts: Any = None,
                 good: bool = False, qos: int = 1, retain: bool = False) -> Sent:
+        with self._lock:
+            if not self._lock.wait_for(lambda: len(self._unacked) < self.window, self.window_timeout):
+                raise TimeoutError(f"the broker acknowledged none of {len(self._unacked)} readings "
+                                   f"in {self.window_timeout} s")
         info = self.client.publish(topic, str(payload) if isinstance(payload, float) else payload, qos=qos, retain=retain)
+        # Queued while disconnected (NO_CONN) is sent on reconnect; anything else never leaves.
+        if info.rc not in (paho.MQTT_ERR_SUCCESS, paho.MQTT_ERR_NO_CONN):
+            raise PublishRefused(f"paho refused {topic} (rc {info.rc}: {paho.error_string(info.rc)})")
         record = Sent(sensor_id, ts, info, good, time.time())
         with self._lock:
             self.sent.append(record)
             if info.mid in self._early:
                 self._early.discard(info.mid)
                 record.accepted = True
-            else:
+            elif qos > 0:
                 self._unacked[info.mid] = record
         return record
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -26,7 +27,7 @@ from prometheus_client import CollectorRegistry
 
 from bench import faults
 from bench.faultlab import TABLE_HEADER, Lab, ScenarioResult, table_row
-from bench.kit import Sensor, running_broker
+from bench.kit import Collector, Sensor, running_broker
 from conftest import FAULT_TABLE
 from edge_agent.config import load_config
 from edge_agent.core.domain import Reading, Verdict
@@ -160,10 +161,42 @@ def test_flood_of_new_sensor_ids_is_capped_and_every_reading_answered(lab: Lab, 
     assert d["real_during"] > 0 and d["real_answered"] == d["real_during"], d
     assert d["labels"] <= cap
     assert d["peak_rss"] < 100 * 2**20, d
-    # Every flood reading is scored and answered now (not refused), at about the agent's message
-    # capacity: good readings wait behind it (7 s p99 seen on a loaded 2-vCPU VM; the latency
-    # under a burst is issue 14, part 1).
-    assert d["p99_s"] is not None and d["p99_s"] < 20.0, d
+    # Every flood reading is scored and answered (not refused), at about the agent's message
+    # capacity: good readings wait behind it. How long is the bench's figure (9 to 17 s p99 on a
+    # loaded 2-vCPU VM: too noisy to assert; the latency under a burst is issue 14, part 1).
+    assert d["p99_s"] is not None, d
+
+
+@against_mosquitto
+def test_a_sensor_outrunning_the_broker_counts_only_readings_that_left_it() -> None:
+    """paho's message ids wrap after 65,535: past that many readings unacknowledged, it refuses a
+    publish whose id a queued reading still holds. The bench's flooder ignored the refusal, so an
+    earlier reading's PUBACK was credited to the refused one: the flood's "lost" verdicts (issue 14)."""
+    readings, tail = 66_000, 64_000  # ids wrap at the 65,536th; the subscriber checks the readings from ``tail`` on
+    with running_broker() as broker, Sensor(broker, "outrun") as sensor:
+        assert broker.proc is not None
+        received = Collector(broker, ["sensors/outrun-tail"])
+        publishing = threading.Thread(target=lambda: [
+            sensor.reading("outrun-tail" if i >= tail else "outrun-head", i, 0.9) for i in range(readings)])
+        os.kill(broker.proc.pid, signal.SIGSTOP)  # the broker acknowledges nothing for a while
+        try:
+            publishing.start()
+            counted = -1
+            while publishing.is_alive() and counted != len(sensor.sent):  # done, or waiting on the broker
+                counted = len(sensor.sent)
+                time.sleep(0.5)
+        finally:
+            os.kill(broker.proc.pid, signal.SIGCONT)
+        publishing.join(60)
+        assert not publishing.is_alive()
+        assert sensor.wait_accepted(60)
+        arrived = received.wait_count("sensors/outrun-tail", readings - tail, timeout=30)
+        time.sleep(0.5)  # a reading counted as accepted but never sent would not arrive however long we wait
+        keys = {("outrun-tail", json.loads(m.payload)["ts"]) for m in arrived}
+        received.close()
+    accepted = {s.key for s in sensor.sent if s.accepted}
+    assert len(sensor.sent) == len(accepted) == readings
+    assert {k for k in accepted if k[0] == "outrun-tail"} == keys  # each reading counted as accepted arrived
 
 
 @against_mosquitto
