@@ -226,6 +226,38 @@ def test_bridge_and_two_members_answer_every_reading_once_each_sensor_on_one_mem
 
 
 @pytest.mark.broker
+def test_the_bridge_is_connected_only_once_the_broker_granted_its_subscriptions(
+    broker: Any, models_dir: Path, nats_server: NatsServer,
+) -> None:
+    """A reading published between CONNACK and SUBACK is not kept for a first session: the bridge
+    says connected (and tests start publishing) only once subscribed. Here no SUBACK comes: the
+    SUBSCRIBE is held back, as a slow broker would hold its answer."""
+    import paho.mqtt.client as paho
+    from prometheus_client import CollectorRegistry
+
+    from edge_agent.jetstream.bridge import Bridge
+
+    bridge = Bridge(load_config(None, [*group_overrides(broker, models_dir, nats_server), "agent_id=bridge-slow"], {}),
+                    CollectorRegistry(), {})
+    held: list[Any] = []
+
+    def hold(*args: Any, **kwargs: Any) -> tuple[Any, None]:
+        held.append(args)
+        return paho.MQTT_ERR_SUCCESS, None
+
+    bridge.client.subscribe = hold  # type: ignore[method-assign]
+    try:
+        bridge.start()
+        deadline = time.monotonic() + 10
+        while not held and time.monotonic() < deadline:  # connected to the broker, subscribing
+            time.sleep(0.05)
+        assert held, "the bridge never got as far as subscribing"
+        assert not bridge.connected.wait(2), "connected before the broker granted the subscriptions"
+    finally:
+        bridge.stop()
+
+
+@pytest.mark.broker
 def test_sensors_publishing_to_nats_own_mqtt_listener_are_scored_too(
     start_member: Any, nats_server: NatsServer, collect: Any,
 ) -> None:
@@ -521,7 +553,10 @@ def test_3_members_answer_200_sensors_at_2000_readings_a_second_for_60_s(
     sensors = [f"line-{i:03d}" for i in range(200)]
     rounds = int(os.environ.get("EDGE_TEST_GROUP_SECONDS", "60")) * 10  # 200 sensors x 10 rounds/s = 2,000/s
     out = collect(["edge/+/verdicts/#"])
-    group = [members(), members(), members()]
+    # The shipped timings, not the failover tests' short ones: a heartbeat late by 3 s on a loaded
+    # machine would move partitions, and this test is about steady load, not failover.
+    steady = ("nats.member_ttl=10s", "nats.pin_timeout=10s", "nats.ack_wait=30s")
+    group = [members(*steady), members(*steady), members(*steady)]
     wait_owned(group)
     # The bridge in a process of its own, as deployed (in this one it would share the GIL
     # with the sensor and the collector).

@@ -84,6 +84,7 @@ class Bridge:
         apply_access(self.client, cfg, env)  # the agent's user, password and TLS: this connection is no weaker
         self.client.reconnect_delay_set(int(m.reconnect_min_delay), max(1, int(m.reconnect_max_delay)))
         self.client.on_connect = self._on_connect
+        self.client.on_subscribe = self._on_subscribe
         self.client.on_disconnect = lambda *a: self.connected.clear()
         self.client.on_message = self._on_message
 
@@ -115,6 +116,14 @@ class Bridge:
             return
         self._generation += 1  # acknowledgements of earlier connections are void: the broker resends those
         client.subscribe([(f, 1) for f in self.parser.subscriptions])
+
+    def _on_subscribe(self, client: paho.Client, userdata: Any, mid: int, reasons: Any, properties: Any) -> None:
+        # Connected means subscribed: a reading published before the broker granted the
+        # subscription (of a first session) would not be kept for the bridge.
+        refused = [str(r) for r in reasons if r.is_failure]
+        if refused:
+            log.error("broker refused the bridge's subscriptions %s: %s", ", ".join(self.parser.subscriptions), ", ".join(refused))
+            return
         self.connected.set()
         log.info("bridge connected to %s:%d, forwarding %s to stream %s", self.cfg.mqtt.host, self.cfg.mqtt.port,
                  ", ".join(self.parser.subscriptions), self.layout.stream)
