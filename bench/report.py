@@ -66,6 +66,9 @@ PERFORMANCE = [
     Section("Learning on the device",
             "Fit times, per-reading cost of a learning sensor, model size.",
             ("-m", "bench.bench_learning",)),
+    Section("Memory per sensor",
+            "Heap a sensor costs as it reports (tracemalloc, the shipped config.yaml), and its learned model.",
+            ("-m", "bench.bench_sensor_memory")),
     Section("Refits and many learned sensors",
             "Verdict latency at 1,000 readings/s while 100 learned sensors refit, by where fits run (same run, with a "
             "no-refit control); the memory of 1,000 learned sensors.",
