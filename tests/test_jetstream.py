@@ -323,7 +323,8 @@ def wait_owned(members: list[Member], partitions: int = 6, timeout: float = 40.0
     deadline = time.monotonic() + timeout
     while True:
         owned = [m.owned() for m in members]
-        if all(owned) and sum(owned) == partitions:
+        # An even spread, so not mid-hand-over: [3, 2, 1] also sums to 6 while one partition moves.
+        if sum(owned) == partitions and all(o in (partitions // len(members), -(-partitions // len(members))) for o in owned):
             return
         if time.monotonic() > deadline:
             raise TimeoutError(f"group of processes not settled: {owned}")
@@ -645,6 +646,52 @@ def test_a_partition_consumer_pulls_again_as_soon_as_its_window_has_room(
     took, most = asyncio.run(drain())
     assert most <= window
     print(f"{readings} readings through a window of {window} in {took:.2f} s")
+
+
+@pytest.mark.broker
+def test_members_beating_in_step_always_see_each_other_and_never_move_a_partition(nats_server: NatsServer) -> None:
+    """Members started together beat together. Each beat lists the members while the others
+    rewrite their keys; a listing that missed one would reassign its partitions (nats-py's
+    ``KeyValue.keys()`` did, a few beats in a hundred, moving sensors under steady load)."""
+    import nats
+
+    from edge_agent.jetstream.group import Membership
+
+    cfg = load_config(None, ["nats.enabled=true", f'nats.servers=["{nats_server.url}"]', "nats.partitions=6",
+                             "nats.member_ttl=60s"], {}).nats
+    names = ["alpha", "beta", "gamma.3 =x"]  # the last one's key needs escapes that must read back
+
+    async def beat_in_step(rounds: int) -> tuple[list[list[str]], set[str]]:
+        conns = [await nats.connect(nats_server.url) for _ in names]
+
+        async def apply(owned: set[int]) -> None:
+            return None
+
+        group = [Membership(nc, cfg, name, apply) for nc, name in zip(conns, names, strict=True)]
+        for m in group:
+            await m.start()
+        await group[0].beat()  # the last to start settled the three; the first reads it
+        settled = json.dumps(group[0].assignment, sort_keys=True)
+        seen: list[list[str]] = []
+        assignments = set()
+
+        async def one(m: Membership) -> None:
+            await m.beat()
+            seen.append(sorted(await m.members()))
+            assignments.add(json.dumps(m.assignment, sort_keys=True))
+
+        for _ in range(rounds):
+            await asyncio.gather(*(one(m) for m in group))
+        await group[2].leave()
+        after_leave = set(await group[0].members())
+        for nc in conns:
+            await nc.close()
+        assert assignments == {settled}
+        return seen, after_leave
+
+    seen, after_leave = asyncio.run(beat_in_step(500))
+    assert [s for s in seen if s != sorted(names)] == []
+    assert after_leave == {"alpha", "beta"}  # gone at once, not member_ttl later
 
 
 @pytest.mark.broker

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 from collections.abc import Awaitable, Callable
 from contextlib import suppress
 from typing import Any
@@ -22,7 +23,7 @@ from typing import Any
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js.api import KeyValueConfig, StorageType
-from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError, NoKeysError
+from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
 from edge_agent.config import NatsConfig
@@ -158,12 +159,13 @@ class Membership:
         self._task: asyncio.Task[None] | None = None
         self._watch: asyncio.Task[None] | None = None
         self._stopping = False
+        self.members_bucket = f"{cfg.bucket}-members"
 
     async def start(self) -> None:
         js = self.nc.jetstream()
         ttl = float(self.cfg.member_ttl)
         self.members_kv = await js.create_key_value(KeyValueConfig(
-            bucket=f"{self.cfg.bucket}-members", history=1, ttl=ttl, replicas=self.cfg.replicas, storage=StorageType.FILE))
+            bucket=self.members_bucket, history=1, ttl=ttl, replicas=self.cfg.replicas, storage=StorageType.FILE))
         self.assignment_kv = await js.create_key_value(KeyValueConfig(
             bucket=self.cfg.bucket, history=1, replicas=self.cfg.replicas, storage=StorageType.FILE))
         await self.beat()
@@ -200,19 +202,16 @@ class Membership:
         await self.apply(owned_by(await self.settle(), self.member))
 
     async def members(self) -> list[str]:
+        """The members whose key is in the bucket, from one STREAM.INFO (the server's own snapshot).
+
+        Not ``KeyValue.keys()``: nats-py lists keys through an ordered consumer, which can miss
+        a key rewritten while it lists. Members started together beat together, so a beat now
+        and then dropped a live member and moved its partitions away and back under steady load.
+        """
         assert self.members_kv is not None
-        try:
-            keys = await self.members_kv.keys()
-        except NoKeysError:
-            return []
-        names = []
-        for key in keys:
-            try:
-                entry = await self.members_kv.get(key)
-                names.append(json.loads(entry.value or b"{}")["member"])
-            except (KeyNotFoundError, ValueError, KeyError):
-                continue  # expired or deleted between the two calls
-        return names
+        prefix = f"$KV.{self.members_bucket}."
+        state = (await api(self.nc, f"STREAM.INFO.KV_{self.members_bucket}", {"subjects_filter": f"{prefix}>"}))["state"]
+        return sorted(_member(subject[len(prefix):]) for subject in state.get("subjects") or {})
 
     async def settle(self) -> dict[int, str]:
         """The current assignment, rewritten first when the members changed (compare-and-set; retried on a lost race)."""
@@ -251,14 +250,20 @@ class Membership:
         for task in (self._task, self._watch):
             if task is not None:
                 task.cancel()
-        assert self.members_kv is not None
-        await self.members_kv.delete(_key(self.member))
+        # Purged, not deleted: a delete leaves a marker under the key, which members() would count.
+        await api(self.nc, f"STREAM.PURGE.KV_{self.members_bucket}",
+                  {"filter": f"$KV.{self.members_bucket}.{_key(self.member)}"})
         await self.settle()
 
 
 def _key(member: str) -> str:
     # KV keys allow letters, digits, -, _, /, = and .; a member id may hold anything else.
     return "m." + "".join(c if c.isalnum() or c in "-_" else f"={ord(c):x}=" for c in member)
+
+
+def _member(key: str) -> str:
+    """The member id a :func:`_key` names (``=`` is always escaped, so the escapes read back)."""
+    return re.sub(r"=([0-9a-f]+)=", lambda m: chr(int(m.group(1), 16)), key.removeprefix("m."))
 
 
 def _summary(assignment: dict[int, str]) -> str:
