@@ -24,7 +24,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,9 +31,8 @@ from pathlib import Path
 import nats
 from nats.aio.msg import Msg
 
-from bench.nats_servers import NatsServer, outstanding, publish_readings
-from edge_agent.core.domain import Reading
-from edge_agent.jetstream.envelope import HEADER, VERSION, encode, token
+from bench.kit import metric
+from bench.nats_servers import NatsServer, evenly_owned, outstanding, publish_readings, reading_message
 from edge_agent.mqtt.local_broker import free_port
 
 REPO = Path(__file__).resolve().parent.parent
@@ -49,14 +47,7 @@ def cpu_seconds(pid: int) -> float:
 
 
 def owned(port: int) -> int:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as r:
-            for line in r.read().decode().splitlines():
-                if line.startswith("edge_agent_partitions_owned "):
-                    return int(float(line.split()[1]))
-    except OSError:
-        pass
-    return 0
+    return int(metric(port, "edge_agent_partitions_owned") or 0)
 
 
 def start_agents(server: NatsServer, agents: int, extra: Sequence[str] = ()) -> tuple[list[subprocess.Popen[bytes]], list[int]]:
@@ -73,7 +64,7 @@ def start_agents(server: NatsServer, agents: int, extra: Sequence[str] = ()) -> 
         args = [a for s in sets for a in ("--set", s)]
         procs.append(subprocess.Popen([sys.executable, "-m", "edge_agent.cli", "run", *args]))
     deadline = time.monotonic() + 120
-    while sum(owned(p) for p in ports) != PARTITIONS or not all(owned(p) for p in ports):
+    while not evenly_owned([owned(p) for p in ports], PARTITIONS):
         if time.monotonic() > deadline:
             raise TimeoutError("group not settled")
         time.sleep(0.2)
@@ -137,9 +128,8 @@ async def _failover(url: str, procs: list[subprocess.Popen[bytes]], sensors: int
         if killed is None and elapsed >= kill_at:
             procs[0].kill()  # SIGKILL: no hand-over, what it held is unacknowledged
             killed = time.monotonic()
-        sensor, ts = f"pump-{n % sensors}", n // sensors
-        body = encode(Reading(sensor, {"value": 0.9 + 0.01 * (ts % 7)}, time.time(), ts=float(ts), ts_raw=ts))
-        await js.publish(f"readings.{token(sensor)}", body, headers={HEADER: VERSION})
+        subject, body, headers = reading_message(f"pump-{n % sensors}", n // sensors)
+        await js.publish(subject, body, headers=headers)
         n += 1
         await asyncio.sleep(max(0.0, started + n / rate - time.monotonic()))
     deadline = time.monotonic() + 120

@@ -25,13 +25,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import shlex
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -48,7 +46,7 @@ from bench.bench_e2e import (
     wait_ready,
     wait_status,
 )
-from bench.kit import MosquittoBroker, free_port
+from bench.kit import MosquittoBroker, free_port, metric
 from edge_agent.core.features import DEFAULT_TRANSFORMS, FeatureSpec
 from edge_agent.learning import save_learned
 from edge_agent.tools.training import learn_model
@@ -86,13 +84,6 @@ def start_agent(code: Path | None, broker_port: int, workdir: Path, extra: list[
     wait_status(broker_port, f"edge/{AGENT_ID}/status", timeout)
     wait_ready(http_port, timeout)
     return agent, http_port
-
-
-def metric(http_port: int, name: str) -> float:
-    """Sum of a metric's samples on /metrics (0 when absent)."""
-    with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/metrics", timeout=10) as r:
-        text = r.read().decode()
-    return sum(float(m.group(1)) for m in re.finditer(rf"^{re.escape(name)}(?:{{[^}}]*}})? (\S+)$", text, re.MULTILINE))
 
 
 def children_kb(pid: int, key: str) -> list[int]:
@@ -140,7 +131,7 @@ def latency_while_refitting(args: argparse.Namespace, workdir: Path, fits: str, 
         print(f"refits ({fits}, jitter {jitter}): {n} readings at {args.rate:.0f}/s over {len(sensors)} sensors ...", file=sys.stderr)
         load = run_load(broker.port, f"edge/{AGENT_ID}", sensors, n, rate=args.rate, timeout=args.seconds + 120,
                         latencies=True, seed=7, strict=False)
-        fits_done = metric(http_port, "edge_agent_fits_total")
+        fits_done = metric(http_port, "edge_agent_fits_total") or 0.0
         hwm = agent.status_kb()["VmHWM"] / 1024
         workers = children_kb(agent.pid, "VmHWM")
     finally:

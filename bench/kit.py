@@ -14,10 +14,12 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import threading
 import time
+import urllib.request
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -35,7 +37,7 @@ from edge_agent.mqtt.local_broker import MOSQUITTO, EmbeddedBroker, MosquittoBro
 __all__ = [
     "MOSQUITTO", "Broker", "MosquittoBroker", "EmbeddedBroker", "ContainerBroker", "free_port", "wait_listening",
     "start_test_broker", "running_broker", "shipped_broker_limits",
-    "Endpoint", "client", "Sent", "Sensor", "Observed", "Collector", "Observer",
+    "Endpoint", "client", "Sent", "Sensor", "Observed", "Collector", "Observer", "metrics_text", "metric",
 ]
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -451,3 +453,21 @@ def verdict_key(m: Observed) -> tuple[str, Any]:
     """The reading a verdict answers: (sensor_id, ts)."""
     v = json.loads(m.payload)
     return (v["sensor_id"], v["ts"])
+
+
+# --------------------------------------------------------------------------- an agent's /metrics
+
+
+def metrics_text(port: int, host: str = "127.0.0.1", timeout: float = 5.0) -> str:
+    """An agent's /metrics, or "" while it does not answer."""
+    try:
+        with urllib.request.urlopen(f"http://{host}:{port}/metrics", timeout=timeout) as response:
+            return str(response.read().decode())
+    except OSError:
+        return ""
+
+
+def metric(port: int, name: str, host: str = "127.0.0.1") -> float | None:
+    """The sum of a metric's samples over its labels; None while the agent does not answer or has no such sample."""
+    samples = re.findall(rf"^{re.escape(name)}(?:{{[^}}]*}})? (\S+)$", metrics_text(port, host), re.MULTILINE)
+    return sum(float(v) for v in samples) if samples else None

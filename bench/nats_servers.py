@@ -12,6 +12,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -131,28 +132,44 @@ def wait_jetstream(url: str, timeout: float = 60.0) -> None:
         time.sleep(0.5)
 
 
-async def publish_readings(url: str, sensors: int, readings: int, subject: str = "readings", prefix: str = "pump") -> None:
-    """``readings`` readings of ``sensors`` sensors straight into the stream, as the bridge writes them (ts 0, 1, ...)."""
-    import asyncio
+def reading_message(sensor: str, ts: int, subject: str = "readings") -> tuple[str, bytes, dict[str, str]]:
+    """Subject, body and headers of one reading as the bridge writes it into the stream (value cycling by ts)."""
     import time
-
-    import nats
 
     from edge_agent.core.domain import Reading
     from edge_agent.jetstream.envelope import HEADER, VERSION, encode, token
+
+    body = encode(Reading(sensor, {"value": 0.9 + 0.01 * (ts % 7)}, time.time(), ts=float(ts), ts_raw=ts))
+    return f"{subject}.{token(sensor)}", body, {HEADER: VERSION}
+
+
+async def publish_readings(url: str, sensors: int, readings: int, subject: str = "readings", prefix: str = "pump") -> None:
+    """``readings`` readings of ``sensors`` sensors straight into the stream, as the bridge writes them (ts 0, 1, ...)."""
+    import asyncio
+
+    import nats
 
     nc = await nats.connect(url)
     js = nc.jetstream()
     batch = []
     for i in range(readings):
-        sensor, ts = f"{prefix}-{i % sensors}", i // sensors
-        body = encode(Reading(sensor, {"value": 0.9 + 0.01 * (ts % 7)}, time.time(), ts=float(ts), ts_raw=ts))
-        batch.append(js.publish(f"{subject}.{token(sensor)}", body, headers={HEADER: VERSION}))
+        to, body, headers = reading_message(f"{prefix}-{i % sensors}", i // sensors, subject)
+        batch.append(js.publish(to, body, headers=headers))
         if len(batch) == 500:
             await asyncio.gather(*batch)
             batch = []
     await asyncio.gather(*batch)
     await nc.close()
+
+
+def evenly_owned(owned: Sequence[int], partitions: int) -> bool:
+    """Whether members owning ``owned`` partitions each hold every partition between them, evenly: a settled group.
+
+    Any spread summing to ``partitions`` is not enough: [3, 2, 1] sums to 6 while one partition
+    is still being handed over.
+    """
+    least = partitions // len(owned)
+    return sum(owned) == partitions and all(o in (least, -(-partitions // len(owned))) for o in owned)
 
 
 async def outstanding(url: str, partitions: int, stream: str = "READINGS") -> int:

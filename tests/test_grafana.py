@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import re
 import time
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +15,7 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
+from bench.kit import metrics_text
 from conftest import REPO, send_normal_then_spike
 from test_deploy import promql_metric_names
 
@@ -40,9 +40,9 @@ class Exposed:
         return name in self.labels
 
 
-def exposed(metrics_text: str) -> Exposed:
+def exposed(text: str) -> Exposed:
     labels: dict[str, set[str]] = {}
-    for family in text_string_to_metric_families(metrics_text):
+    for family in text_string_to_metric_families(text):
         # A family whose labelled children do not exist yet still exposes its names.
         names = [family.name + s for s in SUFFIXES.get(family.type, ("",))]
         for name in names:
@@ -98,8 +98,7 @@ def live(start_agent: Any, collect: Any, sensor: Any) -> Exposed:
     out.wait_count(f"edge/{aid}/alerts/", 1)
     out.wait_count(f"edge/{aid}/errors", 1)
     host, port = agent.http_address
-    with urllib.request.urlopen(f"http://{host}:{port}/metrics", timeout=5) as response:
-        return exposed(response.read().decode())
+    return exposed(metrics_text(port, host))
 
 
 def test_exposition_reader_sees_names_and_labels() -> None:
@@ -120,7 +119,7 @@ def test_exposition_reader_sees_names_and_labels() -> None:
 def live_member(broker: Any, models_dir: Path) -> Iterator[Exposed]:
     """What an agent of a NATS consumer group exposes once it holds its partitions."""
     from bench.nats_servers import NatsServer
-    from test_jetstream import Member, group_overrides, metrics_text, wait_owned
+    from test_jetstream import Member, group_overrides, wait_owned
 
     server = NatsServer()
     server.start()

@@ -13,7 +13,6 @@ import sys
 import tempfile
 import threading
 import time
-import urllib.request
 import uuid
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterator
@@ -22,8 +21,8 @@ from typing import Any
 
 import pytest
 
-from bench.kit import Collector, Endpoint, Sensor, Sent
-from bench.nats_servers import NATS_SERVER, NatsServer, outstanding, publish_readings
+from bench.kit import Collector, Endpoint, Sensor, Sent, metric
+from bench.nats_servers import NATS_SERVER, NatsServer, evenly_owned, outstanding, publish_readings
 from conftest import agent_overrides
 from edge_agent.config import ConfigError, load_config
 from edge_agent.core.domain import InvalidReading, Reading
@@ -55,6 +54,12 @@ def test_a_scale_from_2_to_3_moves_only_a_third_and_a_leave_moves_only_the_leave
         assert len(moved(two, three)) == 4, (two, three)  # exactly the new member's share
         back = rebalance(three, 12, names[:2])
         assert moved(three, back) == owned_by(three, names[2])  # only the leaver's partitions move
+
+
+def test_a_group_counts_as_settled_only_once_its_partitions_are_spread_evenly() -> None:
+    assert evenly_owned([2, 2, 2], 6) and evenly_owned([3, 2, 2], 7) and evenly_owned([6], 6)
+    assert not evenly_owned([3, 2, 1], 6)  # sums to 6 while a partition is still being handed over
+    assert not evenly_owned([3, 3, 1], 7) and not evenly_owned([2, 2, 1], 6) and not evenly_owned([6, 0], 6)
 
 
 def test_sensor_ids_survive_the_trip_through_a_subject_token() -> None:
@@ -286,22 +291,6 @@ def spawn(args: list[str]) -> subprocess.Popen[bytes]:
                             stderr=open(tempfile.mktemp(prefix="edge-member-", suffix=".log"), "wb"))
 
 
-def metrics_text(port: int) -> str:
-    """An agent's /metrics, or "" while it does not answer."""
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as response:
-            return str(response.read().decode())
-    except OSError:
-        return ""
-
-
-def metric(port: int, name: str) -> float | None:
-    for line in metrics_text(port).splitlines():
-        if line.startswith(name + " "):
-            return float(line.split()[1])
-    return None
-
-
 class Member:
     """An agent of the group in a process of its own, to be killed."""
 
@@ -323,8 +312,7 @@ def wait_owned(members: list[Member], partitions: int = 6, timeout: float = 40.0
     deadline = time.monotonic() + timeout
     while True:
         owned = [m.owned() for m in members]
-        # An even spread, so not mid-hand-over: [3, 2, 1] also sums to 6 while one partition moves.
-        if sum(owned) == partitions and all(o in (partitions // len(members), -(-partitions // len(members))) for o in owned):
+        if evenly_owned(owned, partitions):
             return
         if time.monotonic() > deadline:
             raise TimeoutError(f"group of processes not settled: {owned}")

@@ -40,3 +40,26 @@ def test_a_collector_with_a_persistent_session_gets_what_came_while_it_was_away(
     with Collector(broker, ["kit/#"], client_id="kit-away", session_expiry=60) as again:
         (message,) = again.wait_count("kit/", 1)
     assert message.topic == "kit/while-away" and message.payload == b"1"
+
+
+def test_metric_sums_a_metrics_samples_over_its_labels_and_says_none_when_absent() -> None:
+    from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
+
+    from bench.kit import free_port, metric, metrics_text
+
+    registry = CollectorRegistry()
+    readings = Counter("x_readings", "Readings.", ["sensor"], registry=registry)
+    readings.labels(sensor="a").inc(2)
+    readings.labels(sensor="b").inc(3)
+    Gauge("x_readings_in_hand", "A name the first one prefixes.", registry=registry).set(7)
+    port = free_port()
+    server, thread = start_http_server(port, addr="127.0.0.1", registry=registry)
+    try:
+        assert metric(port, "x_readings_total") == 5.0
+        assert metric(port, "x_readings_in_hand") == 7.0
+        assert metric(port, "x_missing") is None
+    finally:
+        server.shutdown()
+        thread.join(5)
+    assert metrics_text(port) == ""  # nobody answers now
+    assert metric(port, "x_readings_total") is None
