@@ -13,7 +13,7 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -294,3 +294,69 @@ def test_a_creds_file_logs_in_to_a_server_in_operator_mode_and_one_of_another_ac
         thread.close()
     message = refused(server, {}, f"nats.creds_file={forged}")
     assert "authentication failed" in message and f"credentials file {forged}" in message
+
+
+def probe(address: tuple[str, int], path: str) -> tuple[int, str]:
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"http://{address[0]}:{address[1]}{path}", timeout=5) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+
+
+@pytest.mark.broker
+def test_a_member_whose_password_is_refused_on_reconnect_turns_unready_saying_why_and_recovers(
+    server_with: Any, broker: Any, models_dir: Path, collect: Any,
+) -> None:
+    """The server restarts with another password (a rotation on the server first): the member
+    keeps running (/healthz 200), is not ready (/readyz 503 naming an authentication failure,
+    never the password), and scores again once the server takes its password back."""
+    import asyncio
+
+    import nats
+
+    from bench.nats_servers import reading_message
+    from edge_agent.agent import load_models
+    from edge_agent.jetstream.group_agent import GroupAgent
+
+    server = server_with(authorization={"user": "agent", "password": PASSWORD})
+    out = collect(["edge/+/verdicts/#"])
+    cfg = load_config(None, group_overrides(broker, models_dir, server, "nats.user=agent"), {})
+    member = GroupAgent(cfg, load_models(cfg), env={"EDGE_AGENT_NATS_PASSWORD": PASSWORD})
+
+    def until(what: Callable[[], bool], timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        while not what():
+            assert time.monotonic() < deadline, "timed out"
+            time.sleep(0.2)
+
+    async def publish(ts: int) -> None:
+        nc = await nats.connect(server.url, user="agent", password=PASSWORD)
+        subject, body, headers = reading_message("pump-1", ts)
+        await nc.jetstream().publish(subject, body, headers=headers)
+        await nc.close()
+
+    member.start()
+    try:
+        assert member.http_address is not None
+        address = member.http_address
+        until(lambda: probe(address, "/readyz")[0] == 200)
+        server.stop()
+        original = server.conf.read_text()
+        server.conf.write_text(original.replace(PASSWORD, "rotated-Pa55word"))
+        server.start()
+        until(lambda: "authentication failed" in probe(address, "/readyz")[1])
+        status, body = probe(address, "/readyz")
+        assert status == 503 and "user 'agent'" in body and PASSWORD not in body, body
+        assert probe(address, "/healthz")[0] == 200
+        server.stop()
+        server.conf.write_text(original)
+        server.start()
+        until(lambda: probe(address, "/readyz")[0] == 200)
+        asyncio.run(publish(0))
+        wait_all_answered(out, {"pump-1": 1}, timeout=30)
+    finally:
+        member.stop(timeout=5)
