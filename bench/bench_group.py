@@ -11,7 +11,7 @@ measures the time from the kill until every sensor the dead agent held is scored
 survivor, and checks that every reading published is answered; with the default timings
 (nats.member_ttl, pin_timeout, ack_wait) and with short ones.
 
-Usage: python -m bench.bench_group [--agents 1 2 3] [--sensors 200] [--readings 20000] [--no-failover]
+Usage: python -m bench.bench_group [--agents 1 2 3] [--sensors 200] [--readings 20000] [--repeat 3] [--no-failover]
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ import argparse
 import asyncio
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -160,14 +161,26 @@ def main() -> int:
     parser.add_argument("--agents", type=int, nargs="+", default=[1, 2, 3])
     parser.add_argument("--sensors", type=int, default=200)
     parser.add_argument("--readings", type=int, default=20_000)
+    parser.add_argument("--repeat", type=int, default=3, help="runs of each agent count, taken in turn (default 3)")
     parser.add_argument("--no-failover", dest="failover", action="store_false", help="skip the failover runs")
     args = parser.parse_args()
-    print(f"{args.readings} readings of {args.sensors} sensors, {PARTITIONS} partitions, {os.cpu_count()} cores")
-    print("| agents | agent CPU-seconds | µs CPU a reading | verdicts/s (publish to drained) |")
+    print(f"{args.readings} readings of {args.sensors} sensors, {PARTITIONS} partitions, {os.cpu_count()} cores; "
+          f"{args.repeat} runs of each agent count, in turn (1, 2, 3, 1, 2, 3, ...), so that a change in the "
+          "machine's load falls on every count alike")
+    runs: dict[int, list[tuple[float, float]]] = {n: [] for n in args.agents}
+    for _ in range(args.repeat):
+        for n in args.agents:
+            cpu, took = run(n, args.sensors, args.readings)
+            runs[n].append((cpu / args.readings * 1e6, args.readings / took))
+    print("\n| agents | µs CPU a reading, median (min-max) | against the first row | verdicts/s (publish to drained), median |")
     print("|---|---|---|---|")
+    first: float | None = None
     for n in args.agents:
-        cpu, took = run(n, args.sensors, args.readings)
-        print(f"| {n} | {cpu:.2f} | {cpu / args.readings * 1e6:.0f} | {args.readings / took:.0f} |", flush=True)
+        us = sorted(u for u, _ in runs[n])
+        rate = statistics.median(r for _, r in runs[n])
+        mid = statistics.median(us)
+        first = mid if first is None else first
+        print(f"| {n} | {mid:.0f} ({us[0]:.0f}-{us[-1]:.0f}) | {(mid / first - 1) * 100:+.0f} % | {rate:.0f} |", flush=True)
     if args.failover:
         print(f"\nFailover: 2 agents, {args.sensors} sensors at 200 readings/s for 60 s, one SIGKILLed at 10 s\n")
         print("| timings | kill to every moved sensor scored again | sensors moved | published | answered |")
