@@ -69,6 +69,10 @@ PERFORMANCE = [
     Section("Memory per sensor",
             "Heap a sensor costs as it reports (tracemalloc, the shipped config.yaml), and its learned model.",
             ("-m", "bench.bench_sensor_memory")),
+    Section("Per-sensor /metrics series",
+            "What a sensor's series cost the agent: its first verdict, a known sensor's, a render, an eviction; "
+            "prometheus_client's labelled children on the same verdicts, same run.",
+            ("-m", "bench.bench_metrics")),
     Section("Refits and many learned sensors",
             "Verdict latency at 1,000 readings/s while 100 learned sensors refit, by where fits run (same run, with a "
             "no-refit control); the memory of 1,000 learned sensors.",

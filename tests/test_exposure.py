@@ -58,3 +58,38 @@ def test_sensors_beyond_the_bound_are_counted_together_not_given_series() -> Non
     assert registry.get_sample_value("edge_agent_anomalies_total", {"sensor": "_other"}) == 1
     assert registry.get_sample_value("edge_agent_anomaly_episodes_total", {"sensor": "_other"}) == 1
     assert registry.get_sample_value("edge_agent_score", {"sensor": "_other"}) is None
+
+
+def test_a_sensors_series_count_every_reading_keep_the_latest_gauges_and_go_with_its_eviction() -> None:
+    registry = CollectorRegistry()
+    metrics = AgentMetrics(registry)
+    value = registry.get_sample_value
+    metrics.record_verdicts([
+        Verdict("pump", {"value": 1.0}, 0, 0.9, 1, "m", "1", event="onset"),
+        Verdict("pump", {"value": 1.0}, 1, 0.8, 1, "m", "1"),
+        Verdict("pump", {"value": 1.0}, 1, 0.8, 1, "m", "1", duplicate=True),  # counted as a duplicate only
+        Verdict("pump", {"value": 1.0}, 2, 0.2, 0, "m", "1", event="end"),
+        Verdict("fan", {"value": 1.0}, 0, 0.1, 0, "m", "1", learning=True),
+    ])
+    pump, fan = {"sensor": "pump"}, {"sensor": "fan"}
+    assert value("edge_agent_readings_total", pump) == 3 and value("edge_agent_anomalies_total", pump) == 2
+    assert value("edge_agent_anomaly_episodes_total", pump) == 1 and value("edge_agent_anomaly_episodes_ended_total", pump) == 1
+    assert value("edge_agent_new_normals_total", pump) == 0 and value("edge_agent_duplicate_readings_total") == 1
+    assert value("edge_agent_score", pump) == 0.2 and value("anomaly_score", pump) == 0 and value("edge_agent_learning", pump) == 0
+    assert value("edge_agent_learning", fan) == 1
+    assert (value("edge_agent_readings_created", pump) or 0) > 1.7e9  # counters carry their creation time, as before
+    metrics.record_evicted(["pump", "fan"], tracked=lambda sensor: sensor == "fan")  # fan came back meanwhile
+    assert value("edge_agent_readings_total", pump) is None and value("edge_agent_score", pump) is None
+    assert value("edge_agent_readings_total", fan) == 1 and value("edge_agent_sensors_evicted_total") == 2
+    text = generate_latest(registry).decode()
+    assert "# TYPE edge_agent_readings_total counter" in text and "# TYPE edge_agent_score gauge" in text
+
+
+def test_another_metric_of_a_per_sensor_name_is_refused() -> None:
+    import pytest
+    from prometheus_client import Counter
+
+    registry = CollectorRegistry()
+    AgentMetrics(registry)
+    with pytest.raises(ValueError, match="Duplicated timeseries"):
+        Counter("edge_agent_readings", "Again.", ["sensor"], registry=registry)
