@@ -279,6 +279,35 @@ def test_sensors_publishing_to_nats_own_mqtt_listener_are_scored_too(
     assert [v["ts"] for _, v in got["boiler-1"]] == list(range(5))
 
 
+@pytest.mark.broker
+def test_nats_mqtt_listener_acknowledges_a_reading_the_stream_never_stored(
+    start_member: Any, nats_server: NatsServer, collect: Any,
+) -> None:
+    """What docs/operations.md says of sensors straight into NATS: its MQTT listener PUBACKs a QoS 1
+    reading once the server has it, not once the readings stream stored it. Before any agent made
+    the stream, three readings are acknowledged and gone; those sent after it exists are scored."""
+    out = collect(["edge/+/verdicts/#"])
+    assert nats_server.mqtt_port is not None
+    direct = Sensor(Endpoint(nats_server.host, nats_server.mqtt_port))
+    try:
+        for ts in range(3):
+            direct.send_json("readings/early-1", {"value": 0.9, "ts": ts})
+        assert direct.wait_accepted(10) and sum(1 for r in direct.sent if r.accepted) == 3
+        start_member()  # makes the stream
+        for ts in range(3, 5):
+            direct.send_json("readings/early-1", {"value": 0.9, "ts": ts})
+        # One sensor, one partition, delivered in stream order: had 0, 1 and 2 been stored, they
+        # would have been answered before 3 and 4.
+        deadline = time.monotonic() + 30
+        answered: list[int] = []
+        while 4 not in answered and time.monotonic() < deadline:
+            time.sleep(0.2)
+            answered = [v["ts"] for _, v in verdicts_by_sensor(out).get("early-1", [])]
+        assert answered == [3, 4]
+    finally:
+        direct.close()
+
+
 # --------------------------------------------------------------------------- failures and scaling (agents as processes)
 
 
