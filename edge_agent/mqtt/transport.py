@@ -254,7 +254,7 @@ class MQTTTransport:
             log.error("%s (%s:%d)", self.last_error, self.cfg.mqtt.host, self.cfg.mqtt.port)
             return
         # Readings of earlier connections can no longer be acknowledged; the broker redelivers them.
-        self.ledger.reconnected()
+        self.ledger.intake_reconnected()
         with self._lock:
             self._connected = True
             self._subscribed = False
