@@ -37,7 +37,7 @@ class TLSConfig:
 class MQTTConfig:
     host: str = _f("localhost", "Broker host name or address.")
     port: int = _f(1883, "Broker port.", min=1, max=65535)
-    client_id: str | None = _f(None, "MQTT client id; stable across restarts so the session persists. Default: edge-agent-{agent_id}.")
+    client_id: str | None = _f(None, "MQTT client id of the intake (readings in); stable across restarts so the session persists. Verdicts go out as <client id>-out. Default: edge-agent-{agent_id}.")
     username: str | None = _f(None, "Broker user name.")
     password_env: str = _f("EDGE_AGENT_MQTT_PASSWORD", "Environment variable holding the broker password.")
     password_file: str | None = _f(None, "File holding the broker password (used when the environment variable is unset).")
@@ -113,7 +113,7 @@ class LearningConfig:
 class PipelineConfig:
     queue_size: int = _f(10000, "Readings handed over and waiting to be scored, at most.", min=1, max=10_000_000)
     max_batch: int = _f(512, "Readings scored together at most, when a queue has built up.", min=1, max=100_000)
-    held_verdicts: int = _f(10000, "Verdicts held while the broker is unreachable; beyond this the oldest are dropped and counted.", min=0, max=10_000_000)
+    held_verdicts: int = _f(10000, "No longer used (accepted so existing configs load): verdicts made while the publishing connection is down wait in its client's queue, at most mqtt.max_in_flight, and none is dropped.", min=0, max=10_000_000)
     max_sensors: int = _f(10000, "Distinct sensors tracked at most. A new sensor beyond it takes the place of another: of the sensors that sent one reading so far, the one heard from longest ago, else the sensor idle longest (counted in edge_agent_sensors_evicted_total; its learned model stays).", min=1, max=10_000_000)
     error_log_interval: float = _f(1.0, "Minimum seconds between two log lines about invalid messages of one reason (the rest are counted into the next line).", min=0.0, max=3600)
     error_report_rate: float = _f(100.0, "Reports per second on the errors topic at most (every invalid message is still counted in metrics).", min=0.1, max=1_000_000)
