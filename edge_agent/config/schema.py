@@ -44,7 +44,7 @@ class MQTTConfig:
     protocol: str = _f("5", "MQTT version: 5 (session expiry and receive maximum) or 3.1.1 (for brokers without MQTT 5; the session persists with clean_session false).", choices=["5", "3.1.1"])
     keepalive: int = _f(30, "Keepalive interval in seconds.", min=5, max=3600)
     session_expiry: int = _f(86400, "Seconds the broker keeps the agent's session (and its queued readings) while disconnected.", min=0, max=4294967295)
-    receive_maximum: int = _f(512, "Readings the broker may send before the agent acknowledges any (backpressure window).", min=1, max=65535)
+    receive_maximum: int = _f(512, "Readings the broker may send before the agent acknowledges any (backpressure window), and the most the agent holds unacknowledged: its intake stops reading at this many (Mosquitto 2.0 does not keep to the window by itself).", min=1, max=65535)
     max_in_flight: int = _f(512, "Messages the agent publishes (verdicts, alerts, reports) and the broker has not yet acknowledged, at most; scoring waits while it is reached. Far below MQTT's 65,535 message ids, which a client that runs out of overwrites queued messages with.", min=16, max=60_000)
     broker_max_packet_size: int = _f(0, "Largest MQTT packet the broker takes, in bytes. MQTT 5 learns Mosquitto's max_packet_size from the CONNACK; set this under 3.1.1, or to Mosquitto's message_size_limit, which no CONNACK tells (0: MQTT's own limit). A verdict that would not fit is replaced by a short report on the errors topic and its reading is acknowledged; a broker that gets one disconnects the agent instead, again on every resend.", min=0, max=268_435_455)
     reconnect_min_delay: float = _f(1.0, "First reconnect delay in seconds.", min=0.1, max=3600)

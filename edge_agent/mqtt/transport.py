@@ -194,24 +194,16 @@ class MQTTTransport:
     # -- setup ---------------------------------------------------------------------------
 
     def _make_intake(self, env: dict[str, str]) -> BoundedClient:
-        m = self.cfg.mqtt
-        v5 = m.protocol == "5"
         client = BoundedClient(
             callback_api_version=CallbackAPIVersion.VERSION2,
             client_id=client_id(self.cfg),
-            protocol=paho.MQTTv5 if v5 else paho.MQTTv311,
-            clean_session=None if v5 else False,
+            protocol=paho.MQTTv5 if self._v5 else paho.MQTTv311,
+            clean_session=None if self._v5 else False,
             manual_ack=True,
         )
         # MQTT 5 tells the broker this limit (it drops larger messages for us); 3.1.1 cannot.
         client.incoming_limit = max_packet_size(self.cfg.max_payload_bytes)
-        # paho annotates these as int but sleeps for float seconds (the tests use 0.2).
-        client.reconnect_delay_set(min_delay=m.reconnect_min_delay, max_delay=m.reconnect_max_delay)  # type: ignore[arg-type]
-        apply_access(client, self.cfg, env)
-        client.on_connect = self._on_connect
-        client.on_socket_open = _no_delay
-        client.on_connect_fail = self._on_connect_fail
-        client.on_disconnect = self._on_disconnect
+        self._set_up(client, env, self._on_connect, self._on_connect_fail, self._on_disconnect)
         client.on_message = self._on_message
         client.on_subscribe = self._on_subscribe
         client.on_unsubscribe = self._on_unsubscribe
@@ -220,25 +212,29 @@ class MQTTTransport:
     def _make_publisher(self, env: dict[str, str]) -> paho.Client:
         """A clean session: it subscribes to nothing, and paho re-sends its QoS 1 publishes in flight
         on every reconnect whatever the session (their PUBACKs then settle their readings, ledger.py)."""
-        m = self.cfg.mqtt
-        v5 = m.protocol == "5"
         client = paho.Client(
             callback_api_version=CallbackAPIVersion.VERSION2,
             client_id=publisher_id(self.cfg),
-            protocol=paho.MQTTv5 if v5 else paho.MQTTv311,
-            clean_session=None if v5 else True,
+            protocol=paho.MQTTv5 if self._v5 else paho.MQTTv311,
+            clean_session=None if self._v5 else True,
         )
         # Outgoing messages in flight at once; paho queues the rest (bounded by the ledger's limit).
         client.max_inflight_messages_set(OUTGOING_WINDOW)
-        client.reconnect_delay_set(min_delay=m.reconnect_min_delay, max_delay=m.reconnect_max_delay)  # type: ignore[arg-type]
         client.will_set(self.status_topic, "offline", qos=1, retain=True)
-        apply_access(client, self.cfg, env)
-        client.on_connect = self._on_publisher_connect
-        client.on_socket_open = _no_delay
-        client.on_connect_fail = self._on_publisher_connect_fail
-        client.on_disconnect = self._on_publisher_disconnect
+        self._set_up(client, env, self._on_publisher_connect, self._on_publisher_connect_fail, self._on_publisher_disconnect)
         client.on_publish = self._on_publish
         return client
+
+    def _set_up(self, client: paho.Client, env: dict[str, str], on_connect: Any, on_connect_fail: Any, on_disconnect: Any) -> None:
+        """What both connections share: backoff, log-in and TLS, TCP_NODELAY, the connection callbacks."""
+        m = self.cfg.mqtt
+        # paho annotates these as int but sleeps for float seconds (the tests use 0.2).
+        client.reconnect_delay_set(min_delay=m.reconnect_min_delay, max_delay=m.reconnect_max_delay)  # type: ignore[arg-type]
+        apply_access(client, self.cfg, env)
+        client.on_socket_open = _no_delay
+        client.on_connect = on_connect
+        client.on_connect_fail = on_connect_fail
+        client.on_disconnect = on_disconnect
 
     def start(self, submit: Callable[[Envelope], None]) -> None:
         """Connect in the background (retrying with backoff) and start delivering readings."""
