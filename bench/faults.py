@@ -242,6 +242,21 @@ class Drain:
 DRAIN_GAUGES = ("edge_agent_queue_depth", "edge_agent_readings_in_hand", "edge_agent_publishes_in_flight")
 
 
+def histogram_quantile(text: str, name: str, q: float) -> float | None:
+    """The upper bound of the bucket holding quantile ``q`` of a Prometheus histogram (None: no samples)."""
+    buckets = sorted((float(le), float(n)) for le, n in re.findall(rf'^{re.escape(name)}_bucket{{le="([^"]+)"}} (\S+)$', text, re.M))
+    if not buckets or buckets[-1][1] == 0:
+        return None
+    total = buckets[-1][1]
+    return next(le for le, n in buckets if n >= q * total)
+
+
+def _agent_p99(agent: Any) -> float | None:
+    """p99 of the agent's own verdict latency (a reading's arrival -> its verdict's PUBACK), as a bucket bound."""
+    status, body = agent.http("/metrics")
+    return histogram_quantile(body.decode(), "edge_agent_verdict_latency_seconds", 0.99) if status == 200 else None
+
+
 def _drain(agent: Any, observer: Observer, keys: set[tuple[str, object]], timeout: float, every: float = 0.25) -> Drain:
     """Until every key is answered (or ``timeout``), sampling the agent's gauges ``every`` seconds."""
     started = time.monotonic()
@@ -278,14 +293,15 @@ def backlog(lab: Lab, readings: int = 90_000, overrides: Sequence[str] = ()) -> 
         drain = _drain(agent, observer, keys, timeout=max(CATCH_UP_TIMEOUT, readings / 200))
         time.sleep(0.5)  # late duplicates, if any, are part of the count
         rss = agent.rss_bytes()
+        agent_p99 = _agent_p99(agent)
         rate = readings / drain.seconds
         held = ", ".join(f"{k.removeprefix('edge_agent_')} ≤ {v:.0f}" for k, v in drain.samples.items())
         return ScenarioResult(
             f"agent restarted with {readings} readings queued", tally(sensor.sent, observer.verdicts()),
             peak_rss=drain.peak_rss,
             notes=f"drained at {rate:.0f} readings/s ({drain.seconds:.1f} s, from process start); RSS "
-                  f"{rss / 2**20:.0f} MiB after; sampled {held}",
-            details={"drain_s": drain.seconds, "rate": rate, "peak_rss": drain.peak_rss, "rss_after": rss,
+                  f"{rss / 2**20:.0f} MiB after; agent's verdict latency p99 <= {_ms(agent_p99)}; sampled {held}",
+            details={"drain_s": drain.seconds, "rate": rate, "peak_rss": drain.peak_rss, "rss_after": rss, "agent_p99_s": agent_p99,
                      "held": drain.samples, "publish_s": publish_s, "exit": agent.terminate()},
         )
 
@@ -305,13 +321,14 @@ def burst(lab: Lab, readings: int = 60_000, sensors: int = 10) -> ScenarioResult
         time.sleep(0.5)  # late duplicates, if any, are part of the count
         latencies = _latencies(sensor, observer, since=0.0)
         p50, p99 = _quantile(latencies, 0.5), _quantile(latencies, 0.99)
+        agent_p99 = _agent_p99(agent)
         held = ", ".join(f"{k.removeprefix('edge_agent_')} ≤ {v:.0f}" for k, v in drain.samples.items())
         return ScenarioResult(
             f"burst of {readings} readings from {sensors} sensors", tally(sensor.sent, observer.verdicts()),
             peak_rss=drain.peak_rss, p99_s=p99,
             notes=f"published in {publish_s:.1f} s ({readings / publish_s:.0f}/s), all answered {drain.seconds:.1f} s "
-                  f"after the last; latency p50 {_ms(p50)}; sampled {held}",
-            details={"p50_s": p50, "p99_s": p99, "publish_s": publish_s, "drain_s": drain.seconds,
+                  f"after the last; latency p50 {_ms(p50)}; agent's verdict latency p99 <= {_ms(agent_p99)}; sampled {held}",
+            details={"p50_s": p50, "p99_s": p99, "agent_p99_s": agent_p99, "publish_s": publish_s, "drain_s": drain.seconds,
                      "held": drain.samples, "peak_rss": drain.peak_rss, "exit": agent.terminate()},
         )
 

@@ -171,7 +171,6 @@ class Agent:
             max_batch=cfg.pipeline.max_batch,
             error_log_interval=cfg.pipeline.error_log_interval,
             error_report_rate=cfg.pipeline.error_report_rate,
-            overfill=lambda: self.transport.ledger.full,
         )
         self.intake: Callable[[Envelope], None] = self.pipeline.submit
         self.http = (
@@ -199,7 +198,8 @@ class Agent:
         if not self.engine.models and self.engine.learning is None:
             return False, "no model loaded and learning is off"
         if not self.transport.connected:
-            return False, f"broker {self.cfg.mqtt.host}:{self.cfg.mqtt.port} not connected ({self.transport.last_error})"
+            return False, (f"broker {self.cfg.mqtt.host}:{self.cfg.mqtt.port} not connected: {self.transport.not_ready()} "
+                           f"({self.transport.last_error})")
         learner = self.learner
         if learner is not None and learner.save_error:
             return False, (f"state dir {learner.state_dir} cannot be written ({learner.save_error}): "

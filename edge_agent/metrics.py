@@ -106,11 +106,13 @@ class AgentMetrics:
         self.duplicates = Counter("edge_agent_duplicate_readings", "Readings recognised as redelivered; their verdict is marked duplicate.", registry=registry)
         self.latency = Histogram("edge_agent_scoring_latency_seconds", "Time to score one batch of readings.", buckets=LATENCY_BUCKETS, registry=registry)
         self.batch_size = Histogram("edge_agent_batch_size", "Readings scored together.", buckets=BATCH_BUCKETS, registry=registry)
-        self.broker_connected = Gauge("edge_agent_broker_connected", "1 while connected to the MQTT broker and subscribed to the sources.", registry=registry)
+        self.broker_connected = Gauge("edge_agent_broker_connected", "1 while connected to the MQTT broker: the intake connection once subscribed to the sources, the publishing connection (verdicts out) once accepted.", ["connection"], registry=registry)
+        for connection in ("intake", "publish"):
+            self.broker_connected.labels(connection).set(0)
         self.model_info = Gauge("edge_agent_model_info", "Loaded models (value 1), one series per model: its current version.", ["model", "version", "sha256"], registry=registry)
         self._model_labels: dict[str, tuple[str, str]] = {}  # model name -> the (version, sha256) of its series
         self.queue_depth = Gauge("edge_agent_queue_depth", "Readings handed over and waiting to be scored.", registry=registry)
-        self.verdicts_held = Gauge("edge_agent_verdicts_held", "Verdicts held while the broker is unreachable.", registry=registry)
+        self.verdicts_held = Gauge("edge_agent_verdicts_held", "Publishes (verdicts, alerts, reports) waiting while the publishing connection is down; at most mqtt.max_in_flight.", registry=registry)
         self.readings_missed = Counter("edge_agent_readings_missed", "Readings that never arrived, per sensor: gaps in a source's seq_field (evidence of a broker dropping, docs/broker.md).", ["sensor"], registry=registry)
         self.state_dir_writable = Gauge("edge_agent_state_dir_writable", "1 while learned models can be saved under learning.state_dir; 0 after a failed save, until a retry gets through.", registry=registry)
         self.models_unsaved = Gauge("edge_agent_learned_models_unsaved", "Learned models scoring from memory only: their save failed and is retried (lost on a restart until then).", registry=registry)
@@ -129,7 +131,7 @@ class AgentMetrics:
             "Messages published (verdicts, alerts, reports) not yet acknowledged by the broker; at most mqtt.max_in_flight.",
             registry=registry,
         )
-        self.verdicts_dropped = Counter("edge_agent_verdicts_dropped", "Held verdicts dropped because pipeline.held_verdicts was exceeded.", registry=registry)
+        self.verdicts_dropped = Counter("edge_agent_verdicts_dropped", "Verdicts dropped while the broker was away: none since they wait in the publishing client's queue (kept for existing alerts).", registry=registry)
         self.fits = Counter("edge_agent_fits", "Models fitted (first fits and refits), by where they ran: worker (the fit process) or thread (the agent's own: learning.fits is thread, or the fit process could not start).", ["where"], registry=registry)
         self.fit_worker_deaths = Counter("edge_agent_fit_worker_deaths", "Times the fit process died during a fit; it is restarted and the fit retried once, then left for the sensor's next request.", registry=registry)
         self.fit_worker_rss = Gauge("edge_agent_fit_worker_rss_bytes", "Resident memory of the fit process after its latest fit (it exits after learning.fit_idle_exit without one).", registry=registry)

@@ -107,22 +107,15 @@ class Pipeline:
         error_log_interval: float = 1.0,
         error_report_rate: float = 100.0,
         learner: Callable[[LearnRequest], None] | None = None,
-        overfill: Callable[[], bool] = lambda: False,
     ) -> None:
-        """``learner`` takes the fits scoring makes due (without waiting for them); None: no sensor learns.
-
-        ``overfill`` says when the sink waits for the broker (publishes in flight at their
-        bound): the hand-over then takes readings past ``queue_size`` rather than block the
-        network thread, which must keep reading the PUBACKs that free the sink.
-        """
+        """``learner`` takes the fits scoring makes due (without waiting for them); None: no sensor learns."""
         self.engine = engine
         self.learner = learner
         self.sink = sink
         self.metrics = metrics
         self.max_batch = max_batch
         self.queue_size = queue_size
-        self._overfill = overfill
-        self._queue: queue.Queue[object] = queue.Queue()  # bounded by submit, which may overfill it
+        self._queue: queue.Queue[object] = queue.Queue()  # bounded by submit
         self._room = threading.Condition()  # notified when the worker takes a batch
         self._errors_log = RateLimitedLog(error_log_interval)
         self._error_reports = TokenBucket(error_report_rate, burst=max(1.0, error_report_rate))
@@ -140,7 +133,7 @@ class Pipeline:
             self._reject(envelope.item, envelope.token)
             return
         with self._room:
-            while self._queue.qsize() >= self.queue_size and not self._overfill():
+            while self._queue.qsize() >= self.queue_size:
                 if self._closing.is_set():
                     # Not acknowledged: the broker redelivers it to the next session.
                     log.warning("shutting down with a full hand-over; leaving a reading to the broker")

@@ -76,7 +76,8 @@ def test_anomalies_raise_alerts_and_count_in_metrics(start_agent, collect, senso
     assert 'edge_agent_anomalies_total{sensor="pump"} 1.0' in text
     assert 'edge_agent_anomaly_episodes_total{sensor="pump"} 1.0' in text
     assert 'anomaly_score{sensor="pump"} 1.0' in text
-    assert "edge_agent_broker_connected 1.0" in text
+    assert 'edge_agent_broker_connected{connection="intake"} 1.0' in text
+    assert 'edge_agent_broker_connected{connection="publish"} 1.0' in text
     assert 'edge_agent_model_info{model="default"' in text
     assert "edge_agent_scoring_latency_seconds_count" in text
 
@@ -294,10 +295,14 @@ def test_broker_connected_is_1_only_once_the_subscription_is_granted(broker: Any
                 assert time.monotonic() < deadline, agent.transport.last_error
                 time.sleep(0.02)
             time.sleep(0.2)  # the SUBACK would have come by now
-            assert agent.registry.get_sample_value("edge_agent_broker_connected") == 0.0
-            assert not agent.readiness()[0]
+            intake, publish = {"connection": "intake"}, {"connection": "publish"}
+            while agent.registry.get_sample_value("edge_agent_broker_connected", publish) != 1.0:  # nothing to subscribe
+                assert time.monotonic() < deadline, "the publishing connection never connected"
+                time.sleep(0.02)
+            assert agent.registry.get_sample_value("edge_agent_broker_connected", intake) == 0.0
+            assert not agent.readiness()[0] and "not subscribed" in agent.readiness()[1]
             hold.release()
-            while agent.registry.get_sample_value("edge_agent_broker_connected") != 1.0:
+            while agent.registry.get_sample_value("edge_agent_broker_connected", intake) != 1.0:
                 assert time.monotonic() < deadline + 10, "still 0 after the SUBACK"
                 time.sleep(0.02)
             assert agent.readiness()[0]
@@ -305,3 +310,39 @@ def test_broker_connected_is_1_only_once_the_subscription_is_granted(broker: Any
             agent.stop(timeout=2)
     finally:
         hold.close()
+
+
+def test_dropping_only_the_publishing_connection_loses_nothing_and_leaves_nothing_unsettled(
+    start_agent, broker, sensor, caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Verdicts in flight when the publishing connection drops are re-sent by paho on its next
+    connection; their PUBACKs must still acknowledge the readings on the intake, which stayed up."""
+    from bench.kit import Observer
+
+    caplog.set_level("INFO", logger="edge_agent.mqtt.transport")
+    agent = start_agent()
+    aid = agent.cfg.agent_id
+    ledger = agent.transport.ledger
+    generation = ledger.generation
+    with Observer(broker, aid) as observer:
+        sent = []
+        for i in range(3000):
+            sent.append(sensor.reading(f"p{i % 5}", 1_700_000_000 + i, round(0.9 + 0.01 * (i % 3), 4)))
+            if i == 1500:  # mid-stream: the publishing connection's socket goes, the intake's stays
+                agent.transport.publisher.socket().shutdown(socket.SHUT_RDWR)
+        assert sensor.wait_accepted(30)
+        assert observer.wait_answered({s.key for s in sent}, 60), "a reading got no verdict"
+        deadline = time.monotonic() + 30
+        while ledger.in_hand or ledger.awaiting():
+            assert time.monotonic() < deadline, f"{ledger.in_hand} readings in hand, never settled"
+            time.sleep(0.05)
+        assert ledger.generation == generation  # the intake never reconnected
+        connects = [r.getMessage() for r in caplog.records if r.getMessage().startswith("publishing connection connected")]
+        assert len(connects) == 2, connects  # the publishing connection did
+        assert agent.stop(timeout=10)
+        answered = len(observer.verdicts())
+        # Nothing left unacknowledged at the broker: the same session, resumed, gets nothing back.
+        again = start_agent(f"agent_id={aid}")
+        time.sleep(2.0)
+        assert again.transport.ledger.in_hand == 0
+        assert len(observer.verdicts()) == answered, "readings were redelivered: their acknowledgements were lost"

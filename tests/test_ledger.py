@@ -77,11 +77,11 @@ def test_a_refused_publish_leaves_its_reading_unsettled() -> None:
     assert ledger.register(4, receipt).refused  # a refusal that overtook its registration
 
 
-def test_a_reconnect_invalidates_receipts_but_publishes_stay_tracked_to_their_puback() -> None:
+def test_an_intake_reconnect_invalidates_receipts_but_publishes_stay_tracked_to_their_puback() -> None:
     ledger = AckLedger(limit=10)
     old = ledger.receive(mid=7, qos=1)
     published(ledger, 3, old)
-    assert ledger.reconnected() == old.generation + 1
+    assert ledger.intake_reconnected() == old.generation + 1
     assert ledger.in_hand == 0 and not ledger.awaiting()
     outcome = ledger.puback(3)  # the client re-sent it on the new connection
     assert outcome.settle is None and outcome.answered  # went through, but acknowledges nothing
@@ -126,3 +126,53 @@ def test_the_publisher_waits_while_the_bound_is_full_and_resumes_on_a_puback() -
     ledger.puback(1)
     waiter.join(5.0)
     assert woke and woke[0] - freed < 2.0 and not ledger.full  # woken by the PUBACK, not by its timeout
+
+
+def test_a_publisher_reconnect_keeps_receipts_and_the_resent_publishes_settle_them() -> None:
+    clock = Clock()
+    ledger = AckLedger(limit=10, clock=clock)
+    receipt = ledger.receive(mid=7, qos=1)
+    published(ledger, 3, receipt)
+    unanswered = ledger.receive(mid=8, qos=1)
+    assert ledger.publisher_reconnected() == 1  # the client re-sends mid 3 on the new publishing connection
+    assert ledger.generation == receipt.generation and ledger.in_hand == 2 and ledger.awaiting()
+    clock.now += 2.0
+    outcome = ledger.puback(3)  # the re-sent publish's PUBACK, on the new publishing connection
+    assert outcome.settle == receipt and outcome.latency == 2.0
+    assert ledger.settle(unanswered)  # a reading taken before the publisher reconnected is settled too
+    assert ledger.in_hand == 0 and not ledger.awaiting()
+
+
+def test_the_intake_waits_while_its_bound_of_readings_is_in_hand_and_resumes_on_a_settle() -> None:
+    ledger = AckLedger(limit=10)
+    first = ledger.receive(mid=1, qos=1)
+    assert ledger.wait_to_receive(2, 0.0)
+    second = ledger.receive(mid=2, qos=1, arrived=5.0)
+    assert second.arrived == 5.0  # when it reached the agent, before any wait
+    assert not ledger.wait_to_receive(2, 0.01)
+    woke = threading.Event()
+
+    def wait() -> None:
+        if ledger.wait_to_receive(2, 30.0):
+            woke.set()
+
+    waiter = threading.Thread(target=wait, daemon=True)
+    waiter.start()
+    time.sleep(0.05)
+    assert not woke.is_set()
+    assert ledger.settle(first)  # settled when decided (its acknowledgement may not be written yet)
+    waiter.join(10.0)  # woken by the settle, long before its own timeout
+    assert woke.is_set() and ledger.in_hand == 1
+    assert ledger.settle(second) and ledger.in_hand == 0
+
+
+def test_an_intake_reconnect_releases_a_waiting_intake() -> None:
+    ledger = AckLedger(limit=10)
+    ledger.receive(mid=1, qos=1)
+    results: list[bool] = []
+    waiter = threading.Thread(target=lambda: results.append(ledger.wait_to_receive(1, 30.0)), daemon=True)
+    waiter.start()
+    time.sleep(0.05)
+    ledger.intake_reconnected()  # the readings of the old connection are the broker's again
+    waiter.join(10.0)  # woken by the reconnect, long before its own timeout
+    assert results == [True]

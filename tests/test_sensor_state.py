@@ -73,7 +73,7 @@ def test_a_state_dir_that_cannot_be_written_is_reported_retried_and_saved_once_i
     agent = _agent(tmp_path, "learning.rows=60", "models.default=null")
     learner = agent.learner
     assert learner is not None
-    agent.transport._connected = agent.transport._subscribed = True  # readiness past the broker check, without a broker
+    agent.transport._connected = agent.transport._subscribed = agent.transport._publishing = True  # readiness past the broker check, without a broker
     try:
         with caplog.at_level(logging.INFO):
             # Reported at start, before any sensor has learned.

@@ -24,7 +24,7 @@ from edge_agent.config.schema import (
     TLSConfig,
     TopicsConfig,
 )
-from edge_agent.config.secrets import client_id, http_token, mqtt_password, nats_password, nats_token
+from edge_agent.config.secrets import client_id, http_token, mqtt_password, nats_password, nats_token, publisher_id
 from edge_agent.config.validation import parse_config
 
 __all__ = [
@@ -52,4 +52,5 @@ __all__ = [
     "nats_password",
     "nats_token",
     "parse_config",
+    "publisher_id",
 ]

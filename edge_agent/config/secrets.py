@@ -109,3 +109,8 @@ def client_id(cfg: AgentConfig) -> str:
     """The MQTT client id: mqtt.client_id, or one derived from agent_id (stable across restarts)."""
     return cfg.mqtt.client_id or f"edge-agent-{cfg.agent_id}"
 
+
+def publisher_id(cfg: AgentConfig) -> str:
+    """The client id of the agent's publishing connection (verdicts out): the client id with ``-out``."""
+    return f"{client_id(cfg)}-out"
+

@@ -7,16 +7,24 @@ the transport only carries its decisions out on the wire.
 
 Rules it keeps:
 
-- **Generations.** Every connection is a new generation. An acknowledgement belongs to
-  the connection its message came in on: a receipt of an earlier generation is never
-  settled (the broker redelivers that message to the new connection), although the
-  publish behind it is still tracked until its PUBACK, since the client re-sends it.
+- **Two connections.** Readings come in (and are acknowledged) on the *intake* connection;
+  verdicts go out on a *publishing* connection of their own. A receipt belongs to the intake
+  connection its message came in on.
+- **Generations.** Every intake connection is a new generation: a receipt of an earlier
+  generation is never settled (the broker redelivers that message to the new connection),
+  although the publish behind it is still tracked until its PUBACK. A new *publishing*
+  connection changes no generation: the client re-sends the publishes in flight under
+  their ids, and their PUBACKs still settle the readings they answer.
 - **Early PUBACKs.** A PUBACK can arrive on the network thread before the publishing
   thread has registered its message id. While a publish is being registered, such a
   PUBACK is kept and applied at registration; otherwise an unknown id is not ours.
 - **A bound on publishes in flight.** Message ids are 16-bit and a client that runs out
   of them overwrites queued messages, so the publishes not yet acknowledged are held to
   ``limit``: :meth:`wait_for_room` blocks the publisher while the bound is full.
+- **A bound on readings in hand.** :meth:`wait_to_receive` blocks the intake while as many
+  readings as its bound are taken and not settled. A reading counts as settled when the
+  ledger decides so, not when its acknowledgement is written: the intake's acknowledgements
+  are written by the very thread that waits.
 
 No MQTT library, no I/O: the clock is passed in, and every rule above has a unit test
 (tests/test_ledger.py) without a broker.
@@ -75,20 +83,33 @@ class AckLedger:
     def generation(self) -> int:
         return self._generation
 
-    def reconnected(self) -> int:
-        """A new connection: every receipt of earlier ones can no longer be settled. Returns the new generation."""
+    def intake_reconnected(self) -> int:
+        """A new intake connection: every receipt of earlier ones can no longer be settled. Returns the new generation."""
         with self._cond:
             self._generation += 1
             self._in_hand = 0
+            self._cond.notify_all()
             return self._generation
+
+    def publisher_reconnected(self) -> int:
+        """A new publishing connection: receipts stay valid, the publishes in flight stay tracked (the
+        client re-sends them under their ids). Returns how many are in flight."""
+        with self._cond:
+            return len(self._pending)
 
     # -- incoming ----------------------------------------------------------------------
 
-    def receive(self, mid: int, qos: int) -> Receipt:
-        """A message came in on the current connection: the receipt to settle it with later."""
+    def wait_to_receive(self, bound: int, timeout: float) -> bool:
+        """Block while ``bound`` readings are in hand; False if still so after ``timeout``."""
+        with self._cond:
+            return self._cond.wait_for(lambda: self._in_hand < bound, timeout)
+
+    def receive(self, mid: int, qos: int, arrived: float | None = None) -> Receipt:
+        """A message came in on the current intake connection (at ``arrived``, the ledger's clock; default
+        now): the receipt to settle it with later."""
         with self._cond:
             self._in_hand += 1
-            return Receipt(mid, qos, self._generation, self._clock())
+            return Receipt(mid, qos, self._generation, self._clock() if arrived is None else arrived)
 
     def settle(self, receipt: Receipt | None) -> bool:
         """Settle ``receipt`` without a publish. True: acknowledge it now; False: nothing to send (stale or None)."""
@@ -101,6 +122,7 @@ class AckLedger:
         if receipt.generation != self._generation:
             return False
         self._in_hand = max(0, self._in_hand - 1)
+        self._cond.notify_all()  # the intake may be waiting for room
         return True
 
     # -- outgoing ----------------------------------------------------------------------
@@ -162,7 +184,7 @@ class AckLedger:
 
     @property
     def in_hand(self) -> int:
-        """Readings of this connection taken and not yet settled."""
+        """Readings of this intake connection taken and not yet settled."""
         return self._in_hand
 
     def awaiting(self) -> bool:

@@ -1,9 +1,18 @@
-"""Everything MQTT: connection, session, subscriptions, verdict publishing and acknowledgements.
+"""Everything MQTT: connections, session, subscriptions, verdict publishing and acknowledgements.
 
 Delivery contract: the agent keeps a persistent session (MQTT 5, clean start off,
 session expiry from the config) and acknowledges a reading only after the broker
 has acknowledged its verdict. A reading the broker accepted is therefore either
 answered or redelivered, whatever happens to the agent in between.
+
+Two connections to the broker. The *intake* (the agent's client id) holds the persistent
+session and the subscriptions, receives the readings and acknowledges them. The
+*publishing* connection (``<client id>-out``, clean session, it subscribes to nothing)
+carries verdicts, alerts, error reports, the status topic and its will, and Home
+Assistant discovery. Apart, the intake can stop reading its socket while the agent holds
+``mqtt.receive_maximum`` readings (the broker then holds the rest, TCP backpressure)
+without stopping the PUBACKs that settle those readings: Mosquitto 2.0 does not keep to
+the receive maximum by itself (docs/broker.md).
 
 Which publish settles which reading, what a reconnect invalidates and how many publishes
 may be in flight is decided by the ack ledger (edge_agent/mqtt/ledger.py, no paho); this module
@@ -21,7 +30,6 @@ import logging
 import sys
 import threading
 import time
-from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, cast
@@ -32,7 +40,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
-from edge_agent.config import AgentConfig, client_id
+from edge_agent.config import AgentConfig, client_id, publisher_id
 from edge_agent.core.domain import InvalidReading, Reading, Verdict, clip
 from edge_agent.core.episodes import NEW_NORMAL
 from edge_agent.metrics import AgentMetrics
@@ -162,10 +170,13 @@ class MQTTTransport:
         metrics.readings_in_hand.set_function(lambda: self.ledger.in_hand)
         metrics.publishes_in_flight.set_function(lambda: self.ledger.in_flight)
         self._lock = threading.Lock()  # guards the fields below; never held while calling paho
-        self._connected = False
+        self._connected = False  # the intake connection
         self._subscribed = False
+        self._publishing = False  # the publishing connection
         self._closing = False
-        self._held: deque[tuple[Verdict, bool]] = deque()  # (verdict, redelivered) while disconnected
+        # Publishes waiting for the publishing connection (paho queues them, in order, behind the
+        # ones it re-sends on reconnect; bounded by mqtt.max_in_flight, for which the worker waits).
+        metrics.verdicts_held.set_function(lambda: 0.0 if self._publishing else float(self.ledger.in_flight))
         self._last_refusal_log = 0.0
         self._refusing = False  # the broker refused a verdict and none has gone through since
         self.last_error: str = NOT_TRIED
@@ -177,37 +188,53 @@ class MQTTTransport:
         self.max_packet = cfg.mqtt.broker_max_packet_size or MQTT_MAX_PACKET
         self._last_too_large_log = 0.0
 
-        self.client = self._make_client(env)
+        self.client = self._make_intake(env)  # readings in, their acknowledgements out
+        self.publisher = self._make_publisher(env)  # everything the agent publishes
 
     # -- setup ---------------------------------------------------------------------------
 
-    def _make_client(self, env: dict[str, str]) -> BoundedClient:
-        m = self.cfg.mqtt
-        v5 = m.protocol == "5"
+    def _make_intake(self, env: dict[str, str]) -> BoundedClient:
         client = BoundedClient(
             callback_api_version=CallbackAPIVersion.VERSION2,
             client_id=client_id(self.cfg),
-            protocol=paho.MQTTv5 if v5 else paho.MQTTv311,
-            clean_session=None if v5 else False,
+            protocol=paho.MQTTv5 if self._v5 else paho.MQTTv311,
+            clean_session=None if self._v5 else False,
             manual_ack=True,
         )
         # MQTT 5 tells the broker this limit (it drops larger messages for us); 3.1.1 cannot.
         client.incoming_limit = max_packet_size(self.cfg.max_payload_bytes)
-        # Outgoing verdicts in flight at once; paho queues the rest (bounded by us, see _held).
-        client.max_inflight_messages_set(OUTGOING_WINDOW)
-        # paho annotates these as int but sleeps for float seconds (the tests use 0.2).
-        client.reconnect_delay_set(min_delay=m.reconnect_min_delay, max_delay=m.reconnect_max_delay)  # type: ignore[arg-type]
-        client.will_set(self.status_topic, "offline", qos=1, retain=True)
-        apply_access(client, self.cfg, env)
-        client.on_connect = self._on_connect
-        client.on_socket_open = _no_delay
-        client.on_connect_fail = self._on_connect_fail
-        client.on_disconnect = self._on_disconnect
+        self._set_up(client, env, self._on_connect, self._on_connect_fail, self._on_disconnect)
         client.on_message = self._on_message
-        client.on_publish = self._on_publish
         client.on_subscribe = self._on_subscribe
         client.on_unsubscribe = self._on_unsubscribe
         return client
+
+    def _make_publisher(self, env: dict[str, str]) -> paho.Client:
+        """A clean session: it subscribes to nothing, and paho re-sends its QoS 1 publishes in flight
+        on every reconnect whatever the session (their PUBACKs then settle their readings, ledger.py)."""
+        client = paho.Client(
+            callback_api_version=CallbackAPIVersion.VERSION2,
+            client_id=publisher_id(self.cfg),
+            protocol=paho.MQTTv5 if self._v5 else paho.MQTTv311,
+            clean_session=None if self._v5 else True,
+        )
+        # Outgoing messages in flight at once; paho queues the rest (bounded by the ledger's limit).
+        client.max_inflight_messages_set(OUTGOING_WINDOW)
+        client.will_set(self.status_topic, "offline", qos=1, retain=True)
+        self._set_up(client, env, self._on_publisher_connect, self._on_publisher_connect_fail, self._on_publisher_disconnect)
+        client.on_publish = self._on_publish
+        return client
+
+    def _set_up(self, client: paho.Client, env: dict[str, str], on_connect: Any, on_connect_fail: Any, on_disconnect: Any) -> None:
+        """What both connections share: backoff, log-in and TLS, TCP_NODELAY, the connection callbacks."""
+        m = self.cfg.mqtt
+        # paho annotates these as int but sleeps for float seconds (the tests use 0.2).
+        client.reconnect_delay_set(min_delay=m.reconnect_min_delay, max_delay=m.reconnect_max_delay)  # type: ignore[arg-type]
+        apply_access(client, self.cfg, env)
+        client.on_socket_open = _no_delay
+        client.on_connect = on_connect
+        client.on_connect_fail = on_connect_fail
+        client.on_disconnect = on_disconnect
 
     def start(self, submit: Callable[[Envelope], None]) -> None:
         """Connect in the background (retrying with backoff) and start delivering readings."""
@@ -221,14 +248,27 @@ class MQTTTransport:
             props.ReceiveMaximum = m.receive_maximum
             props.MaximumPacketSize = max_packet_size(self.cfg.max_payload_bytes)
             self.client.connect_async(m.host, m.port, keepalive=m.keepalive, clean_start=False, properties=props)
+            self.publisher.connect_async(m.host, m.port, keepalive=m.keepalive, clean_start=True)
         else:
             self.client.connect_async(m.host, m.port, keepalive=m.keepalive)
+            self.publisher.connect_async(m.host, m.port, keepalive=m.keepalive)
+        self.publisher.loop_start()
         self.client.loop_start()
+
+    def not_ready(self) -> str:
+        """Which connection keeps :attr:`connected` false ("" when it is true)."""
+        if not self._connected:
+            return "intake connection down"
+        if not self._subscribed:
+            return "intake connection not subscribed"
+        if not self._publishing:
+            return "publishing connection down"
+        return "the broker refuses verdicts" if self._refusing else ""
 
     @property
     def connected(self) -> bool:
-        """Connected and subscribed, and verdicts accepted: readings can flow."""
-        return self._connected and self._subscribed and not self._refusing
+        """Both connections up, the intake subscribed, and verdicts accepted: readings can flow."""
+        return self._connected and self._subscribed and self._publishing and not self._refusing
 
     def add_listener(self, topic_filter: str, callback: Callable[[bytes], None]) -> None:
         """Also subscribe to ``topic_filter`` (call before ``start``); its payloads go to ``callback``, not to scoring.
@@ -250,25 +290,20 @@ class MQTTTransport:
 
     def _on_connect(self, client: paho.Client, userdata: Any, flags: Any, reason: Any, properties: Any) -> None:
         if reason.is_failure:
-            self.last_error = f"{REFUSED}: {reason}"
+            self.last_error = f"{REFUSED} (intake): {reason}"
             log.error("%s (%s:%d)", self.last_error, self.cfg.mqtt.host, self.cfg.mqtt.port)
             return
         # Readings of earlier connections can no longer be acknowledged; the broker redelivers them.
-        self.ledger.reconnected()
+        self.ledger.intake_reconnected()
         with self._lock:
             self._connected = True
             self._subscribed = False
-            held = list(self._held)
-            self._held.clear()
-        self.last_error = ""
-        announced = getattr(properties, "MaximumPacketSize", None) if properties is not None else None
-        self.max_packet = min(self.cfg.mqtt.broker_max_packet_size or MQTT_MAX_PACKET, announced or MQTT_MAX_PACKET)
-        self.metrics.verdicts_held.set(0)
+        if self._publishing:
+            self.last_error = ""
         log.info(
-            "connected to %s:%d (session %s)", self.cfg.mqtt.host, self.cfg.mqtt.port,
-            "resumed" if flags.session_present else "new",
+            "intake connection connected to %s:%d as %s (session %s)", self.cfg.mqtt.host, self.cfg.mqtt.port,
+            client_id(self.cfg), "resumed" if flags.session_present else "new",
         )
-        self._publish(self.status_topic, "online", retain=True)
         record = self._record
         if record is not None and record.stale:
             # The session may still hold filters of an earlier config: they would deliver old topics.
@@ -279,12 +314,24 @@ class MQTTTransport:
         sensors = SubscribeOptions(qos=1, retainHandling=SubscribeOptions.RETAIN_SEND_IF_NEW_SUB) if self._v5 else 1
         filters = [(f, sensors if i < self._sensor_filters else 1) for i, f in enumerate(self._subscriptions)]
         client.subscribe(filters)  # type: ignore[arg-type]  # paho's annotation allows no list mixing options and QoS ints
-        for verdict, redelivered in held:
-            # Their readings came in on a connection that is gone; the broker redelivers
-            # them and the engine marks those verdicts as duplicates.
-            self._publish_verdict(verdict, None, redelivered, wait=False)
-        if held:
-            log.info("published %d verdicts held while disconnected", len(held))
+
+    def _on_publisher_connect(self, client: paho.Client, userdata: Any, flags: Any, reason: Any, properties: Any) -> None:
+        if reason.is_failure:
+            self.last_error = f"{REFUSED} (publishing): {reason}"
+            log.error("%s (%s:%d)", self.last_error, self.cfg.mqtt.host, self.cfg.mqtt.port)
+            return
+        # Receipts stay valid: paho re-sends the publishes in flight, whose PUBACKs settle their readings.
+        resent = self.ledger.publisher_reconnected()
+        announced = getattr(properties, "MaximumPacketSize", None) if properties is not None else None
+        self.max_packet = min(self.cfg.mqtt.broker_max_packet_size or MQTT_MAX_PACKET, announced or MQTT_MAX_PACKET)
+        with self._lock:
+            self._publishing = True
+        if self._connected:
+            self.last_error = ""
+        self.metrics.broker_connected.labels("publish").set(1)
+        log.info("publishing connection connected to %s:%d as %s%s", self.cfg.mqtt.host, self.cfg.mqtt.port,
+                 publisher_id(self.cfg), f" ({resent} publishes in flight re-sent)" if resent else "")
+        self._publish(self.status_topic, "online", retain=True)
 
     def _on_subscribe(self, client: paho.Client, userdata: Any, mid: int, reasons: Any, properties: Any) -> None:
         refused = [f for f, r in zip(self._subscriptions, reasons, strict=True) if r.is_failure]
@@ -293,7 +340,7 @@ class MQTTTransport:
             log.error("%s", self.last_error)
             return
         self._subscribed = True
-        self.metrics.broker_connected.set(1)  # "connected and subscribed": readings can arrive now
+        self.metrics.broker_connected.labels("intake").set(1)  # "connected and subscribed": readings can arrive now
         if self._record is not None:
             self._record.save()
 
@@ -307,7 +354,12 @@ class MQTTTransport:
         # (refused, unreachable, a certificate that does not verify, a host name mismatch).
         error = sys.exc_info()[1]
         reason = str(error) if error is not None else "connection failed"
-        self._attempt_failed(f"cannot connect to {self.cfg.mqtt.host}:{self.cfg.mqtt.port}: {reason}")
+        self._attempt_failed(f"cannot connect to {self.cfg.mqtt.host}:{self.cfg.mqtt.port} (intake connection): {reason}")
+
+    def _on_publisher_connect_fail(self, client: paho.Client, userdata: Any) -> None:
+        error = sys.exc_info()[1]
+        reason = str(error) if error is not None else "connection failed"
+        self._attempt_failed(f"cannot connect to {self.cfg.mqtt.host}:{self.cfg.mqtt.port} (publishing connection): {reason}")
 
     def _attempt_failed(self, why: str) -> None:
         self.last_error = why
@@ -321,21 +373,41 @@ class MQTTTransport:
             was_connected = self._connected
             self._connected = False
             self._subscribed = False
-        self.metrics.broker_connected.set(0)
+        self.metrics.broker_connected.labels("intake").set(0)
+        self._disconnected("intake", was_connected, reason)
+
+    def _on_publisher_disconnect(self, client: paho.Client, userdata: Any, flags: Any, reason: Any, properties: Any) -> None:
+        with self._lock:
+            was_connected = self._publishing
+            self._publishing = False
+        self.metrics.broker_connected.labels("publish").set(0)
+        self._disconnected("publishing", was_connected, reason)
+
+    def _disconnected(self, connection: str, was_connected: bool, reason: Any) -> None:
         if self._closing:
             return
         if was_connected:
-            self.last_error = f"disconnected from broker: {reason}"
+            self.last_error = f"disconnected from broker ({connection} connection): {reason}"
             log.warning("%s; reconnecting", self.last_error)
         elif not self.last_error.startswith(REFUSED):  # a refused CONNACK is followed by a disconnect too: keep it
             # Closed before any CONNACK, e.g. by a TLS 1.3 broker that wants a client
             # certificate: it checks only after the handshake, so connecting "succeeded".
-            self._attempt_failed(f"the broker closed the connection before accepting it ({reason})")
+            self._attempt_failed(f"the broker closed the connection before accepting it ({connection} connection: {reason})")
 
     def _on_message(self, client: paho.Client, userdata: Any, message: paho.MQTTMessage) -> None:
+        arrived = time.monotonic()
+        if message.qos > 0:
+            # Flow control: while the agent holds receive_maximum readings, this network thread
+            # stops reading its socket and the broker holds the rest. Settles wake it (the
+            # publishing connection's PUBACKs, rejections); their acknowledgements are queued on
+            # this client and written once it runs again.
+            bound = self.cfg.mqtt.receive_maximum
+            while not self.ledger.wait_to_receive(bound, 0.25):
+                if self._closing or not self._connected:
+                    break
         if self._closing:
             return  # not acknowledged: redelivered to the next session
-        receipt = self.ledger.receive(message.mid, message.qos) if message.qos > 0 else None
+        receipt = self.ledger.receive(message.mid, message.qos, arrived) if message.qos > 0 else None
         try:
             topic = message.topic
         except UnicodeDecodeError:
@@ -388,7 +460,7 @@ class MQTTTransport:
             self.metrics.verdict_latency.observe(outcome.latency)
 
     def _ack(self, receipt: Receipt) -> None:
-        self.client.ack(receipt.mid, receipt.qos)
+        self.client.ack(receipt.mid, receipt.qos)  # on the intake connection, from whichever thread settles
 
     def _refused(self, reason: Any) -> None:
         """The broker did not take a message (MQTT 5 PUBACK with an error, e.g. the ACL): its reading stays unacknowledged."""
@@ -410,7 +482,7 @@ class MQTTTransport:
         self.ledger.begin()
         info: paho.MQTTMessageInfo | None = None
         try:
-            info = self.client.publish(topic, payload, qos=1, retain=retain)
+            info = self.publisher.publish(topic, payload, qos=1, retain=retain)
         finally:
             # rc NO_CONN: paho queued it and sends it on reconnect; other codes: not queued at all.
             queued = info is not None and info.rc in (paho.MQTT_ERR_SUCCESS, paho.MQTT_ERR_NO_CONN)
@@ -427,12 +499,12 @@ class MQTTTransport:
     def _publish_verdict(self, verdict: Verdict, receipt: Receipt | None, redelivered: bool = False, wait: bool = True) -> None:
         """``wait``: block while ``mqtt.max_in_flight`` publishes await their PUBACK (never on the network thread)."""
         if wait:
+            # Also while the publishing connection is down: paho queues what is published then
+            # and sends it after what it re-sends on reconnect, so a verdict is never overtaken
+            # by the marked verdict of its reading's redelivery.
             while not self.ledger.wait_for_room(1.0):
-                if not self._connected or self._closing:
-                    break  # paho queues it; the bound resumes once PUBACKs flow again
-        if not self._connected:
-            self._hold(verdict, redelivered)
-            return
+                if self._closing:
+                    break  # paho queues it; stopping must not wait for the broker
         body = verdict.to_payload()
         if redelivered:
             # The broker re-sent this reading and this process does not remember answering
@@ -472,27 +544,14 @@ class MQTTTransport:
             body = {"topic": None, "sensor_id": clip(sensor_id, chars) if chars else None, "reason": "verdict_too_large",
                     "detail": detail, "ts": time.time()}
             report = json.dumps(body, separators=(",", ":"))
-            if self._connected and self._size(self._errors_topic, report) <= self.max_packet:
+            if self._size(self._errors_topic, report) <= self.max_packet:
                 self._publish(self._errors_topic, report, receipt)
                 return
         self.settle(receipt)
 
-    def _hold(self, verdict: Verdict, redelivered: bool) -> None:
-        limit = self.cfg.pipeline.held_verdicts
-        with self._lock:
-            self._held.append((verdict, redelivered))
-            dropped = 0
-            while len(self._held) > limit:
-                self._held.popleft()
-                dropped += 1
-            held = len(self._held)
-        if dropped:
-            self.metrics.verdicts_dropped.inc(dropped)
-        self.metrics.verdicts_held.set(held)
-
     def publish_error(self, invalid: InvalidReading) -> None:
         """Report a rejected message on the errors topic (its settling is separate: :meth:`settle`)."""
-        if self._connected:
+        if self._publishing:
             body = {
                 "topic": clip(invalid.topic, REPORT_CHARS),
                 "sensor_id": clip(invalid.sensor_id, REPORT_CHARS),
@@ -527,12 +586,15 @@ class MQTTTransport:
             time.sleep(0.01)
 
     def close(self, timeout: float = 2.0) -> None:
-        """Publish ``offline``, disconnect and stop the network thread."""
+        """Publish ``offline``, disconnect both connections and stop their network threads."""
         self._closing = True
-        if self._connected:
+        if self._publishing:
             info = self._publish(self.status_topic, "offline", retain=True)
             with contextlib.suppress(RuntimeError, ValueError):
                 info.wait_for_publish(timeout)
         self.client.disconnect()
         self.client.loop_stop()
-        self.metrics.broker_connected.set(0)
+        self.publisher.disconnect()
+        self.publisher.loop_stop()
+        for connection in ("intake", "publish"):
+            self.metrics.broker_connected.labels(connection).set(0)
