@@ -218,6 +218,7 @@ class Tally:
     lost: int  # accepted readings without a verdict
     duplicated: int  # verdicts beyond the first for one reading
     unmarked_duplicates: int  # of those, without "duplicate" or "redelivered" (a consumer could not tell)
+    resent: int = 0  # byte-identical copies of a verdict message seen again (QoS 1 at least once), not counted above
 
 
 def tally(sent: Sequence[Sent], verdicts: Sequence[Observed]) -> Tally:
@@ -225,10 +226,15 @@ def tally(sent: Sequence[Sent], verdicts: Sequence[Observed]) -> Tally:
     accepted = {s.key for s in owed if s.accepted}
     copies: dict[tuple[str, Any], list[dict[str, Any]]] = {}
     seen_payloads: set[tuple[str, bytes]] = set()
+    resent = 0
     for m in verdicts:
-        # The broker re-sending one message to the observer (DUP set, identical bytes) is the
-        # observer's own at-least-once, not a second verdict from the agent.
-        if m.dup and (m.topic, m.payload) in seen_payloads:
+        # One verdict message seen again byte for byte is MQTT's QoS 1 at least once, not a second
+        # verdict: the broker re-sending it to the observer (DUP set), or, around a broker restart,
+        # the agent's client re-sending a verdict whose PUBACK the restart lost (DUP on the agent's
+        # leg only, so the observer sees no flag). A second verdict for a reading differs from the
+        # first (its duplicate or redelivered mark) and is counted below.
+        if (m.topic, m.payload) in seen_payloads:
+            resent += 0 if m.dup else 1
             continue
         seen_payloads.add((m.topic, m.payload))
         body = json.loads(m.payload)
@@ -243,6 +249,7 @@ def tally(sent: Sequence[Sent], verdicts: Sequence[Observed]) -> Tally:
         lost=len(accepted - answered),
         duplicated=len(extra),
         unmarked_duplicates=len(unmarked),
+        resent=resent,
     )
 
 
@@ -272,6 +279,8 @@ def table_row(r: ScenarioResult) -> str:
     t = r.tally
     recovery = f"{r.recovery_s:.1f} s" if r.recovery_s is not None else "-"
     marked = "yes" if t.unmarked_duplicates == 0 else f"no: {t.unmarked_duplicates} unmarked"
+    if t.resent:
+        marked += f"; {t.resent} verdict message(s) re-sent as is"
     hostile = f"{r.rejected} of {r.hostile}" if r.hostile else "-"
     rss = f"{r.peak_rss / 2**20:.0f} MiB" if r.peak_rss is not None else "-"
     p99 = f"{r.p99_s * 1000:.0f} ms" if r.p99_s is not None else "-"

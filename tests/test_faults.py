@@ -445,3 +445,22 @@ def test_verdicts_made_while_the_publishing_connection_is_down_wait_in_paho_and_
     # broker redelivers them.
     assert fake.acks == ([] if intake_reconnected else [200, 201, 202, 203, 204])
     assert t.ledger.in_hand == 0
+
+
+def test_the_tally_tells_a_verdict_message_seen_again_from_a_second_verdict() -> None:
+    """A byte-identical copy of one verdict message is QoS 1's at least once, counted apart; a second
+    verdict for a reading differs from the first and must carry its mark."""
+    from bench.faultlab import tally
+    from bench.kit import Observed, Sent
+
+    def sent(ts: int) -> Sent:
+        return Sent("pump", ts, None, good=True, at=0.0, accepted=True)  # type: ignore[arg-type]
+
+    def seen(body: dict[str, Any], dup: bool = False) -> Observed:
+        return Observed(0.0, "edge/a/verdicts/pump", json.dumps(body).encode(), dup)
+
+    first, again = {"sensor_id": "pump", "ts": 1, "anomaly": 0}, {"sensor_id": "pump", "ts": 2, "anomaly": 0}
+    t = tally([sent(1), sent(2), sent(3)], [seen(first), seen(first), seen(first, dup=True), seen(again),
+                                             seen({**again, "duplicate": True}), seen({**first, "anomaly": 1})])
+    assert (t.answered, t.lost, t.resent) == (2, 1, 1)  # the DUP copy is the observer's own, not counted
+    assert (t.duplicated, t.unmarked_duplicates) == (2, 1)  # ts 1 scored again without a mark: unmarked
