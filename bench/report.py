@@ -93,6 +93,10 @@ FAULTS = [
             "queued; the broker restarted or away; a burst; floods and hostile input. Peak RSS is the agent's "
             "(VmHWM of its last process); p99 latency from publish to verdict where the scenario measures it.",
             ("-m", "bench.faults")),
+    Section("A backlog of 500,000 readings",
+            "The agent stopped while 500,000 readings queue in its session (the broker's queue limit raised to hold "
+            "them), then started: every reading answered, its memory, drain rate and the readings it held at once.",
+            ("-m", "bench.faults", "--only", "backlog-500k")),
     Section("Does the broker keep to the receive maximum?",
             "A plain paho client with manual acknowledgements against the same Mosquitto: what bounds the readings "
             "an agent holds (docs/broker.md).",
