@@ -166,6 +166,8 @@ HEADLINES = (
      r"\| single reading \(score_one\), wide[^|]*\|[^|]*\| ([0-9,]+) \|[\s\S]*?\| single reading \(score_one\), compact[^|]*\|[^|]*\| ([0-9,]+) \|"),
     ("performance", "Consumer group: SIGKILL to every moved sensor scored again (default timings)",
      r"\| defaults \(member_ttl[^|]*\| ([0-9.]+ s) \|"),
+    ("faults", "Restart with 500,000 readings waiting: answered / agent peak RSS",
+     r"\| agent restarted with 500000 readings queued \| \d+ \| \d+ \| (\d+) \| \d+ \| [^|]*\| (\d+ MiB) \|"),
 )
 
 
