@@ -496,15 +496,14 @@ class MQTTTransport:
         redelivered = isinstance(envelope.item, Reading) and envelope.item.redelivered and not verdict.duplicate
         self._publish_verdict(verdict, receipt, redelivered)
 
-    def _publish_verdict(self, verdict: Verdict, receipt: Receipt | None, redelivered: bool = False, wait: bool = True) -> None:
-        """``wait``: block while ``mqtt.max_in_flight`` publishes await their PUBACK (never on the network thread)."""
-        if wait:
-            # Also while the publishing connection is down: paho queues what is published then
-            # and sends it after what it re-sends on reconnect, so a verdict is never overtaken
-            # by the marked verdict of its reading's redelivery.
-            while not self.ledger.wait_for_room(1.0):
-                if self._closing:
-                    break  # paho queues it; stopping must not wait for the broker
+    def _publish_verdict(self, verdict: Verdict, receipt: Receipt | None, redelivered: bool = False) -> None:
+        """Blocks while ``mqtt.max_in_flight`` publishes await their PUBACK (the worker's thread, never a network thread)."""
+        # Also while the publishing connection is down: paho queues what is published then
+        # and sends it after what it re-sends on reconnect, so a verdict is never overtaken
+        # by the marked verdict of its reading's redelivery.
+        while not self.ledger.wait_for_room(1.0):
+            if self._closing:
+                break  # paho queues it; stopping must not wait for the broker
         body = verdict.to_payload()
         if redelivered:
             # The broker re-sent this reading and this process does not remember answering
