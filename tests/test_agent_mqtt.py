@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 import urllib.error
 import urllib.request
@@ -21,6 +19,7 @@ import pytest
 from conftest import REPO, agent_overrides, send_normal_then_spike
 from edge_agent.agent import Agent, load_models
 from edge_agent.config import load_config
+from mqtt_relay import SUBACK, MqttRelay
 
 pytestmark = pytest.mark.broker
 
@@ -219,71 +218,9 @@ def test_replaying_a_csv_and_streaming_it_over_mqtt_give_the_same_scores(start_a
     assert got[100]["anomaly"] == 1
 
 
-
-class SubackHold:
-    """A TCP relay in front of a real broker that holds back SUBACKs until ``release()``.
-
-    Everything else passes at once, so a client behind it is connected (CONNACK) but
-    not yet subscribed for as long as the test wants.
-    """
-
-    def __init__(self, broker: Any) -> None:
-        self._broker = (broker.host, broker.port)
-        self._listener = socket.create_server(("127.0.0.1", 0))
-        self.host, self.port = self._listener.getsockname()
-        self.released = threading.Event()
-        self._sockets: list[socket.socket] = [self._listener]
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def release(self) -> None:
-        self.released.set()
-
-    def close(self) -> None:
-        self.released.set()
-        for s in self._sockets:
-            s.close()
-
-    def _accept(self) -> None:
-        with contextlib.suppress(OSError):
-            while True:
-                client, _ = self._listener.accept()
-                upstream = socket.create_connection(self._broker)
-                self._sockets += [client, upstream]
-                threading.Thread(target=self._pump, args=(client, upstream, False), daemon=True).start()
-                threading.Thread(target=self._pump, args=(upstream, client, True), daemon=True).start()
-
-    def _pump(self, source: socket.socket, sink: socket.socket, from_broker: bool) -> None:
-        buf = b""
-        with contextlib.suppress(OSError):
-            while chunk := source.recv(65536):
-                if not from_broker:
-                    sink.sendall(chunk)
-                    continue
-                buf += chunk
-                while (packet := _next_packet(buf)) is not None:
-                    buf = buf[len(packet):]
-                    if packet[0] & 0xF0 == 0x90:  # SUBACK
-                        self.released.wait()
-                    sink.sendall(packet)
-        with contextlib.suppress(OSError):
-            sink.shutdown(socket.SHUT_WR)
-
-
-def _next_packet(buf: bytes) -> bytes | None:
-    """The first whole MQTT packet in ``buf`` (fixed header, variable-length size), or None."""
-    size, shift = 0, 0
-    for i in range(1, min(len(buf), 5)):
-        size |= (buf[i] & 0x7F) << shift
-        shift += 7
-        if not buf[i] & 0x80:
-            end = i + 1 + size
-            return buf[:end] if len(buf) >= end else None
-    return None
-
-
 def test_broker_connected_is_1_only_once_the_subscription_is_granted(broker: Any, models_dir: Path) -> None:
     """edge_agent_broker_connected is documented as "connected and subscribed"."""
-    hold = SubackHold(broker)
+    hold = MqttRelay(broker, lambda p: "hold" if p.kind == SUBACK else "pass")  # connected, not yet subscribed
     try:
         overrides = [o for o in agent_overrides(broker, models_dir) if not o.startswith("mqtt.port=")]
         cfg = load_config(None, [*overrides, "mqtt.host=127.0.0.1", f"mqtt.port={hold.port}"], {})

@@ -16,6 +16,7 @@ from __future__ import annotations
 import copy
 import csv
 import queue
+import threading
 import time
 import uuid
 import zlib
@@ -31,6 +32,7 @@ from prometheus_client import CollectorRegistry
 from bench.kit import Broker, Collector, Sensor
 from conftest import REPO
 from edge_agent.config import AgentConfig, load_config
+from edge_agent.config.secrets import publisher_id
 from edge_agent.core.domain import InvalidReading, Reading, Verdict
 from edge_agent.core.engine import Decision, ScoringEngine
 from edge_agent.core.features import DEFAULT_TRANSFORMS, FeatureSpec
@@ -44,6 +46,7 @@ from edge_agent.pipeline import Envelope, VerdictSink
 from edge_agent.tools.replay import ReplayRow, replay, write_replay
 from edge_agent.tools.table import read_table
 from edge_agent.tools.training import learn_model, train_model
+from mqtt_relay import CONNACK, PUBLISH, Action, MqttRelay, Packet
 from simulator.streams import CSV_HEADER, Simulation
 
 SHIPPED = sorted(p.name for p in (REPO / "models").iterdir() if (p / "manifest.json").exists())
@@ -273,17 +276,18 @@ MQTT_SINKS = {"mqtt": _mqtt_sink, "homeassistant": _home_assistant_sink}
 
 
 @pytest.fixture(params=list(MQTT_SINKS.values()), ids=list(MQTT_SINKS))
-def make_rig(request: pytest.FixtureRequest, broker: Broker) -> Iterator[Callable[[], Rig]]:
+def make_rig(request: pytest.FixtureRequest, broker: Broker) -> Iterator[Callable[..., Rig]]:
     """Rigs on the test's broker, one agent id: a second rig is the same agent's next session."""
     if broker.kind == "embedded":
         pytest.skip("a persistent MQTT 5 session needs Mosquitto (amqtt speaks 3.1.1)")
     agent_id = f"contract-{uuid.uuid4().hex[:6]}"
     overrides = [f"agent_id={agent_id}", f"mqtt.host={broker.host}", f"mqtt.port={broker.port}",
                  "mqtt.reconnect_min_delay=0.2", "mqtt.reconnect_max_delay=1", "homeassistant.enabled=true"]
-    cfg = load_config(None, overrides, {})
     made: list[MQTTTransport] = []
 
-    def make() -> Rig:
+    def make(relay: MqttRelay | None = None) -> Rig:
+        """``relay``: connect through it instead of to the broker."""
+        cfg = load_config(None, [*overrides, *([f"mqtt.port={relay.port}"] if relay else [])], {})
         transport = MQTTTransport(cfg, PayloadParser(cfg.sources, cfg.max_payload_bytes), AgentMetrics(CollectorRegistry()), {})
         arrived: queue.Queue[Envelope] = queue.Queue()
         transport.start(arrived.put)
@@ -363,3 +367,49 @@ def test_an_mqtt_sink_acknowledges_a_reading_once_answered_or_settled_and_never_
     again.sink.publish_verdict(_verdict_for(redelivered), redelivered)
     (_, last) = out.wait_count(f"edge/{agent_id}/verdicts/", 2)
     assert last.json() == {**_verdict_for(redelivered).to_payload(), "redelivered": True}
+
+
+@pytest.mark.broker
+def test_an_mqtt_sink_resends_what_a_reconnect_caught_in_flight_before_anything_new(
+    make_rig: Callable[..., Rig], broker: Broker, sensor: Sensor, collect: Callable[[list[str]], Collector]
+) -> None:
+    """paho re-sends the publishes in flight only once the new connection's CONNACK is in; one made
+    before that (the socket is open) would overtake them: around a broker restart, the marked verdict
+    of a reading's redelivery arrived ahead of the reading's first verdict."""
+    relay = MqttRelay(broker)
+    try:
+        rig = make_rig(relay)
+        out_id = publisher_id(rig.transport.cfg)
+        out = collect([f"edge/{rig.transport.cfg.agent_id}/verdicts/#"])
+        for ts in (1, 2):
+            sensor.send_json("sensors/pump-1", {"value": 0.9, "ts": ts})
+        first, second = rig.envelope(), rig.envelope()
+
+        lost: list[Packet] = []
+
+        def lose_publishes(p: Packet) -> Action:
+            if p.client_id == out_id and p.kind == PUBLISH and not p.from_broker:
+                lost.append(p)
+                return "drop"
+            return "pass"
+
+        relay.decide = lose_publishes
+        rig.sink.publish_verdict(_verdict_for(first), first)
+        deadline = time.monotonic() + 10
+        while not lost:
+            assert time.monotonic() < deadline, "the first verdict never went out"
+            time.sleep(0.01)
+        # Its connection breaks; the next one's CONNACK is held back while the second verdict is published.
+        relay.decide = lambda p: "hold" if p.client_id == out_id and p.kind == CONNACK else "pass"
+        relay.cut(out_id)
+        assert relay.holding.wait(10), "the publishing connection did not reconnect"
+        publishing = threading.Thread(target=rig.sink.publish_verdict, args=(_verdict_for(second), second))
+        publishing.start()
+        time.sleep(0.5)  # room for the second verdict to go out early, were it not held back
+        relay.release()
+        publishing.join(10)
+        got = out.wait_count(f"edge/{rig.transport.cfg.agent_id}/verdicts/", 2)
+        assert [m.json()["ts"] for m in got] == [1, 2]
+        assert rig.transport.wait_for_acks(10)  # both readings acknowledged
+    finally:
+        relay.close()

@@ -108,6 +108,7 @@ def test_an_unqueued_publish_registers_nothing() -> None:
 
 def test_the_publisher_waits_while_the_bound_is_full_and_resumes_on_a_puback() -> None:
     ledger = AckLedger(limit=2)
+    ledger.publisher_reconnected()
     published(ledger, 1)
     assert ledger.wait_for_room(0.0)
     published(ledger, 2)
@@ -141,6 +142,33 @@ def test_a_publisher_reconnect_keeps_receipts_and_the_resent_publishes_settle_th
     assert outcome.settle == receipt and outcome.latency == 2.0
     assert ledger.settle(unanswered)  # a reading taken before the publisher reconnected is settled too
     assert ledger.in_hand == 0 and not ledger.awaiting()
+
+
+def test_new_publishes_wait_for_the_publishing_connection() -> None:
+    ledger = AckLedger(limit=10)
+    assert not ledger.wait_for_room(0.0)  # never connected yet
+    assert ledger.publisher_reconnected() == 0
+    assert ledger.wait_for_room(0.0)  # nothing to re-send: open at once
+    ledger.publisher_disconnected()
+    assert not ledger.wait_for_room(0.01)
+
+
+def test_after_a_reconnect_new_publishes_wait_until_the_first_puback() -> None:
+    """paho re-sends what was in flight only after the CONNACK; a publish made before that would overtake it."""
+    ledger = AckLedger(limit=10)
+    ledger.publisher_reconnected()
+    published(ledger, 3, ledger.receive(mid=7, qos=1))
+    ledger.publisher_disconnected()
+    assert ledger.publisher_reconnected() == 1
+    assert not ledger.wait_for_room(0.01)  # mid 3 not re-sent yet
+    woke: list[bool] = []
+    waiter = threading.Thread(target=lambda: woke.append(ledger.wait_for_room(5.0)))
+    waiter.start()
+    time.sleep(0.05)
+    assert not woke
+    ledger.puback(41)  # any PUBACK of the new connection (here the status message's) comes after the re-sent
+    waiter.join(5.0)
+    assert woke == [True] and ledger.in_flight == 1
 
 
 def test_the_intake_waits_while_its_bound_of_readings_is_in_hand_and_resumes_on_a_settle() -> None:

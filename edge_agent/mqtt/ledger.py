@@ -21,6 +21,12 @@ Rules it keeps:
 - **A bound on publishes in flight.** Message ids are 16-bit and a client that runs out
   of them overwrites queued messages, so the publishes not yet acknowledged are held to
   ``limit``: :meth:`wait_for_room` blocks the publisher while the bound is full.
+- **Re-sent first.** After a reconnect the client re-sends the publishes in flight only once
+  the broker's CONNACK is in, but a publish made meanwhile (the socket is open) goes out at
+  once, ahead of them: a reading's verdict re-sent after the marked verdict of its
+  redelivery. So :meth:`wait_for_room` also blocks from a disconnect until the new
+  connection has nothing in flight or has had its first PUBACK (the re-sending is done by
+  then: the client queues all of it before it reads the next packet).
 - **A bound on readings in hand.** :meth:`wait_to_receive` blocks the intake while as many
   readings as its bound are taken and not settled. A reading counts as settled when the
   ledger decides so, not when its acknowledgement is written: the intake's acknowledgements
@@ -76,6 +82,8 @@ class AckLedger:
         self._early: dict[int, bool] = {}
         self._registering = 0  # publishes between the client's publish() and register()
         self._in_hand = 0  # receipts of this generation taken and not yet settled
+        # Whether new publishes may go out: the publishing connection is up and has re-sent what was in flight.
+        self._open = False
 
     # -- connections -------------------------------------------------------------------
 
@@ -93,9 +101,18 @@ class AckLedger:
 
     def publisher_reconnected(self) -> int:
         """A new publishing connection: receipts stay valid, the publishes in flight stay tracked (the
-        client re-sends them under their ids). Returns how many are in flight."""
+        client re-sends them under their ids). New publishes wait until the first PUBACK if any are in
+        flight. Returns how many are."""
         with self._cond:
+            if not self._pending:
+                self._open = True
+                self._cond.notify_all()
             return len(self._pending)
+
+    def publisher_disconnected(self) -> None:
+        """The publishing connection dropped: new publishes wait for the next one (:meth:`publisher_reconnected`)."""
+        with self._cond:
+            self._open = False
 
     # -- incoming ----------------------------------------------------------------------
 
@@ -128,9 +145,10 @@ class AckLedger:
     # -- outgoing ----------------------------------------------------------------------
 
     def wait_for_room(self, timeout: float) -> bool:
-        """Block while ``limit`` publishes are in flight; False if still full after ``timeout``."""
+        """Block while ``limit`` publishes are in flight or the publishing connection is not open to new
+        ones (down, or re-sending); False if still so after ``timeout``."""
         with self._cond:
-            return self._cond.wait_for(lambda: len(self._pending) < self.limit, timeout)
+            return self._cond.wait_for(lambda: self._open and len(self._pending) < self.limit, timeout)
 
     def begin(self) -> None:
         """A publish is about to be handed to the client: PUBACKs for unknown ids are kept until it registers."""
@@ -153,6 +171,9 @@ class AckLedger:
     def puback(self, mid: int, refused: bool = False) -> Outcome:
         """The broker acknowledged (or, ``refused``, rejected) the publish ``mid``."""
         with self._cond:
+            if not self._open:
+                self._open = True  # the connection's first PUBACK: what it re-sent went out before
+                self._cond.notify_all()
             if mid not in self._pending:
                 if self._registering:
                     self._early[mid] = refused

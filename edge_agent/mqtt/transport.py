@@ -174,8 +174,8 @@ class MQTTTransport:
         self._subscribed = False
         self._publishing = False  # the publishing connection
         self._closing = False
-        # Publishes waiting for the publishing connection (paho queues them, in order, behind the
-        # ones it re-sends on reconnect; bounded by mqtt.max_in_flight, for which the worker waits).
+        # Publishes waiting for the publishing connection to acknowledge them (the worker waits for
+        # room below mqtt.max_in_flight, and while the connection is down or re-sending).
         metrics.verdicts_held.set_function(lambda: 0.0 if self._publishing else float(self.ledger.in_flight))
         self._last_refusal_log = 0.0
         self._refusing = False  # the broker refused a verdict and none has gone through since
@@ -380,6 +380,7 @@ class MQTTTransport:
         with self._lock:
             was_connected = self._publishing
             self._publishing = False
+        self.ledger.publisher_disconnected()  # new verdicts wait until what was in flight is re-sent
         self.metrics.broker_connected.labels("publish").set(0)
         self._disconnected("publishing", was_connected, reason)
 
@@ -498,9 +499,9 @@ class MQTTTransport:
 
     def _publish_verdict(self, verdict: Verdict, receipt: Receipt | None, redelivered: bool = False) -> None:
         """Blocks while ``mqtt.max_in_flight`` publishes await their PUBACK (the worker's thread, never a network thread)."""
-        # Also while the publishing connection is down: paho queues what is published then
-        # and sends it after what it re-sends on reconnect, so a verdict is never overtaken
-        # by the marked verdict of its reading's redelivery.
+        # Also while the publishing connection is down, and after a reconnect until paho has re-sent
+        # what was in flight: a verdict is never overtaken by the marked verdict of its reading's
+        # redelivery (ledger.py, "Re-sent first").
         while not self.ledger.wait_for_room(1.0):
             if self._closing:
                 break  # paho queues it; stopping must not wait for the broker
