@@ -422,24 +422,38 @@ def test_redelivered_and_duplicate_verdicts_are_marked(transport: tuple[MQTTTran
 
 
 @pytest.mark.parametrize("intake_reconnected", [False, True])
-def test_verdicts_made_while_the_publishing_connection_is_down_wait_in_paho_and_settle_after_it_reconnects(
+def test_verdicts_made_while_the_publishing_connection_is_down_wait_and_settle_after_it_reconnects(
     transport: tuple[MQTTTransport, FakeClient], intake_reconnected: bool,
 ) -> None:
     t, fake = transport
+    in_flight = t.ledger.in_flight  # the status message, not yet acknowledged
+    assert in_flight > 0
     t._on_publisher_disconnect(t.publisher, None, None, OK, None)
     assert not t.connected and "publishing" in t.not_ready()
+    assert t.metrics.registry.get_sample_value("edge_agent_verdicts_held") == in_flight
     before = len(fake.published)
-    in_flight = t.ledger.in_flight
-    for i in range(5):
-        t.publish_verdict(verdict(ts=i), reading(t, 200 + i, ts=i))
-    # Handed to paho, which queues them behind what it re-sends on reconnect (never reordered).
-    assert [body["ts"] for _, body, _ in fake.published[before:]] == [0, 1, 2, 3, 4]
-    assert t.metrics.registry.get_sample_value("edge_agent_verdicts_held") == in_flight + 5
+    taken = [reading(t, 200 + i, ts=i) for i in range(5)]  # on the intake connection as it was
+
+    def publish_all() -> None:
+        for i, envelope in enumerate(taken):
+            t.publish_verdict(verdict(ts=i), envelope)
+
+    worker = threading.Thread(target=publish_all)
+    worker.start()
+    time.sleep(0.1)
+    assert len(fake.published) == before  # the worker waits: nothing new goes to paho while the connection is down
     if intake_reconnected:
         t._on_disconnect(t.client, None, None, OK, None)
     connect(t, intake=intake_reconnected)
     assert t.metrics.registry.get_sample_value("edge_agent_verdicts_held") == 0
-    for _, _, mid in fake.published[before:]:
+    time.sleep(0.1)
+    # paho re-sends what was in flight once the CONNACK is in; the worker waits for that (the first PUBACK).
+    assert [topic for topic, _, _ in fake.published[before:]] == [t.status_topic]  # the new connection's "online"
+    for _, _, mid in fake.published[before - in_flight:]:
+        t._on_publish(t.client, None, mid, OK, None)
+    worker.join(5)
+    assert [body["ts"] for topic, body, _ in fake.published[before:] if "/verdicts/" in topic] == [0, 1, 2, 3, 4]
+    for _, _, mid in fake.published[-5:]:
         t._on_publish(t.client, None, mid, OK, None)
     # Their readings are settled when they came in on the intake connection still up; else the
     # broker redelivers them.
