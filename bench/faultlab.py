@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench.kit import ROOT, MosquittoBroker, Observed, Sensor, Sent, free_port
+from bench.kit import ROOT, MosquittoBroker, Observed, Sensor, Sent, free_port, samples
 
 # --------------------------------------------------------------------------- the agent process
 
@@ -136,15 +136,9 @@ class AgentProcess:
         return self.log_path.read_text(errors="replace")[-4000:] if self.log_path.exists() else ""
 
 
-def metric_value(text: str, name: str, labels: str = "") -> float:
-    """One sample from Prometheus text, 0 when absent."""
-    match = re.search(rf"^{re.escape(name)}{re.escape(labels)} (\S+)$", text, re.M)
-    return float(match.group(1)) if match else 0.0
-
-
 def sensor_label_count(text: str) -> int:
     """Distinct sensor label values on the per-sensor readings counter."""
-    return len(set(re.findall(r'^edge_agent_readings_total\{sensor="([^"]*)"\}', text, re.M)))
+    return len({s.labels["sensor"] for s in samples(text, "edge_agent_readings_total") if "sensor" in s.labels})
 
 
 @dataclass(frozen=True)

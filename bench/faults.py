@@ -34,13 +34,12 @@ from bench.faultlab import (
     ScenarioResult,
     Stream,
     markdown_table,
-    metric_value,
     sensor_label_count,
     tally,
     wait_until,
 )
 from bench.httpfuzz import fuzz_cases, send_raw
-from bench.kit import Observer, Sensor, Sent, running_broker
+from bench.kit import Observer, Sensor, Sent, running_broker, sample_sum
 
 SENSORS = ["vibration-1", "vibration-2", "vibration-3", "vibration-4"]
 CATCH_UP_TIMEOUT = 60.0
@@ -265,7 +264,7 @@ def _drain(agent: Any, observer: Observer, keys: set[tuple[str, object]], timeou
         status, body = agent.http("/metrics")
         if status == 200:
             for name in DRAIN_GAUGES:
-                drain.samples[name] = max(drain.samples.get(name, 0.0), metric_value(body.decode(), name))
+                drain.samples[name] = max(drain.samples.get(name, 0.0), sample_sum(body.decode(), name) or 0.0)
         if time.monotonic() - started > timeout:
             break
     drain.seconds = time.monotonic() - started
@@ -411,7 +410,7 @@ def sensor_flood(lab: Lab, flood: int = 100_000, cap: int = 1000, rate: float | 
         drain = _drain(agent, observer, owed, timeout=answer_bound, every=2.0)
         answered_all = observer.wait_answered(owed, 0)
         # If the bound ran out: readings the agent holds unanswered are late, not lost; say how many.
-        in_hand = 0 if answered_all else metric_value(agent.metrics(), "edge_agent_readings_in_hand")
+        in_hand = 0 if answered_all else sample_sum(agent.metrics(), "edge_agent_readings_in_hand") or 0.0
         flood_over = time.time()
         stream.stop()
         sensor.wait_accepted(CATCH_UP_TIMEOUT)
@@ -419,7 +418,7 @@ def sensor_flood(lab: Lab, flood: int = 100_000, cap: int = 1000, rate: float | 
         time.sleep(0.5)
         verdicts = observer.verdicts()
         text = agent.metrics()
-        evicted = int(metric_value(text, "edge_agent_sensors_evicted_total"))
+        evicted = int(sample_sum(text, "edge_agent_sensors_evicted_total") or 0)
         during = [s for s in sensor.sent if started <= s.at <= flood_over]
         scored = {_verdict_key(m.payload) for m in verdicts}
         real_answered = sum(1 for s in during if s.key in scored)

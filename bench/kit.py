@@ -14,7 +14,6 @@
 from __future__ import annotations
 
 import json
-import re
 import shutil
 import subprocess
 import threading
@@ -31,6 +30,8 @@ import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
+from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.samples import Sample
 
 from edge_agent.mqtt.local_broker import MOSQUITTO, EmbeddedBroker, MosquittoBroker, free_port, wait_listening
 
@@ -467,7 +468,17 @@ def metrics_text(port: int, host: str = "127.0.0.1", timeout: float = 5.0) -> st
         return ""
 
 
+def samples(text: str, name: str) -> list[Sample]:
+    """The samples named ``name`` in Prometheus text, read by the client library's own parser."""
+    return [s for family in text_string_to_metric_families(text) for s in family.samples if s.name == name]
+
+
+def sample_sum(text: str, name: str) -> float | None:
+    """The sum of a metric's samples over its labels in Prometheus text; None if it has none."""
+    found = samples(text, name)
+    return sum(s.value for s in found) if found else None
+
+
 def metric(port: int, name: str, host: str = "127.0.0.1") -> float | None:
     """The sum of a metric's samples over its labels; None while the agent does not answer or has no such sample."""
-    samples = re.findall(rf"^{re.escape(name)}(?:{{[^}}]*}})? (\S+)$", metrics_text(port, host), re.MULTILINE)
-    return sum(float(v) for v in samples) if samples else None
+    return sample_sum(metrics_text(port, host), name)
