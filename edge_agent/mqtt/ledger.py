@@ -118,6 +118,8 @@ class AckLedger:
 
     def wait_to_receive(self, bound: int, timeout: float) -> bool:
         """Block while ``bound`` readings are in hand; False if still so after ``timeout``."""
+        if self._in_hand < bound:
+            return True  # without the lock: only the intake's own thread raises it, others only lower it
         with self._cond:
             return self._cond.wait_for(lambda: self._in_hand < bound, timeout)
 
@@ -147,6 +149,8 @@ class AckLedger:
     def wait_for_room(self, timeout: float) -> bool:
         """Block while ``limit`` publishes are in flight or the publishing connection is not open to new
         ones (down, or re-sending); False if still so after ``timeout``."""
+        if self._open and len(self._pending) < self.limit:
+            return True  # without the lock, as it would be released before the publish anyway
         with self._cond:
             return self._cond.wait_for(lambda: self._open and len(self._pending) < self.limit, timeout)
 
