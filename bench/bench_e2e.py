@@ -6,8 +6,9 @@
 Measures, on loopback with a mosquitto of its own (never the shared one on :1883):
 throughput with QoS 1 in and out (every reading must be answered), the same through
 bench/echo.py (no model, same broker config), latency p50/p99 at a paced rate, the
-agent's peak RSS after serving 100 sensors, and whether scikit-learn/scipy got mapped
-into the agent. Publisher and subscriber are processes of their own, so neither the
+agent's peak RSS after serving 100 sensors, whether scikit-learn/scipy got mapped
+into the agent, and (with strace installed) the system calls a reading costs each, in a run
+of its own. Publisher and subscriber are processes of their own, so neither the
 agent's nor this script's GIL skews the other. Prints one markdown table.
 """
 
@@ -20,6 +21,7 @@ import multiprocessing as mp
 import os
 import platform
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -27,6 +29,8 @@ import tempfile
 import threading
 import time
 import urllib.request
+from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from multiprocessing.synchronize import Event as MpEvent
 from pathlib import Path
@@ -366,6 +370,39 @@ def ok(good: bool) -> str:
     return "" if good else " **(missed)**"
 
 
+STRACE = shutil.which("strace")
+
+
+def traced_syscalls(target: Target, workdir: Path, run: Callable[[], LoadResult]) -> tuple[Counter[str], int] | None:
+    """System calls made by all of ``target``'s threads (``strace -c -f``) during ``run``, and the
+    readings it sent; None without strace. A run of its own: strace slows the process it counts."""
+    if STRACE is None:
+        return None
+    out = workdir / f"strace-{target.name}.txt"
+    tracer = subprocess.Popen([STRACE, "-c", "-f", "-p", str(target.pid), "-o", str(out)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(1.0)  # attached to every thread
+    try:
+        result = run()
+    finally:
+        tracer.send_signal(signal.SIGINT)
+        tracer.wait(30)
+    calls: Counter[str] = Counter()
+    for line in out.read_text().splitlines():
+        parts = line.split()  # % time, seconds, usecs/call, calls, [errors,] syscall
+        if len(parts) >= 5 and parts[3].isdigit() and parts[-1] != "total":
+            calls[parts[-1]] = int(parts[3])
+    return calls, result.sent
+
+
+def syscalls_row(name: str, traced: tuple[Counter[str], int] | None) -> tuple[str, str, str]:
+    label = f"{name} system calls per reading (all threads, strace -c -f, a throughput run of its own)"
+    if traced is None:
+        return label, "strace not installed", ""
+    calls, sent = traced
+    return label, f"{sum(calls.values()) / sent:.1f}, of which futex {calls['futex'] / sent:.1f}", "(futex: threads handing over a lock or the GIL)"
+
+
 # --------------------------------------------------------------------------- phases
 
 
@@ -417,6 +454,9 @@ def bench_agent(args: argparse.Namespace, workdir: Path, rows: list[tuple[str, s
         end = agent.status_kb()
         heavy_end = agent.mapped("sklearn", "scipy", "scikit_learn")
         numpy_mapped = bool(agent.mapped("numpy"))
+        # Last: strace slows the agent, which then holds more readings at once (RSS above is before it).
+        traced = traced_syscalls(agent, workdir, lambda: run_load(
+            broker.port, f"edge/{AGENT_ID}", ten, min(args.readings, 10_000), timeout=args.timeout, seed=5))
     finally:
         if agent is not None:
             agent.stop()
@@ -428,6 +468,7 @@ def bench_agent(args: argparse.Namespace, workdir: Path, rows: list[tuple[str, s
         (f"agent throughput, QoS 1 in/out, {args.sensors} sensors", f"{thr.rate:,.0f} readings/s ({thr.sent:,} in {thr.seconds:.2f} s)", ""),
         ("agent answered / sent (throughput run)", f"{thr.answered:,} / {thr.sent:,} (dups {thr.duplicates}, anomalies {thr.anomalies})", f"all{ok(thr.answered == thr.sent)}"),
         ("agent CPU per reading (throughput run, user+sys)", f"{thr.cpu_us_per_reading:.0f} µs ({thr.cpu_seconds:.2f} CPU-s)", ""),
+        syscalls_row("agent", traced),
         ("readings accepted by the broker (PUBACKed), throughput run", f"{thr.publish_rate:,.0f} readings/s", "(intake side)"),
         (f"agent latency at {args.latency_rate:,.0f}/s for {args.latency_seconds:.0f} s: p50", f"{p50:.1f} ms", ""),
         (f"agent latency at {args.latency_rate:,.0f}/s for {args.latency_seconds:.0f} s: p99", f"{p99:.1f} ms", f"≤ {TARGET_P99_MS:.0f} ms{ok(p99 <= TARGET_P99_MS)}"),
@@ -441,7 +482,7 @@ def bench_agent(args: argparse.Namespace, workdir: Path, rows: list[tuple[str, s
     return thr
 
 
-def bench_echo(args: argparse.Namespace, workdir: Path) -> tuple[LoadResult, LoadResult]:
+def bench_echo(args: argparse.Namespace, workdir: Path) -> tuple[LoadResult, LoadResult, tuple[Counter[str], int] | None]:
     # A broker of its own, same config: the agent's persistent session would otherwise keep
     # queueing sensors/+ for it on the first broker and charge that work to the echo.
     broker = MosquittoBroker()
@@ -462,7 +503,9 @@ def bench_echo(args: argparse.Namespace, workdir: Path) -> tuple[LoadResult, Loa
         print(f"echo: latency run, {n_lat} readings at {args.latency_rate:.0f}/s ...", file=sys.stderr)
         lat = run_load(broker.port, ECHO_PREFIX, ten, n_lat, rate=args.latency_rate,
                        timeout=args.latency_seconds + args.timeout, latencies=True, seed=4, strict=False)
-        return thr, lat
+        traced = traced_syscalls(echo, workdir, lambda: run_load(
+            broker.port, ECHO_PREFIX, ten, min(args.readings, 10_000), timeout=args.timeout, seed=5))
+        return thr, lat, traced
     finally:
         if echo is not None:
             echo.stop()
@@ -488,11 +531,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         agent_thr = bench_agent(args, workdir, rows)
         if not args.no_echo:
-            echo_thr, echo_lat = bench_echo(args, workdir)
+            echo_thr, echo_lat, echo_traced = bench_echo(args, workdir)
             rows.insert(2, ("echo throughput (bench/echo.py, no model), same broker config", f"{echo_thr.rate:,.0f} readings/s ({echo_thr.answered:,} / {echo_thr.sent:,} answered)", "(baseline)"))
             ratio = agent_thr.rate / echo_thr.rate
             rows.insert(3, ("ratio agent / echo", f"{ratio:.2f}", f"≥ {TARGET_RATIO:.1f}{ok(ratio >= TARGET_RATIO)}"))
             rows.insert(5, ("echo CPU per reading (user+sys)", f"{echo_thr.cpu_us_per_reading:.0f} µs ({echo_thr.cpu_seconds:.2f} CPU-s)", ""))
+            rows.insert(7, syscalls_row("echo", echo_traced))
             at = next(i for i, r in enumerate(rows) if r[0].startswith("agent answered / sent (latency run)")) + 1
             rows.insert(at, (f"echo latency at {args.latency_rate:,.0f}/s (same run shape): p50 / p99",
                              f"{percentile(echo_lat.latencies_ms, 50):.1f} / {percentile(echo_lat.latencies_ms, 99):.1f} ms", "(baseline)"))

@@ -79,7 +79,8 @@ PERFORMANCE = [
             ("-m", "bench.bench_refits")),
     Section("End to end over MQTT",
             "The agent as a subprocess behind its own Mosquitto, against a no-model echo: throughput with QoS 1 in "
-            "and out, latency at a paced rate, RSS after 100 sensors.",
+            "and out, latency at a paced rate, RSS after 100 sensors, and the system calls a reading costs each "
+            "(strace, a run of its own).",
             ("-m", "bench.bench_e2e",)),
     Section("Past one machine: the NATS JetStream consumer group",
             "The same readings through 1, 2 and 3 agent processes of one group on this machine: verdicts/s and agent "
