@@ -35,6 +35,7 @@ from bench.faultlab import (
     ScenarioResult,
     Stream,
     markdown_table,
+    proc_cpu_seconds,
     sensor_label_count,
     tally,
     wait_until,
@@ -642,7 +643,7 @@ def unsaved_models(lab: Lab, sensors: int = 40, rows: int = 50, after: int = 100
         agent.start()
         agent.wait_ready(unready="state dir")  # not ready, for the state dir alone: the broker is connected
         sensor = stack.enter_context(Sensor(broker, "unsaved"))
-        cpu_before, started = agent.cpu_seconds(), time.monotonic()
+        cpu_before, own_before, started = agent.cpu_seconds(), proc_cpu_seconds(agent.pid), time.monotonic()
         stream = stack.enter_context(Stream(sensor, ids, rate=rate, count=int(rate * 600), rounds=True)).start()
         learned = wait_until(lambda: _still_learning(agent, ids) == 0, CATCH_UP_TIMEOUT, interval=0.5)
         learned_s = time.monotonic() - started
@@ -651,6 +652,7 @@ def unsaved_models(lab: Lab, sensors: int = 40, rows: int = 50, after: int = 100
         stream.stop()
         _finish(sensor, observer)
         elapsed, cpu = time.monotonic() - started, agent.cpu_seconds() - cpu_before
+        own_cpu = proc_cpu_seconds(agent.pid) - own_before
         text = agent.metrics()
         fits = int(sample_sum(text, "edge_agent_fits_total") or 0)
         writable, unsaved = sample_sum(text, "edge_agent_state_dir_writable"), sample_sum(text, "edge_agent_learned_models_unsaved")
@@ -671,14 +673,14 @@ def unsaved_models(lab: Lab, sensors: int = 40, rows: int = 50, after: int = 100
             f"{sensors} new sensors learn, state dir cannot be written", tally(sensor.sent, verdicts),
             peak_rss=agent.peak_rss_bytes(),
             notes=f"{rate:.0f} readings/s; all scored by their own model {learned_s:.1f} s after the first reading, "
-                  f"{sensors - len(not_learned)} of {sensors} at the end; {fits} fits; {cpu:.1f} CPU s (agent and fit "
-                  f"process) in {elapsed:.0f} s; state_dir_writable {writable:.0f}, {unsaved:.0f} models unsaved, /readyz "
-                  f"{ready_status}; log: {logged['could not save']} save errors, {logged['still cannot be written']} "
+                  f"{sensors - len(not_learned)} of {sensors} at the end; {fits} fits; {cpu:.1f} CPU s in {elapsed:.0f} s "
+                  f"(agent {own_cpu:.1f}, fit process {cpu - own_cpu:.1f}); state_dir_writable {writable:.0f}, "
+                  f"{unsaved:.0f} models unsaved, /readyz {ready_status}; log: {logged['could not save']} save errors, {logged['still cannot be written']} "
                   f"retry warnings, {logged['could not learn']} fit errors; dir fixed: saved "
                   f"{'' if saved_again else 'NOT '}{save_s:.0f} s later, {len(on_disk)} models on disk",
             details={"learned": learned, "learned_s": learned_s, "not_learned": not_learned, "fits": fits,
-                     "fit_errors": logged["could not learn"], "cpu_s": cpu, "elapsed_s": elapsed, "writable": writable,
-                     "unsaved": unsaved, "ready": (ready_status, ready_body.decode()), "state_dir": str(state),
+                     "fit_errors": logged["could not learn"], "cpu_s": cpu, "agent_cpu_s": own_cpu, "elapsed_s": elapsed,
+                     "writable": writable, "unsaved": unsaved, "ready": (ready_status, ready_body.decode()), "state_dir": str(state),
                      "logged": logged, "uptime_s": uptime, "saved_again": saved_again, "save_s": save_s,
                      "writable_after": sample_sum(after_fix, "edge_agent_state_dir_writable"),
                      "unsaved_after": sample_sum(after_fix, "edge_agent_learned_models_unsaved"),

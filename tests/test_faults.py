@@ -255,9 +255,10 @@ def test_models_learned_where_they_cannot_be_saved_keep_scoring_and_are_saved_on
     r = faults.unsaved_models(lab, sensors=sensors)
     record.append(r)
     d = assert_every_sensor_learned_once(r, sensors)  # none went back to learning
-    # CPU (the agent's and the fit process's): a fit a sensor and the readings scored, about half a
-    # core at 800 readings/s; a fit every 50 readings of each sensor kept the fit process busy (a core).
-    assert d["cpu_s"] < 0.75 * d["elapsed_s"], d
+    # The fit process's CPU: ~0.07 s a fit, its start included (a fit every 50 readings of each sensor
+    # kept it busy: 55 CPU s in 66 s). The agent's own goes with the readings it scores (0.4-0.6 of a
+    # core at 800/s), and is in the notes.
+    assert d["cpu_s"] - d["agent_cpu_s"] < 0.25 * sensors, d
     # Said so: the gauges, and /readyz naming the state dir and why.
     assert d["writable"] == 0 and d["unsaved"] == sensors, d
     status, reason = d["ready"]
