@@ -1,9 +1,10 @@
 """The fault scenarios (agent killed or stopped, broker restarted or away, floods, hostile input, HTTP fuzz,
-learning with a state dir that cannot be written) and their table.
+learning with a state dir that cannot be written, many sensors finishing learning together) and their table.
 
-    .venv/bin/python -m bench.faults                  # every scenario but backlog-500k (several minutes), then the table
+    .venv/bin/python -m bench.faults                  # every scenario but the ON_REQUEST ones (several minutes), then the table
     .venv/bin/python -m bench.faults --only hostile   # one scenario (a name from SCENARIOS)
     .venv/bin/python -m bench.faults --only backlog-500k   # a 500,000-reading backlog (on request only)
+    .venv/bin/python -m bench.faults --only together-1500  # 1,500 sensors finishing learning together (on request only)
     .venv/bin/python -m bench.faults --models DIR     # models whose "default" scores every sensor
 
 Each scenario starts a Mosquitto of its own on a loopback port (persistence on, the delivery
@@ -32,6 +33,7 @@ from typing import Any
 
 from bench.faultlab import (
     Lab,
+    Peaks,
     ScenarioResult,
     Stream,
     markdown_table,
@@ -689,6 +691,64 @@ def unsaved_models(lab: Lab, sensors: int = 40, rows: int = 50, after: int = 100
         )
 
 
+def learning_together(lab: Lab, sensors: int = 1500, rows: int = 50, rate: float = 2000) -> ScenarioResult:
+    """Many sensors finishing learning together: ``sensors`` new sensors take turns at ``rate``
+    readings/s, so that all of them have their ``rows`` readings within one round, and keep
+    reporting until every one scores with a model of its own.
+
+    Fits run one at a time in the fit process, 100 waiting at most; a sensor refused asks again
+    50 readings later, with one "learner busy" line per 10 s. Issue 14: 1,500 sensors at once
+    took the agent to 449 MiB and 489 threads, with 14,120 "learner busy" lines.
+
+    Sensors refused in the same round ask again in the same round, so the fits come ~100 a cycle
+    of 50 rounds, and the fit process idles in between (at a fixed ``rate``, the time until all
+    have learned grows with the square of the sensors).
+    """
+    state = Path(tempfile.mkdtemp(prefix="together-state-", dir=lab.workdir))
+    ids = [f"together-{i:04d}" for i in range(sensors)]
+    limits = "max_queued_messages 0\nmax_queued_bytes 0"  # readings the agent is behind on wait at the broker, all of them
+    # ~100 fits a cycle of 50 rounds (37 s for 1,500 sensors at 2,000 readings/s), each 0.1-0.4 s.
+    cycles = -(-sensors // 100)
+    learn_bound = max(CATCH_UP_TIMEOUT, 1.5 * (cycles * 50 * sensors / rate + 0.15 * sensors))
+    with ExitStack() as stack:
+        _, observer, agent, sensor = _stage(stack, lab, "faults-together", "together",
+                                            _learning_overrides(state, rows, sensors), broker_config=limits)
+        peaks = stack.enter_context(Peaks(agent))
+        cpu_before, started = agent.cpu_seconds(), time.monotonic()
+        stream = stack.enter_context(Stream(sensor, ids, rate=rate, count=int(rate * (learn_bound + 60)), rounds=True)).start()
+        wait_until(lambda: len(sensor.sent) >= sensors * rows, learn_bound)  # every sensor has had its rows
+        due = time.monotonic()
+        # Every 2 s: a /metrics render of 1,500 sensors' series takes the agent ~0.15 s of CPU.
+        learned = wait_until(lambda: _still_learning(agent, ids) == 0, learn_bound, interval=2.0)
+        learned_s = time.monotonic() - due
+        stream.stop()
+        _finish(sensor, observer)
+        elapsed, cpu = time.monotonic() - started, agent.cpu_seconds() - cpu_before
+        fits = int(sample_sum(agent.metrics(), "edge_agent_fits_total") or 0)
+        verdicts = observer.verdicts()
+        not_learned = _not_learned(verdicts, ids)
+        log = agent.log_path.read_text(errors="replace")
+        busy_lines = [line for line in log.splitlines() if "learner busy" in line]
+        # Each line counts the refusals since the one before; those since the last line are not logged yet.
+        refused = len(busy_lines) + sum(int(n) for n in re.findall(r"\(and (\d+) more since the last line\)", "\n".join(busy_lines)))
+        fit_errors = log.count("could not learn")
+        peak = agent.peak_rss_bytes()
+        return ScenarioResult(
+            f"{sensors} new sensors finish learning together", tally(sensor.sent, verdicts), peak_rss=peak,
+            notes=f"{rate:.0f} readings/s, {rows} readings each to learn; "
+                  f"{'all' if learned else 'NOT all (the bound ran out)'} scored by their own model {learned_s:.0f} s "
+                  f"after the last had its {rows}, {sensors - len(not_learned)} of {sensors} at the end; {fits} fits, "
+                  f"{fit_errors} fit errors; at least {refused} fits refused while 100 waited, in {len(busy_lines)} "
+                  f"\"learner busy\" lines; agent peak {peaks.threads} threads, RSS {peak / 2**20:.0f} MiB; fit process "
+                  f"peak RSS {peaks.child_rss / 2**20:.0f} MiB (sampled every {peaks.every:g} s); {cpu:.0f} CPU s (agent "
+                  f"and fit process) in {elapsed:.0f} s",
+            details={"learned": learned, "learned_s": learned_s, "not_learned": not_learned, "fits": fits,
+                     "fit_errors": fit_errors, "busy_lines": len(busy_lines), "refused": refused, "elapsed_s": elapsed,
+                     "cpu_s": cpu, "threads": peaks.threads, "peak_rss": peak, "fit_rss": peaks.child_rss,
+                     "exit": agent.terminate()},
+        )
+
+
 SCENARIOS: dict[str, Callable[[Lab], ScenarioResult]] = {
     "sigkill": agent_sigkill,
     "sigterm": agent_sigterm,
@@ -704,12 +764,15 @@ SCENARIOS: dict[str, Callable[[Lab], ScenarioResult]] = {
     "hostile": hostile_input,
     "http": http_fuzz,
     "unsaved": unsaved_models,
+    "together": lambda lab: learning_together(lab, sensors=300),
+    "together-1500": learning_together,
 }
 
 
 # Too heavy for the default run (a 500,000-reading backlog takes minutes and the agent's memory
-# grows with it on Mosquitto 2.0, docs/broker.md): run with --only.
-ON_REQUEST = {"backlog-500k"}
+# grows with it on Mosquitto 2.0, docs/broker.md; 1,500 sensors finishing learning together
+# take ten minutes until the last has learned): run with --only.
+ON_REQUEST = {"backlog-500k", "together-1500"}
 
 
 def main(argv: list[str] | None = None) -> int:
