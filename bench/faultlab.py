@@ -18,6 +18,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -58,6 +59,7 @@ class AgentProcess:
         base = {k: v for k, v in os.environ.items() if not k.startswith("EDGE_AGENT")}
         self.env = {**base, **(env or {})}
         self.proc: subprocess.Popen[bytes] | None = None
+        self.started_at = 0.0  # time.monotonic() of the latest start
 
     def __enter__(self) -> AgentProcess:
         return self
@@ -70,15 +72,22 @@ class AgentProcess:
         for item in self.overrides:
             cmd += ["--set", item]
         log = self.log_path.open("ab")
+        self.started_at = time.monotonic()
         try:
             self.proc = subprocess.Popen(cmd, stdout=log, stderr=log, env=self.env, cwd=str(self.log_path.parent))
         finally:
             log.close()
 
-    def wait_ready(self, timeout: float = 30.0) -> None:
-        """Until /readyz answers 200 (models loaded, broker connected and subscribed)."""
+    def wait_ready(self, timeout: float = 30.0, unready: str | None = None) -> None:
+        """Until /readyz answers 200 (models loaded, broker connected and subscribed), or, with
+        ``unready``, 503 for a reason that says so (a fault the scenario made on purpose)."""
         deadline = time.monotonic() + timeout
-        while self.http("/readyz")[0] != 200:
+
+        def ready() -> bool:
+            status, body = self.http("/readyz")
+            return status == 200 or (unready is not None and status == 503 and unready in body.decode(errors="replace"))
+
+        while not ready():
             if self.proc is None or self.proc.poll() is not None:
                 raise RuntimeError(f"agent exited ({self.proc and self.proc.returncode}):\n{self.log()}")
             if time.monotonic() > deadline:
@@ -118,22 +127,97 @@ class AgentProcess:
             raise RuntimeError(f"/metrics answered {status}")
         return body.decode()
 
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
     def rss_bytes(self, field: str = "VmRSS") -> int:
         """Resident memory now (``VmHWM``: the peak so far), from /proc."""
-        assert self.proc is not None
-        status = Path(f"/proc/{self.proc.pid}/status").read_text()
-        match = re.search(rf"^{field}:\s+(\d+) kB", status, re.M)
-        return int(match.group(1)) * 1024 if match else 0
+        return proc_status(self.pid, field) * 1024
 
     def peak_rss_bytes(self) -> int:
         """The most the agent has had resident since it started (VmHWM)."""
-        assert self.proc is not None
-        status = Path(f"/proc/{self.proc.pid}/status").read_text()
-        match = re.search(r"^VmHWM:\s+(\d+) kB", status, re.M)
-        return int(match.group(1)) * 1024 if match else 0
+        return self.rss_bytes("VmHWM")
+
+    def threads(self) -> int:
+        """Threads the agent runs now."""
+        return proc_status(self.pid, "Threads")
+
+    def children(self) -> list[int]:
+        """The agent's child processes now (the fit process, while it runs)."""
+        pids: list[int] = []
+        for listing in Path(f"/proc/{self.pid}/task").glob("*/children"):  # each thread lists the children it started
+            with suppress(OSError):
+                pids.extend(int(pid) for pid in listing.read_text().split())
+        return pids
+
+    def cpu_seconds(self) -> float:
+        """User + system CPU seconds so far of the agent and its children (the fit process), running or exited."""
+        total = proc_cpu_seconds(self.pid, reaped_children=True)
+        for child in self.children():
+            with suppress(OSError):  # gone since: once the agent has reaped it, its time is in the agent's own count
+                total += proc_cpu_seconds(child)
+        return total
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")[-4000:] if self.log_path.exists() else ""
+
+    def log_lines(self, containing: str) -> int:
+        """Lines of the agent's log that contain ``containing``."""
+        text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+        return sum(1 for line in text.splitlines() if containing in line)
+
+
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def proc_status(pid: int, field: str) -> int:
+    """A number from /proc/<pid>/status (memory in kB, Threads); 0 if it has no such field."""
+    match = re.search(rf"^{field}:\s+(\d+)", Path(f"/proc/{pid}/status").read_text(), re.M)
+    return int(match.group(1)) if match else 0
+
+
+def proc_cpu_seconds(pid: int, reaped_children: bool = False) -> float:
+    """utime + stime of a process (and, with ``reaped_children``, of its children it has waited for)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    ticks = sum(int(fields[i]) for i in ((11, 12, 13, 14) if reaped_children else (11, 12)))
+    return ticks / CLOCK_TICKS
+
+
+class Peaks:
+    """The most threads an agent ran and the most memory its children (the fit process) held,
+    sampled from /proc every ``every`` seconds while the context is open."""
+
+    def __init__(self, agent: AgentProcess, every: float = 0.1) -> None:
+        self.agent = agent
+        self.every = every
+        self.threads = 0
+        self.child_rss = 0  # bytes: the highest VmHWM a child showed
+        self.samples = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="peaks", daemon=True)
+
+    def sample(self) -> None:
+        with suppress(OSError):  # the agent or a child between two states
+            self.threads = max(self.threads, self.agent.threads())
+            for child in self.agent.children():
+                self.child_rss = max(self.child_rss, proc_status(child, "VmHWM") * 1024)
+            self.samples += 1
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.every):
+            self.sample()
+
+    def __enter__(self) -> Peaks:
+        self.sample()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(10)
+        self.sample()
 
 
 def sensor_label_count(text: str) -> int:
@@ -157,14 +241,22 @@ class Lab:
 
 
 class Stream:
-    """Normal readings of a few sensors at a steady rate, from a thread, until stopped or ``count`` reached."""
+    """Normal readings of a few sensors at a steady rate, from a thread, until stopped or ``count`` reached.
 
-    def __init__(self, sensor: Sensor, sensor_ids: Sequence[str], rate: float, count: int, ts_base: int = 1_700_000_000) -> None:
+    The sensors take turns. ``rounds``: a sensor's n-th reading has ts ``ts_base + n`` and the
+    n-th value of the pattern, however many sensors there are (by default the i-th reading of
+    the stream has ts ``ts_base + i``, so that with many sensors a sensor's clock runs as many
+    seconds a reading, and with five or ten a sensor reads one value only).
+    """
+
+    def __init__(self, sensor: Sensor, sensor_ids: Sequence[str], rate: float, count: int, ts_base: int = 1_700_000_000,
+                 rounds: bool = False) -> None:
         self.sensor = sensor
         self.sensor_ids = list(sensor_ids)
         self.rate = rate
         self.count = count
         self.ts_base = ts_base
+        self.rounds = rounds
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="stream", daemon=True)
 
@@ -182,8 +274,9 @@ class Stream:
             if delay > 0:
                 time.sleep(delay)
             sensor_id = self.sensor_ids[i % len(self.sensor_ids)]
+            n = i // len(self.sensor_ids) if self.rounds else i
             # Values a vibration sensor reads in normal operation; ts unique per reading.
-            self.sensor.reading(sensor_id, self.ts_base + i, round(0.9 + 0.02 * ((i * 7) % 5 - 2), 4))
+            self.sensor.reading(sensor_id, self.ts_base + n, round(0.9 + 0.02 * ((n * 7) % 5 - 2), 4))
 
     def join(self, timeout: float | None = None) -> None:
         self._thread.join(timeout)

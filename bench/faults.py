@@ -1,8 +1,10 @@
-"""The fault scenarios (agent killed or stopped, broker restarted or away, floods, hostile input, HTTP fuzz) and their table.
+"""The fault scenarios (agent killed or stopped, broker restarted or away, floods, hostile input, HTTP fuzz,
+learning with a state dir that cannot be written, many sensors finishing learning together) and their table.
 
-    .venv/bin/python -m bench.faults                  # every scenario but backlog-500k (several minutes), then the table
+    .venv/bin/python -m bench.faults                  # every scenario but the ON_REQUEST ones (several minutes), then the table
     .venv/bin/python -m bench.faults --only hostile   # one scenario (a name from SCENARIOS)
     .venv/bin/python -m bench.faults --only backlog-500k   # a 500,000-reading backlog (on request only)
+    .venv/bin/python -m bench.faults --only together-1500  # 1,500 sensors finishing learning together (on request only)
     .venv/bin/python -m bench.faults --models DIR     # models whose "default" scores every sensor
 
 Each scenario starts a Mosquitto of its own on a loopback port (persistence on, the delivery
@@ -31,15 +33,18 @@ from typing import Any
 
 from bench.faultlab import (
     Lab,
+    Peaks,
     ScenarioResult,
     Stream,
     markdown_table,
+    proc_cpu_seconds,
     sensor_label_count,
     tally,
     wait_until,
 )
 from bench.httpfuzz import fuzz_cases, send_raw
-from bench.kit import Observer, Sensor, Sent, running_broker, sample_sum
+from bench.kit import Observed, Observer, Sensor, Sent, running_broker, sample_sum, samples
+from edge_agent.learning import LEARNED_DIR, load_learned
 
 SENSORS = ["vibration-1", "vibration-2", "vibration-3", "vibration-4"]
 CATCH_UP_TIMEOUT = 60.0
@@ -591,6 +596,159 @@ def http_fuzz(lab: Lab, requests: int = 3000, stalled: int = 20, seed: int = 202
         )
 
 
+# --------------------------------------------------------------------------- learning on the device
+
+
+def _learning_overrides(state: Path, rows: int, sensors: int) -> list[str]:
+    """New sensors learn from their first ``rows`` readings and are never refitted (each fit is a first fit)."""
+    return [f"learning.state_dir={state}", f"learning.rows={rows}", "learning.refit_every=0",
+            f"http.sensor_series={max(1000, sensors)}"]
+
+
+def _still_learning(agent: Any, sensor_ids: Sequence[str]) -> int:
+    """Sensors of ``sensor_ids`` whose latest verdict was not yet a learned model's (edge_agent_learning, /metrics)."""
+    status, body = agent.http("/metrics")
+    if status != 200:
+        return len(sensor_ids)
+    gauge = {s.labels["sensor"]: s.value for s in samples(body.decode(), "edge_agent_learning") if "sensor" in s.labels}
+    return sum(1 for i in sensor_ids if gauge.get(i, 1.0) != 0.0)
+
+
+def _not_learned(verdicts: Sequence[Observed], sensor_ids: Sequence[str]) -> list[str]:
+    """Sensors whose newest verdict (by the reading's ts) is not scored by the model they learned themselves."""
+    newest: dict[str, tuple[Any, str]] = {}
+    for m in verdicts:
+        body = json.loads(m.payload)
+        seen = newest.get(body["sensor_id"])
+        if seen is None or body["ts"] > seen[0]:
+            newest[body["sensor_id"]] = (body["ts"], "learning" if body.get("learning") else body["model"])
+    return [i for i in sensor_ids if newest.get(i, (None, ""))[1] != f"learned:{i}"]
+
+
+def unsaved_models(lab: Lab, sensors: int = 40, rows: int = 50, after: int = 100, rate: float = 800) -> ScenarioResult:
+    """Learned state that cannot be saved: ``sensors`` new sensors learn while ``learning.state_dir``
+    cannot be written (a regular file where its ``learned`` folder goes, so that every mkdir and save
+    fails, for root too), then send ``after`` readings each with what they learned; then the dir is fixed.
+
+    Each sensor must fit once and keep scoring with that fit (a failed save once sent it back to
+    learning: a fit every 50 readings), /readyz must say why it is not ready, and the retries
+    must save every model once the dir can be written again.
+    """
+    state = Path(tempfile.mkdtemp(prefix="unsaved-state-", dir=lab.workdir))
+    blocker = state / LEARNED_DIR
+    blocker.write_text("a file where the learned models' folder goes: every save fails\n")
+    ids = [f"unsaved-{i:03d}" for i in range(sensors)]
+    with ExitStack() as stack:
+        broker = stack.enter_context(running_broker())
+        observer = stack.enter_context(Observer(broker, "faults-unsaved"))
+        agent = stack.enter_context(lab.agent(broker, "faults-unsaved", _learning_overrides(state, rows, sensors)))
+        agent.start()
+        agent.wait_ready(unready="state dir")  # not ready, for the state dir alone: the broker is connected
+        sensor = stack.enter_context(Sensor(broker, "unsaved"))
+        cpu_before, own_before, started = agent.cpu_seconds(), proc_cpu_seconds(agent.pid), time.monotonic()
+        stream = stack.enter_context(Stream(sensor, ids, rate=rate, count=int(rate * 600), rounds=True)).start()
+        learned = wait_until(lambda: _still_learning(agent, ids) == 0, CATCH_UP_TIMEOUT, interval=0.5)
+        learned_s = time.monotonic() - started
+        mark = len(sensor.sent)
+        wait_until(lambda: len(sensor.sent) >= mark + after * sensors, CATCH_UP_TIMEOUT)  # each sensor, ``after`` readings more
+        stream.stop()
+        _finish(sensor, observer)
+        elapsed, cpu = time.monotonic() - started, agent.cpu_seconds() - cpu_before
+        own_cpu = proc_cpu_seconds(agent.pid) - own_before
+        text = agent.metrics()
+        fits = int(sample_sum(text, "edge_agent_fits_total") or 0)
+        writable, unsaved = sample_sum(text, "edge_agent_state_dir_writable"), sample_sum(text, "edge_agent_learned_models_unsaved")
+        ready_status, ready_body = agent.http("/readyz")
+        verdicts = observer.verdicts()
+        not_learned = _not_learned(verdicts, ids)
+        logged = {what: agent.log_lines(what) for what in ("could not save", "still cannot be written", "could not learn")}
+        uptime = time.monotonic() - agent.started_at
+        # The disk is fixed: the next retry (5 s after the agent's start, doubling) saves every model.
+        blocker.unlink()
+        fixed = time.monotonic()
+        saved_again = wait_until(lambda: sample_sum(agent.metrics(), "edge_agent_state_dir_writable") == 1, 90, interval=0.5)
+        save_s = time.monotonic() - fixed
+        after_fix = agent.metrics()
+        ready_after = agent.http("/readyz")[0]
+        on_disk = sorted(set(load_learned(state)) & set(ids))
+        return ScenarioResult(
+            f"{sensors} new sensors learn, state dir cannot be written", tally(sensor.sent, verdicts),
+            peak_rss=agent.peak_rss_bytes(),
+            notes=f"{rate:.0f} readings/s; all scored by their own model {learned_s:.1f} s after the first reading, "
+                  f"{sensors - len(not_learned)} of {sensors} at the end; {fits} fits; {cpu:.1f} CPU s in {elapsed:.0f} s "
+                  f"(agent {own_cpu:.1f}, fit process {cpu - own_cpu:.1f}); state_dir_writable {writable:.0f}, "
+                  f"{unsaved:.0f} models unsaved, /readyz {ready_status}; log: {logged['could not save']} save errors, {logged['still cannot be written']} "
+                  f"retry warnings, {logged['could not learn']} fit errors; dir fixed: saved "
+                  f"{'' if saved_again else 'NOT '}{save_s:.0f} s later, {len(on_disk)} models on disk",
+            details={"learned": learned, "learned_s": learned_s, "not_learned": not_learned, "fits": fits,
+                     "fit_errors": logged["could not learn"], "cpu_s": cpu, "agent_cpu_s": own_cpu, "elapsed_s": elapsed,
+                     "writable": writable, "unsaved": unsaved, "ready": (ready_status, ready_body.decode()), "state_dir": str(state),
+                     "logged": logged, "uptime_s": uptime, "saved_again": saved_again, "save_s": save_s,
+                     "writable_after": sample_sum(after_fix, "edge_agent_state_dir_writable"),
+                     "unsaved_after": sample_sum(after_fix, "edge_agent_learned_models_unsaved"),
+                     "fits_after": int(sample_sum(after_fix, "edge_agent_fits_total") or 0),
+                     "ready_after": ready_after, "on_disk": len(on_disk), "exit": agent.terminate()},
+        )
+
+
+def learning_together(lab: Lab, sensors: int = 1500, rows: int = 50, rate: float = 2000) -> ScenarioResult:
+    """Many sensors finishing learning together: ``sensors`` new sensors take turns at ``rate``
+    readings/s, so that all of them have their ``rows`` readings within one round, and keep
+    reporting until every one scores with a model of its own.
+
+    Fits run one at a time in the fit process, 100 waiting at most; a sensor refused asks again
+    50 readings later, with one "learner busy" line per 10 s. Issue 14: 1,500 sensors at once
+    took the agent to 449 MiB and 489 threads, with 14,120 "learner busy" lines.
+
+    Sensors refused in the same round ask again in the same round, so the fits come ~100 a cycle
+    of 50 rounds, and the fit process idles in between (at a fixed ``rate``, the time until all
+    have learned grows with the square of the sensors).
+    """
+    state = Path(tempfile.mkdtemp(prefix="together-state-", dir=lab.workdir))
+    ids = [f"together-{i:04d}" for i in range(sensors)]
+    limits = "max_queued_messages 0\nmax_queued_bytes 0"  # readings the agent is behind on wait at the broker, all of them
+    # ~100 fits a cycle of 50 rounds (37 s for 1,500 sensors at 2,000 readings/s), each 0.1-0.4 s.
+    cycles = -(-sensors // 100)
+    learn_bound = max(CATCH_UP_TIMEOUT, 1.5 * (cycles * 50 * sensors / rate + 0.15 * sensors))
+    with ExitStack() as stack:
+        _, observer, agent, sensor = _stage(stack, lab, "faults-together", "together",
+                                            _learning_overrides(state, rows, sensors), broker_config=limits)
+        peaks = stack.enter_context(Peaks(agent))
+        cpu_before, started = agent.cpu_seconds(), time.monotonic()
+        stream = stack.enter_context(Stream(sensor, ids, rate=rate, count=int(rate * (learn_bound + 60)), rounds=True)).start()
+        wait_until(lambda: len(sensor.sent) >= sensors * rows, learn_bound)  # every sensor has had its rows
+        due = time.monotonic()
+        # Every 2 s: a /metrics render of 1,500 sensors' series takes the agent ~0.15 s of CPU.
+        learned = wait_until(lambda: _still_learning(agent, ids) == 0, learn_bound, interval=2.0)
+        learned_s = time.monotonic() - due
+        stream.stop()
+        _finish(sensor, observer)
+        elapsed, cpu = time.monotonic() - started, agent.cpu_seconds() - cpu_before
+        fits = int(sample_sum(agent.metrics(), "edge_agent_fits_total") or 0)
+        verdicts = observer.verdicts()
+        not_learned = _not_learned(verdicts, ids)
+        log = agent.log_path.read_text(errors="replace")
+        busy_lines = [line for line in log.splitlines() if "learner busy" in line]
+        # Each line counts the refusals since the one before; those since the last line are not logged yet.
+        refused = len(busy_lines) + sum(int(n) for n in re.findall(r"\(and (\d+) more since the last line\)", "\n".join(busy_lines)))
+        fit_errors = log.count("could not learn")
+        peak = agent.peak_rss_bytes()
+        return ScenarioResult(
+            f"{sensors} new sensors finish learning together", tally(sensor.sent, verdicts), peak_rss=peak,
+            notes=f"{rate:.0f} readings/s, {rows} readings each to learn; "
+                  f"{'all' if learned else 'NOT all (the bound ran out)'} scored by their own model {learned_s:.0f} s "
+                  f"after the last had its {rows}, {sensors - len(not_learned)} of {sensors} at the end; {fits} fits, "
+                  f"{fit_errors} fit errors; at least {refused} fits refused while 100 waited, in {len(busy_lines)} "
+                  f"\"learner busy\" lines; agent peak {peaks.threads} threads, RSS {peak / 2**20:.0f} MiB; fit process "
+                  f"peak RSS {peaks.child_rss / 2**20:.0f} MiB (sampled every {peaks.every:g} s); {cpu:.0f} CPU s (agent "
+                  f"and fit process) in {elapsed:.0f} s",
+            details={"learned": learned, "learned_s": learned_s, "not_learned": not_learned, "fits": fits,
+                     "fit_errors": fit_errors, "busy_lines": len(busy_lines), "refused": refused, "elapsed_s": elapsed,
+                     "cpu_s": cpu, "threads": peaks.threads, "peak_rss": peak, "fit_rss": peaks.child_rss,
+                     "exit": agent.terminate()},
+        )
+
+
 SCENARIOS: dict[str, Callable[[Lab], ScenarioResult]] = {
     "sigkill": agent_sigkill,
     "sigterm": agent_sigterm,
@@ -605,12 +763,16 @@ SCENARIOS: dict[str, Callable[[Lab], ScenarioResult]] = {
     "flood-paced": lambda lab: sensor_flood(lab, rate=500),
     "hostile": hostile_input,
     "http": http_fuzz,
+    "unsaved": unsaved_models,
+    "together": lambda lab: learning_together(lab, sensors=300),
+    "together-1500": learning_together,
 }
 
 
 # Too heavy for the default run (a 500,000-reading backlog takes minutes and the agent's memory
-# grows with it on Mosquitto 2.0, docs/broker.md): run with --only.
-ON_REQUEST = {"backlog-500k"}
+# grows with it on Mosquitto 2.0, docs/broker.md; 1,500 sensors finishing learning together
+# take ten minutes until the last has learned): run with --only.
+ON_REQUEST = {"backlog-500k", "together-1500"}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -91,13 +91,19 @@ PERFORMANCE = [
 FAULTS = [
     Section("Fault scenarios",
             "Every reading the broker accepted must be answered: the agent killed, stopped, or restarted with a backlog "
-            "queued; the broker restarted or away; a burst; floods and hostile input. Peak RSS is the agent's "
+            "queued; the broker restarted or away; a burst; floods and hostile input; new sensors learning while the "
+            "state dir cannot be written, and many finishing learning together. Peak RSS is the agent's "
             "(VmHWM of its last process); p99 latency from publish to verdict where the scenario measures it.",
             ("-m", "bench.faults")),
     Section("A backlog of 500,000 readings",
             "The agent stopped while 500,000 readings queue in its session (the broker's queue limit raised to hold "
             "them), then started: every reading answered, its memory, drain rate and the readings it held at once.",
             ("-m", "bench.faults", "--only", "backlog-500k")),
+    Section("1,500 sensors finishing learning together",
+            "1,500 new sensors reach the end of learning within one round and report until each scores with its own "
+            "model: every reading answered, the fits, the \"learner busy\" lines, the agent's peak threads and RSS and "
+            "the fit process's.",
+            ("-m", "bench.faults", "--only", "together-1500")),
     Section("Does the broker keep to the receive maximum?",
             "A plain paho client with manual acknowledgements against the same Mosquitto: what bounds the readings "
             "an agent holds (docs/broker.md).",

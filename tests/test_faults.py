@@ -9,6 +9,7 @@ freshly trained ones, whose ``default`` model scores every sensor.
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import threading
@@ -230,6 +231,67 @@ def test_http_fuzz_gets_no_5xx_and_no_traceback(lab: Lab, record: list[ScenarioR
     assert d["ok"] > 0 and d["unauthorized"] > 0  # authorised requests served, the others refused
     assert d["timed_out"] == 20
     assert d["after"]["/healthz"] == d["after"]["/readyz"] == d["after"]["/metrics"] == 200
+
+
+# --------------------------------------------------------------------------- learning on the device
+
+
+def assert_every_sensor_learned_once(r: ScenarioResult, sensors: int) -> dict[str, Any]:
+    """Nothing lost, and every sensor scores with the model it learned, fitted once (refits are off), without a fit error."""
+    assert_nothing_lost(r)
+    d = r.details
+    assert d["learned"] and d["not_learned"] == [], d
+    assert d["fits"] == sensors and d["fit_errors"] == 0, d
+    return d
+
+
+@against_mosquitto
+def test_models_learned_where_they_cannot_be_saved_keep_scoring_and_are_saved_once_they_can(
+    lab: Lab, record: list[ScenarioResult],
+) -> None:
+    """Issue 14: with a read-only state dir, 40 sensors were still learning after 60 s (324 fit
+    errors, 41 CPU seconds): a failed save sent the sensor back into another fit."""
+    sensors = 40
+    r = faults.unsaved_models(lab, sensors=sensors)
+    record.append(r)
+    d = assert_every_sensor_learned_once(r, sensors)  # none went back to learning
+    # The fit process's CPU: ~0.07 s a fit, its start included (a fit every 50 readings of each sensor
+    # kept it busy: 55 CPU s in 66 s). The agent's own goes with the readings it scores (0.4-0.6 of a
+    # core at 800/s), and is in the notes.
+    assert d["cpu_s"] - d["agent_cpu_s"] < 0.25 * sensors, d
+    # Said so: the gauges, and /readyz naming the state dir and why.
+    assert d["writable"] == 0 and d["unsaved"] == sensors, d
+    status, reason = d["ready"]
+    assert status == 503 and d["state_dir"] in reason and "cannot be written" in reason, d
+    # Logged once a fitted model (never once a reading); the retries back off from 5 s, doubling.
+    assert d["logged"]["could not save"] == sensors, d
+    assert d["logged"]["still cannot be written"] <= math.log2(d["uptime_s"] / 5 + 1) + 1, d
+    # The dir fixed: a retry saves every model, without fitting any again.
+    assert d["saved_again"] and d["writable_after"] == 1 and d["unsaved_after"] == 0 and d["ready_after"] == 200, d
+    assert d["on_disk"] == sensors and d["fits_after"] == sensors, d
+    assert d["exit"] == 0
+
+
+@against_mosquitto
+def test_many_sensors_finishing_learning_together_all_learn_in_bounded_memory_threads_and_log_lines(
+    lab: Lab, record: list[ScenarioResult],
+) -> None:
+    """Issue 14: 1,500 sensors finishing learning together took the agent to 449 MiB and 489
+    threads, with 14,120 "learner busy" lines. 200 here, learned in about half a minute; the
+    issue's 1,500 take ten (``python -m bench.faults --only together-1500``)."""
+    sensors = 200
+    r = faults.learning_together(lab, sensors=sensors)
+    record.append(r)
+    d = assert_every_sensor_learned_once(r, sensors)
+    # Fits run one at a time in the fit process: the agent's threads do not grow with the fits due, and
+    # its memory holds the learned models (~80 KB each), not the fits waiting.
+    assert d["threads"] <= 20, d
+    assert d["peak_rss"] < 100 * 2**20 and 0 < d["fit_rss"] < 100 * 2**20, d
+    # More fits were due at once than the learner keeps waiting.
+    assert d["refused"] > 0, d
+    # "learner busy": one line per 10 s, whatever the sensors.
+    assert 0 < d["busy_lines"] <= d["elapsed_s"] / 10 + 1, d
+    assert d["exit"] == 0
 
 
 # --------------------------------------------------------------------------- shutdown
