@@ -677,8 +677,8 @@ def unsaved_models(lab: Lab, sensors: int = 40, rows: int = 50, after: int = 100
             notes=f"{rate:.0f} readings/s; all scored by their own model {learned_s:.1f} s after the first reading, "
                   f"{sensors - len(not_learned)} of {sensors} at the end; {fits} fits; {cpu:.1f} CPU s in {elapsed:.0f} s "
                   f"(agent {own_cpu:.1f}, fit process {cpu - own_cpu:.1f}); state_dir_writable {writable:.0f}, "
-                  f"{unsaved:.0f} models unsaved, /readyz {ready_status}; log: {logged['could not save']} save errors, {logged['still cannot be written']} "
-                  f"retry warnings, {logged['could not learn']} fit errors; dir fixed: saved "
+                  f"{unsaved:.0f} models unsaved, /readyz {ready_status}; log lines: {logged['could not save']} save error (rate-limited), "
+                  f"{logged['still cannot be written']} retry warning, {logged['could not learn']} fit error; dir fixed: saved "
                   f"{'' if saved_again else 'NOT '}{save_s:.0f} s later, {len(on_disk)} models on disk",
             details={"learned": learned, "learned_s": learned_s, "not_learned": not_learned, "fits": fits,
                      "fit_errors": logged["could not learn"], "cpu_s": cpu, "agent_cpu_s": own_cpu, "elapsed_s": elapsed,

@@ -182,7 +182,7 @@ class Learner:
 
     RETRY_MIN = 5.0
     RETRY_MAX = 300.0
-    BUSY_LOG_EVERY = 10.0  # seconds between two "learner busy" lines; the ones between are counted
+    LOG_EVERY = 10.0  # seconds between two "learner busy" or "could not save" lines; the ones between are counted
 
     def __init__(
         self,
@@ -205,7 +205,7 @@ class Learner:
         self.save_error: str | None = None
         self._retry_in = self.RETRY_MIN
         self._retry_at: float | None = None
-        self._busy_log = RateLimitedLog(self.BUSY_LOG_EVERY)
+        self._log = RateLimitedLog(self.LOG_EVERY)
         self.refused = 0  # fits refused because the queue was full
 
     def attach(self, engine: ScoringEngine) -> None:
@@ -225,11 +225,10 @@ class Learner:
         except queue.Full:
             # 1,500 sensors due together would log a line each, on every batch, until the queue drains.
             self.refused += 1
-            suppressed = self._busy_log.allow("busy", time.monotonic())
+            suppressed = self._log.allow("busy", time.monotonic())
             if suppressed is not None:
-                more = f" (and {suppressed} more since the last line)" if suppressed else ""
                 log.warning("learner busy (%d fits waiting): %s learns again later%s", self._queue.maxsize,
-                            shown(request.sensor_id), more)
+                            shown(request.sensor_id), RateLimitedLog.more(suppressed))
             if self.engine is not None:
                 self.engine.learning_failed(request.sensor_id)
 
@@ -271,8 +270,11 @@ class Learner:
         except OSError as e:
             self.unsaved[sensor_id] = model
             self._save_failed(e)
-            log.error("learned a model for %s but could not save it (it scores; saving again in %.0f s): %s",
-                      shown(sensor_id), self._retry_wait(), e)
+            # 1,500 sensors learning on a read-only disk would log a line each.
+            suppressed = self._log.allow("save", time.monotonic())
+            if suppressed is not None:
+                log.error("learned a model for %s but could not save it (it scores; saving again in %.0f s)%s: %s",
+                          shown(sensor_id), self._retry_wait(), RateLimitedLog.more(suppressed), e)
             return model
         self.unsaved.pop(sensor_id, None)
         self._save_worked()

@@ -75,6 +75,11 @@ class RateLimitedLog:
         self._last[reason] = now
         return self._suppressed.pop(reason, 0)
 
+    @staticmethod
+    def more(suppressed: int) -> str:
+        """What to add to a line to say how many it stands for."""
+        return f" (and {suppressed} more since the last line)" if suppressed else ""
+
 
 class TokenBucket:
     """At most ``rate`` events a second on average, bursts up to ``burst``."""

@@ -32,6 +32,7 @@ from bench.kit import Collector, Sensor, running_broker
 from conftest import FAULT_TABLE
 from edge_agent.config import load_config
 from edge_agent.core.domain import Reading, Verdict
+from edge_agent.learning import Learner
 from edge_agent.metrics import AgentMetrics
 from edge_agent.mqtt.ingest import PayloadParser
 from edge_agent.mqtt.local_broker import MOSQUITTO
@@ -263,8 +264,9 @@ def test_models_learned_where_they_cannot_be_saved_keep_scoring_and_are_saved_on
     assert d["writable"] == 0 and d["unsaved"] == sensors, d
     status, reason = d["ready"]
     assert status == 503 and d["state_dir"] in reason and "cannot be written" in reason, d
-    # Logged once a fitted model (never once a reading); the retries back off from 5 s, doubling.
-    assert d["logged"]["could not save"] == sensors, d
+    # Save errors logged at most once in Learner.LOG_EVERY (1,500 sensors would log a line each);
+    # the retries back off from 5 s, doubling.
+    assert 1 <= d["logged"]["could not save"] <= d["uptime_s"] / Learner.LOG_EVERY + 1, d
     assert d["logged"]["still cannot be written"] <= math.log2(d["uptime_s"] / 5 + 1) + 1, d
     # The dir fixed: a retry saves every model, without fitting any again.
     assert d["saved_again"] and d["writable_after"] == 1 and d["unsaved_after"] == 0 and d["ready_after"] == 200, d

@@ -134,7 +134,7 @@ def test_learner_busy_warnings_are_rate_limited_and_counted(tmp_path: Path, capl
     lines = [r for r in caplog.records if "learner busy" in r.getMessage()]
     assert learner.refused == 499
     assert len(lines) == 1, [r.getMessage() for r in lines]
-    learner._busy_log._last["busy"] -= Learner.BUSY_LOG_EVERY  # the interval has passed
+    learner._log._last["busy"] -= Learner.LOG_EVERY  # the interval has passed
     with caplog.at_level(logging.WARNING):
         learner(LearnRequest("late", spec, np.zeros((60, 1)), refit=False))
     assert "and 498 more since the last line" in caplog.records[-1].getMessage()
