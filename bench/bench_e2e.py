@@ -309,8 +309,7 @@ class Target:
     def cpu_seconds(self) -> float:
         """User + system CPU time the process has used so far."""
         self.check_alive()
-        fields = Path(f"/proc/{self.pid}/stat").read_text().rpartition(")")[2].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return kit.proc_cpu_seconds(self.pid)
 
     def stop(self) -> None:
         if self.proc.poll() is None:

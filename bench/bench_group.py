@@ -32,19 +32,13 @@ from pathlib import Path
 import nats
 from nats.aio.msg import Msg
 
-from bench.kit import metric
+from bench.kit import metric, proc_cpu_seconds
 from bench.nats_servers import NatsServer, evenly_owned, outstanding, publish_readings, reading_message
 from edge_agent.mqtt.local_broker import free_port
 
 REPO = Path(__file__).resolve().parent.parent
 
 PARTITIONS = 12
-TICK = os.sysconf("SC_CLK_TCK")
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICK  # utime, stime
 
 
 def owned(port: int) -> int:
@@ -86,13 +80,13 @@ def run(agents: int, sensors: int, readings: int) -> tuple[float, float]:
     procs: list[subprocess.Popen[bytes]] = []
     try:
         procs, _ = start_agents(server, agents)
-        before = sum(cpu_seconds(p.pid) for p in procs)
+        before = sum(proc_cpu_seconds(p.pid) for p in procs)
         started = time.monotonic()
         asyncio.run(publish_readings(server.url, sensors, readings))
         while asyncio.run(outstanding(server.url, PARTITIONS)):
             time.sleep(0.2)
         took = time.monotonic() - started
-        cpu = sum(cpu_seconds(p.pid) for p in procs) - before
+        cpu = sum(proc_cpu_seconds(p.pid) for p in procs) - before
         return cpu, took
     finally:
         stop(procs)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -23,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench.kit import ROOT, MosquittoBroker, Observed, Sensor, Sent, free_port, samples
+from bench.kit import ROOT, MosquittoBroker, Observed, Sensor, Sent, free_port, proc_cpu_seconds, proc_status, samples
 
 # --------------------------------------------------------------------------- the agent process
 
@@ -167,22 +166,6 @@ class AgentProcess:
         """Lines of the agent's log that contain ``containing``."""
         text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
         return sum(1 for line in text.splitlines() if containing in line)
-
-
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
-
-
-def proc_status(pid: int, field: str) -> int:
-    """A number from /proc/<pid>/status (memory in kB, Threads); 0 if it has no such field."""
-    match = re.search(rf"^{field}:\s+(\d+)", Path(f"/proc/{pid}/status").read_text(), re.M)
-    return int(match.group(1)) if match else 0
-
-
-def proc_cpu_seconds(pid: int, reaped_children: bool = False) -> float:
-    """utime + stime of a process (and, with ``reaped_children``, of its children it has waited for)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    ticks = sum(int(fields[i]) for i in ((11, 12, 13, 14) if reaped_children else (11, 12)))
-    return ticks / CLOCK_TICKS
 
 
 class Peaks:

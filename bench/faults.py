@@ -37,13 +37,12 @@ from bench.faultlab import (
     ScenarioResult,
     Stream,
     markdown_table,
-    proc_cpu_seconds,
     sensor_label_count,
     tally,
     wait_until,
 )
 from bench.httpfuzz import fuzz_cases, send_raw
-from bench.kit import Observed, Observer, Sensor, Sent, running_broker, sample_sum, samples
+from bench.kit import Observed, Observer, Sensor, Sent, proc_cpu_seconds, running_broker, sample_sum, samples
 from edge_agent.learning import LEARNED_DIR, load_learned
 
 SENSORS = ["vibration-1", "vibration-2", "vibration-3", "vibration-4"]

@@ -14,6 +14,8 @@
 from __future__ import annotations
 
 import json
+import os
+import re
 import shutil
 import subprocess
 import threading
@@ -38,7 +40,7 @@ from edge_agent.mqtt.local_broker import MOSQUITTO, EmbeddedBroker, MosquittoBro
 __all__ = [
     "MOSQUITTO", "Broker", "MosquittoBroker", "EmbeddedBroker", "ContainerBroker", "free_port", "wait_listening",
     "start_test_broker", "running_broker", "shipped_broker_limits",
-    "Endpoint", "client", "Sent", "Sensor", "Observed", "Collector", "Observer", "metrics_text", "metric",
+    "Endpoint", "client", "Sent", "Sensor", "Observed", "Collector", "Observer", "metrics_text", "metric", "proc_status", "proc_cpu_seconds",
 ]
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -454,6 +456,25 @@ def verdict_key(m: Observed) -> tuple[str, Any]:
     """The reading a verdict answers: (sensor_id, ts)."""
     v = json.loads(m.payload)
     return (v["sensor_id"], v["ts"])
+
+
+# --------------------------------------------------------------------------- a process, from /proc
+
+
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def proc_status(pid: int, field: str) -> int:
+    """A number from /proc/<pid>/status (memory in kB, Threads); 0 if it has no such field."""
+    match = re.search(rf"^{field}:\s+(\d+)", Path(f"/proc/{pid}/status").read_text(), re.M)
+    return int(match.group(1)) if match else 0
+
+
+def proc_cpu_seconds(pid: int, reaped_children: bool = False) -> float:
+    """utime + stime of a process (and, with ``reaped_children``, of its children it has waited for)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    ticks = sum(int(fields[i]) for i in ((11, 12, 13, 14) if reaped_children else (11, 12)))
+    return ticks / CLOCK_TICKS
 
 
 # --------------------------------------------------------------------------- an agent's /metrics
