@@ -33,16 +33,20 @@ import argparse
 import csv
 import json
 import math
+import multiprocessing
+import os
 import sys
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 from bench.corpus import report_skipped
 from edge_agent.agent import decision_of, learning_plan
 from edge_agent.config import load_config
+from edge_agent.core.episodes import ONSET
 from edge_agent.tools.progress import Progress
 from edge_agent.tools.replay import replay_learning
 from edge_agent.tools.table import TableError, read_table
@@ -260,6 +264,7 @@ def main() -> int:
     ap.add_argument("--set", dest="overrides", action="append", default=[], help="learning.* or decision.* overrides")
     ap.add_argument("--per-file", action="store_true", help="also print each file's standard score")
     ap.add_argument("--quiet", "-q", action="store_true", help="no progress line")
+    ap.add_argument("--jobs", "-j", type=int, default=os.cpu_count() or 1, help="files replayed at once (default: one per CPU)")
     ap.add_argument("--dump", metavar="JSON", help="write every file's scores, flags, events and windows here, for a closer look")
     args = ap.parse_args()
     if args.simulate is None and args.data is None and args.labels is None and NAB_DEV.is_dir():
@@ -281,23 +286,22 @@ def main() -> int:
         dump: dict[str, dict[str, object]] = {}
         progress = Progress(len(labels), "NAB files", quiet=args.quiet)
         skipped: list[str] = []
-        for done, name in enumerate(sorted(labels)):
-            progress.update(done)
-            try:
-                table = read_table(data / name, ["value"])
-                plan = learning_plan(cfg, rows=learning_rows(len(table)))
-                verdicts = [r.verdict for r in replay_learning(table, plan, decision)]
-            except (TableError, TrainingError) as e:  # one unreadable file does not end the run
-                skipped.append(str(e))
+        # Files are independent sensors: replayed in parallel, taken in name order.
+        tasks = [(data / name, labels[name], args.overrides) for name in sorted(labels)]
+        with multiprocessing.Pool(max(1, min(args.jobs, len(tasks)))) as pool:
+            replayed = []
+            for done, result in enumerate(pool.imap(_replay_file, tasks)):
+                progress.update(done)
+                replayed.append(result)
+        for name, result in zip(sorted(labels), replayed, strict=True):
+            if isinstance(result, str):  # one unreadable file does not end the run
+                skipped.append(result)
                 continue
-            spans = [(_parse_nab_time(a), _parse_nab_time(b)) for a, b in labels[name]]
-            windows = window_rows(table.timestamps, spans)
-            per_reading.append(([v.score for v in verdicts], windows))
-            dump[name] = {"score": [v.score for v in verdicts], "anomaly": [v.anomaly for v in verdicts],
-                          "event": [v.event for v in verdicts], "windows": windows, "value": table.values[:, 0].tolist(),
-                          "raw": [v.raw_score for v in verdicts], "ts": list(table.timestamps)}
-            scores["anomaly"][name] = score_file([v.anomaly for v in verdicts], windows)
-            scores["onset"][name] = score_file([int(v.onset) for v in verdicts], windows)
+            windows = result["windows"]
+            per_reading.append((result["score"], windows))
+            dump[name] = result
+            scores["anomaly"][name] = score_file(result["anomaly"], windows)
+            scores["onset"][name] = score_file([int(e == ONSET) for e in result["event"]], windows)
             if args.per_file:
                 s = scores["anomaly"][name]
                 print(f"{name}: windows {len(windows)}, detected {sum(w is not None for w in s.window_hits)}, "
@@ -328,6 +332,23 @@ def main() -> int:
           f"| {std.detected} | {std.false_positives} | " + " | ".join(f"{s.normalised:.1f}" for s in swept.values()) + " |")
     print("\nscores: 0 = a detector that never fires, 100 = one that flags the first row of every window")
     return 0
+
+
+def _replay_file(task: tuple[Path, list[list[str]], list[str]]) -> dict[str, Any] | str:
+    """One file replayed as a sensor that learns: every reading's score, flag, event and raw
+    score, with the file's windows as row ranges; or why the file could not be used."""
+    path, spans, overrides = task
+    cfg = load_config(None, overrides, {})
+    try:
+        table = read_table(path, ["value"])
+        plan = learning_plan(cfg, rows=learning_rows(len(table)))
+        verdicts = [r.verdict for r in replay_learning(table, plan, decision_of(cfg))]
+    except (TableError, TrainingError) as e:
+        return str(e)
+    windows = window_rows(table.timestamps, [(_parse_nab_time(a), _parse_nab_time(b)) for a, b in spans])
+    return {"score": [v.score for v in verdicts], "anomaly": [v.anomaly for v in verdicts],
+            "event": [v.event for v in verdicts], "windows": windows, "value": table.values[:, 0].tolist(),
+            "raw": [v.raw_score for v in verdicts], "ts": list(table.timestamps)}
 
 
 def normalised(files: Sequence[FileScore], tp: float, fn: float, fp: float) -> float:
