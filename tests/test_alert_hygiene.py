@@ -82,6 +82,20 @@ def test_alerts_end_soon_after_a_dip() -> None:
 
 
 @pytest.mark.slow
+def test_with_the_defaults_a_day_without_its_daily_cycle_is_alerted() -> None:
+    t = np.arange(4 * DAY)
+    values = 20 - 5 * np.cos(2 * np.pi * t / DAY) + np.random.default_rng(6).normal(0, 0.3, len(t))  # low at midnight
+    flat = slice(3 * DAY + DAY // 4, 3 * DAY + 3 * DAY // 4)  # day 4 stays at its mean from 06:00 to 18:00
+    values[flat] = 20 + np.random.default_rng(7).normal(0, 0.3, flat.stop - flat.start)
+    verdicts = _verdicts(values)
+    alerted = [i for i, v in enumerate(verdicts) if v.anomaly and i >= DAY]  # after a first day of learning the cycle
+    assert alerted and all(flat.start <= i < flat.stop for i in alerted), alerted
+    # every reading of that day is in the range of a normal day's: only the season shows it
+    no_season = _verdicts(values, 'learning.features=[value,delta,repeats,"mean:30","std:10","drift:600"]')
+    assert not any(v.anomaly for v in no_season[DAY:])
+
+
+@pytest.mark.slow
 def test_a_noisy_daily_cycle_raises_at_most_one_episode_a_week() -> None:
     t = np.arange(8 * DAY)
     values = 20 + 5 * np.sin(2 * np.pi * t / DAY) + np.random.default_rng(4).normal(0, 0.5, len(t))

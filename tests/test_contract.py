@@ -86,7 +86,7 @@ def _shipped(name: str) -> Kind:
 
     def recipe(seed: int, tmp: Path) -> tuple[SensorModel, Any]:  # as models/build.sh trains it
         return train_model(read_table(_simulated_hour(tmp), ["value"]), name=name, version="test",
-                           sensor_pattern=f"{kind}-*", seed=seed)
+                           transforms=load_model(REPO / "models" / name).spec.transforms, sensor_pattern=f"{kind}-*", seed=seed)
 
     return Kind(f"shipped:{name}", lambda seed, tmp: (load_model(REPO / "models" / name), None), recipe)
 

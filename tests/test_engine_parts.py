@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Sequence
 
 import numpy as np
 import pytest
@@ -23,21 +24,37 @@ from edge_agent.core.routing import ModelRouter, UnknownSensor
 from edge_agent.tools.training import learn_model
 
 
-def _events(decision: Decision, scores_at: list[tuple[float, float]], can_adapt: bool = True) -> list[str | None]:
+def _events(decision: Decision, scores_at: Sequence[tuple[float, float]], can_adapt: bool = True) -> list[str | None]:
     state = decision.new_state()
     return [judge(decision, state, s, t, can_adapt).event for s, t in scores_at]
 
 
-def test_an_episode_has_one_onset_and_one_end() -> None:
+def test_an_episode_has_one_onset_and_ends_after_end_after_readings_that_no_longer_alert() -> None:
     d = Decision()
-    assert _events(d, [(0.1, 0), (0.7, 1), (0.9, 2), (0.6, 3), (0.2, 4), (0.3, 5)]) == [None, "onset", None, None, "end", None]
+    assert d.end_after == 3
+    scores = [(0.1, 0), (0.7, 1), (0.9, 2), (0.6, 3), (0.2, 4), (0.3, 5), (0.1, 6), (0.2, 7)]
+    assert _events(d, scores) == [None, "onset", None, None, None, None, "end", None]
+    state = d.new_state()
+    assert [judge(d, state, s, t).anomaly for s, t in scores] == [0, 1, 1, 1, 0, 0, 0, 0]  # only flagged readings alert
+    assert _events(Decision(end_after=1), scores) == [None, "onset", None, None, "end", None, None, None]
+
+
+def test_a_burst_of_spikes_is_one_episode_and_a_spike_after_it_ended_a_new_one() -> None:
+    d = Decision()
+    state = d.new_state()
+    burst = [0.9, 0.1, 0.1, 0.95, 0.2, 0.8, 0.1, 0.1, 0.1, 0.1, 0.9]  # gaps of 2 and 1 readings, then 3
+    got = [judge(d, state, s, float(t)) for t, s in enumerate(burst)]
+    assert [j.event for j in got] == ["onset", None, None, None, None, None, None, None, "end", None, "onset"]
+    assert [j.anomaly for j in got] == [s >= d.threshold for s in burst]
+    assert got[3].surprise < d.threshold and got[5].surprise < d.threshold  # the episode already told of them
 
 
 def test_k_of_n_and_hysteresis_shape_the_episode() -> None:
-    assert _events(Decision(k=2, n=3), [(0.9, 0), (0.1, 1), (0.9, 2), (0.1, 3), (0.1, 4)]) == [None, None, "onset", "end", None]
+    d = Decision(k=2, n=3, end_after=1)
+    assert _events(d, [(0.9, 0), (0.1, 1), (0.9, 2), (0.1, 3), (0.1, 4)]) == [None, None, "onset", "end", None]
     # with clear 0.4, a score that hovers between 0.4 and the threshold holds the alert
-    assert _events(Decision(clear=0.4), [(0.9, 0), (0.45, 1), (0.45, 2), (0.3, 3)]) == ["onset", None, None, "end"]
-    assert _events(Decision(), [(0.9, 0), (0.45, 1)]) == ["onset", "end"]
+    assert _events(Decision(clear=0.4, end_after=1), [(0.9, 0), (0.45, 1), (0.45, 2), (0.3, 3)]) == ["onset", None, None, "end"]
+    assert _events(Decision(end_after=1), [(0.9, 0), (0.45, 1)]) == ["onset", "end"]
 
 
 def test_a_lasting_episode_becomes_the_new_normal_by_the_readings_clock_only_where_the_model_can_adapt() -> None:
@@ -51,7 +68,7 @@ def test_a_lasting_episode_becomes_the_new_normal_by_the_readings_clock_only_whe
 
 
 def test_the_surprise_peaks_at_the_onset_and_an_episode_s_later_readings_stay_below_the_threshold() -> None:
-    d = Decision()
+    d = Decision(end_after=1)
     state = d.new_state()
     scores = [0.1, 0.8, 0.9, 0.7, 0.95, 0.2, 0.3, 0.85]
     got = [judge(d, state, s, float(t)) for t, s in enumerate(scores)]

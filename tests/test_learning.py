@@ -20,6 +20,7 @@ from edge_agent.core.engine import LearningPlan, Scored, ScoringEngine, UnknownS
 from edge_agent.core.features import DEFAULT_TRANSFORMS, MAX_REPEATS, FeatureSpec
 from edge_agent.core.forest import Forest
 from edge_agent.core.forest_fit import fit_forest
+from edge_agent.core.model import WANDERING_MARGIN
 from edge_agent.learning import Learner, load_learned, model_dir
 
 
@@ -448,3 +449,17 @@ def test_predict_over_http_tells_an_unknown_sensor_from_a_learning_one(start_age
         time.sleep(0.05)
     status, body = predict("never-seen")
     assert status == 404 and "'never-seen' is unknown" in body and "learning" not in body.replace("models.assign", "")
+
+
+def test_a_season_is_range_checked_and_gets_a_wandering_margin_where_it_does_not_explain_the_sensor() -> None:
+    from edge_agent.tools.training import learn_model
+
+    t = np.arange(0, 4 * 86400, 300.0)
+    rng = np.random.default_rng(8)
+    walk = 20 + np.cumsum(rng.normal(0, 0.05, len(t)))  # no daily cycle: yesterday at this time says little
+    cycle = 20 + 5 * np.sin(2 * np.pi * t / 86400) + rng.normal(0, 0.3, len(t))
+    spec = FeatureSpec(("value",), DEFAULT_TRANSFORMS)
+    season = spec.names.index("value:season:1d")
+    assert season not in spec.forest_columns  # the range check watches it, the forest does not see it
+    assert learn_model(spec, walk[:, None], "w", "1", times=t).range_guard.margin[season] == WANDERING_MARGIN
+    assert learn_model(spec, cycle[:, None], "c", "1", times=t).range_guard.margin[season] < 1

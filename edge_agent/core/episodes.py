@@ -6,8 +6,11 @@ Pure and per sensor: ``judge`` reads a score and its time and says what this rea
 - A reading is *flagged* when its score reaches ``threshold``; a sensor *alerts* while at
   least ``k`` of its last ``n`` readings are flagged (with ``clear``, an alert holds while
   the score stays at least ``clear``).
-- The first alerting reading is the episode's **onset**; the first reading that no longer
-  alerts is its **end**.
+- The first alerting reading is the episode's **onset**. The episode **ends** with the
+  ``end_after``-th reading in a row that no longer alerts (3 by default); a reading that
+  alerts again before that continues it. Readings in between are not anomalous, but a
+  burst of spikes a reading or two apart is one alert, not one per spike. (Hysteresis with
+  ``clear`` holds only until the first reading under it.)
 - An episode still alerting ``new_normal_after`` seconds after its onset (by the readings'
   own clocks) has become the sensor's **new normal**: that reading is not anomalous, says
   ``new_normal``, and the alert ends. Whoever owns the sensor's model then adapts it.
@@ -17,10 +20,12 @@ Pure and per sensor: ``judge`` reads a score and its time and says what this rea
   told of that much; a reading that only continues it is no news. So the score peaks at
   the onset, and a threshold on it, whichever is chosen, finds each episode once.
 
->>> d = Decision(new_normal_after=60.0)
+>>> d = Decision(new_normal_after=60.0, end_after=1)
 >>> state = d.new_state()
 >>> [judge(d, state, s, t).event for s, t in [(0.1, 0), (0.9, 1), (0.8, 2), (0.2, 3)]]
 [None, 'onset', None, 'end']
+>>> [judge(Decision(), state, s, t).event for s, t in [(0.9, 4), (0.2, 5), (0.9, 6), (0.2, 7), (0.1, 8), (0.1, 9)]]
+['onset', None, None, None, None, 'end']
 >>> [judge(d, state, 0.9, t).event for t in (10, 40, 70, 71)]
 ['onset', None, 'new_normal', 'onset']
 >>> [round(judge(d, d.new_state(), s, 0).surprise, 2) for s in (0.8,)]
@@ -51,6 +56,7 @@ class Decision:
     n: int = 1
     clear: float | None = None
     new_normal_after: float = 3600.0  # seconds an episode may last before it is the new normal (0: never)
+    end_after: int = 3  # readings in a row that no longer alert before the episode ends
 
     def new_state(self) -> EpisodeState:
         return EpisodeState(deque(maxlen=self.n))
@@ -64,6 +70,7 @@ class EpisodeState:
     alerting: bool = False
     onset_at: float = 0.0
     peak: float = 0.0  # the open episode's strongest score so far
+    quiet: int = 0  # readings in a row of the open episode that no longer alert
 
 
 @dataclass(frozen=True)
@@ -87,16 +94,20 @@ def judge(decision: Decision, state: EpisodeState, score: float, at: float, can_
     flagged = score >= decision.threshold
     state.recent_flags.append(flagged)
     alert = sum(state.recent_flags) >= decision.k
-    if not alert and state.alerting and decision.clear is not None:
+    if not alert and state.alerting and not state.quiet and decision.clear is not None:
         alert = score >= decision.clear
     if alert and not state.alerting:
-        state.alerting, state.onset_at, state.peak = True, at, score
+        state.alerting, state.onset_at, state.peak, state.quiet = True, at, score, 0
         return Judgement(flagged, True, ONSET, score)
     if not state.alerting:
         return Judgement(flagged, False, None, score)
     if not alert:
+        state.quiet += 1
+        if state.quiet < decision.end_after:
+            return Judgement(flagged, False, None, score)
         state.alerting = False
         return Judgement(flagged, False, END, score)
+    state.quiet = 0
     state.peak = max(state.peak, score)
     surprise = min(score, decision.threshold * IN_EPISODE * score / state.peak) if state.peak > 0 else score
     if can_adapt and decision.new_normal_after and at - state.onset_at >= decision.new_normal_after:

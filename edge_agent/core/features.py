@@ -35,8 +35,9 @@ NAN = float("nan")
 # change, how many readings in a row it repeated (a frozen sensor), its level
 # smoothed over the last 30 readings (a shift of a few noise widths stands out
 # there), how much it moved over the last ten, and how far its last ten have moved
-# from its baseline over about 600 readings (a slow ramp; range-checked only).
-DEFAULT_TRANSFORMS = ("value", "delta", "repeats", "mean:30", "std:10", "drift:600")
+# from its baseline over about 600 readings (a slow ramp; range-checked only), and the reading
+# against the same time of day one day before (defined once a sensor has a day behind it).
+DEFAULT_TRANSFORMS = ("value", "delta", "repeats", "mean:30", "std:10", "drift:600", "season:1d")
 
 # name -> whether it takes a window size
 TRANSFORMS = {
@@ -58,8 +59,11 @@ MAX_REPEATS = 100
 # (see GUARD_ONLY): a slow feature seen over one learning hour gives a forest only a few
 # independent samples, and a forest that also splits on it isolates ordinary readings.
 DRIFT_RECENT = 10
-# Transforms the model's range check watches but its forest does not see.
-GUARD_ONLY = frozenset({"drift"})
+# Transforms the model's range check watches but its forest does not see. A season is one
+# for the same reason as drift: a day of readings gives a forest few independent samples of
+# it, and a forest that split on it flagged a slow random walk 18 times in a week, where
+# the range check alone flagged it never (tests/test_alert_hygiene.py).
+GUARD_ONLY = frozenset({"drift", "season"})
 
 
 def parse_transform(name: str) -> tuple[str, int]:

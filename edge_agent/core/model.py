@@ -342,7 +342,10 @@ def build_model(
     for i in spec.seasonal:
         # A season's range from less than a few hours of readings with a previous cycle says little.
         defined = int(np.count_nonzero(~np.isnan(features[:, i])))
-        margin[i] = range_margin(defined) if defined >= MIN_SEASONAL_ROWS else math.inf
+        if defined < MIN_SEASONAL_ROWS:
+            margin[i] = math.inf
+        elif wandering_levels is None or not wandering_levels[i]:
+            margin[i] = range_margin(defined)
     guard = RangeGuard.fit(x, margin).without_lone_extremes(x)
     if baselines:
         guard = guard.symmetric(list(baselines))

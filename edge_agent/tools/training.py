@@ -144,6 +144,12 @@ def fit_model(
     wandering_levels = np.array(
         [f in wandering and parse_transform(t)[0] in ("value", "mean") for f, t in spec.columns], dtype=bool
     )
+    # What is left of a reading after its season wanders when the season does not explain the
+    # sensor (a random walk, the weather over days): it gets a wandering level's margin.
+    for i in spec.seasonal:
+        defined = features[~np.isnan(features[:, i]), i]
+        if len(defined) > 2 and lag1_autocorrelation(defined) > WANDERING_AUTOCORRELATION:
+            wandering_levels[i] = True
     model = build_model(
         name=name,
         version=version or datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ"),
