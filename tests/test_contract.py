@@ -128,8 +128,8 @@ def _readings(model: SensorModel, sensor: str = "s-1") -> list[Reading]:
     return [Reading(sensor, dict(zip(model.fields, map(float, row), strict=True)), float(i)) for i, row in enumerate(rows)]
 
 
-def _engine(model: SensorModel) -> ScoringEngine:
-    return ScoringEngine({model.name: model}, default=model.name, decision=Decision())
+def _engine(model: SensorModel, decision: Decision = Decision()) -> ScoringEngine:
+    return ScoringEngine({model.name: model}, default=model.name, decision=decision)
 
 
 def _answers(verdicts: Sequence[object]) -> list[tuple[float, int, str | None]]:
@@ -184,20 +184,21 @@ def _table(tmp: Path, readings: Sequence[Reading]) -> Any:
     return read_table(path, fields)
 
 
-def test_batch_single_predict_and_replay_paths_agree(kind: Kind, tmp_path: Path) -> None:
+@pytest.mark.parametrize("decision", [Decision(), Decision(clear=0.2, end_after=5)], ids=["default", "hysteresis"])
+def test_batch_single_predict_and_replay_paths_agree(kind: Kind, decision: Decision, tmp_path: Path) -> None:
     model, _ = kind.make(0, tmp_path)
     # Three sensors interleaved: a batch scores them together, one forest call a round.
     streams = [_readings(model, f"s-{n}") for n in range(3)]
     readings = [r for row in zip(*streams, strict=True) for r in row]
-    batch = _answers(_engine(model).score(readings).results)
-    single, predicted = _engine(model), []
+    batch = _answers(_engine(model, decision).score(readings).results)
+    single, predicted = _engine(model, decision), []
     one_by_one = []
     for r in readings:
         predicted.append(single.predict(r.values, r.sensor_id))  # in the context of what came before, unchanged
         one_by_one.extend(single.score([r]).results)
     _assert_same(_answers(one_by_one), batch)
     _assert_same([(v.score, v.anomaly, None) for v in predicted], [(s, a, None) for s, a, _ in batch])
-    replayed = replay(_table(tmp_path, readings), model, Decision())
+    replayed = replay(_table(tmp_path, readings), model, decision)
     _assert_same(_answers([row.verdict for row in replayed]), batch)
 
 

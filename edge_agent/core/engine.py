@@ -17,6 +17,7 @@ while it holds its lock, so a learner may call ``install`` from any thread.
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from collections import OrderedDict, deque
 from collections.abc import Mapping, Sequence
@@ -357,8 +358,7 @@ class ScoringEngine:
             stream = self._streams.get(sensor_id) if sensor_id is not None else None
             rows = (stream.context if stream is not None else SensorContext(model.spec)).rows(ordered)
             episode = stream.episode if stream is not None else self.decision.new_state()
-            episode = EpisodeState(deque(episode.recent_flags, maxlen=self.decision.n), episode.alerting,
-                                   episode.onset_at, episode.peak)
+            episode = dataclasses.replace(episode, recent_flags=deque(episode.recent_flags, maxlen=self.decision.n))
         # As the stream would score it: in each context the sensor has, the less strange (see detector),
         # and judged against the sensor's open episode, on a copy (a peek moves nothing).
         raw, score = min((model.score_row(row) for row in rows), key=lambda scored: scored[1])
