@@ -290,9 +290,9 @@ def main() -> int:
         tasks = [(data / name, labels[name], args.overrides) for name in sorted(labels)]
         with multiprocessing.Pool(max(1, min(args.jobs, len(tasks)))) as pool:
             replayed = []
-            for done, result in enumerate(pool.imap(_replay_file, tasks)):
-                progress.update(done)
+            for result in pool.imap(_replay_file, tasks):
                 replayed.append(result)
+                progress.update(len(replayed))
         for name, result in zip(sorted(labels), replayed, strict=True):
             if isinstance(result, str):  # one unreadable file does not end the run
                 skipped.append(result)

@@ -60,9 +60,11 @@ MAX_REPEATS = 100
 # independent samples, and a forest that also splits on it isolates ordinary readings.
 DRIFT_RECENT = 10
 # Transforms the model's range check watches but its forest does not see. A season is one
-# for the same reason as drift: a day of readings gives a forest few independent samples of
-# it, and a forest that split on it flagged a slow random walk 18 times in a week, where
-# the range check alone flagged it never (tests/test_alert_hygiene.py).
+# for the same reasons as drift: it is NaN through a sensor's first day, and a forest must not
+# lose those rows (a sensor that learns for an hour would have none to fit on); and a day of
+# readings gives a forest few independent samples of it: with those first-day rows filled in,
+# a forest that also split on it flagged a slow random walk (tests/test_alert_hygiene.py's, at
+# a reading a minute) 18 times in seven days, where the range check alone flagged it never.
 GUARD_ONLY = frozenset({"drift", "season"})
 
 
