@@ -309,10 +309,13 @@ def backlog(lab: Lab, readings: int = 90_000, overrides: Sequence[str] = ()) -> 
         )
 
 
-def burst(lab: Lab, readings: int = 60_000, sensors: int = 10) -> ScenarioResult:
-    """``readings`` from ``sensors`` sensors published at once (a gateway flushing its buffer) to a running agent."""
+def burst(lab: Lab, readings: int = 60_000, sensors: int = 10, broker_config: str = "") -> ScenarioResult:
+    """``readings`` from ``sensors`` sensors published at once (a gateway flushing its buffer) to a running agent.
+
+    ``broker_config``: more lines for the broker's configuration (e.g. a smaller max_inflight_messages).
+    """
     ids = [f"burst-{i}" for i in range(sensors)]
-    limits = f"max_queued_messages {readings + 1000}\nmax_queued_bytes 0"
+    limits = f"max_queued_messages {readings + 1000}\nmax_queued_bytes 0\n{broker_config}"
     with ExitStack() as stack:
         _, observer, agent, sensor = _stage(stack, lab, "faults-burst", "burst", broker_config=limits)
         started = time.time()

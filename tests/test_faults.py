@@ -144,6 +144,16 @@ def test_a_burst_from_a_gateway_is_answered_in_full_with_its_latency_measured(la
 
 
 @against_mosquitto
+def test_a_broker_receive_maximum_bounds_the_verdicts_in_flight(lab: Lab) -> None:
+    # Mosquitto announces max_inflight_messages as its Receive Maximum (MQTT 5): the agent keeps
+    # to it, not to its own mqtt.max_in_flight (512), and still answers every reading.
+    r = faults.burst(lab, readings=3000, sensors=10, broker_config="max_inflight_messages 20")
+    assert_nothing_lost(r)
+    assert 0 < r.details["held"]["edge_agent_publishes_in_flight"] <= 20, r.details
+    assert r.details["exit"] == 0
+
+
+@against_mosquitto
 def test_a_burst_published_twice_over_is_answered_once_per_reading_and_every_repeat_marked(
     lab: Lab, record: list[ScenarioResult],
 ) -> None:

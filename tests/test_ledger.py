@@ -129,6 +129,24 @@ def test_the_publisher_waits_while_the_bound_is_full_and_resumes_on_a_puback() -
     assert woke and woke[0] - freed < 2.0 and not ledger.full  # woken by the PUBACK, not by its timeout
 
 
+def test_a_broker_receive_maximum_lowers_the_bound_for_its_connection_only() -> None:
+    ledger = AckLedger(limit=4)
+    ledger.publisher_reconnected(receive_maximum=2)  # an MQTT 5 broker that takes 2 at once
+    published(ledger, 1)
+    published(ledger, 2)
+    assert ledger.full and not ledger.wait_for_room(0.01)
+    ledger.puback(1)
+    ledger.puback(2)
+    ledger.publisher_disconnected()
+    ledger.publisher_reconnected(receive_maximum=None)  # the next broker announces none: the configured bound
+    for mid in (3, 4, 5):
+        published(ledger, mid)
+    assert ledger.limit == 4 and not ledger.full
+    ledger.publisher_disconnected()
+    ledger.publisher_reconnected(receive_maximum=1000)  # never above the configured bound
+    assert ledger.limit == 4
+
+
 def test_a_publisher_reconnect_keeps_receipts_and_the_resent_publishes_settle_them() -> None:
     clock = Clock()
     ledger = AckLedger(limit=10, clock=clock)

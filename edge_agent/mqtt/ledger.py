@@ -20,7 +20,8 @@ Rules it keeps:
   PUBACK is kept and applied at registration; otherwise an unknown id is not ours.
 - **A bound on publishes in flight.** Message ids are 16-bit and a client that runs out
   of them overwrites queued messages, so the publishes not yet acknowledged are held to
-  ``limit``: :meth:`wait_for_room` blocks the publisher while the bound is full.
+  ``limit``: :meth:`wait_for_room` blocks the publisher while the bound is full. A broker
+  that announces a smaller Receive Maximum (MQTT 5) lowers it for that connection.
 - **Re-sent first.** After a reconnect the client re-sends the publishes in flight only once
   the broker's CONNACK is in, but a publish made meanwhile (the socket is open) goes out at
   once, ahead of them: a reading's verdict re-sent after the marked verdict of its
@@ -72,7 +73,8 @@ class AckLedger:
 
     def __init__(self, limit: int, clock: Callable[[], float] = time.monotonic) -> None:
         """``limit``: publishes in flight (sent, not yet acknowledged by the broker) at most."""
-        self.limit = limit
+        self.configured_limit = limit
+        self.limit = limit  # for the current publishing connection: at most what its broker takes
         self._clock = clock
         self._cond = threading.Condition()
         self._generation = 0
@@ -99,11 +101,16 @@ class AckLedger:
             self._cond.notify_all()
             return self._generation
 
-    def publisher_reconnected(self) -> int:
+    def publisher_reconnected(self, receive_maximum: int | None = None) -> int:
         """A new publishing connection: receipts stay valid, the publishes in flight stay tracked (the
         client re-sends them under their ids). New publishes wait until the first PUBACK if any are in
-        flight. Returns how many are."""
+        flight. Returns how many are.
+
+        ``receive_maximum``: the publishes in flight the broker takes at once, if it announced it
+        (MQTT 5 CONNACK); the bound is the smaller of it and the configured one.
+        """
         with self._cond:
+            self.limit = min(self.configured_limit, receive_maximum or self.configured_limit)
             if not self._pending:
                 self._open = True
                 self._cond.notify_all()

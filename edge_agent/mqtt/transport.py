@@ -53,12 +53,6 @@ from edge_agent.pipeline import Envelope
 
 log = logging.getLogger(__name__)
 
-# Verdicts sent and not yet acknowledged by the broker, at most; paho queues the rest.
-# Small on purpose: paho rescans its whole outgoing table on every PUBACK while the
-# window has room (a cost that grows with it), and 64 in flight already keeps a
-# loopback or LAN link busy. Brokers allow at least this (Mosquitto: 20 by default,
-# and it tolerates more; the shipped broker config allows 512).
-OUTGOING_WINDOW = 64
 
 # last_error before the first connection attempt has ended (readiness shows it).
 NOT_TRIED = "not connected yet"
@@ -218,8 +212,10 @@ class MQTTTransport:
             protocol=paho.MQTTv5 if self._v5 else paho.MQTTv311,
             clean_session=None if self._v5 else True,
         )
-        # Outgoing messages in flight at once; paho queues the rest (bounded by the ledger's limit).
-        client.max_inflight_messages_set(OUTGOING_WINDOW)
+        # No window of paho's own: the ledger's bound (mqtt.max_in_flight, or the broker's Receive
+        # Maximum if smaller) holds the worker back, so every publish goes out at once. With a window,
+        # paho walks its table of messages in flight on every PUBACK to find one to send next.
+        client.max_inflight_messages_set(0)
         client.will_set(self.status_topic, "offline", qos=1, retain=True)
         self._set_up(client, env, self._on_publisher_connect, self._on_publisher_connect_fail, self._on_publisher_disconnect)
         client.on_publish = self._on_publish
@@ -321,7 +317,7 @@ class MQTTTransport:
             log.error("%s (%s:%d)", self.last_error, self.cfg.mqtt.host, self.cfg.mqtt.port)
             return
         # Receipts stay valid: paho re-sends the publishes in flight, whose PUBACKs settle their readings.
-        resent = self.ledger.publisher_reconnected()
+        resent = self.ledger.publisher_reconnected(getattr(properties, "ReceiveMaximum", None) if properties is not None else None)
         announced = getattr(properties, "MaximumPacketSize", None) if properties is not None else None
         self.max_packet = min(self.cfg.mqtt.broker_max_packet_size or MQTT_MAX_PACKET, announced or MQTT_MAX_PACKET)
         with self._lock:
