@@ -73,7 +73,7 @@ class AckLedger:
 
     def __init__(self, limit: int, clock: Callable[[], float] = time.monotonic) -> None:
         """``limit``: publishes in flight (sent, not yet acknowledged by the broker) at most."""
-        self.configured_limit = limit
+        self._configured_limit = limit
         self.limit = limit  # for the current publishing connection: at most what its broker takes
         self._clock = clock
         self._cond = threading.Condition()
@@ -110,7 +110,7 @@ class AckLedger:
         (MQTT 5 CONNACK); the bound is the smaller of it and the configured one.
         """
         with self._cond:
-            self.limit = min(self.configured_limit, receive_maximum or self.configured_limit)
+            self.limit = min(self._configured_limit, receive_maximum or self._configured_limit)
             if not self._pending:
                 self._open = True
                 self._cond.notify_all()

@@ -53,7 +53,6 @@ from edge_agent.pipeline import Envelope
 
 log = logging.getLogger(__name__)
 
-
 # last_error before the first connection attempt has ended (readiness shows it).
 NOT_TRIED = "not connected yet"
 REFUSED = "broker refused the connection"
