@@ -20,6 +20,7 @@ from edge_agent.core.durations import Duration
 from edge_agent.core.engine import ScoringEngine
 from edge_agent.core.episodes import Decision, judge
 from edge_agent.core.features import FeatureSpec, feature_matrix
+from edge_agent.core.records import MARGIN, RecentRecords, Tally, record_score
 from edge_agent.core.routing import ModelRouter, UnknownSensor
 from edge_agent.tools.training import learn_model
 
@@ -312,3 +313,57 @@ def test_the_scoring_core_opens_no_files_and_knows_no_adapter() -> None:
                 assert not name.startswith("edge_agent.") or name.startswith("edge_agent.core."), f"{path.name} imports {name}"
             if isinstance(node, ast.Call) and isinstance(node.func, ast.Name):
                 assert node.func.id != "open", f"{path.name} opens a file"
+
+
+def test_records_judge_a_reading_by_how_far_it_goes_past_the_highest_and_lowest_of_recent_days() -> None:
+    hour = 3600.0
+    records = RecentRecords(1, horizon=30 * 86400.0)
+    for i in range(24):  # a day of readings between 10 and 12, mean 11
+        records.add([10.0 + 2.0 * (i % 2)], i * hour)
+    assert records.excess([20.0]) == 0.0  # too young: less than a day and MIN_COUNT readings
+    for i in range(24, 24 * 5):
+        records.add([10.0 + 2.0 * (i % 2)], i * hour)
+    assert records.excess([11.5]) == 0.0 and records.excess([12.0]) == 0.0  # within the records
+    # Past the high of 12 by a third of its distance from the mean (1) is the threshold.
+    assert records.excess([12.0 + MARGIN]) == pytest.approx(1.0)
+    assert records.excess([9.0]) == pytest.approx(3.0)  # a low: one unit below 10, three margins
+    assert record_score(records.excess([12.0 + MARGIN / 2]), 0.5) == pytest.approx(0.25)
+    assert record_score(records.excess([13.0]), 0.5) > 0.5
+    # A stretch held out of the records judges as if taken in only when asked to.
+    stretch = Tally(1)
+    stretch.add([14.0])
+    assert records.excess([13.0], stretch) == 0.0 < records.excess([13.0])
+    records.take_in(stretch)
+    assert records.excess([13.0]) == 0.0
+
+
+def test_records_forget_what_lies_past_their_horizon() -> None:
+    day = 86400.0
+    records = RecentRecords(1, horizon=10 * day)
+    records.add([50.0], 0.0)  # an old high
+    for i in range(1, 24 * 30):
+        records.add([10.0 + (i % 2)], i * 3600.0)
+    assert records.excess([40.0]) > 1.0  # the high of 50 is 30 days old: a 40 now breaks the records
+
+
+def test_a_flagged_stretch_stays_out_of_the_records_until_the_context_takes_it_in() -> None:
+    spec = FeatureSpec(fields=("v",), transforms=("value",))
+    context = SensorContext(spec, record_horizon=30 * 86400.0)
+    for i in range(200):
+        context.advance([10.0 + (i % 2)], flagged=False, at=i * 3600.0)
+    assert context.record_excesses([20.0])[0] > 1.0
+    context.advance([20.0], flagged=True, at=200 * 3600.0)
+    context.advance([20.0], flagged=True, at=201 * 3600.0)
+    assert context.record_excesses([20.0]) == [pytest.approx(context.records.excess([20.0]))] * 2
+    assert context.records.excess([20.0]) > 1.0  # the spike set no record
+    context.absorb()  # its level is the new normal
+    assert context.record_excesses([20.0]) == [0.0]
+
+
+def test_an_episode_is_the_new_normal_only_once_it_has_lasted_enough_readings_too() -> None:
+    d = Decision(new_normal_after=3600.0)
+    hourly = [(0.9, 0.0), (0.9, 3600.0), (0.9, 7200.0), (0.9, 10800.0)]
+    assert _events(d, hourly)[1] == "new_normal"
+    state = d.new_state()
+    events = [judge(d, state, s, t, new_normal_readings=3).event for s, t in hourly]
+    assert events == ["onset", None, "new_normal", "onset"]

@@ -89,8 +89,9 @@ class DecisionConfig:
     k: int = _f(Decision.k, "Alert when at least k of the last n readings of a sensor are over the threshold.", min=1, max=1000)
     n: int = _f(Decision.n, "Window for the k-of-n rule.", min=1, max=1000)
     clear_threshold: float | None = _f(Decision.clear, "Hysteresis: a sensor in alert stays anomalous while its score is at least this (at most threshold), so a score hovering at the threshold does not flap; null: none.", min=0.0, max=1.0)
-    new_normal_after: Duration = _f(Duration(Decision.new_normal_after), "An anomalous episode that lasts this long (by the readings' own timestamps, else their arrival) is the sensor's new normal: one verdict with event new_normal goes to the alerts topic, the alert ends, and a sensor that learns refits on its recent readings, flagged ones included. A sensor scored by an assigned model keeps alerting while the change lasts. 0: never.", min=0.0, max=365 * 86400.0)
+    new_normal_after: Duration = _f(Duration(Decision.new_normal_after), "An anomalous episode that lasts this long (by the readings' own timestamps, else their arrival), and a feature window of readings (30 with the default features), is the sensor's new normal: one verdict with event new_normal goes to the alerts topic, the alert ends, and a sensor that learns refits on its recent readings, flagged ones included. A sensor scored by an assigned model keeps alerting while the change lasts. 0: never.", min=0.0, max=365 * 86400.0)
     end_after: int = _f(Decision.end_after, "An episode ends with this many readings in a row that no longer alert; a flagged reading before that continues it, so a burst of spikes is one alert.", min=1, max=10000)
+    record_horizon: Duration = _f(Duration(Decision.record_horizon), "A sensor's records are its highest and lowest normal readings over this span (by the readings' own timestamps, else their arrival). A reading past them by a third of the record's distance from the sensor's mean scores over the threshold, whatever the model makes of it. Checked once the records span a day. 0: no records.", min=0.0, max=365 * 86400.0)
 
 
 @dataclass

@@ -22,6 +22,10 @@ contexts: a sensor that has gone wrong costs about three times a normal one; see
 docs/results/performance.md.) When a change is accepted as the sensor's new normal, the
 live context is taken in at once (``absorb``) and its drift is measured from the new level.
 (River's anomaly filters keep a detector from learning what it flagged in the same way.)
+
+The sensor's records (``records``: its highest and lowest readings over the last days) are
+part of the context too: a held stretch stays out of them, the live context judges with it
+taken in, and it joins them when the live context goes on.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from edge_agent.core.features import DRIFT_RECENT, FeatureSpec, FeatureState
+from edge_agent.core.records import RecentRecords, Tally
 
 # Readings after a held stretch over which its two contexts are compared before one goes on.
 SETTLE = 3
@@ -37,11 +42,13 @@ SETTLE = 3
 class SensorContext:
     """A sensor's feature state, and while a flagged stretch is held out, the state with it."""
 
-    __slots__ = ("features", "live", "held", "hold", "settling", "clean_sum", "live_sum")
+    __slots__ = ("features", "live", "records", "stretch", "held", "hold", "settling", "clean_sum", "live_sum")
 
-    def __init__(self, spec: FeatureSpec, hold: int | None = None) -> None:
+    def __init__(self, spec: FeatureSpec, hold: int | None = None, record_horizon: float = 0.0) -> None:
         self.features: FeatureState = spec.new_state()
         self.live: FeatureState | None = None  # the context with the held stretch taken in
+        self.records = RecentRecords(len(spec.fields), record_horizon)
+        self.stretch: Tally | None = None  # the held stretch, kept out of the records
         self.held = 0
         self.hold = max(spec.history, DRIFT_RECENT) if hold is None else hold
         self.settling = 0  # normal readings since the stretch, while both contexts are kept
@@ -60,6 +67,12 @@ class SensorContext:
         clean = self.features.peek(values, at)
         return [clean] if self.live is None else [clean, self.live.peek(values, at)]
 
+    def record_excesses(self, values: Sequence[float]) -> list[float]:
+        """How far the reading lies past the sensor's records (see ``records``), for each
+        context of ``rows``: in both, the records without the held stretch."""
+        excess = self.records.excess(values)
+        return [excess] if self.live is None else [excess, excess]
+
     def advance(self, values: Sequence[float], flagged: bool, at: float | None = None,
                 scores: Sequence[float] = ()) -> None:
         """Move the context on by one reading. ``flagged``: the reading was flagged (in the
@@ -67,10 +80,12 @@ class SensorContext:
         if self.live is None:
             if flagged:
                 self.live = self.features.copy()
+                self.stretch = Tally(len(values))
                 self.held, self.settling = 0, 0
                 self._hold(values, at)
             else:
                 self.features.update(values, at)
+                self._record(values, at)
             return
         if flagged:
             self.settling = 0
@@ -81,6 +96,7 @@ class SensorContext:
         # a change that had crept in before it was flagged).
         self.features.update(values, at)
         self.live.update(values, at)
+        self._record(values, at)
         if self.settling == 0:
             self.clean_sum = self.live_sum = 0.0
         self.settling += 1
@@ -89,13 +105,16 @@ class SensorContext:
             self.live_sum += scores[1]
         if self.settling >= SETTLE:
             if self.live_sum < self.clean_sum:
-                self.features = self.live
-            self.live, self.held, self.settling = None, 0, 0
+                self._take_in()
+            else:
+                self._drop_live()
 
     def _hold(self, values: Sequence[float], at: float | None) -> None:
         assert self.live is not None
         self.live.update(values, at)
         self.features.step(values)  # the change and the repeats follow every reading
+        if self.stretch is not None:
+            self.stretch.add(values)
         self.held += 1
         if self.held >= self.hold:
             self._take_in()
@@ -103,7 +122,16 @@ class SensorContext:
     def _take_in(self) -> None:
         if self.live is not None:
             self.features = self.live
-        self.live, self.held, self.settling = None, 0, 0
+        if self.stretch is not None:
+            self.records.take_in(self.stretch)
+        self._drop_live()
+
+    def _drop_live(self) -> None:
+        self.live, self.stretch, self.held, self.settling = None, None, 0, 0
+
+    def _record(self, values: Sequence[float], at: float | None) -> None:
+        if at is not None:
+            self.records.add(values, at)
 
     def absorb(self) -> None:
         """The held stretch is the new normal: take it in, and rebase drift on it."""

@@ -7,7 +7,8 @@ of its own, and this one only puts them in order for each reading:
 - ``routing``: which model scores a sensor;
 - ``dedup``: a reading delivered twice gets its first verdict again;
 - ``detector``: the sensor's context of recent normal readings, and its features in it;
-- the model (``model``): forest, calibration and range check give the score;
+- the model (``model``): forest, calibration and range check give the score, raised for a
+  reading past the sensor's ``records``;
 - ``episodes``: score -> anomaly, with an episode's onset, end and new normal;
 - ``adaptation``: when a sensor learns, refits or takes a new normal in.
 
@@ -31,7 +32,8 @@ from edge_agent.core.detector import SensorContext
 from edge_agent.core.domain import InvalidReading, Reading, Verdict
 from edge_agent.core.episodes import NEW_NORMAL, Decision, EpisodeState, judge
 from edge_agent.core.features import FeatureSpec
-from edge_agent.core.model import SensorModel
+from edge_agent.core.model import CALIBRATION_SCORES, SensorModel
+from edge_agent.core.records import record_score
 from edge_agent.core.routing import ModelRouter, UnknownSensor
 
 __all__ = ["Decision", "LearningPlan", "LearnRequest", "Scored", "ScoringEngine", "UnknownSensor"]
@@ -219,7 +221,7 @@ class ScoringEngine:
         requests: list[LearnRequest],
     ) -> None:
         """At most one reading per sensor: score them with one forest call per model."""
-        by_model: dict[int, list[tuple[int, SensorStream, list[float], list[float]]]] = {}
+        by_model: dict[int, list[tuple[int, SensorStream, list[float], list[float], float]]] = {}
         for i, stream, values in entries:
             reading = readings[i]
             duplicate = stream.recent.duplicate_of(reading, values)
@@ -229,20 +231,21 @@ class ScoringEngine:
             if stream.model is None:
                 results[i] = self._learn(reading, stream, values, requests)
                 continue
-            for row in stream.context.rows(values, reading.at):
-                by_model.setdefault(id(stream.model), []).append((i, stream, values, row))
+            excesses = stream.context.record_excesses(values)
+            for row, excess in zip(stream.context.rows(values, reading.at), excesses, strict=True):
+                by_model.setdefault(id(stream.model), []).append((i, stream, values, row, excess))
         for group in by_model.values():
             model = group[0][1].model
             assert model is not None
             if len(group) == 1:  # the idle case: one reading, no numpy call overhead
                 scores = [model.score_row(group[0][3])]
             else:
-                raw, calibrated = model.score_features(np.array([row for *_, row in group], dtype=np.float64))
+                raw, calibrated = model.score_features(np.array([row for *_, row, _ in group], dtype=np.float64))
                 scores = list(zip(raw.tolist(), calibrated.tolist(), strict=True))
             # A reading scored in two contexts (see detector) is as strange as the less strange finds it.
             per_reading: dict[int, tuple[SensorStream, list[float], list[tuple[float, float]]]] = {}
-            for (i, stream, values, _), scored in zip(group, scores, strict=True):
-                per_reading.setdefault(i, (stream, values, []))[2].append(scored)
+            for (i, stream, values, _, excess), (raw_score, score) in zip(group, scores, strict=True):
+                per_reading.setdefault(i, (stream, values, []))[2].append((raw_score, _with_records(score, excess)))
             for i, (stream, values, in_contexts) in per_reading.items():
                 raw_score, score = min(in_contexts, key=lambda rs: rs[1])
                 results[i] = self._decide(readings[i], stream, values, raw_score, score, requests,
@@ -269,7 +272,7 @@ class ScoringEngine:
         plan = self.learning
         if model is None and plan is not None:
             spec = FeatureSpec(fields=tuple(reading.values), transforms=plan.features)
-            stream = SensorStream(None, SensorContext(spec), self.decision.new_state(),
+            stream = SensorStream(None, SensorContext(spec, record_horizon=self.decision.record_horizon), self.decision.new_state(),
                                   adaptation=SensorAdaptation(plan, reading.sensor_id, spec))
         else:
             if model is None:
@@ -281,7 +284,8 @@ class ScoringEngine:
             if plan is not None and reading.sensor_id in self.router.learned:
                 known = int(model.manifest.get("training", {}).get("rows", plan.refit_rows))
                 adaptation = SensorAdaptation(plan, reading.sensor_id, model.spec, known=known)
-            stream = SensorStream(model, SensorContext(model.spec), self.decision.new_state(), adaptation=adaptation)
+            context = SensorContext(model.spec, record_horizon=self.decision.record_horizon)
+            stream = SensorStream(model, context, self.decision.new_state(), adaptation=adaptation)
         return stream
 
     def _learn(self, reading: Reading, stream: SensorStream, values: list[float], requests: list[LearnRequest]) -> Verdict:
@@ -313,7 +317,9 @@ class ScoringEngine:
             # A new normal's refit is on its way: the old model would flag the new level again.
             flagged, anomaly, event, surprise = score >= self.decision.threshold, False, None, score
         else:
-            judgement = judge(self.decision, stream.episode, score, at, can_adapt=adaptation is not None)
+            # A new level is learnable once it has filled the sensor's feature windows.
+            judgement = judge(self.decision, stream.episode, score, at, can_adapt=adaptation is not None,
+                              new_normal_readings=stream.context.hold)
             flagged, anomaly, event, surprise = judgement.flagged, judgement.anomaly, judgement.event, judgement.surprise
         verdict = Verdict(
             sensor_id=reading.sensor_id,
@@ -356,12 +362,14 @@ class ScoringEngine:
             ordered = [float(values[f]) for f in model.fields]
         with self._lock:
             stream = self._streams.get(sensor_id) if sensor_id is not None else None
-            rows = (stream.context if stream is not None else SensorContext(model.spec)).rows(ordered)
+            context = stream.context if stream is not None else SensorContext(model.spec)
+            rows, excesses = context.rows(ordered), context.record_excesses(ordered)
             episode = stream.episode if stream is not None else self.decision.new_state()
             episode = dataclasses.replace(episode, recent_flags=deque(episode.recent_flags, maxlen=self.decision.n))
         # As the stream would score it: in each context the sensor has, the less strange (see detector),
         # and judged against the sensor's open episode, on a copy (a peek moves nothing).
-        raw, score = min((model.score_row(row) for row in rows), key=lambda scored: scored[1])
+        raw, score = min(((raw, _with_records(score, excess)) for (raw, score), excess
+                          in zip((model.score_row(row) for row in rows), excesses, strict=True)), key=lambda scored: scored[1])
         judgement = judge(self.decision, episode, score, episode.onset_at, can_adapt=False)
         return Verdict(
             sensor_id=sensor_id or "",
@@ -373,6 +381,11 @@ class ScoringEngine:
             model_version=model.version,
             raw_score=raw,
         )
+
+
+def _with_records(score: float, excess: float) -> float:
+    """The model's score, raised for a reading past the sensor's records (see ``records``)."""
+    return max(score, record_score(excess, CALIBRATION_SCORES[-1])) if excess else score
 
 
 def _invalid(reading: Reading, reason: str, detail: str) -> InvalidReading:

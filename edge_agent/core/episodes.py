@@ -57,6 +57,7 @@ class Decision:
     clear: float | None = None
     new_normal_after: float = 3600.0  # seconds an episode may last before it is the new normal (0: never)
     end_after: int = 3  # readings in a row that no longer alert before the episode ends
+    record_horizon: float = 30 * 86400.0  # seconds of readings a sensor's records cover (0: none; see records)
 
     def new_state(self) -> EpisodeState:
         return EpisodeState(deque(maxlen=self.n))
@@ -71,6 +72,7 @@ class EpisodeState:
     onset_at: float = 0.0
     peak: float = 0.0  # the open episode's strongest score so far
     quiet: int = 0  # readings in a row of the open episode that no longer alert
+    readings: int = 0  # readings of the open episode so far, its onset included
 
 
 @dataclass(frozen=True)
@@ -85,11 +87,14 @@ class Judgement:
         return self.event == ONSET
 
 
-def judge(decision: Decision, state: EpisodeState, score: float, at: float, can_adapt: bool = True) -> Judgement:
+def judge(decision: Decision, state: EpisodeState, score: float, at: float, can_adapt: bool = True,
+          new_normal_readings: int = 0) -> Judgement:
     """What a reading's ``score`` at time ``at`` means for its sensor; advances ``state``.
 
     ``can_adapt``: whether the sensor's model can take a new normal in (a learned one);
-    a fixed model keeps alerting for as long as the change lasts.
+    a fixed model keeps alerting for as long as the change lasts. ``new_normal_readings``:
+    an episode is the new normal only once it has lasted this many readings too (a sensor
+    that reports hourly has not shown a new level in the one reading after its onset).
     """
     flagged = score >= decision.threshold
     state.recent_flags.append(flagged)
@@ -97,10 +102,11 @@ def judge(decision: Decision, state: EpisodeState, score: float, at: float, can_
     if not alert and state.alerting and not state.quiet and decision.clear is not None:
         alert = score >= decision.clear
     if alert and not state.alerting:
-        state.alerting, state.onset_at, state.peak, state.quiet = True, at, score, 0
+        state.alerting, state.onset_at, state.peak, state.quiet, state.readings = True, at, score, 0, 1
         return Judgement(flagged, True, ONSET, score)
     if not state.alerting:
         return Judgement(flagged, False, None, score)
+    state.readings += 1
     if not alert:
         state.quiet += 1
         if state.quiet < decision.end_after:
@@ -110,7 +116,8 @@ def judge(decision: Decision, state: EpisodeState, score: float, at: float, can_
     state.quiet = 0
     state.peak = max(state.peak, score)
     surprise = min(score, decision.threshold * IN_EPISODE * score / state.peak) if state.peak > 0 else score
-    if can_adapt and decision.new_normal_after and at - state.onset_at >= decision.new_normal_after:
+    if (can_adapt and decision.new_normal_after and at - state.onset_at >= decision.new_normal_after
+            and state.readings >= new_normal_readings):
         state.recent_flags.clear()
         state.alerting = False
         return Judgement(flagged, False, NEW_NORMAL, surprise)
