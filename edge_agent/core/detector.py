@@ -24,8 +24,9 @@ live context is taken in at once (``absorb``) and its drift is measured from the
 (River's anomaly filters keep a detector from learning what it flagged in the same way.)
 
 The sensor's records (``records``: its highest and lowest readings over the last days) are
-part of the context too: a held stretch stays out of them, the live context judges with it
-taken in, and it joins them when the live context goes on.
+part of the context too: a held stretch stays out of them (both contexts judge by the records
+without it, so every reading of a spike is measured against the records before it), and it
+joins them when the live context goes on.
 """
 
 from __future__ import annotations

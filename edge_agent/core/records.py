@@ -7,9 +7,9 @@ whatever the model makes of its features. The model cannot always tell: it learn
 at most ``learning.refit_rows`` readings and is calibrated on them, so a sensor whose
 learning readings had spikes of their own (an ad exchange's hourly cost, 0.60 against a
 median of 0.14) finds a spike half again as high (0.91) ordinary. Its records find it at
-once. A record is broken only by the reading that breaks it: the next reading at the same
-level is within the record (in the context that took the first one in, see ``detector``),
-so a lasting change reads as one surprise at its onset, as a score should.
+once. Flagged readings set no record until the sensor's context takes them in (see
+``detector``): a spike does not hide the next spike like it, and a lasting change joins the
+records when it is taken in or becomes the new normal.
 
 How far past: ``excess`` is the distance beyond the record in units of the record's own
 distance from the mean (above it for a high, below it for a low), over ``MARGIN``: 1 is
