@@ -68,11 +68,10 @@ class SensorContext:
         clean = self.features.peek(values, at)
         return [clean] if self.live is None else [clean, self.live.peek(values, at)]
 
-    def record_excesses(self, values: Sequence[float]) -> list[float]:
-        """How far the reading lies past the sensor's records (see ``records``), for each
-        context of ``rows``: in both, the records without the held stretch."""
-        excess = self.records.excess(values)
-        return [excess] if self.live is None else [excess, excess]
+    def record_excess(self, values: Sequence[float]) -> float:
+        """How far the reading lies past the sensor's records (see ``records``): the same in
+        every context of ``rows``, since both judge by the records without the held stretch."""
+        return self.records.excess(values)
 
     def advance(self, values: Sequence[float], flagged: bool, at: float | None = None,
                 scores: Sequence[float] = ()) -> None:

@@ -221,7 +221,7 @@ class ScoringEngine:
         requests: list[LearnRequest],
     ) -> None:
         """At most one reading per sensor: score them with one forest call per model."""
-        by_model: dict[int, list[tuple[int, SensorStream, list[float], list[float], float]]] = {}
+        by_model: dict[int, list[tuple[int, SensorStream, list[float], list[float]]]] = {}
         for i, stream, values in entries:
             reading = readings[i]
             duplicate = stream.recent.duplicate_of(reading, values)
@@ -231,22 +231,23 @@ class ScoringEngine:
             if stream.model is None:
                 results[i] = self._learn(reading, stream, values, requests)
                 continue
-            excesses = stream.context.record_excesses(values)
-            for row, excess in zip(stream.context.rows(values, reading.at), excesses, strict=True):
-                by_model.setdefault(id(stream.model), []).append((i, stream, values, row, excess))
+            for row in stream.context.rows(values, reading.at):
+                by_model.setdefault(id(stream.model), []).append((i, stream, values, row))
         for group in by_model.values():
             model = group[0][1].model
             assert model is not None
             if len(group) == 1:  # the idle case: one reading, no numpy call overhead
                 scores = [model.score_row(group[0][3])]
             else:
-                raw, calibrated = model.score_features(np.array([row for *_, row, _ in group], dtype=np.float64))
+                raw, calibrated = model.score_features(np.array([row for *_, row in group], dtype=np.float64))
                 scores = list(zip(raw.tolist(), calibrated.tolist(), strict=True))
             # A reading scored in two contexts (see detector) is as strange as the less strange finds it.
             per_reading: dict[int, tuple[SensorStream, list[float], list[tuple[float, float]]]] = {}
-            for (i, stream, values, _, excess), (raw_score, score) in zip(group, scores, strict=True):
-                per_reading.setdefault(i, (stream, values, []))[2].append((raw_score, _with_records(score, excess)))
-            for i, (stream, values, in_contexts) in per_reading.items():
+            for (i, stream, values, _), scored in zip(group, scores, strict=True):
+                per_reading.setdefault(i, (stream, values, []))[2].append(scored)
+            for i, (stream, values, model_scores) in per_reading.items():
+                excess = stream.context.record_excess(values)
+                in_contexts = [(raw_score, _with_records(score, excess)) for raw_score, score in model_scores]
                 raw_score, score = min(in_contexts, key=lambda rs: rs[1])
                 results[i] = self._decide(readings[i], stream, values, raw_score, score, requests,
                                           [c for _, c in in_contexts])
@@ -363,13 +364,13 @@ class ScoringEngine:
         with self._lock:
             stream = self._streams.get(sensor_id) if sensor_id is not None else None
             context = stream.context if stream is not None else SensorContext(model.spec)
-            rows, excesses = context.rows(ordered), context.record_excesses(ordered)
+            rows, excess = context.rows(ordered), context.record_excess(ordered)
             episode = stream.episode if stream is not None else self.decision.new_state()
             episode = dataclasses.replace(episode, recent_flags=deque(episode.recent_flags, maxlen=self.decision.n))
         # As the stream would score it: in each context the sensor has, the less strange (see detector),
         # and judged against the sensor's open episode, on a copy (a peek moves nothing).
-        raw, score = min(((raw, _with_records(score, excess)) for (raw, score), excess
-                          in zip((model.score_row(row) for row in rows), excesses, strict=True)), key=lambda scored: scored[1])
+        raw, score = min(((raw, _with_records(score, excess)) for raw, score in map(model.score_row, rows)),
+                         key=lambda scored: scored[1])
         judgement = judge(self.decision, episode, score, episode.onset_at, can_adapt=False)
         return Verdict(
             sensor_id=sensor_id or "",

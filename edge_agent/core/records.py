@@ -82,11 +82,6 @@ class Tally:
             c[2 + f + j] = min(c[2 + f + j], o[2 + f + j])
             c[2 + 2 * f + j] += o[2 + 2 * f + j]
 
-    def copy(self) -> Tally:
-        twin = Tally.__new__(Tally)
-        twin.fields, twin.cells = self.fields, array("d", self.cells)
-        return twin
-
 
 class RecentRecords:
     """One sensor's records over ``horizon`` seconds of its readings' clock (0: no records)."""
@@ -126,29 +121,25 @@ class RecentRecords:
         if self._current is not None and stretch.count:
             self._current.merge(stretch)
 
-    def excess(self, values: Sequence[float], stretch: Tally | None = None) -> float:
-        """How far the reading lies past the records (with ``stretch`` taken in too), in
-        MARGINs of each record's distance from the mean; the largest over its fields.
-        0 within the records, and while the records are too young to judge by."""
+    def excess(self, values: Sequence[float]) -> float:
+        """How far the reading lies past the records, in MARGINs of each record's distance
+        from the mean; the largest over its fields. 0 within the records, and while the
+        records are too young to judge by."""
         current = self._current
         if current is None or self._first_at is None or self._last_at is None:
             return 0.0
         past, f = self._past.cells, self._past.fields
         cur = current.cells
-        held = stretch.cells if stretch is not None and stretch.count else None
-        count = past[1] + cur[1] + (held[1] if held is not None else 0.0)
+        count = past[1] + cur[1]
         if count < MIN_COUNT or self._last_at - self._first_at < MIN_SPAN:
             return 0.0
         worst = 0.0
         for j, x in enumerate(values):
             high = max(past[2 + j], cur[2 + j])
             low = min(past[2 + f + j], cur[2 + f + j])
-            total = past[2 + 2 * f + j] + cur[2 + 2 * f + j]
-            if held is not None:
-                high, low, total = max(high, held[2 + j]), min(low, held[2 + f + j]), total + held[2 + 2 * f + j]
             if low <= x <= high:
                 continue
-            mean = total / count
+            mean = (past[2 + 2 * f + j] + cur[2 + 2 * f + j]) / count
             floor = FLOOR * max(1.0, abs(high), abs(low))
             beyond = (x - high) / max(high - mean, floor) if x > high else (low - x) / max(mean - low, floor)
             worst = max(worst, beyond)
