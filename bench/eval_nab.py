@@ -348,7 +348,8 @@ def _replay_file(task: tuple[Path, list[list[str]], list[str]]) -> dict[str, Any
     windows = window_rows(table.timestamps, [(_parse_nab_time(a), _parse_nab_time(b)) for a, b in spans])
     return {"score": [v.score for v in verdicts], "anomaly": [v.anomaly for v in verdicts],
             "event": [v.event for v in verdicts], "windows": windows, "value": table.values[:, 0].tolist(),
-            "raw": [v.raw_score for v in verdicts], "ts": list(table.timestamps)}
+            "raw": [v.raw_score for v in verdicts], "model_score": [v.model_score for v in verdicts],
+            "ts": list(table.timestamps)}
 
 
 def normalised(files: Sequence[FileScore], tp: float, fn: float, fp: float) -> float:

@@ -115,6 +115,25 @@ def test_with_the_defaults_a_day_without_its_daily_cycle_is_alerted() -> None:
     assert not any(v.anomaly for v in no_season[DAY:])
 
 
+def test_with_the_defaults_a_working_day_that_looks_like_a_sunday_is_alerted() -> None:
+    # An hourly load that climbs from 06:00 to 20:00 on working days and stays flat at the
+    # weekend, for six weeks; on the sixth Wednesday it stays flat (a holiday, a line that
+    # did not start). Against the day before, a flat day after a working one is what every
+    # Saturday is: only the week before shows it.
+    hours = np.arange(6 * 7 * 24)
+    working = (START // 86400 + hours // 24 + 3) % 7 < 5  # 1970-01-01 was a Thursday
+    climb = 60 * np.clip(np.sin(np.pi * (hours % 24 - 6) / 14), 0, None)
+    values = 100 + np.where(working, climb, 0) + np.random.default_rng(8).normal(0, 3, len(hours))
+    holiday = slice(41 * 24, 42 * 24)
+    assert working[holiday].all() and not working[holiday.start - 3 * 24]  # a Wednesday, as planned
+    values[holiday] = 100 + np.random.default_rng(9).normal(0, 3, 24)
+    verdicts = _verdicts(values, every=3600.0)
+    onsets = [i for i, v in enumerate(verdicts) if v.onset]
+    assert len(onsets) == 1 and holiday.start + 6 <= onsets[0] <= holiday.start + 14, onsets  # in its working hours
+    without = json.dumps([t for t in DEFAULT_TRANSFORMS if t != "season:1w"])
+    assert not any(v.anomaly for v in _verdicts(values, f"learning.features={without}", every=3600.0))
+
+
 @pytest.mark.slow
 def test_a_noisy_daily_cycle_raises_at_most_one_episode_a_week() -> None:
     t = np.arange(8 * DAY)

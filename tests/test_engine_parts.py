@@ -201,6 +201,20 @@ def test_season_compares_a_reading_with_the_same_time_of_day_a_cycle_before() ->
     assert np.isnan(feature_matrix(spec, daily[:, None])[:, 1]).all()  # no timestamps: no season
 
 
+def test_a_season_makes_its_table_at_the_second_reading_and_scores_as_if_it_had_one_from_the_first() -> None:
+    spec = FeatureSpec(("value",), ("value", "season:1d", "season:1w"))
+    state = spec.new_state()
+    state.update([3.0], at=86400.0 * 10 + 600)
+    profiles = state._seasons[0] if state._seasons else []
+    assert len(profiles) == 2 and all(p.cells is None for p in profiles)  # an id heard from once costs no table
+    day_later = state.copy().update([5.0], at=86400.0 * 11 + 600)
+    assert day_later[1] == 2.0 and np.isnan(day_later[2])  # against the one reading a day before
+    assert np.isnan(state.copy().update([5.0], at=86400.0 * 11 + 6 * 3600)[1])  # not the same time of day
+    state.update([4.0], at=86400.0 * 10 + 700)
+    assert all(p.cells is not None for p in profiles)
+    assert state.update([6.0], at=86400.0 * 11 + 800)[1] == 2.5  # both readings of that phase, the first included
+
+
 def test_a_value_normal_at_noon_is_found_at_three_in_the_morning() -> None:
     spec = FeatureSpec(("value",), ("value", "delta", "mean:30", "std:10", "season:1d"))
     rng = np.random.default_rng(3)

@@ -36,8 +36,9 @@ NAN = float("nan")
 # smoothed over the last 30 readings (a shift of a few noise widths stands out
 # there), how much it moved over the last ten, and how far its last ten have moved
 # from its baseline over about 600 readings (a slow ramp; range-checked only), and the reading
-# against the same time of day one day before (defined once a sensor has a day behind it).
-DEFAULT_TRANSFORMS = ("value", "delta", "repeats", "mean:30", "std:10", "drift:600", "season:1d")
+# against the same time of day one day before and the same time of week one week before
+# (each defined once a sensor has that cycle behind it).
+DEFAULT_TRANSFORMS = ("value", "delta", "repeats", "mean:30", "std:10", "drift:600", "season:1d", "season:1w")
 
 # name -> whether it takes a window size
 TRANSFORMS = {
@@ -215,19 +216,25 @@ class _FieldWindow:
 
 
 class _SeasonProfile:
-    """A field's mean level per phase of a cycle: this cycle's running sums, the last one's means."""
+    """A field's mean level per phase of a cycle: this cycle's running sums, the last one's means.
 
-    __slots__ = ("period", "cells")
+    Its table is made at the second reading: until then the one reading is kept as it came
+    (``first``), so an id that sends a single reading (a typo, a scan) costs no table.
+    """
+
+    __slots__ = ("period", "cells", "first")
 
     def __init__(self, period: int) -> None:
         self.period = period
         # rows: cycle number this phase was last seen in, its sum and count there, the
         # previous cycle's mean (NaN: not seen in the cycle before)
-        self.cells = np.full((4, SEASON_BUCKETS), np.nan)
+        self.cells: np.ndarray | None = None
+        self.first: tuple[float, float] | None = None  # (reading, time) until the table is made
 
     def copy(self) -> _SeasonProfile:
         twin = _SeasonProfile.__new__(_SeasonProfile)
-        twin.period, twin.cells = self.period, self.cells.copy()
+        twin.period, twin.first = self.period, self.first
+        twin.cells = None if self.cells is None else self.cells.copy()
         return twin
 
     def _where(self, at: float) -> tuple[int, float]:
@@ -237,6 +244,11 @@ class _SeasonProfile:
     def expected(self, at: float) -> float:
         """The previous cycle's mean at this phase (NaN if there is none)."""
         b, cycle = self._where(at)
+        if self.cells is None:
+            if self.first is None:
+                return NAN
+            x, then = self.first
+            return x if self._where(then) == (b, cycle - 1) else NAN
         seen = self.cells[0, b]
         if seen == cycle:
             return float(self.cells[3, b])
@@ -245,6 +257,17 @@ class _SeasonProfile:
         return NAN
 
     def push(self, x: float, at: float) -> None:
+        if self.cells is None:
+            if self.first is None:
+                self.first = (x, at)
+                return
+            self.cells = np.full((4, SEASON_BUCKETS), NAN)
+            self._add(*self.first)
+            self.first = None
+        self._add(x, at)
+
+    def _add(self, x: float, at: float) -> None:
+        assert self.cells is not None
         b, cycle = self._where(at)
         cells = self.cells
         seen = cells[0, b]
