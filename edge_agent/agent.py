@@ -53,7 +53,7 @@ def decision_of(cfg: AgentConfig) -> Decision:
     """How scores become anomalies (``decision.*``)."""
     d = cfg.decision
     return Decision(d.threshold, d.k, d.n, d.clear_threshold, float(d.new_normal_after), d.end_after,
-                    float(d.record_horizon))
+                    float(d.record_horizon), float(d.repeat_horizon))
 
 
 def learning_plan(cfg: AgentConfig, rows: int | None = None) -> LearningPlan:

@@ -52,6 +52,18 @@ def test_a_single_glitch_gives_one_short_alert() -> None:
     assert _episodes(verdicts[at - 5: at + 60]) == 1
 
 
+def test_the_same_glitch_again_within_a_day_is_anomalous_but_alerted_once_and_a_worse_one_again() -> None:
+    values = _noise(4, seed=1)
+    at = 3 * DAY
+    values[[at, at + 120, at + 240]] += np.array([12, 10, 16]) * 0.5  # a glitch, a weaker one 2 h later, a worse one
+    verdicts = _verdicts(values)
+    assert [i for i, v in enumerate(verdicts) if v.onset and i >= at - 5] == [at, at + 240]
+    assert verdicts[at + 120].anomaly == 1 and verdicts[at + 120].score < 0.5  # no news, still anomalous
+    assert not any(v.event == "end" for v in verdicts[at + 120:at + 130])  # nor an end without an onset
+    every = _verdicts(values, "decision.repeat_horizon=0")
+    assert [i for i, v in enumerate(every) if v.onset and i >= at - 5] == [at, at + 120, at + 240]
+
+
 def test_a_permanent_level_shift_is_alerted_once_then_becomes_the_new_normal() -> None:
     values = _noise(5, seed=2)
     at = 3 * DAY

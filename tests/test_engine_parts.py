@@ -41,13 +41,31 @@ def test_an_episode_has_one_onset_and_ends_after_end_after_readings_that_no_long
 
 
 def test_a_burst_of_spikes_is_one_episode_and_a_spike_after_it_ended_a_new_one() -> None:
-    d = Decision()
+    d = Decision(repeat_horizon=0)  # every episode announced (repeats: the next test)
     state = d.new_state()
     burst = [0.9, 0.1, 0.1, 0.95, 0.2, 0.8, 0.1, 0.1, 0.1, 0.1, 0.9]  # gaps of 2 and 1 readings, then 3
     got = [judge(d, state, s, float(t)) for t, s in enumerate(burst)]
     assert [j.event for j in got] == ["onset", None, None, None, None, None, None, None, "end", None, "onset"]
     assert [j.anomaly for j in got] == [s >= d.threshold for s in burst]
     assert got[3].surprise < d.threshold and got[5].surprise < d.threshold  # the episode already told of them
+
+
+def test_a_repeat_no_worse_within_a_day_is_anomalous_but_no_news() -> None:
+    d = Decision(end_after=1)  # repeat_horizon: a day
+    state, day = d.new_state(), 86400.0
+    scores = [(0.8, 0), (0.1, 60), (0.7, 3600), (0.75, 3660), (0.1, 3720), (0.9, 7200), (0.1, 7260), (0.85, 1.5 * day)]
+    got = [judge(d, state, s, t) for s, t in scores]
+    # the spike; a weaker one an hour later (anomalous, no onset, no end); a worse one; a weaker one past the day
+    assert [j.event for j in got] == ["onset", "end", None, None, None, "onset", "end", "onset"]
+    assert [j.anomaly for j in got] == [1, 0, 1, 1, 0, 1, 0, 1]
+    assert got[2].surprise < d.threshold and got[3].surprise < d.threshold
+    assert [j.event for j in (judge(Decision(repeat_horizon=0, end_after=1), s_, s, t) for s_ in [Decision().new_state()]
+                               for s, t in scores[:3])] == ["onset", "end", "onset"]
+    # a change taken in as the new normal is no yardstick for what comes after it
+    d = Decision(new_normal_after=60.0, end_after=1)
+    state = d.new_state()
+    assert [judge(d, state, s, t).event for s, t in [(0.9, 0), (0.9, 30), (0.9, 60), (0.6, 200)]] == [
+        "onset", None, "new_normal", "onset"]
 
 
 def test_k_of_n_and_hysteresis_shape_the_episode() -> None:
@@ -69,7 +87,7 @@ def test_a_lasting_episode_becomes_the_new_normal_by_the_readings_clock_only_whe
 
 
 def test_the_surprise_peaks_at_the_onset_and_an_episode_s_later_readings_stay_below_the_threshold() -> None:
-    d = Decision(end_after=1)
+    d = Decision(end_after=1, repeat_horizon=0)  # the second onset is weaker than the first's peak
     state = d.new_state()
     scores = [0.1, 0.8, 0.9, 0.7, 0.95, 0.2, 0.3, 0.85]
     got = [judge(d, state, s, float(t)) for t, s in enumerate(scores)]

@@ -366,7 +366,8 @@ class ScoringEngine:
             context = stream.context if stream is not None else SensorContext(model.spec)
             rows, excess = context.rows(ordered), context.record_excess(ordered)
             episode = stream.episode if stream is not None else self.decision.new_state()
-            episode = dataclasses.replace(episode, recent_flags=deque(episode.recent_flags, maxlen=self.decision.n))
+            episode = dataclasses.replace(episode, recent_flags=deque(episode.recent_flags, maxlen=self.decision.n),
+                                          flagged_peaks=list(episode.flagged_peaks))
         # As the stream would score it: in each context the sensor has, the less strange (see detector),
         # and judged against the sensor's open episode, on a copy (a peek moves nothing).
         raw, score = min(((raw, _with_records(score, excess)) for raw, score in map(model.score_row, rows)),

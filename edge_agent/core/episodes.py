@@ -14,6 +14,11 @@ Pure and per sensor: ``judge`` reads a score and its time and says what this rea
 - An episode still alerting ``new_normal_after`` seconds after its onset (by the readings'
   own clocks) has become the sensor's **new normal**: that reading is not anomalous, says
   ``new_normal``, and the alert ends. Whoever owns the sensor's model then adapts it.
+- **Repeats are no news.** A sensor remembers the flagged scores of its episodes for
+  ``repeat_horizon`` (a day). An episode that would open with a score no higher than one of them opens
+  silently: its readings are anomalous as any episode's, but it has no ``onset`` and no
+  ``end`` (its ``new_normal``, if it lasts, is announced). The sensor that spikes twice a
+  day alerts once a day, and again only for something worse.
 - The **surprise** of a reading is its score, except inside an episode after its onset:
   there it is judged against the episode's strongest score so far, and scaled to stay
   below the threshold (``threshold * IN_EPISODE * score / peak``). The episode already
@@ -24,8 +29,11 @@ Pure and per sensor: ``judge`` reads a score and its time and says what this rea
 >>> state = d.new_state()
 >>> [judge(d, state, s, t).event for s, t in [(0.1, 0), (0.9, 1), (0.8, 2), (0.2, 3)]]
 [None, 'onset', None, 'end']
->>> [judge(Decision(), state, s, t).event for s, t in [(0.9, 4), (0.2, 5), (0.9, 6), (0.2, 7), (0.1, 8), (0.1, 9)]]
+>>> [judge(Decision(), state, s, t).event for s, t in [(0.95, 4), (0.2, 5), (0.95, 6), (0.2, 7), (0.1, 8), (0.1, 9)]]
 ['onset', None, None, None, None, 'end']
+>>> [(j.event, j.anomaly) for j in (judge(d, state, s, t) for s, t in [(0.9, 10), (0.2, 11)])]  # a repeat, no worse
+[(None, True), (None, False)]
+>>> state = d.new_state()
 >>> [judge(d, state, 0.9, t).event for t in (10, 40, 70, 71)]
 ['onset', None, 'new_normal', 'onset']
 >>> [round(judge(d, d.new_state(), s, 0).surprise, 2) for s in (0.8,)]
@@ -38,7 +46,7 @@ Pure and per sensor: ``judge`` reads a score and its time and says what this rea
 from __future__ import annotations
 
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 ONSET, END, NEW_NORMAL = "onset", "end", "new_normal"
 
@@ -58,6 +66,7 @@ class Decision:
     new_normal_after: float = 3600.0  # seconds an episode may last before it is the new normal (0: never)
     end_after: int = 3  # readings in a row that no longer alert before the episode ends
     record_horizon: float = 30 * 86400.0  # seconds of readings a sensor's records cover (0: none; see records)
+    repeat_horizon: float = 86400.0  # seconds a flagged score is remembered: no higher one opens an announced episode (0: none)
 
     def new_state(self) -> EpisodeState:
         return EpisodeState(deque(maxlen=self.n))
@@ -73,6 +82,10 @@ class EpisodeState:
     peak: float = 0.0  # the open episode's strongest score so far
     quiet: int = 0  # readings in a row of the open episode that no longer alert
     readings: int = 0  # readings of the open episode so far, its onset included
+    announced: bool = False  # the open episode had an onset (a repeat opens one silently)
+    # The highest flagged score of an episode in each quarter of repeat_horizon, oldest first: (start, score).
+    # Tuples, replaced rather than changed, so that a copy of the list is a copy of the state.
+    flagged_peaks: list[tuple[float, float]] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -102,7 +115,14 @@ def judge(decision: Decision, state: EpisodeState, score: float, at: float, can_
     if not alert and state.alerting and not state.quiet and decision.clear is not None:
         alert = score >= decision.clear
     if alert and not state.alerting:
-        state.alerting, state.onset_at, state.peak, state.quiet, state.readings = True, at, score, 0, 1
+        before = _remembered_peak(decision, state, at)
+        if flagged:
+            _remember(decision, state, score, at)
+        state.alerting, state.onset_at, state.quiet, state.readings = True, at, 0, 1
+        if before is not None and score <= before:  # the same trouble again, no worse: no news
+            state.peak, state.announced = before, False
+            return Judgement(flagged, True, None, decision.threshold * IN_EPISODE * score / before)
+        state.peak, state.announced = score, True
         return Judgement(flagged, True, ONSET, score)
     if not state.alerting:
         return Judgement(flagged, False, None, score)
@@ -112,13 +132,37 @@ def judge(decision: Decision, state: EpisodeState, score: float, at: float, can_
         if state.quiet < decision.end_after:
             return Judgement(flagged, False, None, score)
         state.alerting = False
-        return Judgement(flagged, False, END, score)
+        return Judgement(flagged, False, END if state.announced else None, score)
     state.quiet = 0
+    if flagged:
+        _remember(decision, state, score, at)
     state.peak = max(state.peak, score)
     surprise = min(score, decision.threshold * IN_EPISODE * score / state.peak) if state.peak > 0 else score
     if (can_adapt and decision.new_normal_after and at - state.onset_at >= decision.new_normal_after
             and state.readings >= new_normal_readings):
         state.recent_flags.clear()
+        state.flagged_peaks.clear()  # the change is normal now: what it scored is no yardstick
         state.alerting = False
         return Judgement(flagged, False, NEW_NORMAL, surprise)
     return Judgement(flagged, True, None, surprise)
+
+
+def _remembered_peak(decision: Decision, state: EpisodeState, at: float) -> float | None:
+    """The highest flagged score of the last ``repeat_horizon`` (up to a quarter more), if any."""
+    peaks = state.flagged_peaks
+    span = decision.repeat_horizon / 4
+    while peaks and peaks[0][0] + span <= at - decision.repeat_horizon:
+        del peaks[0]
+    return max((p for _, p in peaks), default=None)
+
+
+def _remember(decision: Decision, state: EpisodeState, score: float, at: float) -> None:
+    if not decision.repeat_horizon:
+        return
+    peaks = state.flagged_peaks
+    if peaks and at - peaks[-1][0] < decision.repeat_horizon / 4:
+        start, peak = peaks[-1]
+        if score > peak:
+            peaks[-1] = (start, score)
+    else:
+        peaks.append((at, score))
