@@ -61,6 +61,12 @@ def test_a_repeat_no_worse_within_a_day_is_anomalous_but_no_news() -> None:
     assert got[2].surprise < d.threshold and got[3].surprise < d.threshold
     assert [j.event for j in (judge(Decision(repeat_horizon=0, end_after=1), s_, s, t) for s_ in [Decision().new_state()]
                                for s, t in scores[:3])] == ["onset", "end", "onset"]
+    # an episode that lasts for days keeps the last day's peaks only (a quarter of a day each)
+    d_long = Decision(new_normal_after=0.0)
+    state = d_long.new_state()
+    for t in range(0, 10 * 86400, 3600):
+        judge(d_long, state, 0.9, float(t))
+    assert len(state.flagged_peaks) <= 5
     # a change taken in as the new normal is no yardstick for what comes after it
     d = Decision(new_normal_after=60.0, end_after=1)
     state = d.new_state()

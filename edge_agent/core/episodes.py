@@ -15,10 +15,10 @@ Pure and per sensor: ``judge`` reads a score and its time and says what this rea
   own clocks) has become the sensor's **new normal**: that reading is not anomalous, says
   ``new_normal``, and the alert ends. Whoever owns the sensor's model then adapts it.
 - **Repeats are no news.** A sensor remembers the flagged scores of its episodes for
-  ``repeat_horizon`` (a day). An episode that would open with a score no higher than one of them opens
-  silently: its readings are anomalous as any episode's, but it has no ``onset`` and no
-  ``end`` (its ``new_normal``, if it lasts, is announced). The sensor that spikes twice a
-  day alerts once a day, and again only for something worse.
+  ``repeat_horizon`` (a day). An episode that would open with a score no higher than one
+  of them opens silently: its readings are anomalous as any episode's, but it has no
+  ``onset`` and no ``end`` (its ``new_normal``, if it lasts, is announced). The sensor that
+  spikes twice a day alerts once a day, and again only for something worse.
 - The **surprise** of a reading is its score, except inside an episode after its onset:
   there it is judged against the episode's strongest score so far, and scaled to stay
   below the threshold (``threshold * IN_EPISODE * score / peak``). The episode already
@@ -149,17 +149,21 @@ def judge(decision: Decision, state: EpisodeState, score: float, at: float, can_
 
 def _remembered_peak(decision: Decision, state: EpisodeState, at: float) -> float | None:
     """The highest flagged score of the last ``repeat_horizon`` (up to a quarter more), if any."""
-    peaks = state.flagged_peaks
-    span = decision.repeat_horizon / 4
-    while peaks and peaks[0][0] + span <= at - decision.repeat_horizon:
+    _forget(decision, state.flagged_peaks, at)
+    return max((p for _, p in state.flagged_peaks), default=None)
+
+
+def _forget(decision: Decision, peaks: list[tuple[float, float]], at: float) -> None:
+    """Drop the quarters that ended more than ``repeat_horizon`` before ``at``: at most five stay."""
+    while peaks and peaks[0][0] + decision.repeat_horizon / 4 <= at - decision.repeat_horizon:
         del peaks[0]
-    return max((p for _, p in peaks), default=None)
 
 
 def _remember(decision: Decision, state: EpisodeState, score: float, at: float) -> None:
     if not decision.repeat_horizon:
         return
     peaks = state.flagged_peaks
+    _forget(decision, peaks, at)  # an episode that lasts for days must not grow the list
     if peaks and at - peaks[-1][0] < decision.repeat_horizon / 4:
         start, peak = peaks[-1]
         if score > peak:
