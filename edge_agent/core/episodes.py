@@ -121,7 +121,7 @@ def judge(decision: Decision, state: EpisodeState, score: float, at: float, can_
         state.alerting, state.onset_at, state.quiet, state.readings = True, at, 0, 1
         if before is not None and score <= before:  # the same trouble again, no worse: no news
             state.peak, state.announced = before, False
-            return Judgement(flagged, True, None, decision.threshold * IN_EPISODE * score / before)
+            return Judgement(flagged, True, None, _news(decision, score, before))
         state.peak, state.announced = score, True
         return Judgement(flagged, True, ONSET, score)
     if not state.alerting:
@@ -137,7 +137,7 @@ def judge(decision: Decision, state: EpisodeState, score: float, at: float, can_
     if flagged:
         _remember(decision, state, score, at)
     state.peak = max(state.peak, score)
-    surprise = min(score, decision.threshold * IN_EPISODE * score / state.peak) if state.peak > 0 else score
+    surprise = _news(decision, score, state.peak)
     if (can_adapt and decision.new_normal_after and at - state.onset_at >= decision.new_normal_after
             and state.readings >= new_normal_readings):
         state.recent_flags.clear()
@@ -145,6 +145,11 @@ def judge(decision: Decision, state: EpisodeState, score: float, at: float, can_
         state.alerting = False
         return Judgement(flagged, False, NEW_NORMAL, surprise)
     return Judgement(flagged, True, None, surprise)
+
+
+def _news(decision: Decision, score: float, peak: float) -> float:
+    """A reading's surprise against a peak already told of: below the threshold, ranked by score."""
+    return min(score, decision.threshold * IN_EPISODE * score / peak) if peak > 0 else score
 
 
 def _remembered_peak(decision: Decision, state: EpisodeState, at: float) -> float | None:
