@@ -27,6 +27,7 @@ SENSOR_COUNTERS = (
     ("edge_agent_anomaly_episodes", "Anomalous episodes begun (verdicts with event onset), per sensor."),
     ("edge_agent_anomaly_episodes_ended", "Anomalous episodes over (event end: a reading normal again), per sensor."),
     ("edge_agent_new_normals", "Anomalous episodes that lasted decision.new_normal_after and became the sensor's normal (event new_normal), per sensor."),
+    ("edge_agent_repeat_episodes", "Anomalous episodes no worse than one of the sensor's within decision.repeat_horizon (event repeat: no onset, no end), per sensor."),
 )
 SENSOR_GAUGES = (
     ("anomaly_score", "Latest verdict per sensor: 1 anomalous, 0 normal."),
@@ -34,7 +35,7 @@ SENSOR_GAUGES = (
     ("edge_agent_learning", "1 while a sensor learns its own model (its verdicts are never anomalous)."),
 )
 _READINGS, _ANOMALIES = 0, 1
-_EVENTS = {"onset": 2, "end": 3, "new_normal": 4}  # the counter an episode event adds to
+_EVENTS = {"onset": 2, "end": 3, "new_normal": 4, "repeat": 5}  # the counter an episode event adds to
 _STATE, _SCORE, _LEARNING = range(len(SENSOR_COUNTERS), len(SENSOR_COUNTERS) + len(SENSOR_GAUGES))
 _CREATED = _LEARNING + 1
 

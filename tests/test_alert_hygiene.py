@@ -59,6 +59,7 @@ def test_the_same_glitch_again_within_a_day_is_anomalous_but_alerted_once_and_a_
     verdicts = _verdicts(values)
     assert [i for i, v in enumerate(verdicts) if v.onset and i >= at - 5] == [at, at + 240]
     assert verdicts[at + 120].anomaly == 1 and verdicts[at + 120].score < 0.5  # no news, still anomalous
+    assert [i for i, v in enumerate(verdicts) if v.event == "repeat"] == [at + 120]  # and told apart as a repeat
     assert not any(v.event == "end" for v in verdicts[at + 120:at + 130])  # nor an end without an onset
     every = _verdicts(values, "decision.repeat_horizon=0")
     assert [i for i, v in enumerate(every) if v.onset and i >= at - 5] == [at, at + 120, at + 240]

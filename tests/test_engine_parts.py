@@ -55,8 +55,8 @@ def test_a_repeat_no_worse_within_a_day_is_anomalous_but_no_news() -> None:
     state, day = d.new_state(), 86400.0
     scores = [(0.8, 0), (0.1, 60), (0.7, 3600), (0.75, 3660), (0.1, 3720), (0.9, 7200), (0.1, 7260), (0.85, 1.5 * day)]
     got = [judge(d, state, s, t) for s, t in scores]
-    # the spike; a weaker one an hour later (anomalous, no onset, no end); a worse one; a weaker one past the day
-    assert [j.event for j in got] == ["onset", "end", None, None, None, "onset", "end", "onset"]
+    # the spike; a weaker one an hour later (anomalous, a repeat: no onset, no end); a worse one; a weaker one past the day
+    assert [j.event for j in got] == ["onset", "end", "repeat", None, None, "onset", "end", "onset"]
     assert [j.anomaly for j in got] == [1, 0, 1, 1, 0, 1, 0, 1]
     assert got[2].surprise < d.threshold and got[3].surprise < d.threshold
     assert [j.event for j in (judge(Decision(repeat_horizon=0, end_after=1), s_, s, t) for s_ in [Decision().new_state()]

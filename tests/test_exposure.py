@@ -70,11 +70,14 @@ def test_a_sensors_series_count_every_reading_keep_the_latest_gauges_and_go_with
         Verdict("pump", {"value": 1.0}, 1, 0.8, 1, "m", "1", duplicate=True),  # counted as a duplicate only
         Verdict("pump", {"value": 1.0}, 2, 0.2, 0, "m", "1", event="end"),
         Verdict("fan", {"value": 1.0}, 0, 0.1, 0, "m", "1", learning=True),
+        Verdict("valve", {"value": 1.0}, 0, 0.4, 1, "m", "1", event="repeat"),  # an episode no worse than one before
     ])
-    pump, fan = {"sensor": "pump"}, {"sensor": "fan"}
+    pump, fan, valve = {"sensor": "pump"}, {"sensor": "fan"}, {"sensor": "valve"}
     assert value("edge_agent_readings_total", pump) == 3 and value("edge_agent_anomalies_total", pump) == 2
     assert value("edge_agent_anomaly_episodes_total", pump) == 1 and value("edge_agent_anomaly_episodes_ended_total", pump) == 1
     assert value("edge_agent_new_normals_total", pump) == 0 and value("edge_agent_duplicate_readings_total") == 1
+    assert value("edge_agent_repeat_episodes_total", valve) == 1 and value("edge_agent_anomaly_episodes_total", valve) == 0
+    assert value("edge_agent_repeat_episodes_total", pump) == 0 and value("edge_agent_anomalies_total", valve) == 1
     assert value("edge_agent_score", pump) == 0.2 and value("anomaly_score", pump) == 0 and value("edge_agent_learning", pump) == 0
     assert value("edge_agent_learning", fan) == 1
     assert (value("edge_agent_readings_created", pump) or 0) > 1.7e9  # counters carry their creation time, as before

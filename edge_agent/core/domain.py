@@ -67,8 +67,9 @@ class Verdict:
     raw_score: float | None = None
     duplicate: bool = False
     # What this reading does to the sensor's anomalous episode (see edge_agent.core.episodes):
-    # "onset" (its first anomalous reading), "end" (the first normal one after it) or
-    # "new_normal" (the episode lasted so long that its level is the normal now).
+    # "onset" (its first anomalous reading), "end" (the first normal one after it),
+    # "new_normal" (the episode lasted so long that its level is the normal now) or "repeat"
+    # (the first reading of an episode no worse than one the sensor had within a day: no onset, no end).
     event: str | None = None
     # The model's own score, which flags the reading; ``score`` is the same but inside an
     # episode, where it is the reading's surprise against the episode (see edge_agent.core.episodes).

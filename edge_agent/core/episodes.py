@@ -16,9 +16,10 @@ Pure and per sensor: ``judge`` reads a score and its time and says what this rea
   ``new_normal``, and the alert ends. Whoever owns the sensor's model then adapts it.
 - **Repeats are no news.** A sensor remembers the flagged scores of its episodes for
   ``repeat_horizon`` (a day). An episode that would open with a score no higher than one
-  of them opens silently: its readings are anomalous as any episode's, but it has no
-  ``onset`` and no ``end`` (its ``new_normal``, if it lasts, is announced). The sensor that
-  spikes twice a day alerts once a day, and again only for something worse.
+  of them opens as a **repeat**: its first reading says ``repeat`` instead of ``onset``,
+  its readings are anomalous as any episode's, and it has no ``end`` (its ``new_normal``,
+  if it lasts, is announced). The sensor that spikes twice a day pages once a day (on
+  ``onset``), and again only for something worse; the repeats stay countable.
 - The **surprise** of a reading is its score, except inside an episode after its onset:
   there it is judged against the episode's strongest score so far, and scaled to stay
   below the threshold (``threshold * IN_EPISODE * score / peak``). The episode already
@@ -32,7 +33,7 @@ Pure and per sensor: ``judge`` reads a score and its time and says what this rea
 >>> [judge(Decision(), state, s, t).event for s, t in [(0.95, 4), (0.2, 5), (0.95, 6), (0.2, 7), (0.1, 8), (0.1, 9)]]
 ['onset', None, None, None, None, 'end']
 >>> [(j.event, j.anomaly) for j in (judge(d, state, s, t) for s, t in [(0.9, 10), (0.2, 11)])]  # a repeat, no worse
-[(None, True), (None, False)]
+[('repeat', True), (None, False)]
 >>> state = d.new_state()
 >>> [judge(d, state, 0.9, t).event for t in (10, 40, 70, 71)]
 ['onset', None, 'new_normal', 'onset']
@@ -48,7 +49,7 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass, field
 
-ONSET, END, NEW_NORMAL = "onset", "end", "new_normal"
+ONSET, END, NEW_NORMAL, REPEAT = "onset", "end", "new_normal", "repeat"
 
 # Inside an episode a reading's surprise is at most this share of the threshold: below
 # it, so that an episode's later readings never read as onsets of their own.
@@ -92,7 +93,7 @@ class EpisodeState:
 class Judgement:
     flagged: bool  # the score reached the threshold (whatever the episode rules make of it)
     anomaly: bool  # the sensor alerts with this reading
-    event: str | None = None  # ONSET, END, NEW_NORMAL or None
+    event: str | None = None  # ONSET, END, NEW_NORMAL, REPEAT or None
     surprise: float = 0.0  # the reading's score as news: see the module's docstring
 
     @property
@@ -121,7 +122,7 @@ def judge(decision: Decision, state: EpisodeState, score: float, at: float, can_
         state.alerting, state.onset_at, state.quiet, state.readings = True, at, 0, 1
         if before is not None and score <= before:  # the same trouble again, no worse: no news
             state.peak, state.announced = before, False
-            return Judgement(flagged, True, None, _news(decision, score, before))
+            return Judgement(flagged, True, REPEAT, _news(decision, score, before))
         state.peak, state.announced = score, True
         return Judgement(flagged, True, ONSET, score)
     if not state.alerting:
