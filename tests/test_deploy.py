@@ -38,6 +38,7 @@ AGENT_METRICS: frozenset[str] = frozenset({
     "edge_agent_readings_total",
     "edge_agent_anomalies_total",
     "edge_agent_anomaly_episodes_total",
+    "edge_agent_repeat_episodes_total",
     "anomaly_score",
     "edge_agent_score",
     "edge_agent_invalid_messages_total",
