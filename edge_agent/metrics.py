@@ -27,7 +27,7 @@ SENSOR_COUNTERS = (
     ("edge_agent_anomaly_episodes", "Anomalous episodes begun (verdicts with event onset), per sensor."),
     ("edge_agent_anomaly_episodes_ended", "Anomalous episodes over (event end: a reading normal again), per sensor."),
     ("edge_agent_new_normals", "Anomalous episodes that lasted decision.new_normal_after and became the sensor's normal (event new_normal), per sensor."),
-    ("edge_agent_repeat_episodes", "Anomalous episodes no worse than one of the sensor's within decision.repeat_horizon (event repeat: no onset, no end), per sensor."),
+    ("edge_agent_repeat_episodes", "Anomalous episodes no worse than one the sensor had within decision.repeat_horizon (event repeat: no onset, no end), per sensor."),
 )
 SENSOR_GAUGES = (
     ("anomaly_score", "Latest verdict per sensor: 1 anomalous, 0 normal."),
