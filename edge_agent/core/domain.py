@@ -69,7 +69,7 @@ class Verdict:
     # What this reading does to the sensor's anomalous episode (see edge_agent.core.episodes):
     # "onset" (its first anomalous reading), "end" (the first normal one after it),
     # "new_normal" (the episode lasted so long that its level is the normal now) or "repeat"
-    # (the first reading of an episode no worse than one the sensor had within a day: no onset, no end).
+    # (the first reading of an episode no worse than one the sensor had within decision.repeat_horizon: no onset, no end).
     event: str | None = None
     # The model's own score, which flags the reading; ``score`` is the same but inside an
     # episode, where it is the reading's surprise against the episode (see edge_agent.core.episodes).
