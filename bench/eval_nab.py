@@ -21,6 +21,14 @@ costs the false-negative weight; detections in the probationary period are ignor
 The score is normalised per profile over the whole corpus: 0 is a detector that never
 fires, 100 one that flags the first row of every window.
 
+``--results DIR`` also writes what the benchmark's official scorer reads (its
+``run.py --optimize --score --normalize``): DIR/<detector>/<category>/<detector>_<file>.csv
+with ``timestamp,value,anomaly_score,label`` rows, for two detectors: ``edgeAgent``, whose
+``anomaly_score`` is the verdicts' per-reading score, and ``edgeAgentOnsets``, whose score
+is 1 on the agent's alert onsets and 0 elsewhere. ``label`` is 1 inside a window, as NAB's
+own runner writes it. Any NAB data folder and labels file can be scored this way, the
+categories held back from this repository's copy included.
+
 ``--simulate N`` writes N streams of the bundled simulator (one reading every 5
 minutes for 14 days, 4,032 rows like many NAB files, about two injected anomalies
 each) and NAB windows around each injection (10 % of the file's rows shared among
@@ -66,6 +74,8 @@ PROBATION_SHARE, PROBATION_MAX = 0.15, 750
 NAB_DEV = REPO.parent / "shared" / "datasets" / "nab-dev"
 WINDOW_SHARE = 0.10
 NAB_TIME = "%Y-%m-%d %H:%M:%S"
+# The detectors' names in a --results folder: the per-reading score, and the alert onsets.
+RESULTS_DETECTORS = ("edgeAgent", "edgeAgentOnsets")
 
 
 def probation(rows: int) -> int:
@@ -266,6 +276,7 @@ def main() -> int:
     ap.add_argument("--quiet", "-q", action="store_true", help="no progress line")
     ap.add_argument("--jobs", "-j", type=int, default=os.cpu_count() or 1, help="files replayed at once (default: one per CPU)")
     ap.add_argument("--dump", metavar="JSON", help="write every file's scores, flags, events and windows here, for a closer look")
+    ap.add_argument("--results", metavar="DIR", help="also write results files in NAB's layout here, for its official scorer")
     args = ap.parse_args()
     if args.simulate is None and args.data is None and args.labels is None and NAB_DEV.is_dir():
         args.data, args.labels = str(NAB_DEV / "data"), str(NAB_DEV / "windows.json")
@@ -300,6 +311,8 @@ def main() -> int:
             windows = result["windows"]
             per_reading.append((result["score"], windows))
             dump[name] = result
+            if args.results:
+                write_results(Path(args.results), name, result)
             scores["anomaly"][name] = score_file(result["anomaly"], windows)
             scores["onset"][name] = score_file([int(e == ONSET) for e in result["event"]], windows)
             if args.per_file:
@@ -332,6 +345,24 @@ def main() -> int:
           f"| {std.detected} | {std.false_positives} | " + " | ".join(f"{s.normalised:.1f}" for s in swept.values()) + " |")
     print("\nscores: 0 = a detector that never fires, 100 = one that flags the first row of every window")
     return 0
+
+
+def write_results(folder: Path, name: str, result: dict[str, Any]) -> None:
+    """One replayed file as NAB's runner would have written it, once per RESULTS_DETECTORS:
+    ``folder/<detector>/<category>/<detector>_<file>.csv``."""
+    inside = [0] * len(result["score"])
+    for a, b in result["windows"]:
+        inside[a:b + 1] = [1] * (b - a + 1)
+    category, _, file_name = name.rpartition("/")
+    scores = {"edgeAgent": result["score"], "edgeAgentOnsets": [float(e == ONSET) for e in result["event"]]}
+    for detector in RESULTS_DETECTORS:
+        path = folder / detector / category / f"{detector}_{file_name}"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(["timestamp", "value", "anomaly_score", "label"])
+            for ts, value, score, label in zip(result["ts"], result["value"], scores[detector], inside, strict=True):
+                writer.writerow(["" if ts is None else _nab_time(ts), format(value, ".12g"), f"{score:.6f}", label])
 
 
 def _replay_file(task: tuple[Path, list[list[str]], list[str]]) -> dict[str, Any] | str:

@@ -191,13 +191,36 @@ def test_eval_nab_reads_nab_layout_and_skips_a_file_it_cannot_read(tmp_path: Pat
     }
     (tmp_path / "labels.json").write_text(json.dumps(labels))
     args = ("-m", "bench.eval_nab", "--data", str(tmp_path / "data"), "--labels", str(tmp_path / "labels.json"), "-q")
-    done = _run(*args)
+    done = _run(*args, "--results", str(tmp_path / "results"), "--dump", str(tmp_path / "dump.json"))
     assert done.returncode == 0, done.stderr
     assert "NAB-style: 1 files from" in done.stdout and "(1 skipped, see stderr)" in done.stdout
     assert "eval_nab: skipped" in done.stderr and "missing.csv" in done.stderr
     onsets = next(line for line in done.stdout.splitlines() if line.startswith("| episode onsets"))
     windows, detected = onsets.split("|")[2:4]
     assert (windows.strip(), detected.strip()) == ("1", "1")  # the 30-unit spike inside the window is found
+
+    # --results: the files NAB's official scorer reads, where it reads them
+    from bench import eval_nab
+
+    printed = {line.split("|")[1].strip(): line.split("|")[5].strip() for line in done.stdout.splitlines() if line.startswith("| ")}
+    results = {}
+    for detector in ("edgeAgent", "edgeAgentOnsets"):
+        path = tmp_path / "results" / detector / "realX" / f"{detector}_good.csv"
+        header, *rows = [line.split(",") for line in path.read_text().splitlines()]
+        assert header == ["timestamp", "value", "anomaly_score", "label"]
+        assert [r[0] for r in rows] == [line.split(",")[0] for line in lines[1:]]  # the data file's own timestamps
+        assert [i for i, r in enumerate(rows) if r[3] == "1"] == list(range(688, 737))  # label: inside the window
+        results[detector] = [float(r[2]) for r in rows]
+    replayed = json.loads((tmp_path / "dump.json").read_text())["realX/good.csv"]
+    assert results["edgeAgent"] == pytest.approx(replayed["score"], abs=1e-6)  # the verdicts' per-reading score
+    assert [i for i, s in enumerate(results["edgeAgentOnsets"]) if s] == [i for i, e in enumerate(replayed["event"]) if e == "onset"]
+    assert 688 <= results["edgeAgentOnsets"].index(1.0) <= 736
+    # scored back from the files, each gives the figure the run printed for it
+    standard = eval_nab.PROFILES["standard"]
+    onset_score = eval_nab.normalised([eval_nab.score_file([int(s) for s in results["edgeAgentOnsets"]], [(688, 736)])], *standard)
+    assert f"{onset_score:.1f}" == printed["episode onsets"]
+    swept = eval_nab.sweep([(results["edgeAgent"], [(688, 736)])], *standard)
+    assert f"{swept.normalised:.1f}" == next(v for k, v in printed.items() if k.startswith("per-reading score"))
 
     labels.pop("realX/good.csv")
     (tmp_path / "labels.json").write_text(json.dumps(labels))
