@@ -157,9 +157,11 @@ def test_a_noisy_daily_cycle_raises_at_most_one_episode_a_week() -> None:
 
 @pytest.mark.slow
 def test_a_slow_random_walk_raises_at_most_one_episode_a_week() -> None:
-    steps = np.random.default_rng(5).normal(0, 0.02, 8 * DAY)
+    # Two weeks after the first day: a walk keeps setting new highs and lows, and from its
+    # second week its records are judged without the day's own readings (core/records.py).
+    steps = np.random.default_rng(5).normal(0, 0.02, 15 * DAY)
     verdicts = _verdicts(20 + np.cumsum(steps))
-    assert _episodes(verdicts[DAY:]) <= 1
+    assert _episodes(verdicts[DAY:]) <= 2
 
 
 @pytest.mark.broker

@@ -375,6 +375,31 @@ def test_records_judge_a_reading_by_how_far_it_goes_past_the_highest_and_lowest_
     assert records.excess([13.0]) == 0.0
 
 
+def test_settled_records_judge_a_day_s_slide_against_the_days_before_it() -> None:
+    hour = 3600.0
+
+    def slide(days: int) -> list[float]:
+        """Excesses of a slide from 80, one unit an hour, after ``days`` days between 80 and 90."""
+        records = RecentRecords(1, horizon=30 * 86400.0)
+        for i in range(24 * days):
+            records.add([80.0 + 10.0 * (i % 2)], i * hour)
+        out = []
+        for k in range(1, 12):  # each reading normal to the model, so each joins the current block
+            out.append(records.excess([80.0 - k]))
+            records.add([80.0 - k], (24 * days + k) * hour)
+        return out
+
+    # A week of completed days: the slide is judged against them (low 80, mean 85: a third
+    # of 5 below 80 is the threshold; the slide moves the mean a little), not against its own
+    # last reading.
+    settled = slide(8)
+    assert settled[0] == pytest.approx(0.6) and settled[1] == pytest.approx(1.2, abs=0.01) and max(settled) > 3.0
+    # Five days: too few to hold a day's wander; each reading is judged with the day's own
+    # readings, so one unit past the last low stays under the threshold.
+    young = slide(5)
+    assert 0.0 < max(young) < 1.0
+
+
 def test_records_forget_what_lies_past_their_horizon() -> None:
     day = 86400.0
     records = RecentRecords(1, horizon=10 * day)

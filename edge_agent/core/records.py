@@ -16,6 +16,16 @@ distance from the mean (above it for a high, below it for a low), over ``MARGIN`
 the threshold. A sensor with heavy tails has records far from its mean and needs a larger
 jump to break them; a quiet one breaks them with a smaller one.
 
+The day's own readings join the bar when the day closes. Records that move with every
+normal reading follow a slide: a machine cooling from 90 to 30 over a day, each reading a
+little below the one before, never lies far past records that its previous readings set. So
+once the records hold ``SETTLED_BLOCKS`` completed blocks (a week), a reading is judged
+against the completed blocks and what was taken in from a flagged stretch since (a new
+normal's level, at once); the current block's normal readings count for its mean only. A
+younger sensor's records are judged with its current block, since they lie too close to its
+mean to hold one day's wander. What this finds on nab-dev, and what it costs a sensor that
+wanders (a random walk), is measured on docs/results/detection.md (docs/detection.md#records).
+
 Kept per field in blocks of ``horizon / BLOCKS`` (a day by default): each block's highest,
 lowest, sum and count, the oldest block dropped whole once the horizon has passed it.
 Constant memory (about 3 KB a field once the horizon is full) and a few comparisons a
@@ -35,6 +45,9 @@ from collections.abc import Sequence
 BLOCKS = 30
 MIN_SPAN = 86400.0
 MIN_COUNT = 100
+# Completed blocks the records need before a reading is judged against them without the
+# current block's readings (see the module's docstring).
+SETTLED_BLOCKS = 7
 # A reading breaks its record when it lies past it by this share of the record's distance
 # from the mean (nab-dev, python -m bench.eval_nab, with the other defaults: see
 # docs/detection.md#records).
@@ -86,7 +99,7 @@ class Tally:
 class RecentRecords:
     """One sensor's records over ``horizon`` seconds of its readings' clock (0: no records)."""
 
-    __slots__ = ("horizon", "block_span", "_blocks", "_past", "_current", "_first_at", "_last_at")
+    __slots__ = ("horizon", "block_span", "_blocks", "_past", "_current", "_taken", "_first_at", "_last_at")
 
     def __init__(self, fields: int, horizon: float) -> None:
         self.horizon = horizon
@@ -96,6 +109,7 @@ class RecentRecords:
         self._blocks: list[Tally] = []
         self._past = Tally(fields)  # the completed blocks together
         self._current: Tally | None = None
+        self._taken: Tally | None = None  # the stretches taken into the current block
         self._first_at: float | None = None
         self._last_at: float | None = None
 
@@ -108,6 +122,7 @@ class RecentRecords:
             if current is not None:
                 self._blocks.append(current)
             current = self._current = Tally(self._past.fields, at)
+            self._taken = None
             while self._blocks and at - self._blocks[0].start > self.horizon:
                 del self._blocks[0]
             self._summarise()
@@ -117,14 +132,19 @@ class RecentRecords:
         self._last_at = at if self._last_at is None else max(self._last_at, at)
 
     def take_in(self, stretch: Tally) -> None:
-        """Readings held out while they were flagged are normal after all: they join the current block."""
+        """Readings held out while they were flagged are normal after all: they join the current
+        block, and count as records at once."""
         if self._current is not None and stretch.count:
             self._current.merge(stretch)
+            if self._taken is None:
+                self._taken = Tally(self._past.fields)
+            self._taken.merge(stretch)
 
     def excess(self, values: Sequence[float]) -> float:
         """How far the reading lies past the records, in MARGINs of each record's distance
         from the mean; the largest over its fields. 0 within the records, and while the
-        records are too young to judge by."""
+        records are too young to judge by. Once they are settled, the current block's
+        normal readings are not records yet (see the module's docstring)."""
         current = self._current
         if current is None or self._first_at is None or self._last_at is None:
             return 0.0
@@ -133,10 +153,16 @@ class RecentRecords:
         count = past[1] + cur[1]
         if count < MIN_COUNT or self._last_at - self._first_at < MIN_SPAN:
             return 0.0
+        if len(self._blocks) < SETTLED_BLOCKS:
+            bar = cur
+        elif self._taken is not None:
+            bar = self._taken.cells
+        else:
+            bar = past  # nothing taken in: the completed blocks alone
         worst = 0.0
         for j, x in enumerate(values):
-            high = max(past[2 + j], cur[2 + j])
-            low = min(past[2 + f + j], cur[2 + f + j])
+            high = max(past[2 + j], bar[2 + j])
+            low = min(past[2 + f + j], bar[2 + f + j])
             if low <= x <= high:
                 continue
             mean = (past[2 + 2 * f + j] + cur[2 + 2 * f + j]) / count
