@@ -74,8 +74,6 @@ PROBATION_SHARE, PROBATION_MAX = 0.15, 750
 NAB_DEV = REPO.parent / "shared" / "datasets" / "nab-dev"
 WINDOW_SHARE = 0.10
 NAB_TIME = "%Y-%m-%d %H:%M:%S"
-# The detectors' names in a --results folder: the per-reading score, and the alert onsets.
-RESULTS_DETECTORS = ("edgeAgent", "edgeAgentOnsets")
 
 
 def probation(rows: int) -> int:
@@ -348,20 +346,20 @@ def main() -> int:
 
 
 def write_results(folder: Path, name: str, result: dict[str, Any]) -> None:
-    """One replayed file as NAB's runner would have written it, once per RESULTS_DETECTORS:
-    ``folder/<detector>/<category>/<detector>_<file>.csv``."""
+    """One replayed file as NAB's runner would have written it, once per detector (the
+    per-reading score, and the alert onsets): ``folder/<detector>/<category>/<detector>_<file>.csv``."""
     inside = [0] * len(result["score"])
     for a, b in result["windows"]:
         inside[a:b + 1] = [1] * (b - a + 1)
     category, _, file_name = name.rpartition("/")
     scores = {"edgeAgent": result["score"], "edgeAgentOnsets": [float(e == ONSET) for e in result["event"]]}
-    for detector in RESULTS_DETECTORS:
+    for detector, detector_scores in scores.items():
         path = folder / detector / category / f"{detector}_{file_name}"
         path.parent.mkdir(parents=True, exist_ok=True)
         with open(path, "w", newline="") as f:
             writer = csv.writer(f)
             writer.writerow(["timestamp", "value", "anomaly_score", "label"])
-            for ts, value, score, label in zip(result["ts"], result["value"], scores[detector], inside, strict=True):
+            for ts, value, score, label in zip(result["ts"], result["value"], detector_scores, inside, strict=True):
                 writer.writerow(["" if ts is None else _nab_time(ts), format(value, ".12g"), f"{score:.6f}", label])
 
 
